@@ -1,0 +1,710 @@
+//! [`Feed`]: the async handle on an open hypercore.
+//!
+//! All state lives in a [`FeedCore`] behind one lock. Work that hashes or writes (append,
+//! put, clear, audit, large reads) runs on tokio's blocking pool; short reads of
+//! small blocks from the page cache run inline, where a thread hop would cost more than
+//! the read (see the `log` benchmark).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, oneshot, watch};
+
+use crate::core::{
+    AuditReport, FeedCore, FeedOptions, Origin, Proof, ProofRequest, PutOutcome, SeekOutcome,
+    SignatureAt,
+};
+use crate::crypto::{DiscoveryKey, PublicKey, Signature};
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::storage::{DiskStorage, MemoryStorage, Storage};
+use crate::tree::RemoteTree;
+
+/// Blocks up to this size are read inline; larger ones on the blocking pool.
+const INLINE_READ_LIMIT: u64 = 256 * 1024;
+
+/// Something that happened to a feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The feed grew (by an append, or a peer proving a longer feed).
+    Append {
+        /// New length.
+        length: u64,
+        /// New byte length.
+        byte_length: u64,
+    },
+    /// A block arrived from a peer (or a local `put`) and was stored.
+    Download {
+        /// The block.
+        index: u64,
+        /// Its size.
+        bytes: u64,
+    },
+    /// A block was served to a peer.
+    Upload {
+        /// The block.
+        index: u64,
+        /// Its size.
+        bytes: u64,
+    },
+    /// Every block from 0 to the length is now stored locally.
+    Sync,
+    /// Blocks `[start, end)` were removed from local storage.
+    Clear {
+        /// First block.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+    },
+    /// The feed was closed.
+    Close,
+}
+
+/// Options for [`Feed::get_with`].
+#[derive(Clone, Copy, Debug)]
+pub struct GetOptions {
+    /// Wait for the block to arrive when it is not stored (default true).
+    pub wait: bool,
+    /// Give up after this long (default: no limit).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for GetOptions {
+    fn default() -> Self {
+        GetOptions {
+            wait: true,
+            timeout: None,
+        }
+    }
+}
+
+/// Length and byte length, published on every change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Status {
+    length: u64,
+    byte_length: u64,
+    /// Bumped on every change to what is stored, so waiters can retry.
+    version: u64,
+    closed: bool,
+}
+
+struct State {
+    core: Option<FeedCore>,
+    /// `get` calls waiting for a block, by index.
+    waiters: HashMap<u64, Vec<oneshot::Sender<()>>>,
+}
+
+struct Inner {
+    key: PublicKey,
+    discovery_key: DiscoveryKey,
+    sparse: bool,
+    writable: bool,
+    state: Mutex<State>,
+    status: watch::Sender<Status>,
+    events: broadcast::Sender<Event>,
+}
+
+/// An open hypercore: a signed, append-only log of blocks. Cheap to clone; all clones
+/// share the same feed.
+#[derive(Clone)]
+pub struct Feed {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = *self.inner.status.borrow();
+        f.debug_struct("Feed")
+            .field("key", &self.inner.key)
+            .field("length", &s.length)
+            .field("byte_length", &s.byte_length)
+            .field("writable", &self.inner.writable)
+            .finish()
+    }
+}
+
+fn panicked(e: tokio::task::JoinError) -> Error {
+    Error::Io {
+        op: "running",
+        file: crate::storage::FileKind::Data,
+        location: "blocking task".into(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl Feed {
+    /// Opens (or creates) the feed in `storage`.
+    pub async fn open(storage: impl Storage + 'static, options: FeedOptions) -> Result<Feed> {
+        let sparse = options.sparse;
+        let core = tokio::task::spawn_blocking(move || FeedCore::open(&storage, &options))
+            .await
+            .map_err(panicked)??;
+        let key = core.key();
+        let status = Status {
+            length: core.len(),
+            byte_length: core.byte_len(),
+            version: 0,
+            closed: false,
+        };
+        let (events, _) = broadcast::channel(1024);
+        Ok(Feed {
+            inner: Arc::new(Inner {
+                key,
+                discovery_key: key.discovery_key(),
+                sparse,
+                writable: core.writable(),
+                state: Mutex::new(State {
+                    core: Some(core),
+                    waiters: HashMap::new(),
+                }),
+                status: watch::Sender::new(status),
+                events,
+            }),
+        })
+    }
+
+    /// Opens (or creates) the feed stored as flat files in `dir`, with default options.
+    pub async fn open_dir(dir: impl Into<std::path::PathBuf>) -> Result<Feed> {
+        Feed::open(DiskStorage::new(dir), FeedOptions::default()).await
+    }
+
+    /// A new feed in memory with a fresh key pair.
+    pub async fn memory() -> Result<Feed> {
+        Feed::open(MemoryStorage::new(), FeedOptions::default()).await
+    }
+
+    /// The public key.
+    pub fn key(&self) -> PublicKey {
+        self.inner.key
+    }
+
+    /// The discovery key.
+    pub fn discovery_key(&self) -> DiscoveryKey {
+        self.inner.discovery_key
+    }
+
+    /// Whether this copy can append (holds the secret key).
+    pub fn writable(&self) -> bool {
+        self.inner.writable
+    }
+
+    /// Whether only requested blocks are downloaded.
+    pub fn is_sparse(&self) -> bool {
+        self.inner.sparse
+    }
+
+    /// Number of blocks.
+    pub fn len(&self) -> u64 {
+        self.inner.status.borrow().length
+    }
+
+    /// Whether the feed has no blocks.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Total bytes of all blocks.
+    pub fn byte_len(&self) -> u64 {
+        self.inner.status.borrow().byte_length
+    }
+
+    /// Whether [`Feed::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner
+            .state
+            .lock()
+            .map(|s| s.core.is_none())
+            .unwrap_or(true)
+    }
+
+    /// Subscribes to events. A receiver that falls more than 1024 events behind gets
+    /// `Lagged` and continues from the newest.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Events as a `Stream` (lagged events are skipped).
+    pub fn event_stream(&self) -> impl futures::Stream<Item = Event> + Send + 'static {
+        use futures::StreamExt;
+        tokio_stream::wrappers::BroadcastStream::new(self.events())
+            .filter_map(|e| async move { e.ok() })
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>> {
+        self.inner.state.lock().map_err(|_| Error::Closed {
+            key: self.inner.key,
+        })
+    }
+
+    /// Runs `f` on the core right here (for short, in-memory or cached work).
+    fn with_core<T>(&self, f: impl FnOnce(&mut FeedCore) -> Result<T>) -> Result<T> {
+        let mut state = self.state()?;
+        let core = state.core.as_mut().ok_or(Error::Closed {
+            key: self.inner.key,
+        })?;
+        f(core)
+    }
+
+    /// Runs `f` with the whole state on the blocking pool (for hashing and writing).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State, &Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut state = inner
+                .state
+                .lock()
+                .map_err(|_| Error::Closed { key: inner.key })?;
+            if state.core.is_none() {
+                return Err(Error::Closed { key: inner.key });
+            }
+            f(&mut state, &inner)
+        })
+        .await
+        .map_err(panicked)?
+    }
+
+    /// Appends one block; returns the new length.
+    pub async fn append(&self, block: impl Into<Bytes>) -> Result<u64> {
+        self.append_batch(vec![block.into()]).await
+    }
+
+    /// Appends blocks atomically (one signature for the batch); returns the new length.
+    pub async fn append_batch<B: Into<Bytes>>(
+        &self,
+        blocks: impl IntoIterator<Item = B>,
+    ) -> Result<u64> {
+        let blocks: Vec<Bytes> = blocks.into_iter().map(Into::into).collect();
+        self.blocking(move |state, inner| {
+            let core = state
+                .core
+                .as_mut()
+                .ok_or(Error::Closed { key: inner.key })?;
+            let start = core.len();
+            let refs: Vec<&[u8]> = blocks.iter().map(|b| &b[..]).collect();
+            let length = core.append(&refs)?;
+            let byte_length = core.byte_len();
+            wake_range(state, start, length);
+            inner.publish(length, byte_length);
+            let _ = inner.events.send(Event::Append {
+                length,
+                byte_length,
+            });
+            Ok(length)
+        })
+        .await
+    }
+
+    /// Block `index`, waiting for it to be downloaded if it is not stored.
+    pub async fn get(&self, index: u64) -> Result<Bytes> {
+        self.get_with(index, GetOptions::default()).await
+    }
+
+    /// Block `index` with explicit waiting behaviour.
+    pub async fn get_with(&self, index: u64, options: GetOptions) -> Result<Bytes> {
+        enum Next {
+            Waiter(oneshot::Receiver<()>),
+            ReadLarge,
+        }
+        let fut = async {
+            loop {
+                let next = {
+                    let mut state = self.state()?;
+                    let core = state.core.as_mut().ok_or(Error::Closed {
+                        key: self.inner.key,
+                    })?;
+                    if core.has(index) {
+                        let (offset, size) = core.block_location(index)?;
+                        if size <= INLINE_READ_LIMIT {
+                            return core.read_data(offset, size).map(Bytes::from);
+                        }
+                        Next::ReadLarge
+                    } else {
+                        if !options.wait {
+                            return Err(Error::NotAvailable { index });
+                        }
+                        if index >= crate::core::MAX_BLOCKS {
+                            return Err(Error::OutOfRange {
+                                index,
+                                reason: "beyond 2^53 blocks".into(),
+                            });
+                        }
+                        let (tx, rx) = oneshot::channel();
+                        state.waiters.entry(index).or_default().push(tx);
+                        Next::Waiter(rx)
+                    }
+                };
+                match next {
+                    Next::Waiter(rx) => rx.await.map_err(|_| Error::Closed {
+                        key: self.inner.key,
+                    })?,
+                    Next::ReadLarge => {
+                        // Off the runtime. The block may be cleared meanwhile; then wait again.
+                        let read = self
+                            .blocking(move |state, inner| {
+                                let core = state
+                                    .core
+                                    .as_mut()
+                                    .ok_or(Error::Closed { key: inner.key })?;
+                                Ok(core.get(index)?.map(Bytes::from))
+                            })
+                            .await?;
+                        if let Some(b) = read {
+                            return Ok(b);
+                        }
+                    }
+                }
+            }
+        };
+        match options.timeout {
+            None => fut.await,
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.prune_waiters(index);
+                    Err(Error::Timeout {
+                        what: format!("block {index}"),
+                        after: t,
+                    })
+                }
+            },
+        }
+    }
+
+    fn prune_waiters(&self, index: u64) {
+        if let Ok(mut state) = self.state() {
+            if let Some(list) = state.waiters.get_mut(&index) {
+                list.retain(|tx| !tx.is_closed());
+                if list.is_empty() {
+                    state.waiters.remove(&index);
+                }
+            }
+        }
+    }
+
+    /// Blocks `[start, end)`, waiting for missing ones.
+    pub async fn get_batch(&self, start: u64, end: u64) -> Result<Vec<Bytes>> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        let mut at = start;
+        while at < end {
+            let run = self.read_run(at, end, 8 << 20).await?;
+            if run.is_empty() {
+                out.push(self.get(at).await?);
+                at += 1;
+            } else {
+                at += run.len() as u64;
+                out.extend(run);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored blocks from `start` on, as many as are consecutive, up to `end` and about
+    /// `max_bytes` (used by read streams).
+    pub(crate) async fn read_run(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<Bytes>> {
+        self.blocking(move |state, inner| {
+            let core = state
+                .core
+                .as_mut()
+                .ok_or(Error::Closed { key: inner.key })?;
+            let (data, sizes) = core.read_run(start, end, max_bytes)?;
+            let data = Bytes::from(data);
+            let mut at = 0usize;
+            Ok(sizes
+                .into_iter()
+                .map(|s| {
+                    let block = data.slice(at..at + s as usize);
+                    at += s as usize;
+                    block
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// The last block.
+    pub async fn head(&self) -> Result<Bytes> {
+        match self.len() {
+            0 => Err(Error::OutOfRange {
+                index: 0,
+                reason: "the feed is empty".into(),
+            }),
+            n => self.get(n - 1).await,
+        }
+    }
+
+    /// Whether block `index` is stored locally.
+    pub fn has(&self, index: u64) -> bool {
+        self.with_core(|c| Ok(c.has(index))).unwrap_or(false)
+    }
+
+    /// Whether every block in `[start, end)` is stored locally.
+    pub fn has_range(&self, start: u64, end: u64) -> bool {
+        self.with_core(|c| Ok(c.has_range(start, end)))
+            .unwrap_or(false)
+    }
+
+    /// Number of blocks stored locally in `[start, end)` (`end` = `None` means the length).
+    pub fn downloaded(&self, start: u64, end: Option<u64>) -> u64 {
+        self.with_core(|c| Ok(c.downloaded(start, end.unwrap_or(c.len()))))
+            .unwrap_or(0)
+    }
+
+    /// Removes blocks `[start, end)` from local storage (they can be downloaded again).
+    pub async fn clear(&self, start: u64, end: u64) -> Result<()> {
+        let changed = self
+            .blocking(move |state, inner| {
+                let core = state
+                    .core
+                    .as_mut()
+                    .ok_or(Error::Closed { key: inner.key })?;
+                core.clear(start, end)
+            })
+            .await?;
+        if changed {
+            self.inner.bump();
+            let _ = self.inner.events.send(Event::Clear { start, end });
+        }
+        Ok(())
+    }
+
+    /// The block containing byte `bytes` and the offset inside it. Waits while the local
+    /// tree cannot tell (a sparse clone); `timeout` bounds the wait.
+    pub async fn seek(&self, bytes: u64, timeout: Option<Duration>) -> Result<(u64, u64)> {
+        let fut = async {
+            let mut status = self.inner.status.subscribe();
+            loop {
+                status.borrow_and_update();
+                match self.with_core(|c| c.seek(bytes))? {
+                    SeekOutcome::Found { index, offset } => return Ok((index, offset)),
+                    SeekOutcome::Unresolved { .. } => {
+                        status.changed().await.map_err(|_| Error::Closed {
+                            key: self.inner.key,
+                        })?;
+                    }
+                }
+            }
+        };
+        match timeout {
+            None => fut.await,
+            Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    what: format!("seeking to byte {bytes}"),
+                    after: t,
+                })
+            }),
+        }
+    }
+
+    /// Waits until the feed has at least `min_length` blocks (default: one more than now).
+    /// Returns the new length.
+    pub async fn update(&self, min_length: Option<u64>, timeout: Option<Duration>) -> Result<u64> {
+        let min = min_length.unwrap_or_else(|| self.len() + 1);
+        let mut rx = self.inner.status.subscribe();
+        let fut = rx.wait_for(|s| s.length >= min || s.closed);
+        let status = match timeout {
+            None => fut.await.map(|s| *s),
+            Some(t) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => r.map(|s| *s),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        what: format!("length {min}"),
+                        after: t,
+                    })
+                }
+            },
+        };
+        match status {
+            Ok(s) if !s.closed => Ok(s.length),
+            _ => Err(Error::Closed {
+                key: self.inner.key,
+            }),
+        }
+    }
+
+    /// The first stored signature for block `index` or later.
+    pub fn signature(&self, index: u64) -> Result<SignatureAt> {
+        self.with_core(|c| c.signature(index))
+    }
+
+    /// Whether `signature` signs the feed up to and including block `index`.
+    pub fn verify(&self, index: u64, signature: &Signature) -> Result<bool> {
+        self.with_core(|c| c.verify(index, signature))
+    }
+
+    /// The tree roots for length `index + 1`.
+    pub fn root_hashes(&self, index: u64) -> Result<Vec<Node>> {
+        self.with_core(|c| c.root_hashes(index))
+    }
+
+    /// Re-hashes every stored block; blocks that do not match their hash are cleared.
+    pub async fn audit(&self) -> Result<AuditReport> {
+        let report = self
+            .blocking(|state, inner| {
+                state
+                    .core
+                    .as_mut()
+                    .ok_or(Error::Closed { key: inner.key })?
+                    .audit()
+            })
+            .await?;
+        if report.invalid > 0 {
+            self.inner.bump();
+        }
+        Ok(report)
+    }
+
+    /// The request digest for block `index`: which nodes of its proof we already have.
+    pub fn digest(&self, index: u64) -> u64 {
+        self.with_core(|c| Ok(c.digest(index))).unwrap_or(0)
+    }
+
+    /// The proof for block `index` that a peer with `request.digest` needs. `remote`
+    /// remembers what that peer has, so later proofs to it are smaller.
+    pub fn proof(
+        &self,
+        index: u64,
+        request: ProofRequest,
+        remote: &mut RemoteTree,
+    ) -> Result<Proof> {
+        self.with_core(|c| c.proof(index, request, remote))
+    }
+
+    /// Block `index` (unless only its hash is requested) with its proof, for sending to a
+    /// peer; emits [`Event::Upload`].
+    pub async fn upload(
+        &self,
+        index: u64,
+        request: ProofRequest,
+        remote: &mut RemoteTree,
+    ) -> Result<(Option<Bytes>, Proof)> {
+        let proof = self.proof(index, request, remote)?;
+        if request.hash {
+            return Ok((None, proof));
+        }
+        let data = self
+            .get_with(
+                index,
+                GetOptions {
+                    wait: false,
+                    timeout: None,
+                },
+            )
+            .await?;
+        let _ = self.inner.events.send(Event::Upload {
+            index,
+            bytes: data.len() as u64,
+        });
+        Ok((Some(data), proof))
+    }
+
+    /// Verifies block `index` (or only its hash, when `data` is `None`) against `proof` and
+    /// stores it. Fails with [`Error::InvalidProof`] and stores nothing if it does not verify.
+    pub async fn put(
+        &self,
+        index: u64,
+        data: Option<Bytes>,
+        proof: Proof,
+        origin: Origin,
+    ) -> Result<PutOutcome> {
+        self.blocking(move |state, inner| {
+            let core = state
+                .core
+                .as_mut()
+                .ok_or(Error::Closed { key: inner.key })?;
+            let outcome = core.put(index, data.as_deref(), proof, origin)?;
+            let (length, byte_length, synced) = (
+                core.len(),
+                core.byte_len(),
+                core.downloaded_total() == core.len(),
+            );
+            if outcome.downloaded {
+                wake_range(state, index, index + 1);
+            }
+            inner.publish(length, byte_length);
+            if outcome.length_grew {
+                let _ = inner.events.send(Event::Append {
+                    length,
+                    byte_length,
+                });
+            }
+            if let (true, Some(d)) = (outcome.downloaded, &data) {
+                let _ = inner.events.send(Event::Download {
+                    index,
+                    bytes: d.len() as u64,
+                });
+                if synced && !inner.writable {
+                    let _ = inner.events.send(Event::Sync);
+                }
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// Flushes and closes the feed. Pending `get`s fail with [`Error::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        let core = {
+            let mut state = self.state()?;
+            state.waiters.clear();
+            state.core.take()
+        };
+        if let Some(core) = core {
+            tokio::task::spawn_blocking(move || drop(core))
+                .await
+                .map_err(panicked)?;
+            self.inner.status.send_modify(|s| {
+                s.closed = true;
+                s.version += 1;
+            });
+            let _ = self.inner.events.send(Event::Close);
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn publish(&self, length: u64, byte_length: u64) {
+        self.status.send_modify(|s| {
+            s.length = length;
+            s.byte_length = byte_length;
+            s.version += 1;
+        });
+    }
+
+    fn bump(&self) {
+        self.status.send_modify(|s| s.version += 1);
+    }
+}
+
+/// Wakes `get`s waiting for blocks in `[start, end)`.
+fn wake_range(state: &mut State, start: u64, end: u64) {
+    if state.waiters.is_empty() {
+        return;
+    }
+    let ready: Vec<u64> = if end - start <= state.waiters.len() as u64 {
+        (start..end)
+            .filter(|i| state.waiters.contains_key(i))
+            .collect()
+    } else {
+        state
+            .waiters
+            .keys()
+            .copied()
+            .filter(|i| (start..end).contains(i))
+            .collect()
+    };
+    for i in ready {
+        for tx in state.waiters.remove(&i).unwrap_or_default() {
+            let _ = tx.send(());
+        }
+    }
+}
