@@ -330,7 +330,16 @@ impl FeedCore {
             );
         }
         self.length = length;
-        self.byte_length = self.roots.iter().map(|r| r.size).sum();
+        self.byte_length = self
+            .roots
+            .iter()
+            .try_fold(0u64, |acc, r| acc.checked_add(r.size))
+            .ok_or_else(|| {
+                self.corrupt(
+                    FileKind::Tree,
+                    format!("root sizes for length {length} overflow"),
+                )
+            })?;
         self.bitfield.truncate(length);
 
         // A data bit without its leaf node can only come from a torn bitfield write.
@@ -530,11 +539,14 @@ impl FeedCore {
 
     /// Byte offset and size of block `index` (its left roots and leaf must be stored).
     pub fn block_location(&mut self, index: u64) -> Result<(u64, u64)> {
-        let mut offset = 0u64;
-        for r in flat_tree::full_roots(2 * index) {
-            offset += self.required_node(r)?.size;
-        }
+        let offset = self.byte_offset(index)?;
         let leaf = self.required_node(2 * index)?;
+        if leaf.size > MAX_BLOCK_SIZE as u64 {
+            return Err(self.corrupt(
+                FileKind::Tree,
+                format!("leaf of block {index} claims {} bytes", leaf.size),
+            ));
+        }
         Ok((offset, leaf.size))
     }
 
@@ -574,6 +586,16 @@ impl FeedCore {
             return Err(self.corrupt(
                 FileKind::Tree,
                 format!("leaf nodes of blocks {start}..{stop} are missing"),
+            ));
+        }
+        if let Some(bad) = sizes.iter().position(|&s| s > MAX_BLOCK_SIZE as u64) {
+            return Err(self.corrupt(
+                FileKind::Tree,
+                format!(
+                    "leaf of block {} claims {} bytes",
+                    start + bad as u64,
+                    sizes[bad]
+                ),
             ));
         }
         let mut total = 0;
@@ -628,13 +650,20 @@ impl FeedCore {
         Ok(true)
     }
 
+    /// Byte offset of block `index`: the sizes of the roots to its left.
     fn byte_offset(&mut self, index: u64) -> Result<u64> {
-        let mut offset = 0;
+        let mut offset = 0u64;
         for r in flat_tree::full_roots(2 * index) {
             if !self.bitfield.has_node(r) {
                 return Err(out_of_range(index, "its byte offset is not known locally"));
             }
-            offset += self.required_node(r)?.size;
+            let size = self.required_node(r)?.size;
+            offset = offset.checked_add(size).ok_or_else(|| {
+                self.corrupt(
+                    FileKind::Tree,
+                    format!("node sizes left of block {index} overflow"),
+                )
+            })?;
         }
         Ok(offset)
     }

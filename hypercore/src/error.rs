@@ -133,6 +133,12 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A bug in this crate (a task panicked). The feed may need to be reopened.
+    #[error("internal error: {reason}")]
+    Internal {
+        /// What happened.
+        reason: String,
+    },
     /// The feed was closed.
     #[error("feed {key} is closed")]
     Closed {

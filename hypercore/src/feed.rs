@@ -126,11 +126,9 @@ impl std::fmt::Debug for Feed {
 }
 
 fn panicked(e: tokio::task::JoinError) -> Error {
-    Error::Io {
-        op: "running",
-        file: crate::storage::FileKind::Data,
-        location: "blocking task".into(),
-        source: std::io::Error::other(e.to_string()),
+    // A bug, not bad input: keep the process alive but say so plainly.
+    Error::Internal {
+        reason: format!("a storage task panicked: {e}"),
     }
 }
 

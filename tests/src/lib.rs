@@ -1,0 +1,89 @@
+//! Helpers shared by the project's cross-crate tests and benchmarks: running the real JS
+//! peers in `tests/interop/` and generating the same deterministic block contents they do.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The JS harness directory (`tests/interop`).
+pub fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+/// A `node` command running `script` from the JS harness. Fails loudly if the harness's
+/// npm modules are not installed, so an interop test can never pass by not running.
+pub fn node(script: &str) -> Result<Command> {
+    let dir = interop_dir();
+    if !dir.join("node_modules/hypercore").exists() {
+        bail!(
+            "the JS interop harness is not installed: run `npm ci --prefix {}` (scripts/test does this)",
+            dir.display()
+        );
+    }
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(script)).current_dir(&dir);
+    Ok(cmd)
+}
+
+/// Runs a harness script to completion and parses the last line of its stdout as JSON.
+pub fn run_node_json(script: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let out = node(script)?
+        .args(args)
+        .output()
+        .with_context(|| format!("running node {script}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "node {script} {} failed ({}):\nstdout: {stdout}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let last = stdout.lines().last().context("no output")?;
+    serde_json::from_str(last).with_context(|| format!("parsing output of node {script}: {last}"))
+}
+
+/// Deterministic block content shared with the JS harness: byte `j` of block `i` is
+/// `(7i + j) mod 251`.
+pub fn make_block(index: u64, size: usize) -> Vec<u8> {
+    let mut v = ((7 * index) % 251) as u8;
+    (0..size)
+        .map(|_| {
+            let b = v;
+            v = if v == 250 { 0 } else { v + 1 };
+            b
+        })
+        .collect()
+}
+
+/// Unkeyed BLAKE2b-256 over the concatenation of `blocks`, as the harness reports it.
+pub fn blake2b_concat<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut st = blake2b_simd::Params::new().hash_length(32).to_state();
+    for b in blocks {
+        st.update(b);
+    }
+    hypercore::crypto::to_hex(st.finalize().as_bytes())
+}
+
+/// Seed of the key pair of the crash test's feed (`crash-writer` and `tests/crash.rs`).
+pub const CRASH_KEY_SEED: [u8; 32] = *b"hyperd crash test fixed key seed";
+
+/// Size of block `index` in the crash test's feed (`crash-writer` and `tests/crash.rs`), a
+/// function of the index alone so a reader can check any block without knowing how the
+/// writer batched it: about one block in eight is empty, one in twenty-four is ~100 KiB
+/// (so a batch of a few hundred blocks can cross the 1 MiB mark above which an append
+/// hashes and writes on two threads), and the rest hold 1 to 600 bytes.
+pub fn crash_block_size(index: u64) -> usize {
+    // splitmix64: a well-mixed hash of the index.
+    let mut z = index.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    match z % 24 {
+        0..=2 => 0,
+        3 => 96 * 1024 + (z >> 32) as usize % 8192,
+        _ => 1 + (z >> 16) as usize % 600,
+    }
+}
