@@ -290,36 +290,36 @@ impl FeedCore {
     fn recover_length(&mut self) -> Result<()> {
         let claimed = tree::stored_length(&self.bitfield);
         let mut length = claimed;
-        loop {
-            if length == 0 {
-                break;
-            }
-            let roots = self.load_roots(length)?;
-            match self.store.signature(length - 1)? {
-                Some(sig) if crypto::verify_roots(&self.key, &roots, length, &sig) => {
-                    self.roots = roots;
-                    break;
-                }
-                Some(_) => {
-                    return Err(Error::Corrupt {
-                        file: FileKind::Signatures,
-                        location: self.store.location().to_string(),
-                        reason: format!("the signature for length {length} does not verify"),
-                    })
-                }
-                None => {
-                    // A batch signs only its last length: an unsigned length means a crash
-                    // cut a batch short. Fall back to the last signed length.
-                    let prev = self.store.prev_signature(length - 1)?;
-                    length = prev.map_or(0, |i| i + 1);
-                    while length > 0
-                        && !flat_tree::full_roots(2 * length).all(|r| self.bitfield.has_node(r))
-                    {
-                        let prev = self.store.prev_signature(length - 1)?;
-                        length = prev.map_or(0, |i| i + 1);
+        while length > 0 {
+            let walked_back = length < claimed;
+            if flat_tree::full_roots(2 * length).all(|r| self.bitfield.has_node(r)) {
+                let roots = self.load_roots(length)?;
+                match self.store.signature(length - 1)? {
+                    Some(sig) if crypto::verify_roots(&self.key, &roots, length, &sig) => {
+                        self.roots = roots;
+                        break;
                     }
+                    // The bitfield says this length was committed: its signature must hold.
+                    Some(_) if !walked_back => {
+                        return Err(self.corrupt(
+                            FileKind::Signatures,
+                            format!("the signature for length {length} does not verify"),
+                        ));
+                    }
+                    // Below an uncommitted length, a signature that does not match the
+                    // tree was left by an append that never completed (written by a
+                    // version that did not clean up, or by JS): not a commit point.
+                    Some(_) => tracing::warn!(
+                        location = self.store.location(),
+                        length,
+                        "skipping a signature left by an append that never completed"
+                    ),
+                    None => {}
                 }
             }
+            // A batch signs only its last length: an unsigned length means a crash cut a
+            // batch short. Fall back to the previous signed length.
+            length = self.store.prev_signature(length - 1)?.map_or(0, |i| i + 1);
         }
         if length < claimed {
             tracing::warn!(
@@ -341,6 +341,11 @@ impl FeedCore {
                 )
             })?;
         self.bitfield.truncate(length);
+        // Signatures past the length belong to appends or downloads that never committed.
+        // Left in place they could pass for commit points after a later crash.
+        if self.store.truncate_signatures(length)? && self.durability == Durability::Sync {
+            self.store.sync(&[FileKind::Signatures])?;
+        }
 
         // A data bit without its leaf node can only come from a torn bitfield write.
         let mut stray = Vec::new();

@@ -424,6 +424,18 @@ impl FeedStore {
         Ok(None)
     }
 
+    /// Removes signature records for lengths above `length`; returns whether any existed.
+    pub fn truncate_signatures(&self, length: u64) -> Result<bool> {
+        let keep = HEADER_SIZE + SIGNATURE_SIZE * length;
+        if self.len(FileKind::Signatures)? <= keep {
+            return Ok(false);
+        }
+        self.signatures
+            .truncate(keep)
+            .map_err(self.io("truncating", FileKind::Signatures))?;
+        Ok(true)
+    }
+
     /// Reads `len` bytes of block data at `offset`.
     pub fn read_data(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len as usize];
