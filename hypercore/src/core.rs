@@ -501,25 +501,27 @@ impl FeedCore {
         }
 
         let mut roots = self.roots.clone();
-        let mut nodes = Vec::with_capacity(2 * blocks.len());
-        for (i, (hash, b)) in leaves.iter().zip(blocks).enumerate() {
-            let leaf = Node {
+        let leaves: Vec<Node> = leaves
+            .iter()
+            .zip(blocks)
+            .enumerate()
+            .map(|(i, (hash, b))| Node {
                 index: 2 * (start + i as u64),
                 hash: *hash,
                 size: b.len() as u64,
-            };
-            tree::push_leaf(&mut roots, leaf, &mut nodes);
-        }
+            })
+            .collect();
+        let nodes = tree::append_leaves(&mut roots, &leaves);
         let length = start + blocks.len() as u64;
         let signature = secret.sign(&crypto::signable(&roots, length));
-        self.store.put_nodes(&nodes)?;
+        self.store
+            .put_appended(2 * start, 2 * blocks.len() as u64 - 1, &nodes, &roots)?;
         self.store.put_signature(length - 1, &signature)?;
         self.sync_payload()?;
 
-        for i in start..length {
-            self.bitfield.set_block(i, true);
-            self.bitfield.add_node(2 * i);
-        }
+        self.bitfield.set_blocks(start, length);
+        self.bitfield
+            .set_nodes(nodes.iter().map(|n| n.index), 2 * start);
         if let Err(e) = self.flush_bitfield() {
             // Undo in memory; the pages are dirty again and the next flush rewrites them.
             for i in start..length {

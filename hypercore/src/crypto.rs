@@ -99,6 +99,27 @@ pub fn parent_hash(a: &Node, b: &Node) -> Hash {
     to_hash(params().hash(&buf))
 }
 
+/// Parent hashes of many sibling pairs at once (4 per SIMD pass), as [`parent_hash`].
+pub fn parent_hashes(pairs: &[(Node, Node)], out: &mut Vec<Hash>) {
+    let params = params();
+    let mut scratch = [[0u8; 73]; 4];
+    for chunk in pairs.chunks(4) {
+        for (buf, (a, b)) in scratch.iter_mut().zip(chunk) {
+            let (a, b) = if a.index > b.index { (b, a) } else { (a, b) };
+            buf[0] = PARENT_TYPE;
+            buf[1..9].copy_from_slice(&(a.size + b.size).to_be_bytes());
+            buf[9..41].copy_from_slice(&a.hash);
+            buf[41..73].copy_from_slice(&b.hash);
+        }
+        let mut jobs: Vec<_> = scratch[..chunk.len()]
+            .iter()
+            .map(|m| blake2b_simd::many::HashManyJob::new(&params, m))
+            .collect();
+        blake2b_simd::many::hash_many(jobs.iter_mut());
+        out.extend(jobs.iter().map(|j| to_hash(j.to_hash())));
+    }
+}
+
 /// The "tree hash" (root of roots) over the full roots in ascending index order.
 pub fn tree_hash(roots: &[Node]) -> Hash {
     let mut st = params().to_state();
@@ -383,6 +404,28 @@ mod tests {
             Err(KeyError::Mismatch)
         ));
         assert!(!format!("{:?}", kp.secret).contains(&to_hex(&kp.secret.to_bytes()[..32])));
+    }
+
+    #[test]
+    fn many_parent_hashes_match_single() {
+        let nodes: Vec<Node> = (0..11u64)
+            .map(|i| Node {
+                index: 2 * i,
+                hash: [i as u8; 32],
+                size: i,
+            })
+            .collect();
+        let pairs: Vec<(Node, Node)> = nodes
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[1], c[0]))
+            .collect();
+        let mut out = Vec::new();
+        parent_hashes(&pairs, &mut out);
+        assert_eq!(out.len(), pairs.len());
+        for ((a, b), h) in pairs.iter().zip(&out) {
+            assert_eq!(*h, parent_hash(a, b));
+        }
     }
 
     #[test]

@@ -352,6 +352,43 @@ impl FeedStore {
         Ok(())
     }
 
+    /// Writes the nodes of an append (JS `putNodeBatch`): records for the indexes
+    /// `[first, first + count)` go out in one write, absent ones as zero records like JS;
+    /// the few parents outside that range are written one by one. Only `roots` are cached:
+    /// the writer keeps them in memory anyway and every other node is rarely read soon.
+    pub fn put_appended(
+        &mut self,
+        first: u64,
+        count: u64,
+        nodes: &[Node],
+        roots: &[Node],
+    ) -> Result<()> {
+        let mut buf = vec![0u8; count as usize * NODE_RECORD_SIZE];
+        for n in nodes {
+            if (first..first + count).contains(&n.index) {
+                let at = (n.index - first) as usize * NODE_RECORD_SIZE;
+                buf[at..at + NODE_RECORD_SIZE].copy_from_slice(&n.to_record());
+            } else {
+                self.write(
+                    FileKind::Tree,
+                    HEADER_SIZE + NODE_RECORD_SIZE as u64 * n.index,
+                    &n.to_record(),
+                )?;
+            }
+        }
+        self.write(
+            FileKind::Tree,
+            HEADER_SIZE + NODE_RECORD_SIZE as u64 * first,
+            &buf,
+        )?;
+        if let Some(c) = &mut self.nodes {
+            for r in roots {
+                c.put(r.index, *r);
+            }
+        }
+        Ok(())
+    }
+
     /// The signature stored for block `index` (i.e. for length `index + 1`).
     pub fn signature(&self, index: u64) -> Result<Option<Signature>> {
         let mut buf = [0u8; 64];

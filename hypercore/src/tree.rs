@@ -230,22 +230,56 @@ pub fn stored_length(bf: &Bitfield) -> u64 {
     }
 }
 
-/// The root stack of an appending writer (JS `merkle-tree-stream` generator): pushing a
-/// leaf yields it and every parent it completes.
-pub fn push_leaf(roots: &mut Vec<Node>, leaf: Node, out: &mut Vec<Node>) {
-    out.push(leaf);
-    roots.push(leaf);
-    while roots.len() >= 2 {
-        let right = roots[roots.len() - 1];
-        let left = roots[roots.len() - 2];
-        if flat_tree::parent(left.index) != flat_tree::parent(right.index) {
-            break;
+/// Appends leaves to a writer's root stack (the JS `merkle-tree-stream` generator) and
+/// returns every node created: the leaves and each parent they complete. Which parents are
+/// created depends only on indexes, so the structure is worked out first and the parent
+/// hashes are then computed level by level, four at a time.
+pub fn append_leaves(roots: &mut Vec<Node>, leaves: &[Node]) -> Vec<Node> {
+    let base = roots.len();
+    // Existing roots, then every created node; the stack holds positions in `pool`.
+    let mut pool: Vec<Node> = Vec::with_capacity(base + 2 * leaves.len());
+    pool.extend_from_slice(roots);
+    let mut stack: Vec<usize> = (0..base).collect();
+    // (parent, left, right) positions, bucketed by the parent's depth.
+    let mut levels: Vec<Vec<(usize, usize, usize)>> = Vec::new();
+    for leaf in leaves {
+        pool.push(*leaf);
+        stack.push(pool.len() - 1);
+        while stack.len() >= 2 {
+            let (l, r) = (stack[stack.len() - 2], stack[stack.len() - 1]);
+            let parent = flat_tree::parent(pool[l].index);
+            if parent != flat_tree::parent(pool[r].index) {
+                break;
+            }
+            pool.push(Node {
+                index: parent,
+                hash: [0; 32],
+                size: pool[l].size + pool[r].size,
+            });
+            let p = pool.len() - 1;
+            let depth = flat_tree::depth(parent) as usize;
+            if levels.len() < depth {
+                levels.resize_with(depth, Vec::new);
+            }
+            levels[depth - 1].push((p, l, r));
+            stack.truncate(stack.len() - 2);
+            stack.push(p);
         }
-        let parent = Node::parent(&left, &right);
-        roots.truncate(roots.len() - 2);
-        roots.push(parent);
-        out.push(parent);
     }
+    // A parent only depends on nodes one level down, so each level hashes in one go.
+    let mut pairs = Vec::new();
+    let mut hashes = Vec::new();
+    for level in &levels {
+        pairs.clear();
+        pairs.extend(level.iter().map(|&(_, l, r)| (pool[l], pool[r])));
+        hashes.clear();
+        crate::crypto::parent_hashes(&pairs, &mut hashes);
+        for (&(p, _, _), h) in level.iter().zip(&hashes) {
+            pool[p].hash = *h;
+        }
+    }
+    *roots = stack.iter().map(|&i| pool[i]).collect();
+    pool.split_off(base)
 }
 
 #[cfg(test)]
@@ -291,6 +325,42 @@ mod tests {
         assert_eq!(stored_length(&bf), 7);
         let empty = Bitfield::default();
         assert_eq!(digest(&empty, 6), 0);
+    }
+
+    #[test]
+    fn batched_parents_match_one_by_one() {
+        // Any split of 100 leaves into batches gives the nodes of appending them singly.
+        let leaves: Vec<Node> = (0..100u64)
+            .map(|i| Node {
+                index: 2 * i,
+                hash: crate::crypto::leaf_hash(&[i as u8]),
+                size: i % 7,
+            })
+            .collect();
+        let mut single_roots = Vec::new();
+        let mut single: Vec<Node> = Vec::new();
+        for l in &leaves {
+            single.extend(append_leaves(&mut single_roots, std::slice::from_ref(l)));
+        }
+        for split in [1usize, 3, 7, 64, 100] {
+            let mut roots = Vec::new();
+            let mut all = Vec::new();
+            for chunk in leaves.chunks(split) {
+                all.extend(append_leaves(&mut roots, chunk));
+            }
+            assert_eq!(roots, single_roots);
+            all.sort_by_key(|n| n.index);
+            let mut expect = single.clone();
+            expect.sort_by_key(|n| n.index);
+            assert_eq!(all, expect);
+        }
+        // Parents are the hashes of their children.
+        let by_index: std::collections::HashMap<u64, Node> =
+            single.iter().map(|n| (n.index, *n)).collect();
+        for n in single.iter().filter(|n| n.index & 1 == 1) {
+            let (l, r) = flat_tree::children(n.index).unwrap();
+            assert_eq!(*n, Node::parent(&by_index[&l], &by_index[&r]));
+        }
     }
 
     #[test]

@@ -204,6 +204,50 @@ impl Bitfield {
         }
     }
 
+    /// Marks blocks `[start, end)` stored, a byte at a time (what an append does; gives
+    /// the same bytes as marking them one by one in order).
+    pub fn set_blocks(&mut self, start: u64, end: u64) {
+        let mut i = start;
+        while i < end {
+            let byte_i = i >> 3;
+            let byte_end = ((byte_i + 1) << 3).min(end);
+            let lo = (i & 7) as u32;
+            let hi = (byte_end - (byte_i << 3)) as u32;
+            let mask = ((0xffu16 >> lo) & !(0xffu16 >> hi)) as u8;
+            let v = self.get_byte(Region::Data, byte_i) | mask;
+            if self.set_byte(Region::Data, byte_i, v) {
+                self.update_index(byte_i, v);
+            }
+            i = byte_end;
+        }
+    }
+
+    /// Marks exactly these tree nodes stored, without propagating to parents (the caller
+    /// passes every node an append created). Nodes at or above `dense_from` are gathered
+    /// per byte first.
+    pub fn set_nodes(&mut self, nodes: impl Iterator<Item = u64>, dense_from: u64) {
+        let first_byte = dense_from >> 3;
+        let mut bytes: Vec<u8> = Vec::new();
+        for n in nodes {
+            if n < dense_from {
+                self.set_tree_bit(n, true);
+                continue;
+            }
+            let k = ((n >> 3) - first_byte) as usize;
+            if bytes.len() <= k {
+                bytes.resize(k + 1, 0);
+            }
+            bytes[k] |= 128 >> (n & 7);
+        }
+        for (k, &b) in bytes.iter().enumerate() {
+            if b != 0 {
+                let at = first_byte + k as u64;
+                let v = self.get_byte(Region::Tree, at) | b;
+                self.set_byte(Region::Tree, at, v);
+            }
+        }
+    }
+
     /// Whether tree node `index` is stored.
     pub fn has_node(&self, index: u64) -> bool {
         self.get_byte(Region::Tree, index >> 3) & (128 >> (index & 7)) != 0
