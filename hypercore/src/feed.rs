@@ -80,6 +80,24 @@ impl Default for GetOptions {
     }
 }
 
+impl GetOptions {
+    /// Fail with [`Error::NotAvailable`] instead of waiting.
+    pub fn no_wait() -> Self {
+        GetOptions {
+            wait: false,
+            timeout: None,
+        }
+    }
+
+    /// Wait at most `timeout`.
+    pub fn timeout(timeout: Duration) -> Self {
+        GetOptions {
+            wait: true,
+            timeout: Some(timeout),
+        }
+    }
+}
+
 /// Length and byte length, published on every change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Status {
@@ -90,10 +108,13 @@ struct Status {
     closed: bool,
 }
 
+/// `get` calls waiting for a block, by index.
+type Waiters = HashMap<u64, Vec<oneshot::Sender<()>>>;
+
 struct State {
+    /// `None` once closed.
     core: Option<FeedCore>,
-    /// `get` calls waiting for a block, by index.
-    waiters: HashMap<u64, Vec<oneshot::Sender<()>>>,
+    waiters: Waiters,
 }
 
 struct Inner {
@@ -231,9 +252,7 @@ impl Feed {
     }
 
     fn state(&self) -> Result<MutexGuard<'_, State>> {
-        self.inner.state.lock().map_err(|_| Error::Closed {
-            key: self.inner.key,
-        })
+        self.inner.lock()
     }
 
     /// Runs `f` on the core right here (for short, in-memory or cached work).
@@ -245,21 +264,18 @@ impl Feed {
         f(core)
     }
 
-    /// Runs `f` with the whole state on the blocking pool (for hashing and writing).
+    /// Runs `f` on the blocking pool (for hashing and writing), with the core and the
+    /// waiting `get`s.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut State, &Inner) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut FeedCore, &mut Waiters, &Inner) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let mut state = inner
-                .state
-                .lock()
-                .map_err(|_| Error::Closed { key: inner.key })?;
-            if state.core.is_none() {
-                return Err(Error::Closed { key: inner.key });
-            }
-            f(&mut state, &inner)
+            let mut guard = inner.lock()?;
+            let State { core, waiters } = &mut *guard;
+            let core = core.as_mut().ok_or(Error::Closed { key: inner.key })?;
+            f(core, waiters, &inner)
         })
         .await
         .map_err(panicked)?
@@ -276,16 +292,12 @@ impl Feed {
         blocks: impl IntoIterator<Item = B>,
     ) -> Result<u64> {
         let blocks: Vec<Bytes> = blocks.into_iter().map(Into::into).collect();
-        self.blocking(move |state, inner| {
-            let core = state
-                .core
-                .as_mut()
-                .ok_or(Error::Closed { key: inner.key })?;
+        self.blocking(move |core, waiters, inner| {
             let start = core.len();
             let refs: Vec<&[u8]> = blocks.iter().map(|b| &b[..]).collect();
             let length = core.append(&refs)?;
             let byte_length = core.byte_len();
-            wake_range(state, start, length);
+            wake_range(waiters, start, length);
             inner.publish(length, byte_length);
             let _ = inner.events.send(Event::Append {
                 length,
@@ -342,13 +354,7 @@ impl Feed {
                     Next::ReadLarge => {
                         // Off the runtime. The block may be cleared meanwhile; then wait again.
                         let read = self
-                            .blocking(move |state, inner| {
-                                let core = state
-                                    .core
-                                    .as_mut()
-                                    .ok_or(Error::Closed { key: inner.key })?;
-                                Ok(core.get(index)?.map(Bytes::from))
-                            })
+                            .blocking(move |core, _, _| Ok(core.get(index)?.map(Bytes::from)))
                             .await?;
                         if let Some(b) = read {
                             return Ok(b);
@@ -408,11 +414,7 @@ impl Feed {
         end: u64,
         max_bytes: u64,
     ) -> Result<Vec<Bytes>> {
-        self.blocking(move |state, inner| {
-            let core = state
-                .core
-                .as_mut()
-                .ok_or(Error::Closed { key: inner.key })?;
+        self.blocking(move |core, _, _| {
             let (data, sizes) = core.read_run(start, end, max_bytes)?;
             let data = Bytes::from(data);
             let mut at = 0usize;
@@ -459,13 +461,7 @@ impl Feed {
     /// Removes blocks `[start, end)` from local storage (they can be downloaded again).
     pub async fn clear(&self, start: u64, end: u64) -> Result<()> {
         let changed = self
-            .blocking(move |state, inner| {
-                let core = state
-                    .core
-                    .as_mut()
-                    .ok_or(Error::Closed { key: inner.key })?;
-                core.clear(start, end)
-            })
+            .blocking(move |core, _, _| core.clear(start, end))
             .await?;
         if changed {
             self.inner.bump();
@@ -545,15 +541,7 @@ impl Feed {
 
     /// Re-hashes every stored block; blocks that do not match their hash are cleared.
     pub async fn audit(&self) -> Result<AuditReport> {
-        let report = self
-            .blocking(|state, inner| {
-                state
-                    .core
-                    .as_mut()
-                    .ok_or(Error::Closed { key: inner.key })?
-                    .audit()
-            })
-            .await?;
+        let report = self.blocking(|core, _, _| core.audit()).await?;
         if report.invalid > 0 {
             self.inner.bump();
         }
@@ -588,15 +576,7 @@ impl Feed {
         if request.hash {
             return Ok((None, proof));
         }
-        let data = self
-            .get_with(
-                index,
-                GetOptions {
-                    wait: false,
-                    timeout: None,
-                },
-            )
-            .await?;
+        let data = self.get_with(index, GetOptions::no_wait()).await?;
         let _ = self.inner.events.send(Event::Upload {
             index,
             bytes: data.len() as u64,
@@ -613,11 +593,7 @@ impl Feed {
         proof: Proof,
         origin: Origin,
     ) -> Result<PutOutcome> {
-        self.blocking(move |state, inner| {
-            let core = state
-                .core
-                .as_mut()
-                .ok_or(Error::Closed { key: inner.key })?;
+        self.blocking(move |core, waiters, inner| {
             let outcome = core.put(index, data.as_deref(), proof, origin)?;
             let (length, byte_length, synced) = (
                 core.len(),
@@ -625,7 +601,7 @@ impl Feed {
                 core.downloaded_total() == core.len(),
             );
             if outcome.downloaded {
-                wake_range(state, index, index + 1);
+                wake_range(waiters, index, index + 1);
             }
             inner.publish(length, byte_length);
             if outcome.length_grew {
@@ -670,6 +646,15 @@ impl Feed {
 }
 
 impl Inner {
+    fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| Error::Internal {
+            reason: format!(
+                "the state of feed {} was poisoned by an earlier panic",
+                self.key
+            ),
+        })
+    }
+
     fn publish(&self, length: u64, byte_length: u64) {
         self.status.send_modify(|s| {
             s.length = length;
@@ -684,24 +669,21 @@ impl Inner {
 }
 
 /// Wakes `get`s waiting for blocks in `[start, end)`.
-fn wake_range(state: &mut State, start: u64, end: u64) {
-    if state.waiters.is_empty() {
+fn wake_range(waiters: &mut Waiters, start: u64, end: u64) {
+    if waiters.is_empty() {
         return;
     }
-    let ready: Vec<u64> = if end - start <= state.waiters.len() as u64 {
-        (start..end)
-            .filter(|i| state.waiters.contains_key(i))
-            .collect()
+    let ready: Vec<u64> = if end - start <= waiters.len() as u64 {
+        (start..end).filter(|i| waiters.contains_key(i)).collect()
     } else {
-        state
-            .waiters
+        waiters
             .keys()
             .copied()
             .filter(|i| (start..end).contains(i))
             .collect()
     };
     for i in ready {
-        for tx in state.waiters.remove(&i).unwrap_or_default() {
+        for tx in waiters.remove(&i).unwrap_or_default() {
             let _ = tx.send(());
         }
     }

@@ -30,6 +30,16 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// Every file of a feed.
+    pub const ALL: [FileKind; 6] = [
+        FileKind::Key,
+        FileKind::SecretKey,
+        FileKind::Data,
+        FileKind::Tree,
+        FileKind::Signatures,
+        FileKind::Bitfield,
+    ];
+
     /// The file name hypercore 9 uses.
     pub fn name(self) -> &'static str {
         match self {

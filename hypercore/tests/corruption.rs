@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use hypercore::storage::DiskStorage;
+use hypercore::storage::{DiskStorage, FileKind};
 use hypercore::{Error, Feed, FeedOptions, GetOptions};
 use proptest::prelude::*;
 
@@ -120,16 +120,7 @@ async fn audit_finds_and_clears_a_corrupted_block() {
     let report = feed.audit().await.unwrap();
     assert_eq!((report.valid, report.invalid), (5, 1));
     assert!(!feed.has(2));
-    let err = feed
-        .get_with(
-            2,
-            GetOptions {
-                wait: false,
-                timeout: None,
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = feed.get_with(2, GetOptions::no_wait()).await.unwrap_err();
     assert!(matches!(err, Error::NotAvailable { index: 2 }));
     assert_eq!(&feed.get(3).await.unwrap()[..], b"delta");
     // The writer keeps appending, and the clearing survives a reopen.
@@ -161,14 +152,10 @@ enum Damage {
     Extend { file: usize, by: u64 },
 }
 
-const FILES: [&str; 6] = [
-    "key",
-    "secret_key",
-    "data",
-    "tree",
-    "signatures",
-    "bitfield",
-];
+/// The six files of a feed.
+fn files() -> [&'static str; 6] {
+    FileKind::ALL.map(FileKind::name)
+}
 
 fn damage() -> impl Strategy<Value = Damage> {
     prop_oneof![
@@ -186,18 +173,18 @@ fn apply(dir: &Path, d: &Damage) {
     let len = |f: &str| std::fs::metadata(dir.join(f)).unwrap().len();
     match *d {
         Damage::Flip { file, at, byte } => {
-            let name = FILES[file];
+            let name = files()[file];
             let l = len(name);
             if l > 0 {
                 patch(dir, name, at % l, &[byte]);
             }
         }
         Damage::Truncate { file, at } => {
-            let name = FILES[file];
+            let name = files()[file];
             truncate(dir, name, at.min(len(name)));
         }
         Damage::Extend { file, by } => {
-            let name = FILES[file];
+            let name = files()[file];
             let l = len(name);
             std::fs::OpenOptions::new()
                 .write(true)
@@ -236,7 +223,7 @@ proptest! {
             no_panic(&opened);
             let Ok(feed) = opened else { return };
             for i in 0..feed.len() {
-                let got = feed.get_with(i, GetOptions { wait: false, timeout: None }).await;
+                let got = feed.get_with(i, GetOptions::no_wait()).await;
                 no_panic(&got);
             }
             let audit = feed.audit().await;
@@ -244,7 +231,7 @@ proptest! {
             if audit.is_ok() {
                 // After an audit, every block still claimed is intact.
                 for i in 0..feed.len().min(40) {
-                    if let Ok(b) = feed.get_with(i, GetOptions { wait: false, timeout: None }).await {
+                    if let Ok(b) = feed.get_with(i, GetOptions::no_wait()).await {
                         assert_eq!(b, blocks[i as usize], "block {i} survived audit but is wrong");
                     }
                 }

@@ -98,25 +98,10 @@ async fn oversized_blocks_and_read_only_appends_are_refused() {
 async fn get_waits_for_a_block_that_arrives_later() {
     let writer = writer_with(&["a", "b", "c"]).await;
     let clone = sparse_clone_of(&writer).await;
-    let err = clone
-        .get_with(
-            1,
-            GetOptions {
-                wait: false,
-                timeout: None,
-            },
-        )
-        .await
-        .unwrap_err();
+    let err = clone.get_with(1, GetOptions::no_wait()).await.unwrap_err();
     assert!(matches!(err, Error::NotAvailable { index: 1 }));
     let err = clone
-        .get_with(
-            1,
-            GetOptions {
-                wait: true,
-                timeout: Some(Duration::from_millis(30)),
-            },
-        )
+        .get_with(1, GetOptions::timeout(Duration::from_millis(30)))
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
@@ -303,14 +288,7 @@ async fn clear_removes_blocks_and_audit_counts() {
     assert_eq!(feed.downloaded(0, None), 2);
     assert_eq!(feed.len(), 4, "clearing keeps the length");
     assert!(matches!(
-        feed.get_with(
-            1,
-            GetOptions {
-                wait: false,
-                timeout: None
-            }
-        )
-        .await,
+        feed.get_with(1, GetOptions::no_wait()).await,
         Err(Error::NotAvailable { .. })
     ));
     assert_eq!(&feed.get(3).await.unwrap()[..], b"dddd");

@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{ensure, Context, Result};
-use hypercore::storage::DiskStorage;
+use hypercore::storage::{DiskStorage, FileKind};
 use hypercore::{Durability, Feed, FeedOptions, KeyPair};
 use hyperd_tests::{crash_block_size, make_block, CRASH_KEY_SEED};
 use rand::rngs::StdRng;
@@ -211,14 +211,10 @@ fn parse(lines: &[String]) -> Said {
     said
 }
 
-const FILES: [&str; 6] = [
-    "key",
-    "secret_key",
-    "data",
-    "tree",
-    "signatures",
-    "bitfield",
-];
+/// The six files of a feed.
+fn files() -> [&'static str; 6] {
+    FileKind::ALL.map(FileKind::name)
+}
 
 /// Sizes of the data, tree and signatures files (0 when missing).
 fn sizes(dir: &Path) -> [u64; 3] {
@@ -227,7 +223,7 @@ fn sizes(dir: &Path) -> [u64; 3] {
 
 fn copy_feed(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
-    for f in FILES {
+    for f in files() {
         if from.join(f).exists() {
             std::fs::copy(from.join(f), to.join(f)).unwrap();
         }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use hypercore::crypto::to_hex;
-use hypercore::storage::DiskStorage;
+use hypercore::storage::{DiskStorage, FileKind};
 use hypercore::{
     Error, Feed, FeedOptions, KeyPair, Origin, ProofRequest, PublicKey, RemoteTree, Signature,
     SignatureAt,
@@ -455,14 +455,10 @@ fn sample_indexes(length: u64) -> Vec<u64> {
 // ---------------------------------------------------------------------------------------
 // Comparing files byte for byte, with an explanation of every difference.
 
-const FILES: [&str; 6] = [
-    "key",
-    "secret_key",
-    "data",
-    "tree",
-    "signatures",
-    "bitfield",
-];
+/// The six files of a feed.
+fn files() -> [&'static str; 6] {
+    FileKind::ALL.map(FileKind::name)
+}
 
 /// What byte `offset` of file `name` means in hypercore 9's layout.
 fn explain(name: &str, offset: usize) -> String {
@@ -633,7 +629,7 @@ async fn empty_feed_both_ways() {
     assert_eq!(w.length, 0);
     let feed = assert_rust_reads(&js_dir, &key, 0, &[1], &[], 0).await;
     feed.close().await.unwrap();
-    assert_same_files("empty feed", &js_dir, &rust_dir, &FILES, false);
+    assert_same_files("empty feed", &js_dir, &rust_dir, &files(), false);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -729,7 +725,7 @@ async fn mixed_history(seed_n: u8, first_is_js: bool, sizes: &[usize], steps: &[
         },
     );
     assert_eq!(js_sigs(&w), sigs);
-    assert_same_files("mixed history", &reference, &dir, &FILES, false);
+    assert_same_files("mixed history", &reference, &dir, &files(), false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -777,7 +773,7 @@ async fn assert_writer_identity(name: &str, seed_n: u8, shape: Shape<'_>) {
     let w = js_write(&js_dir, &sd, shape);
     let sigs = rust_write(&rust_dir, &sd, shape).await;
     assert_eq!(js_sigs(&w), sigs, "{name}: signatures");
-    assert_same_files(name, &js_dir, &rust_dir, &FILES, false);
+    assert_same_files(name, &js_dir, &rust_dir, &files(), false);
     // Opening and closing again (both rewrite headers on open) keeps them identical.
     let feed = open(&rust_dir, FeedOptions::default()).await;
     feed.close().await.unwrap();
@@ -787,7 +783,7 @@ async fn assert_writer_identity(name: &str, seed_n: u8, shape: Shape<'_>) {
         &format!("{name} after reopen"),
         &js_dir,
         &rust_dir,
-        &FILES,
+        &files(),
         false,
     );
 }
