@@ -1,0 +1,201 @@
+//! Frames (`simple-message-channels`): `varint(length) varint(channel << 4 | type) body`;
+//! a frame of length 0 is a keep-alive.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::error::Error;
+use crate::message::Message;
+
+/// Largest message body accepted (and sent), as in JS.
+pub const MAX_MESSAGE_SIZE: usize = 8 * 1024 * 1024;
+
+/// Appends an unsigned LEB128 varint.
+pub fn put_varint(out: &mut impl bytes::BufMut, v: u64) {
+    prost::encoding::encode_varint(v, out);
+}
+
+/// Appends a frame carrying `message` on `channel`.
+pub fn encode(channel: u64, message: &Message, out: &mut BytesMut) {
+    let header = channel << 4 | u64::from(message.type_id());
+    let len = prost::encoding::encoded_len_varint(header) + message.encoded_len();
+    out.reserve(len + 10);
+    put_varint(out, len as u64);
+    put_varint(out, header);
+    message.encode_body(out);
+}
+
+/// One unit read off the wire.
+#[derive(Debug, PartialEq)]
+pub enum Frame {
+    /// A message on a channel (the body is decoded separately).
+    Message {
+        /// The sender's channel id.
+        channel: u64,
+        /// The message type.
+        type_id: u8,
+        /// The encoded body.
+        body: Bytes,
+    },
+    /// An empty frame.
+    KeepAlive,
+}
+
+/// Reads a varint from the front of `buf` without consuming it: `(value, bytes)`, or
+/// `None` if more bytes are needed. Varints of 8 or more bytes are refused, as JS does.
+fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, Error> {
+    let mut v = 0u64;
+    for (i, &b) in buf.iter().enumerate() {
+        if i >= 8 {
+            break;
+        }
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((v, i + 1)));
+        }
+    }
+    if buf.len() >= 8 {
+        return Err(Error::Malformed {
+            what: "frame",
+            reason: "varint longer than 8 bytes".into(),
+        });
+    }
+    Ok(None)
+}
+
+/// Takes the next complete frame from the front of `buf`, if there is one.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
+    let Some((len, n)) = peek_varint(buf)? else {
+        return Ok(None);
+    };
+    if len == 0 {
+        buf.advance(n);
+        return Ok(Some(Frame::KeepAlive));
+    }
+    // Refuse before buffering: the header takes at most 8 bytes of the length.
+    if len > (MAX_MESSAGE_SIZE + 8) as u64 {
+        return Err(Error::TooLarge {
+            size: len,
+            max: MAX_MESSAGE_SIZE,
+        });
+    }
+    let len = len as usize;
+    if buf.len() < n + len {
+        buf.reserve(n + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(n);
+    let mut frame = buf.split_to(len).freeze();
+    let Some((header, h)) = peek_varint(&frame)? else {
+        return Err(Error::Malformed {
+            what: "frame",
+            reason: "header runs past the end of the frame".into(),
+        });
+    };
+    frame.advance(h);
+    if frame.len() > MAX_MESSAGE_SIZE {
+        return Err(Error::TooLarge {
+            size: frame.len() as u64,
+            max: MAX_MESSAGE_SIZE,
+        });
+    }
+    Ok(Some(Frame::Message {
+        channel: header >> 4,
+        type_id: (header & 15) as u8,
+        body: frame,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Close, Have, Status};
+    use proptest::prelude::*;
+
+    fn hex(b: &[u8]) -> String {
+        hypercore::crypto::to_hex(b)
+    }
+
+    #[test]
+    fn examples_from_the_spec() {
+        let mut out = BytesMut::new();
+        encode(
+            1,
+            &Message::Status(Status {
+                uploading: Some(true),
+                downloading: Some(false),
+            }),
+            &mut out,
+        );
+        assert_eq!(hex(&out), "051208011000");
+        out.clear();
+        encode(
+            1,
+            &Message::Close(Close {
+                discovery_key: None,
+            }),
+            &mut out,
+        );
+        assert_eq!(hex(&out), "011a");
+        out.clear();
+        encode(
+            1,
+            &Message::Have(Have {
+                start: 6,
+                length: None,
+                bitfield: None,
+                ack: None,
+            }),
+            &mut out,
+        );
+        assert_eq!(hex(&out), "03130806");
+    }
+
+    #[test]
+    fn partial_frames_wait_and_keepalives_pass() {
+        let mut wire = BytesMut::from(&[0u8, 0x03, 0x13, 0x08][..]);
+        assert_eq!(decode(&mut wire).unwrap(), Some(Frame::KeepAlive));
+        assert_eq!(decode(&mut wire).unwrap(), None);
+        wire.extend_from_slice(&[0x06]);
+        let Some(Frame::Message {
+            channel,
+            type_id,
+            body,
+        }) = decode(&mut wire).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((channel, type_id, &body[..]), (1, 3, &[8u8, 6][..]));
+        assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_buffering() {
+        let mut wire = BytesMut::new();
+        put_varint(&mut wire, 9 * 1024 * 1024);
+        assert!(matches!(decode(&mut wire), Err(Error::TooLarge { .. })));
+        let mut wire = BytesMut::from(&[0xff; 9][..]);
+        assert!(matches!(decode(&mut wire), Err(Error::Malformed { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(frame)) = decode(&mut buf) {
+                if let Frame::Message { type_id, body, .. } = frame {
+                    let _ = Message::decode(type_id, body);
+                }
+            }
+        }
+
+        #[test]
+        fn messages_round_trip(start in any::<u64>(), length in proptest::option::of(any::<u64>()), channel in 0u64..1 << 40) {
+            let msg = Message::Have(Have { start, length, bitfield: None, ack: Some(true) });
+            let mut out = BytesMut::new();
+            encode(channel, &msg, &mut out);
+            let Some(Frame::Message { channel: c, type_id, body }) = decode(&mut out).unwrap() else { panic!() };
+            prop_assert_eq!(c, channel);
+            prop_assert_eq!(Message::decode(type_id, body).unwrap(), msg);
+        }
+    }
+}
