@@ -544,6 +544,11 @@ impl FeedCore {
         self.bitfield.has_block(index)
     }
 
+    /// Whether the leaf node of block `index` is stored.
+    pub fn has_hash(&self, index: u64) -> bool {
+        index < MAX_BLOCKS && self.bitfield.has_node(2 * index)
+    }
+
     /// Byte offset and size of block `index` (its left roots and leaf must be stored).
     pub fn block_location(&mut self, index: u64) -> Result<(u64, u64)> {
         let offset = self.byte_offset(index)?;
@@ -616,6 +621,11 @@ impl FeedCore {
         }
         sizes.truncate(keep);
         Ok((self.store.read_data(offset, total)?, sizes))
+    }
+
+    /// The RLE-compressed bitfield of stored blocks for a `Have` reply to a `Want`.
+    pub fn compressed_bitfield(&self, start: u64, length: u64) -> Vec<u8> {
+        self.bitfield.compress(start, length)
     }
 
     /// Number of stored blocks in `[start, end)`.

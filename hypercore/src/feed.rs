@@ -5,7 +5,7 @@
 //! small blocks from the page cache run inline, where a thread hop would cost more than
 //! the read (see the `log` benchmark).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub enum Event {
         index: u64,
         /// Its size.
         bytes: u64,
+        /// Where it came from.
+        origin: Origin,
     },
     /// A block was served to a peer.
     Upload {
@@ -115,6 +117,21 @@ struct State {
     /// `None` once closed.
     core: Option<FeedCore>,
     waiters: Waiters,
+    /// Lengths awaited by `update` calls (with how many callers await each).
+    updates: BTreeMap<u64, usize>,
+    /// Byte offsets awaited by `seek` calls the local tree could not resolve.
+    seeks: BTreeMap<u64, usize>,
+}
+
+/// What local callers are waiting for, so replication knows what to fetch first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    /// Blocks awaited by `get` (ascending).
+    pub blocks: Vec<u64>,
+    /// The smallest length awaited by `update`, if any.
+    pub length: Option<u64>,
+    /// Byte offsets awaited by `seek` (ascending).
+    pub seeks: Vec<u64>,
 }
 
 struct Inner {
@@ -125,6 +142,8 @@ struct Inner {
     state: Mutex<State>,
     status: watch::Sender<Status>,
     events: broadcast::Sender<Event>,
+    /// Bumped whenever [`Demand`] changes.
+    demand: watch::Sender<u64>,
 }
 
 /// An open hypercore: a signed, append-only log of blocks. Cheap to clone; all clones
@@ -177,9 +196,12 @@ impl Feed {
                 state: Mutex::new(State {
                     core: Some(core),
                     waiters: HashMap::new(),
+                    updates: BTreeMap::new(),
+                    seeks: BTreeMap::new(),
                 }),
                 status: watch::Sender::new(status),
                 events,
+                demand: watch::Sender::new(0),
             }),
         })
     }
@@ -273,7 +295,7 @@ impl Feed {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = inner.lock()?;
-            let State { core, waiters } = &mut *guard;
+            let State { core, waiters, .. } = &mut *guard;
             let core = core.as_mut().ok_or(Error::Closed { key: inner.key })?;
             f(core, waiters, &inner)
         })
@@ -344,6 +366,7 @@ impl Feed {
                         }
                         let (tx, rx) = oneshot::channel();
                         state.waiters.entry(index).or_default().push(tx);
+                        self.inner.demand.send_modify(|v| *v += 1);
                         Next::Waiter(rx)
                     }
                 };
@@ -386,6 +409,44 @@ impl Feed {
                     state.waiters.remove(&index);
                 }
             }
+        }
+        self.inner.demand.send_modify(|v| *v += 1);
+    }
+
+    /// What local callers are waiting for (blocks, a length, byte offsets).
+    pub fn demand(&self) -> Demand {
+        let Ok(state) = self.state() else {
+            return Demand::default();
+        };
+        let mut blocks: Vec<u64> = state
+            .waiters
+            .iter()
+            .filter(|(_, list)| list.iter().any(|tx| !tx.is_closed()))
+            .map(|(&i, _)| i)
+            .collect();
+        blocks.sort_unstable();
+        Demand {
+            blocks,
+            length: state.updates.keys().next().copied(),
+            seeks: state.seeks.keys().copied().collect(),
+        }
+    }
+
+    /// Changes whenever [`Feed::demand`] may have changed.
+    pub fn demand_changes(&self) -> watch::Receiver<u64> {
+        self.inner.demand.subscribe()
+    }
+
+    /// Registers a wait in `updates` or `seeks` until the guard is dropped.
+    fn await_demand(&self, kind: DemandKind, value: u64) -> DemandGuard {
+        if let Ok(mut state) = self.state() {
+            *kind.map(&mut state).entry(value).or_default() += 1;
+        }
+        self.inner.demand.send_modify(|v| *v += 1);
+        DemandGuard {
+            inner: self.inner.clone(),
+            kind,
+            value,
         }
     }
 
@@ -446,6 +507,11 @@ impl Feed {
         self.with_core(|c| Ok(c.has(index))).unwrap_or(false)
     }
 
+    /// Whether the hash (leaf node) of block `index` is stored, with or without its data.
+    pub fn has_hash(&self, index: u64) -> bool {
+        self.with_core(|c| Ok(c.has_hash(index))).unwrap_or(false)
+    }
+
     /// Whether every block in `[start, end)` is stored locally.
     pub fn has_range(&self, start: u64, end: u64) -> bool {
         self.with_core(|c| Ok(c.has_range(start, end)))
@@ -475,11 +541,13 @@ impl Feed {
     pub async fn seek(&self, bytes: u64, timeout: Option<Duration>) -> Result<(u64, u64)> {
         let fut = async {
             let mut status = self.inner.status.subscribe();
+            let mut demand = None;
             loop {
                 status.borrow_and_update();
                 match self.with_core(|c| c.seek(bytes))? {
                     SeekOutcome::Found { index, offset } => return Ok((index, offset)),
                     SeekOutcome::Unresolved { .. } => {
+                        demand.get_or_insert_with(|| self.await_demand(DemandKind::Seek, bytes));
                         status.changed().await.map_err(|_| Error::Closed {
                             key: self.inner.key,
                         })?;
@@ -498,10 +566,26 @@ impl Feed {
         }
     }
 
+    /// The block containing byte `bytes` if the local tree can tell, without waiting.
+    pub fn seek_local(&self, bytes: u64) -> Result<Option<(u64, u64)>> {
+        Ok(match self.with_core(|c| c.seek(bytes))? {
+            SeekOutcome::Found { index, offset } => Some((index, offset)),
+            SeekOutcome::Unresolved { .. } => None,
+        })
+    }
+
+    /// The RLE bitfield of stored blocks a `Have` carries in reply to `Want{start,
+    /// length}` (`0, 0` = all).
+    pub fn have_bitfield(&self, start: u64, length: u64) -> Vec<u8> {
+        self.with_core(|c| Ok(c.compressed_bitfield(start, length)))
+            .unwrap_or_default()
+    }
+
     /// Waits until the feed has at least `min_length` blocks (default: one more than now).
     /// Returns the new length.
     pub async fn update(&self, min_length: Option<u64>, timeout: Option<Duration>) -> Result<u64> {
         let min = min_length.unwrap_or_else(|| self.len() + 1);
+        let _demand = (self.len() < min).then(|| self.await_demand(DemandKind::Length, min));
         let mut rx = self.inner.status.subscribe();
         let fut = rx.wait_for(|s| s.length >= min || s.closed);
         let status = match timeout {
@@ -614,6 +698,7 @@ impl Feed {
                 let _ = inner.events.send(Event::Download {
                     index,
                     bytes: d.len() as u64,
+                    origin,
                 });
                 if synced && !inner.writable {
                     let _ = inner.events.send(Event::Sync);
@@ -665,6 +750,43 @@ impl Inner {
 
     fn bump(&self) {
         self.status.send_modify(|s| s.version += 1);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum DemandKind {
+    Length,
+    Seek,
+}
+
+impl DemandKind {
+    fn map(self, state: &mut State) -> &mut BTreeMap<u64, usize> {
+        match self {
+            DemandKind::Length => &mut state.updates,
+            DemandKind::Seek => &mut state.seeks,
+        }
+    }
+}
+
+/// Removes an `update` or `seek` wait from the demand when the waiting call ends.
+struct DemandGuard {
+    inner: Arc<Inner>,
+    kind: DemandKind,
+    value: u64,
+}
+
+impl Drop for DemandGuard {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.inner.lock() {
+            let map = self.kind.map(&mut state);
+            if let Some(n) = map.get_mut(&self.value) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.value);
+                }
+            }
+        }
+        self.inner.demand.send_modify(|v| *v += 1);
     }
 }
 

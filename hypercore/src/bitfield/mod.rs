@@ -390,10 +390,14 @@ impl Bitfield {
     }
 
     /// The RLE-compressed data bits for `[start, start + length)` as sent in a `Have`
-    /// (JS `Bitfield.compress`); `start` must be a multiple of 8192.
+    /// (JS `Bitfield.compress`; `0, 0` means all of them); `start` must be a multiple of
+    /// 8192.
     pub fn compress(&self, start: u64, length: u64) -> Vec<u8> {
         let data_bits = self.data_len_bits();
-        let length = if start + length > data_bits {
+        // A Want without a length asks for everything.
+        let length = if start == 0 && length == 0 {
+            data_bits
+        } else if start.saturating_add(length) > data_bits {
             data_bits.saturating_sub(start).max(1)
         } else {
             length

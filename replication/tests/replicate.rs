@@ -1,0 +1,209 @@
+//! Rust peers replicating with each other over in-memory byte streams.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hypercore::storage::MemoryStorage;
+use hypercore::{Feed, FeedOptions};
+use hypercore_protocol::ProtocolOptions;
+use hypercore_replication::{
+    replicate, DownloadRange, ReplicateOptions, Replicator, ReplicatorOptions,
+};
+
+async fn writer(blocks: u64) -> Feed {
+    let feed = Feed::memory().await.unwrap();
+    let data: Vec<Bytes> = (0..blocks)
+        .map(|i| Bytes::from(format!("block {i}").into_bytes()))
+        .collect();
+    for chunk in data.chunks(1000) {
+        feed.append_batch(chunk.to_vec()).await.unwrap();
+    }
+    feed
+}
+
+async fn clone_of(feed: &Feed, sparse: bool) -> Feed {
+    Feed::open(
+        MemoryStorage::new(),
+        FeedOptions {
+            key: Some(feed.key()),
+            sparse,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn opts(initiator: bool, live: bool) -> ReplicateOptions {
+    ReplicateOptions {
+        protocol: ProtocolOptions {
+            initiator,
+            live,
+            ..Default::default()
+        },
+    }
+}
+
+/// Replicates two feeds over a duplex; returns both results.
+async fn sync(
+    a: &Replicator,
+    b: &Replicator,
+    live: bool,
+) -> (
+    Result<(), hypercore_replication::Error>,
+    Result<(), hypercore_replication::Error>,
+) {
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let (ra, rb) = tokio::join!(
+        replicate(a, x, opts(true, live)),
+        replicate(b, y, opts(false, live))
+    );
+    (ra, rb)
+}
+
+#[tokio::test]
+async fn one_shot_full_download_ends_on_both_sides() {
+    let w = writer(2500).await;
+    let r = clone_of(&w, false).await;
+    let (rw, rr) = (
+        Replicator::new(w.clone(), ReplicatorOptions::default()),
+        Replicator::new(r.clone(), ReplicatorOptions::default()),
+    );
+    let (a, b) = tokio::time::timeout(Duration::from_secs(30), sync(&rw, &rr, false))
+        .await
+        .unwrap();
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(r.len(), 2500);
+    assert_eq!(r.downloaded(0, None), 2500);
+    for i in [0, 1, 1234, 2499] {
+        assert_eq!(r.get(i).await.unwrap(), w.get(i).await.unwrap());
+    }
+    let audit = r.audit().await.unwrap();
+    assert_eq!((audit.valid, audit.invalid), (2500, 0));
+    let (ws, rs) = (rw.stats().totals, rr.stats().totals);
+    assert_eq!(rs.downloaded_blocks, 2500);
+    assert_eq!(ws.uploaded_blocks, 2500);
+    assert_eq!(rs.downloaded_bytes, w.byte_len());
+}
+
+#[tokio::test]
+async fn empty_and_single_block_feeds() {
+    for n in [0u64, 1] {
+        let w = writer(n).await;
+        let r = clone_of(&w, false).await;
+        let (a, b) = tokio::time::timeout(
+            Duration::from_secs(10),
+            sync(
+                &Replicator::new(w.clone(), Default::default()),
+                &Replicator::new(r.clone(), Default::default()),
+                false,
+            ),
+        )
+        .await
+        .unwrap();
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(r.len(), n);
+        assert_eq!(r.downloaded(0, None), n);
+    }
+}
+
+#[tokio::test]
+async fn sparse_clone_fetches_only_what_is_asked() {
+    let w = writer(5000).await;
+    let r = clone_of(&w, true).await;
+    let (rw, rr) = (
+        Replicator::new(w.clone(), Default::default()),
+        Replicator::new(r.clone(), Default::default()),
+    );
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let t1 = tokio::spawn({
+        let rw = rw.clone();
+        async move { replicate(&rw, x, opts(true, true)).await }
+    });
+    let t2 = tokio::spawn({
+        let rr = rr.clone();
+        async move { replicate(&rr, y, opts(false, true)).await }
+    });
+    // The length arrives with the first Haves; `update` waits for it.
+    let len = tokio::time::timeout(Duration::from_secs(10), r.update(Some(1), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(len, 5000);
+    for i in [4999, 3, 2500] {
+        let got = tokio::time::timeout(Duration::from_secs(10), r.get(i))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, w.get(i).await.unwrap());
+    }
+    assert_eq!(r.downloaded(0, None), 3);
+    // A range download fetches exactly the range.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rr.download(DownloadRange::new(100, 200)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(r.has_range(100, 200));
+    assert_eq!(r.downloaded(0, None), 103);
+    t1.abort();
+    t2.abort();
+}
+
+#[tokio::test]
+async fn live_replication_follows_appends() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let w = writer(10).await;
+    let r = clone_of(&w, false).await;
+    let (rw, rr) = (
+        Replicator::new(w.clone(), Default::default()),
+        Replicator::new(r.clone(), Default::default()),
+    );
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let t1 = tokio::spawn({
+        let rw = rw.clone();
+        async move { replicate(&rw, x, opts(true, true)).await }
+    });
+    let t2 = tokio::spawn({
+        let rr = rr.clone();
+        async move { replicate(&rr, y, opts(false, true)).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), r.update(Some(10), None))
+        .await
+        .unwrap()
+        .unwrap();
+    for round in 0..5u64 {
+        w.append_batch((0..3).map(|k| Bytes::from(format!("live {round} {k}"))))
+            .await
+            .unwrap();
+        let want = 10 + 3 * (round + 1);
+        let len = tokio::time::timeout(Duration::from_secs(10), r.update(Some(want), None))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(len >= want);
+        let last = tokio::time::timeout(Duration::from_secs(10), r.get(want - 1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&last[..], format!("live {round} 2").as_bytes());
+    }
+    // Non-sparse live clones download new blocks without being asked.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while r.downloaded(0, None) < 25 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    t1.abort();
+    t2.abort();
+}
