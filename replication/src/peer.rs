@@ -5,7 +5,7 @@
 //! does not verify, a request for a block we never announced, or a flood of requests
 //! drops the connection with a logged reason (JS ignores the first).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,8 +35,11 @@ const MAX_PENDING_UPLOADS: usize = 4096;
 /// mark: keeps memory bounded without ever blocking the connection's reader.
 const HIGH_WATER: usize = 8 << 20;
 const LOW_WATER: usize = 2 << 20;
-/// Largest bitfield a `Have` may decode to (1 GiB of blocks' worth of bits).
-const MAX_HAVE_BITFIELD: usize = 16 << 20;
+/// Distinct `Want`s a peer may send (each covers a page of 1 M blocks).
+const MAX_REMOTE_WANTS: usize = 1024;
+/// Largest bitfield a `Have` may decode to: one `Want` page of blocks (we only ever want
+/// pages of this size, and JS answers with the Want's length).
+const MAX_HAVE_BITFIELD: usize = (WANT_PAGE / 8) as usize;
 
 #[derive(Clone, Copy, Debug)]
 struct Inflight {
@@ -69,6 +72,9 @@ struct Peer {
     remote_downloading: bool,
     remote_ack: bool,
     remote_want: bool,
+    /// Wants already answered: a repeated Want gets no second bitfield (updates follow as
+    /// Haves), so a flood of them cannot fill our send queue.
+    answered_wants: HashSet<(u64, u64)>,
     remote_extensions: Vec<String>,
 
     /// Blocks the remote has and we do not.
@@ -81,7 +87,7 @@ struct Peer {
     inflight: Vec<Inflight>,
     /// Requests dropped without an answer (the remote stopped uploading): their data may
     /// still arrive and is welcome.
-    abandoned: HashSet<u64>,
+    abandoned: HashMap<u64, usize>,
     last_progress: Instant,
 
     remote_tree: RemoteTree,
@@ -158,7 +164,7 @@ impl Peer {
             Message::Status(s) => self.on_status(s),
             Message::Have(h) => self.on_have(h)?,
             Message::Unhave(u) => self.on_unhave(u.start, u.length.unwrap_or(1)),
-            Message::Want(w) => self.on_want(w.start, w.length.unwrap_or(0)),
+            Message::Want(w) => self.on_want(w.start, w.length.unwrap_or(0))?,
             Message::Request(r) => self.on_request(r).await?,
             Message::Data(d) => self.on_data(d).await?,
             Message::Extension { id, payload } => self.on_extension(id, payload),
@@ -241,10 +247,19 @@ impl Peer {
         }
     }
 
-    fn on_want(&mut self, start: u64, length: u64) {
+    fn on_want(&mut self, start: u64, length: u64) -> Result<(), Error> {
         if !self.uploading || !start.is_multiple_of(8192) || !length.is_multiple_of(8192) {
-            return;
+            return Ok(());
         }
+        if self.answered_wants.contains(&(start, length)) {
+            return Ok(());
+        }
+        if self.answered_wants.len() >= MAX_REMOTE_WANTS {
+            return Err(
+                self.misbehaved(format!("sent more than {MAX_REMOTE_WANTS} distinct Wants"))
+            );
+        }
+        self.answered_wants.insert((start, length));
         let len = self.feed.len();
         if !self.remote_want && len > 0 && self.feed.has(len - 1) {
             // Tell the remote our length right away.
@@ -266,6 +281,7 @@ impl Peer {
             bitfield: Some(bitfield),
             ack: None,
         }));
+        Ok(())
     }
 
     fn on_have(&mut self, have: Have) -> Result<(), Error> {
@@ -281,6 +297,7 @@ impl Peer {
         if length == WANT_PAGE && self.inflight_wants > 0 {
             self.inflight_wants -= 1;
         }
+        // Bits are kept as announced; blocks we hold are skipped (and dropped) when picking.
         let end = match have.bitfield {
             Some(bits) => {
                 if length <= 1 {
@@ -292,7 +309,9 @@ impl Peer {
                     .iter()
                     .rposition(|&b| b != 0)
                     .map(|i| 8 * i as u64 + 7 - u64::from(raw[i].trailing_zeros()));
-                self.add_remote_bits(have.start, &raw);
+                self.remote
+                    .set_from_bytes(have.start, &raw)
+                    .map_err(|e| self.misbehaved(e.to_string()))?;
                 last.map_or(0, |l| have.start + l + 1)
             }
             None => {
@@ -300,11 +319,9 @@ impl Peer {
                     .start
                     .saturating_add(length.max(1))
                     .min(hypercore::MAX_BLOCKS);
-                for i in have.start..end {
-                    if !self.feed.has(i) {
-                        self.remote.set(i, true);
-                    }
-                }
+                self.remote
+                    .set_range(have.start, end)
+                    .map_err(|e| self.misbehaved(e.to_string()))?;
                 end
             }
         };
@@ -328,30 +345,13 @@ impl Peer {
         Ok(())
     }
 
-    /// Records the remote's bits at `start`, keeping only blocks we lack.
-    fn add_remote_bits(&mut self, start: u64, raw: &[u8]) {
-        for (k, &byte) in raw.iter().enumerate() {
-            if byte == 0 {
-                continue;
-            }
-            for bit in 0..8u64 {
-                let i = start + 8 * k as u64 + bit;
-                if byte & (0x80 >> bit) != 0 && !self.feed.has(i) {
-                    self.remote.set(i, true);
-                }
-            }
-        }
-    }
-
     fn on_unhave(&mut self, start: u64, length: u64) {
         if start == 0 && length >= self.remote_length {
             self.remote_length = 0;
             self.remote.clear();
             return;
         }
-        for i in start..start.saturating_add(length) {
-            self.remote.set(i, false);
-        }
+        self.remote.clear_range(start, start.saturating_add(length));
     }
 
     async fn on_request(&mut self, request: Request) -> Result<(), Error> {
@@ -443,7 +443,16 @@ impl Peer {
                 self.inflight.swap_remove(at);
                 true
             }
-            None => self.abandoned.remove(&index),
+            None => match self.abandoned.get_mut(&index) {
+                Some(n) => {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.abandoned.remove(&index);
+                    }
+                    true
+                }
+                None => false,
+            },
         };
         // A hash-only answer (to `update` or `seek`) may cover another block than asked.
         if !requested && data.value.is_some() {
@@ -507,12 +516,12 @@ impl Peer {
         Ok(())
     }
 
-    /// Drops in-flight requests that are answered by what we now hold (seeks resolved,
-    /// hashes known through another answer).
+    /// Stops waiting for in-flight requests answered by what we now hold (seeks resolved,
+    /// hashes or blocks that came through another peer). Their answers may still arrive
+    /// and are welcome.
     fn settle_inflight(&mut self) {
         let feed = &self.feed;
-        let shared = &self.shared;
-        let id = self.id;
+        let mut settled = Vec::new();
         self.inflight.retain(|r| {
             let done = if r.bytes > 0 {
                 matches!(feed.seek_local(r.bytes), Ok(Some(_)))
@@ -522,13 +531,20 @@ impl Peer {
                 feed.has(r.index)
             };
             if done {
-                let mut state = shared.lock();
-                if state.reserved.get(&r.index) == Some(&id) {
-                    state.reserved.remove(&r.index);
-                }
+                settled.push(r.index);
             }
             !done
         });
+        if settled.is_empty() {
+            return;
+        }
+        let mut state = self.shared.lock();
+        for index in settled {
+            if state.reserved.get(&index) == Some(&self.id) {
+                state.reserved.remove(&index);
+            }
+            *self.abandoned.entry(index).or_default() += 1;
+        }
     }
 
     fn abandon_inflight(&mut self) {
@@ -537,7 +553,7 @@ impl Peer {
             if state.reserved.get(&r.index) == Some(&self.id) {
                 state.reserved.remove(&r.index);
             }
-            self.abandoned.insert(r.index);
+            *self.abandoned.entry(r.index).or_default() += 1;
         }
         drop(state);
         self.shared.wake_peers();
@@ -717,6 +733,11 @@ impl Peer {
                             .flatten()
                     });
                     let Some(i) = found else { break };
+                    if self.feed.has(i) {
+                        // Stale: it came through another peer and that event is still queued.
+                        self.remote.set(i, false);
+                        continue;
+                    }
                     state.reserved.insert(i, self.id);
                     picks.push(i);
                     room -= 1;
@@ -864,6 +885,7 @@ pub(crate) async fn run(
         remote_downloading: true,
         remote_ack: false,
         remote_want: false,
+        answered_wants: HashSet::new(),
         remote_extensions: Vec::new(),
         remote: crate::RemoteBitfield::default(),
         remote_length: 0,
@@ -871,7 +893,7 @@ pub(crate) async fn run(
         wants: Some(HashSet::new()),
         inflight_wants: 0,
         inflight: Vec::new(),
-        abandoned: HashSet::new(),
+        abandoned: HashMap::new(),
         last_progress: Instant::now(),
         remote_tree: RemoteTree::default(),
         uploads: VecDeque::new(),

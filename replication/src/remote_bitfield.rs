@@ -5,6 +5,14 @@ use std::collections::BTreeMap;
 /// Bits per page (matches the 8192-block pages of `Have` bitfields).
 const PAGE_BITS: u64 = 8192;
 const WORDS: usize = (PAGE_BITS / 64) as usize;
+/// Pages one peer's announcements may occupy: 128 M blocks, 16 MiB. A peer claiming more
+/// is refused rather than allowed to exhaust memory.
+pub const MAX_PAGES: usize = 16 * 1024;
+
+/// A peer announced more blocks than [`MAX_PAGES`] can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("announced more than {} blocks", MAX_PAGES as u64 * PAGE_BITS)]
+pub struct TooManyBlocks;
 
 /// A sparse set of block indexes.
 #[derive(Debug, Default, Clone)]
@@ -36,15 +44,75 @@ impl RemoteBitfield {
         }
     }
 
-    /// Adds blocks `[start, end)`.
-    pub fn set_range(&mut self, start: u64, end: u64) {
-        for i in start..end {
-            self.set(i, true);
+    /// Adds blocks `[start, end)`, a word at a time; fails without changing anything if
+    /// that would exceed [`MAX_PAGES`].
+    pub fn set_range(&mut self, start: u64, end: u64) -> Result<(), TooManyBlocks> {
+        if end <= start {
+            return Ok(());
+        }
+        let (first, last) = (start / PAGE_BITS, (end - 1) / PAGE_BITS);
+        let new_pages = (first..=last)
+            .filter(|p| !self.pages.contains_key(p))
+            .take(MAX_PAGES + 1)
+            .count();
+        if self.pages.len() + new_pages > MAX_PAGES {
+            return Err(TooManyBlocks);
+        }
+        for p in first..=last {
+            let base = p * PAGE_BITS;
+            let (lo, hi) = (start.max(base) - base, end.min(base + PAGE_BITS) - base);
+            let words = self.pages.entry(p).or_insert_with(|| Box::new([0; WORDS]));
+            for (w, word) in words.iter_mut().enumerate() {
+                let (wlo, whi) = (64 * w as u64, 64 * w as u64 + 64);
+                if whi <= lo || wlo >= hi {
+                    continue;
+                }
+                let from = lo.max(wlo) - wlo;
+                let to = hi.min(whi) - wlo;
+                let mask = if to - from == 64 {
+                    u64::MAX
+                } else {
+                    ((1u64 << (to - from)) - 1) << from
+                };
+                *word |= mask;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes blocks `[start, end)`, touching only pages that exist.
+    pub fn clear_range(&mut self, start: u64, end: u64) {
+        if end <= start {
+            return;
+        }
+        let pages: Vec<u64> = self
+            .pages
+            .range(start / PAGE_BITS..=(end - 1) / PAGE_BITS)
+            .map(|(&p, _)| p)
+            .collect();
+        for p in pages {
+            let base = p * PAGE_BITS;
+            let (lo, hi) = (start.max(base) - base, end.min(base + PAGE_BITS) - base);
+            if lo == 0 && hi == PAGE_BITS {
+                self.pages.remove(&p);
+                continue;
+            }
+            for i in lo..hi {
+                self.set(base + i, false);
+            }
         }
     }
 
     /// Sets the bits of an MSB-first raw bitfield (as decoded from a `Have`) at `start`.
-    pub fn set_from_bytes(&mut self, start: u64, bytes: &[u8]) {
+    pub fn set_from_bytes(&mut self, start: u64, bytes: &[u8]) -> Result<(), TooManyBlocks> {
+        let first = start / PAGE_BITS;
+        let last = (start + 8 * bytes.len() as u64).div_ceil(PAGE_BITS);
+        let new_pages = (first..last)
+            .filter(|p| !self.pages.contains_key(p))
+            .count();
+        if self.pages.len() + new_pages > MAX_PAGES {
+            return Err(TooManyBlocks);
+        }
         for (k, &byte) in bytes.iter().enumerate() {
             if byte == 0 {
                 continue;
@@ -55,6 +123,7 @@ impl RemoteBitfield {
                 }
             }
         }
+        Ok(())
     }
 
     /// Removes everything.
@@ -118,10 +187,42 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn ranges_match_a_set(ops in proptest::collection::vec((0u64..40_000, 0u64..20_000, any::<bool>()), 0..40)) {
+            let mut bf = RemoteBitfield::default();
+            let mut model = BTreeSet::new();
+            for (start, len, add) in ops {
+                if add {
+                    bf.set_range(start, start + len).unwrap();
+                    model.extend(start..start + len);
+                } else {
+                    bf.clear_range(start, start + len);
+                    for i in start..start + len { model.remove(&i); }
+                }
+            }
+            prop_assert_eq!(bf.next(0, u64::MAX), model.iter().next().copied());
+            prop_assert_eq!(bf.last(), model.iter().next_back().copied());
+            for i in (0..60_000).step_by(97) {
+                prop_assert_eq!(bf.get(i), model.contains(&i));
+            }
+        }
+    }
+
+    #[test]
+    fn huge_announcements_are_refused_cheaply() {
+        let mut bf = RemoteBitfield::default();
+        assert_eq!(bf.set_range(0, 1 << 50), Err(TooManyBlocks));
+        assert_eq!(bf.next(0, u64::MAX), None);
+        bf.set_range(5, 10).unwrap();
+        bf.clear_range(0, 1 << 60);
+        assert_eq!(bf.next(0, u64::MAX), None);
+    }
+
     #[test]
     fn from_bytes_is_msb_first() {
         let mut bf = RemoteBitfield::default();
-        bf.set_from_bytes(8192, &[0b1000_0001, 0, 0x40]);
+        bf.set_from_bytes(8192, &[0b1000_0001, 0, 0x40]).unwrap();
         assert_eq!(bf.next(0, u64::MAX), Some(8192));
         assert_eq!(bf.next(8193, u64::MAX), Some(8199));
         assert_eq!(bf.last(), Some(8192 + 17));
