@@ -111,7 +111,8 @@ struct Status {
 }
 
 /// `get` calls waiting for a block, by index.
-type Waiters = HashMap<u64, Vec<oneshot::Sender<()>>>;
+/// Each waiter receives the block itself, so it need not read it back.
+type Waiters = HashMap<u64, Vec<oneshot::Sender<Bytes>>>;
 
 struct State {
     /// `None` once closed.
@@ -319,7 +320,7 @@ impl Feed {
             let refs: Vec<&[u8]> = blocks.iter().map(|b| &b[..]).collect();
             let length = core.append(&refs)?;
             let byte_length = core.byte_len();
-            wake_range(waiters, start, length);
+            wake_range(waiters, start, &blocks);
             inner.publish(length, byte_length);
             let _ = inner.events.send(Event::Append {
                 length,
@@ -338,7 +339,7 @@ impl Feed {
     /// Block `index` with explicit waiting behaviour.
     pub async fn get_with(&self, index: u64, options: GetOptions) -> Result<Bytes> {
         enum Next {
-            Waiter(oneshot::Receiver<()>),
+            Waiter(oneshot::Receiver<Bytes>),
             ReadLarge,
         }
         let fut = async {
@@ -371,9 +372,11 @@ impl Feed {
                     }
                 };
                 match next {
-                    Next::Waiter(rx) => rx.await.map_err(|_| Error::Closed {
-                        key: self.inner.key,
-                    })?,
+                    Next::Waiter(rx) => {
+                        return rx.await.map_err(|_| Error::Closed {
+                            key: self.inner.key,
+                        })
+                    }
                     Next::ReadLarge => {
                         // Off the runtime. The block may be cleared meanwhile; then wait again.
                         let read = self
@@ -684,8 +687,8 @@ impl Feed {
                 core.byte_len(),
                 core.downloaded_total() == core.len(),
             );
-            if outcome.downloaded {
-                wake_range(waiters, index, index + 1);
+            if let (true, Some(d)) = (outcome.downloaded, &data) {
+                wake_range(waiters, index, std::slice::from_ref(d));
             }
             inner.publish(length, byte_length);
             if outcome.length_grew {
@@ -790,12 +793,13 @@ impl Drop for DemandGuard {
     }
 }
 
-/// Wakes `get`s waiting for blocks in `[start, end)`.
-fn wake_range(waiters: &mut Waiters, start: u64, end: u64) {
+/// Hands `blocks` (starting at block `start`) to the `get`s waiting for them.
+fn wake_range(waiters: &mut Waiters, start: u64, blocks: &[Bytes]) {
     if waiters.is_empty() {
         return;
     }
-    let ready: Vec<u64> = if end - start <= waiters.len() as u64 {
+    let end = start + blocks.len() as u64;
+    let ready: Vec<u64> = if blocks.len() <= waiters.len() {
         (start..end).filter(|i| waiters.contains_key(i)).collect()
     } else {
         waiters
@@ -806,7 +810,7 @@ fn wake_range(waiters: &mut Waiters, start: u64, end: u64) {
     };
     for i in ready {
         for tx in waiters.remove(&i).unwrap_or_default() {
-            let _ = tx.send(());
+            let _ = tx.send(blocks[(i - start) as usize].clone());
         }
     }
 }
