@@ -272,6 +272,9 @@ impl Shared {
         if is_default {
             state.default_done = false;
         }
+        // A range already stored is done now, peers or not. Open-ended ranges wait for a
+        // peer to say how long the feed is.
+        self.check_selections(&mut state, true);
         drop(state);
         self.wake_peers();
         (id, rx)

@@ -245,6 +245,38 @@ async fn dropping_a_download_cancels_it() {
 }
 
 #[tokio::test]
+async fn a_range_already_stored_resolves_at_once() {
+    // Found by the JS interop tests: a clone whose blocks arrived with the length, before
+    // it asked for the range, waited forever.
+    let w = writer(10, 10).await;
+    let rw = Replicator::new(w.clone(), Default::default());
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        rw.download(DownloadRange::new(0, 10)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let r = clone_of(&w, false).await;
+    let rr = Replicator::new(r.clone(), Default::default());
+    let _c = connect(&rw, &rr).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while r.downloaded(0, None) < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        rr.download(DownloadRange::new(3, 7)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+#[tokio::test]
 async fn feed_extensions_reach_the_other_side() {
     let w = writer(10, 10).await;
     let r = clone_of(&w, false).await;

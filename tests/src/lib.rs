@@ -1,6 +1,8 @@
 //! Helpers shared by the project's cross-crate tests and benchmarks: running the real JS
 //! peers in `tests/interop/` and generating the same deterministic block contents they do.
 
+pub mod cli;
+
 use std::path::PathBuf;
 use std::process::Command;
 
