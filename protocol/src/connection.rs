@@ -344,6 +344,11 @@ impl Protocol {
         let expected =
             hypercore::crypto::remote_capability(&key, &self.shared.tx_key, &self.shared.rx_key);
         let mut state = self.shared.lock()?;
+        if state.finished {
+            return Err(Error::Closed(format!(
+                "cannot open a channel for {dk}: the connection has ended"
+            )));
+        }
         let chan = state.channels.entry(dk).or_insert_with(Chan::new);
         if chan.local_id.is_some() {
             return Err(Error::AlreadyOpen(dk));
