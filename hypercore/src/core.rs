@@ -857,13 +857,37 @@ impl FeedCore {
         Ok(Proof { nodes, signature })
     }
 
-    /// Verifies block `index` (its data, or only its hash when `data` is `None`) against
-    /// the proof and stores it with the proof's nodes and signature. Nothing is stored when
-    /// verification fails.
-    pub fn put(
+    /// Verifies blocks (their data, or only their hash when `data` is `None`) against their
+    /// proofs and stores them with the proofs' nodes and signatures, persisted with one
+    /// bitfield write (and one sync). Nothing is stored for a block that fails. `leaf_hashes[i]`, when given, is the hash of item `i`'s data, computed by
+    /// the caller before taking the feed's lock. Stops at the first block that fails; the
+    /// outer error is a failure to persist the ones that succeeded.
+    pub fn put_batch(
+        &mut self,
+        items: Vec<(u64, Option<&[u8]>, Proof)>,
+        leaf_hashes: &[Option<crate::crypto::Hash>],
+        origin: Origin,
+    ) -> Result<Vec<Result<PutOutcome>>> {
+        let mut results = Vec::with_capacity(items.len());
+        for (i, (index, data, proof)) in items.into_iter().enumerate() {
+            let hash = leaf_hashes.get(i).copied().flatten();
+            let r = self.verify_and_store(index, data, hash, proof, origin);
+            let failed = r.is_err();
+            results.push(r);
+            if failed {
+                break;
+            }
+        }
+        self.sync_payload()?;
+        self.flush_bitfield()?;
+        Ok(results)
+    }
+
+    fn verify_and_store(
         &mut self,
         index: u64,
         data: Option<&[u8]>,
+        leaf_hash: Option<crate::crypto::Hash>,
         proof: Proof,
         origin: Origin,
     ) -> Result<PutOutcome> {
@@ -923,7 +947,11 @@ impl FeedCore {
 
         let mut remote: std::collections::VecDeque<Node> = proof.nodes.into();
         let mut top = match data {
-            Some(d) => Node::leaf(index, d),
+            Some(d) => Node {
+                index: leaf,
+                hash: leaf_hash.unwrap_or_else(|| crypto::leaf_hash(d)),
+                size: d.len() as u64,
+            },
             None => {
                 let n = remote
                     .pop_front()
@@ -1068,14 +1096,13 @@ impl FeedCore {
         if let Some((at, sig)) = &signature {
             self.store.put_signature(*at, sig)?;
         }
-        self.sync_payload()?;
-
+        // The caller syncs and writes the bitfield (once per batch): data, nodes and
+        // signature first, the bitfield last, as for appends.
         for n in &nodes {
             self.bitfield.add_node(n.index);
         }
         self.bitfield.add_node(2 * index);
         let downloaded = data.is_some() && self.bitfield.set_block(index, true);
-        self.flush_bitfield()?;
         if downloaded {
             self.downloaded += 1;
         }

@@ -111,13 +111,46 @@ struct Status {
 }
 
 /// `get` calls waiting for a block, by index.
-/// Each waiter receives the block itself, so it need not read it back.
-type Waiters = HashMap<u64, Vec<oneshot::Sender<Bytes>>>;
+/// `get` calls waiting for blocks, and the wake-ups due once the lock is released.
+#[derive(Default)]
+struct Waiting {
+    /// Each waiter receives the block itself, so it need not read it back.
+    waiters: HashMap<u64, Vec<oneshot::Sender<Bytes>>>,
+    /// Woken only after the feed's lock is released, so the woken task does not
+    /// immediately block on it.
+    due: Vec<(oneshot::Sender<Bytes>, Bytes)>,
+}
+
+impl Waiting {
+    /// Hands `blocks` (starting at block `start`) to the `get`s waiting for them.
+    fn wake(&mut self, start: u64, blocks: &[Bytes]) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let end = start + blocks.len() as u64;
+        let ready: Vec<u64> = if blocks.len() <= self.waiters.len() {
+            (start..end)
+                .filter(|i| self.waiters.contains_key(i))
+                .collect()
+        } else {
+            self.waiters
+                .keys()
+                .copied()
+                .filter(|i| (start..end).contains(i))
+                .collect()
+        };
+        for i in ready {
+            for tx in self.waiters.remove(&i).unwrap_or_default() {
+                self.due.push((tx, blocks[(i - start) as usize].clone()));
+            }
+        }
+    }
+}
 
 struct State {
     /// `None` once closed.
     core: Option<FeedCore>,
-    waiters: Waiters,
+    waiting: Waiting,
     /// Lengths awaited by `update` calls (with how many callers await each).
     updates: BTreeMap<u64, usize>,
     /// Byte offsets awaited by `seek` calls the local tree could not resolve.
@@ -196,7 +229,7 @@ impl Feed {
                 writable: core.writable(),
                 state: Mutex::new(State {
                     core: Some(core),
-                    waiters: HashMap::new(),
+                    waiting: Waiting::default(),
                     updates: BTreeMap::new(),
                     seeks: BTreeMap::new(),
                 }),
@@ -288,20 +321,15 @@ impl Feed {
     }
 
     /// Runs `f` on the blocking pool (for hashing and writing), with the core and the
-    /// waiting `get`s.
+    /// waiting `get`s, which are woken after the lock is released.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut FeedCore, &mut Waiters, &Inner) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut FeedCore, &mut Waiting, &Inner) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = inner.lock()?;
-            let State { core, waiters, .. } = &mut *guard;
-            let core = core.as_mut().ok_or(Error::Closed { key: inner.key })?;
-            f(core, waiters, &inner)
-        })
-        .await
-        .map_err(panicked)?
+        tokio::task::spawn_blocking(move || inner.locked(f))
+            .await
+            .map_err(panicked)?
     }
 
     /// Appends one block; returns the new length.
@@ -315,12 +343,12 @@ impl Feed {
         blocks: impl IntoIterator<Item = B>,
     ) -> Result<u64> {
         let blocks: Vec<Bytes> = blocks.into_iter().map(Into::into).collect();
-        self.blocking(move |core, waiters, inner| {
+        self.blocking(move |core, waiting, inner| {
             let start = core.len();
             let refs: Vec<&[u8]> = blocks.iter().map(|b| &b[..]).collect();
             let length = core.append(&refs)?;
             let byte_length = core.byte_len();
-            wake_range(waiters, start, &blocks);
+            waiting.wake(start, &blocks);
             inner.publish(length, byte_length);
             let _ = inner.events.send(Event::Append {
                 length,
@@ -366,7 +394,7 @@ impl Feed {
                             });
                         }
                         let (tx, rx) = oneshot::channel();
-                        state.waiters.entry(index).or_default().push(tx);
+                        state.waiting.waiters.entry(index).or_default().push(tx);
                         self.inner.demand.send_modify(|v| *v += 1);
                         Next::Waiter(rx)
                     }
@@ -406,10 +434,10 @@ impl Feed {
 
     fn prune_waiters(&self, index: u64) {
         if let Ok(mut state) = self.state() {
-            if let Some(list) = state.waiters.get_mut(&index) {
+            if let Some(list) = state.waiting.waiters.get_mut(&index) {
                 list.retain(|tx| !tx.is_closed());
                 if list.is_empty() {
-                    state.waiters.remove(&index);
+                    state.waiting.waiters.remove(&index);
                 }
             }
         }
@@ -422,6 +450,7 @@ impl Feed {
             return Demand::default();
         };
         let mut blocks: Vec<u64> = state
+            .waiting
             .waiters
             .iter()
             .filter(|(_, list)| list.iter().any(|tx| !tx.is_closed()))
@@ -680,43 +709,77 @@ impl Feed {
         proof: Proof,
         origin: Origin,
     ) -> Result<PutOutcome> {
-        self.blocking(move |core, waiters, inner| {
-            let outcome = core.put(index, data.as_deref(), proof, origin)?;
-            let (length, byte_length, synced) = (
-                core.len(),
-                core.byte_len(),
-                core.downloaded_total() == core.len(),
-            );
-            if let (true, Some(d)) = (outcome.downloaded, &data) {
-                wake_range(waiters, index, std::slice::from_ref(d));
-            }
-            inner.publish(length, byte_length);
-            if outcome.length_grew {
-                let _ = inner.events.send(Event::Append {
-                    length,
-                    byte_length,
-                });
-            }
-            if let (true, Some(d)) = (outcome.downloaded, &data) {
-                let _ = inner.events.send(Event::Download {
-                    index,
-                    bytes: d.len() as u64,
-                    origin,
-                });
-                if synced && !inner.writable {
+        let mut results = self.put_batch(vec![(index, data, proof)], origin).await?;
+        results.pop().unwrap_or(Err(Error::Internal {
+            reason: "empty batch".into(),
+        }))
+    }
+
+    /// Several [`Feed::put`]s at once, as blocks arrive from a peer: leaves are hashed
+    /// several at a time before the feed is locked, and the bitfield is written once.
+    /// Stops at the first block that does not verify (its result is the error).
+    pub async fn put_batch(
+        &self,
+        items: Vec<(u64, Option<Bytes>, Proof)>,
+        origin: Origin,
+    ) -> Result<Vec<Result<PutOutcome>>> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            // Hash outside the lock: readers and writers of the feed keep going meanwhile.
+            let datas: Vec<&[u8]> = items.iter().filter_map(|(_, d, _)| d.as_deref()).collect();
+            let mut hashes = Vec::with_capacity(datas.len());
+            crate::crypto::leaf_hashes(&datas, &mut hashes);
+            let mut hashes = hashes.into_iter();
+            let leaf_hashes: Vec<Option<crate::crypto::Hash>> = items
+                .iter()
+                .map(|(_, d, _)| d.as_ref().and_then(|_| hashes.next()))
+                .collect();
+            inner.locked(|core, waiting, inner| {
+                let batch = items
+                    .iter()
+                    .map(|(i, d, p)| (*i, d.as_deref(), p.clone()))
+                    .collect();
+                let results = core.put_batch(batch, &leaf_hashes, origin)?;
+                let (length, byte_length) = (core.len(), core.byte_len());
+                let synced = core.downloaded_total() == core.len();
+                let mut grew = false;
+                for ((index, data, _), result) in items.iter().zip(&results) {
+                    let Ok(outcome) = result else { continue };
+                    grew |= outcome.length_grew;
+                    if let (true, Some(d)) = (outcome.downloaded, data) {
+                        waiting.wake(*index, std::slice::from_ref(d));
+                        let _ = inner.events.send(Event::Download {
+                            index: *index,
+                            bytes: d.len() as u64,
+                            origin,
+                        });
+                    }
+                }
+                inner.publish(length, byte_length);
+                if grew {
+                    let _ = inner.events.send(Event::Append {
+                        length,
+                        byte_length,
+                    });
+                }
+                let downloaded = results
+                    .iter()
+                    .any(|r| r.as_ref().is_ok_and(|o| o.downloaded));
+                if downloaded && synced && !inner.writable {
                     let _ = inner.events.send(Event::Sync);
                 }
-            }
-            Ok(outcome)
+                Ok(results)
+            })
         })
         .await
+        .map_err(panicked)?
     }
 
     /// Flushes and closes the feed. Pending `get`s fail with [`Error::Closed`].
     pub async fn close(&self) -> Result<()> {
         let core = {
             let mut state = self.state()?;
-            state.waiters.clear();
+            state.waiting.waiters.clear();
             state.core.take()
         };
         if let Some(core) = core {
@@ -734,6 +797,23 @@ impl Feed {
 }
 
 impl Inner {
+    /// Runs `f` under the lock, then wakes the `get`s it satisfied.
+    fn locked<T>(
+        &self,
+        f: impl FnOnce(&mut FeedCore, &mut Waiting, &Inner) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.lock()?;
+        let State { core, waiting, .. } = &mut *guard;
+        let core = core.as_mut().ok_or(Error::Closed { key: self.key })?;
+        let result = f(core, waiting, self);
+        let due = std::mem::take(&mut waiting.due);
+        drop(guard);
+        for (tx, block) in due {
+            let _ = tx.send(block);
+        }
+        result
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, State>> {
         self.state.lock().map_err(|_| Error::Internal {
             reason: format!(
@@ -790,27 +870,5 @@ impl Drop for DemandGuard {
             }
         }
         self.inner.demand.send_modify(|v| *v += 1);
-    }
-}
-
-/// Hands `blocks` (starting at block `start`) to the `get`s waiting for them.
-fn wake_range(waiters: &mut Waiters, start: u64, blocks: &[Bytes]) {
-    if waiters.is_empty() {
-        return;
-    }
-    let end = start + blocks.len() as u64;
-    let ready: Vec<u64> = if blocks.len() <= waiters.len() {
-        (start..end).filter(|i| waiters.contains_key(i)).collect()
-    } else {
-        waiters
-            .keys()
-            .copied()
-            .filter(|i| (start..end).contains(i))
-            .collect()
-    };
-    for i in ready {
-        for tx in waiters.remove(&i).unwrap_or_default() {
-            let _ = tx.send(blocks[(i - start) as usize].clone());
-        }
     }
 }

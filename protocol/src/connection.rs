@@ -972,6 +972,11 @@ impl ChannelReceiver {
     pub async fn recv(&mut self) -> Option<ChannelEvent> {
         self.inbox.recv().await
     }
+
+    /// The next event if one is already waiting.
+    pub fn try_recv(&mut self) -> Option<ChannelEvent> {
+        self.inbox.try_recv().ok()
+    }
 }
 
 impl Drop for ChannelReceiver {

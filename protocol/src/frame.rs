@@ -84,7 +84,10 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
         return Ok(None);
     }
     buf.advance(n);
-    let mut frame = buf.split_to(len).freeze();
+    // Copied out rather than split off: a split would keep the whole read buffer alive
+    // for as long as any message of it is, and every read would allocate a new one.
+    let mut frame = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
     let Some((header, h)) = peek_varint(&frame)? else {
         return Err(Error::Malformed {
             what: "frame",

@@ -35,6 +35,8 @@ const MAX_PENDING_UPLOADS: usize = 4096;
 /// mark: keeps memory bounded without ever blocking the connection's reader.
 const HIGH_WATER: usize = 8 << 20;
 const LOW_WATER: usize = 2 << 20;
+/// Answers verified and stored together at most.
+const MAX_DATA_BATCH: usize = 64;
 /// Distinct `Want`s a peer may send (each covers a page of 1 M blocks).
 const MAX_REMOTE_WANTS: usize = 1024;
 /// Largest bitfield a `Have` may decode to: one `Want` page of blocks (we only ever want
@@ -166,7 +168,7 @@ impl Peer {
             Message::Unhave(u) => self.on_unhave(u.start, u.length.unwrap_or(1)),
             Message::Want(w) => self.on_want(w.start, w.length.unwrap_or(0))?,
             Message::Request(r) => self.on_request(r).await?,
-            Message::Data(d) => self.on_data(d).await?,
+            Message::Data(d) => self.on_data(vec![d]).await?,
             Message::Extension { id, payload } => self.on_extension(id, payload),
             // Unwant and Cancel are ignored, like JS; Open/Close are the connection's.
             _ => {}
@@ -429,7 +431,8 @@ impl Peer {
         Ok(())
     }
 
-    async fn on_data(&mut self, data: Data) -> Result<(), Error> {
+    /// Checks that an answer was asked for and turns it into a verifiable item.
+    fn accept_data(&mut self, data: Data) -> Result<(u64, Option<Bytes>, Proof), Error> {
         let index = data.index;
         // Match the answer to a request of its kind: data answers a data request, a
         // hash-only answer a hash request.
@@ -467,43 +470,58 @@ impl Peer {
             })?),
             None => None,
         };
-        let size = data.value.as_ref().map(|v| v.len());
+        Ok((index, data.value, Proof { nodes, signature }))
+    }
+
+    /// Verifies and stores answers that arrived together, as one batch.
+    async fn on_data(&mut self, batch: Vec<Data>) -> Result<(), Error> {
+        let items = batch
+            .into_iter()
+            .map(|d| self.accept_data(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let blocks: Vec<(u64, Option<usize>)> = items
+            .iter()
+            .map(|(i, d, _)| (*i, d.as_ref().map(|d| d.len())))
+            .collect();
         let origin = Origin::Remote {
             peer: self.remote_key.0,
         };
-        match self
-            .feed
-            .put(index, data.value, Proof { nodes, signature }, origin)
-            .await
-        {
-            Ok(outcome) => {
-                if let (true, Some(size)) = (outcome.downloaded, size) {
-                    self.counters.download(size);
-                    self.shared.totals.download(size);
+        let results = self.feed.put_batch(items, origin).await?;
+        for ((index, size), result) in blocks.iter().zip(results) {
+            match result {
+                Ok(outcome) => {
+                    if let (true, Some(size)) = (outcome.downloaded, size) {
+                        self.counters.download(*size);
+                        self.shared.totals.download(*size);
+                    }
                 }
+                Err(hypercore::Error::InvalidProof { reason, .. }) => {
+                    return Err(
+                        self.misbehaved(format!("block {index} failed verification: {reason}"))
+                    );
+                }
+                Err(e) => return Err(Error::Feed(e)),
             }
-            Err(hypercore::Error::InvalidProof { reason, .. }) => {
-                return Err(self.misbehaved(format!("block {index} failed verification: {reason}")));
-            }
-            Err(e) => return Err(Error::Feed(e)),
-        }
-        if size.is_some() {
-            self.remote.set(index, false);
-            if self.remote_ack {
-                self.send(Message::Have(Have {
-                    start: index,
-                    length: Some(1),
-                    bitfield: None,
-                    ack: Some(true),
-                }));
+            if size.is_some() {
+                self.remote.set(*index, false);
+                if self.remote_ack {
+                    self.send(Message::Have(Have {
+                        start: *index,
+                        length: Some(1),
+                        bitfield: None,
+                        ack: Some(true),
+                    }));
+                }
             }
         }
         self.last_progress = Instant::now();
         self.settle_inflight();
         let default_done = {
             let mut state = self.shared.lock();
-            if state.reserved.get(&index) == Some(&self.id) {
-                state.reserved.remove(&index);
+            for (index, _) in &blocks {
+                if state.reserved.get(index) == Some(&self.id) {
+                    state.reserved.remove(index);
+                }
             }
             self.shared.check_selections(&mut state, self.live);
             state.default_done && state.selections.is_empty()
@@ -915,6 +933,33 @@ pub(crate) async fn run(
             event = rx.recv() => match event {
                 None => break Ok(()),
                 Some(ChannelEvent::Opened) => peer.on_open(),
+                Some(ChannelEvent::Message(Message::Data(first))) => {
+                    // Answers that are already queued are verified and stored together.
+                    let mut batch = vec![first];
+                    let mut next = None;
+                    while batch.len() < MAX_DATA_BATCH {
+                        match rx.try_recv() {
+                            Some(ChannelEvent::Message(Message::Data(d))) => batch.push(d),
+                            other => {
+                                next = other;
+                                break;
+                            }
+                        }
+                    }
+                    let mut result = peer.on_data(batch).await;
+                    if let (Ok(()), Some(event)) = (&result, next) {
+                        result = match event {
+                            ChannelEvent::Opened => {
+                                peer.on_open();
+                                Ok(())
+                            }
+                            ChannelEvent::Message(m) => peer.on_message(m).await,
+                        };
+                    }
+                    if let Err(e) = result {
+                        break Err(e);
+                    }
+                }
                 Some(ChannelEvent::Message(m)) => {
                     if let Err(e) = peer.on_message(m).await {
                         break Err(e);
