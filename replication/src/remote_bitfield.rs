@@ -113,7 +113,7 @@ impl RemoteBitfield {
         if self.pages.len() + new_pages > MAX_PAGES {
             return Err(TooManyBlocks);
         }
-        if start % 8 == 0 {
+        if start.is_multiple_of(8) {
             // Each byte is 8 consecutive blocks inside one word: OR it in whole (our words
             // are LSB-first, the wire MSB-first), looking each page up once.
             let mut k = 0usize;
