@@ -52,14 +52,15 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
 use hypercore::storage::DiskStorage;
 use hypercore::{Durability, Feed, FeedOptions, ReadStreamOptions};
-use hyperd_tests::{make_block, node, run_node_json};
+use hyperd_tests::bench::{loadavg, progress, table, Ballast, Figure, Machine, Mem, Row, SETTLE};
+use hyperd_tests::{make_block, node, random_indexes, run_node_json};
 use serde_json::{json, Value};
 
 const SMALL_COUNT: u64 = 200_000;
@@ -70,9 +71,6 @@ const LARGE_SIZE: usize = 64 << 10;
 const LARGE_BATCH: usize = 16;
 const GETS: u64 = 20_000;
 const GET_SEED: u32 = 0x9e37_79b9;
-/// How long freed memory must sit before the host has reclaimed it (the kernel reports
-/// free pages after 2 s).
-const SETTLE: Duration = Duration::from_secs(4);
 
 // ---------------------------------------------------------------------------------------
 // Command line
@@ -150,242 +148,7 @@ impl Args {
 }
 
 // ---------------------------------------------------------------------------------------
-// Figures and the table
-
-/// One side's measurements of one workload.
-#[derive(Clone, Debug)]
-struct Figure {
-    runs: Vec<f64>,
-    unit: &'static str,
-}
-
-impl Figure {
-    fn new(unit: &'static str) -> Self {
-        Figure {
-            runs: Vec::new(),
-            unit,
-        }
-    }
-
-    fn median(&self) -> f64 {
-        let mut v = self.runs.clone();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n == 0 {
-            f64::NAN
-        } else if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    }
-
-    fn show(&self) -> String {
-        let v = self.median();
-        match self.unit {
-            "blocks/s" => format!("{:.3} M blk/s", v / 1e6),
-            "MB/s" => format!("{v:.0} MB/s"),
-            "us" => format!("{v:.2} us"),
-            u => format!("{v:.3} {u}"),
-        }
-    }
-
-    fn json(&self) -> Value {
-        json!({ "median": self.median(), "runs": self.runs, "unit": self.unit })
-    }
-}
-
-/// A row of the table: Rust against JS (or against a baseline).
-struct Row {
-    id: String,
-    label: String,
-    rust: Figure,
-    other: Option<(&'static str, Figure)>,
-    /// How many times better Rust is (for latencies: other / Rust).
-    ratio: Option<f64>,
-    /// Minimum ratio required, and how to print it (`None`: informational; the ratio is
-    /// still shown when there is something to compare with).
-    target: Option<(f64, &'static str)>,
-}
-
-impl Row {
-    /// Rust against `other` (higher is better), or Rust alone when `other` has no runs.
-    fn new(
-        id: impl Into<String>,
-        label: impl Into<String>,
-        rust: Figure,
-        other: (&'static str, Figure),
-        target: Option<(f64, &'static str)>,
-    ) -> Row {
-        let has_other = !other.1.runs.is_empty();
-        Row {
-            id: id.into(),
-            label: label.into(),
-            ratio: has_other.then(|| rust.median() / other.1.median()),
-            rust,
-            other: has_other.then_some(other),
-            target,
-        }
-    }
-
-    fn pass(&self) -> Option<bool> {
-        match (self.ratio, &self.target) {
-            (Some(r), Some((t, _))) => Some(r >= *t),
-            _ => None,
-        }
-    }
-
-    fn ratio_text(&self) -> String {
-        let percent = matches!(&self.other, Some(("BLAKE2b", _)));
-        match self.ratio {
-            Some(r) if percent => format!("{:.0}%", r * 100.0),
-            Some(r) => format!("{r:.2}x"),
-            None => "-".into(),
-        }
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "label": self.label,
-            "rust": self.rust.json(),
-            "other": self.other.as_ref().map(|(who, f)| json!({ "who": who, "figure": f.json() })),
-            "ratio": self.ratio,
-            "target": self.target.as_ref().map(|(t, _)| *t),
-            "pass": self.pass(),
-        })
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Machine
-
-struct Machine {
-    load_start: String,
-    cpu: String,
-    cores: usize,
-    avx2: bool,
-    memory: String,
-    node: String,
-    kernel: String,
-}
-
-/// The 1, 5 and 15 minute load averages: other work on the machine skews the figures.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn machine() -> Machine {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        cpuinfo
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or_else(
-            || "?".into(),
-            |kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0),
-        );
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
-    Machine {
-        load_start: loadavg(),
-        cpu: field("model name").unwrap_or_else(|| "?".into()),
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        avx2: field("flags").is_some_and(|f| f.split_whitespace().any(|x| x == "avx2")),
-        memory,
-        node,
-        kernel,
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Memory state (see the module docs)
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mem {
-    Warm,
-    Cold,
-}
-
-impl Mem {
-    /// The targets are judged in the warm state; cold figures are reported for information
-    /// (they measure the host as much as the program).
-    fn target(self, min: f64, text: &'static str) -> Option<(f64, &'static str)> {
-        (self == Mem::Warm).then_some((min, text))
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Mem::Warm => "warm",
-            Mem::Cold => "cold",
-        }
-    }
-}
-
-/// Page-cache memory freed right before a warm run's clock starts: a file that is written
-/// and then deleted. (Freeing anonymous memory instead is not enough: the kernel hands out
-/// page-cache folios from its high-order free lists, where scattered 4 KiB pages do not
-/// go back reliably, while a deleted file's folios do.)
-struct Ballast {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl Ballast {
-    fn new(dir: &Path) -> Self {
-        Ballast {
-            path: dir.join("ballast"),
-            armed: false,
-        }
-    }
-
-    /// Gets `bytes` of page cache ready for a warm run (nothing for a cold one).
-    fn arm(&mut self, mem: Mem, bytes: u64) -> Result<()> {
-        if mem == Mem::Warm && !self.armed {
-            let chunk = vec![1u8; 1 << 20];
-            let file = OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .open(&self.path)?;
-            for i in 0..bytes.div_ceil(chunk.len() as u64) {
-                file.write_all_at(&chunk, i * chunk.len() as u64)?;
-            }
-            self.armed = true;
-        }
-        Ok(())
-    }
-
-    /// Puts the machine in `mem` state: frees the ballast, or waits for freed memory to go
-    /// back to the host.
-    fn fire(&mut self, mem: Mem) {
-        match mem {
-            Mem::Warm => {
-                let _ = std::fs::remove_file(&self.path);
-                self.armed = false;
-            }
-            Mem::Cold => std::thread::sleep(SETTLE),
-        }
-    }
-}
+// Memory state (see `Mem`)
 
 /// Ballast for an append of `data` bytes: room for the page cache of the data and tree
 /// files and for what the JS side allocates while it runs (it concatenates each batch).
@@ -399,19 +162,6 @@ fn ballast_for(data: u64) -> u64 {
 fn blocks(count: u64, size: usize) -> Vec<Bytes> {
     (0..count)
         .map(|i| Bytes::from(make_block(i, size)))
-        .collect()
-}
-
-/// The random block indexes of workload C: xorshift32, as `bench-core.js` draws them.
-fn random_indexes(seed: u32, count: u64, n: u64) -> Vec<u64> {
-    let mut x = if seed == 0 { 1 } else { seed };
-    (0..count)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            u64::from(x) % n
-        })
         .collect()
 }
 
@@ -657,10 +407,6 @@ struct Bench {
     process_medians: [Option<f64>; 2],
 }
 
-fn progress(msg: &str) {
-    eprintln!("  .. {msg}");
-}
-
 /// Rust and JS appends of one workload in one memory state, in blocks/s and MB/s.
 struct AppendFigures {
     rust_blocks: Figure,
@@ -846,13 +592,16 @@ impl Bench {
                 ("JS", f.js_mb),
                 mem.target(2.0, ">= 2x JS"),
             ));
-            self.rows.push(Row::new(
-                format!("B-{m}-blake2b"),
-                format!("B append vs BLAKE2b single stream [{m}]"),
-                f.rust_mb.clone(),
-                ("BLAKE2b", blake.clone()),
-                mem.target(0.7, ">= 70%"),
-            ));
+            self.rows.push(
+                Row::new(
+                    format!("B-{m}-blake2b"),
+                    format!("B append vs BLAKE2b single stream [{m}]"),
+                    f.rust_mb.clone(),
+                    ("BLAKE2b", blake.clone()),
+                    mem.target(0.7, ">= 70%"),
+                )
+                .as_percent(),
+            );
             self.rows.push(Row::new(
                 format!("B-{m}-floor"),
                 format!("  write floor: 256 x 1 MiB pwrite, new file [{m}]"),
@@ -897,15 +646,13 @@ impl Bench {
             progress(&format!("C run {run}: Rust {r:.2} us, JS {j:.2} us"));
             js.runs.push(j);
         }
-        let has_js = !js.runs.is_empty();
-        self.rows.push(Row {
-            id: "C".into(),
-            label: format!("C random get x{}k on A's feed (mean)", GETS / 1000),
-            ratio: has_js.then(|| js.median() / rust.median()),
+        self.rows.push(Row::lower_is_better(
+            "C",
+            format!("C random get x{}k on A's feed (mean)", GETS / 1000),
             rust,
-            other: has_js.then_some(("JS", js)),
-            target: Some((10.0, ">= 10x JS")),
-        });
+            ("JS", js),
+            Some((10.0, ">= 10x JS")),
+        ));
         Ok(())
     }
 
@@ -987,7 +734,7 @@ impl Bench {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let m = machine();
+    let m = Machine::get();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -1043,11 +790,7 @@ fn main() -> Result<()> {
     if b.args.json {
         eprint!("{table}");
         let out = json!({
-            "machine": {
-                "cpu": m.cpu, "cores": m.cores, "avx2": m.avx2, "memory": m.memory,
-                "kernel": m.kernel, "node": m.node,
-                "load_start": m.load_start, "load_end": loadavg(),
-            },
+            "machine": m.json(),
             "runs": b.args.runs,
             "rust_only": b.args.rust_only,
             "batch_blocks": { "A": SMALL_BATCH, "B": LARGE_BATCH },
@@ -1069,16 +812,7 @@ fn render(b: &Bench, m: &Machine, elapsed: f64) -> String {
         s,
         "hyperd log benchmark: Rust hypercore vs JS hypercore@9.12.0 (same machine, same run)"
     );
-    let _ = writeln!(
-        s,
-        "machine: {}, {} cores, AVX2 {}, {} RAM, Linux {}, node {}",
-        m.cpu,
-        m.cores,
-        if m.avx2 { "yes" } else { "no" },
-        m.memory,
-        m.kernel,
-        m.node
-    );
+    let _ = writeln!(s, "{}", m.line());
     let _ = writeln!(
         s,
         "median of {} runs per side (alternating), warm page cache, feeds in {}; MB = 10^6 bytes",
@@ -1103,38 +837,7 @@ fn render(b: &Bench, m: &Machine, elapsed: f64) -> String {
         let _ = writeln!(s, "{n}");
     }
     let _ = writeln!(s);
-    let w = b.rows.iter().map(|r| r.label.len()).max().unwrap_or(10);
-    let _ = writeln!(
-        s,
-        "{:<w$}  {:>15}  {:>15}  {:>7}  {:>10}  result",
-        "workload", "Rust", "JS / baseline", "ratio", "target"
-    );
-    let _ = writeln!(
-        s,
-        "{}",
-        "-".repeat(w + 2 + 15 + 2 + 15 + 2 + 7 + 2 + 10 + 8)
-    );
-    for r in &b.rows {
-        let other = r
-            .other
-            .as_ref()
-            .map_or_else(|| "-".into(), |(_, f)| f.show());
-        let target = r.target.as_ref().map_or("info", |(_, t)| t);
-        let result = match r.pass() {
-            Some(true) => "PASS",
-            Some(false) => "MISS",
-            None => "-",
-        };
-        let _ = writeln!(
-            s,
-            "{:<w$}  {:>15}  {:>15}  {:>7}  {:>10}  {result}",
-            r.label,
-            r.rust.show(),
-            other,
-            r.ratio_text(),
-            target,
-        );
-    }
+    s.push_str(&table(&b.rows, "JS / baseline"));
     let _ = writeln!(s);
     let _ = writeln!(
         s,

@@ -1,6 +1,7 @@
 //! Helpers shared by the project's cross-crate tests and benchmarks: running the real JS
 //! peers in `tests/interop/` and generating the same deterministic block contents they do.
 
+pub mod bench;
 pub mod cli;
 
 use std::path::PathBuf;
@@ -90,4 +91,74 @@ pub fn crash_block_size(index: u64) -> usize {
         3 => 96 * 1024 + (z >> 32) as usize % 8192,
         _ => 1 + (z >> 16) as usize % 600,
     }
+}
+
+/// Block indexes drawn at random the way the JS harness draws them (`bench-core.js`,
+/// `clone.js --gets`): xorshift32 from `seed` (0 counts as 1), each value modulo `n`.
+pub fn random_indexes(seed: u32, count: u64, n: u64) -> Vec<u64> {
+    let mut rng = XorShift32::new(seed);
+    (0..count).map(|_| u64::from(rng.next()) % n).collect()
+}
+
+/// `count` distinct block indexes in `[start, end)`, in the order drawn: the same xorshift32
+/// sequence as [`random_indexes`], each value modulo `end - start`, repeats skipped (as
+/// `clone.js --gets` draws them). Fails if the range holds fewer than `count` blocks.
+pub fn distinct_random_indexes(seed: u32, count: u64, start: u64, end: u64) -> Result<Vec<u64>> {
+    let n = end.saturating_sub(start);
+    if count > n {
+        bail!("cannot draw {count} distinct blocks from {start}..{end}");
+    }
+    let mut rng = XorShift32::new(seed);
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(count as usize);
+    while (out.len() as u64) < count {
+        let i = start + u64::from(rng.next()) % n;
+        if seen.insert(i) {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+/// xorshift32 (13, 17, 5): tiny, and trivially the same in JS.
+struct XorShift32(u32);
+
+impl XorShift32 {
+    fn new(seed: u32) -> Self {
+        XorShift32(if seed == 0 { 1 } else { seed })
+    }
+
+    fn next(&mut self) -> u32 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.0 = x;
+        x
+    }
+}
+
+/// CPU time (user + system, all threads) a process has used so far, in seconds, from
+/// `/proc/<pid>/stat` (`None`: this process). Resolution: one clock tick (10 ms: Linux
+/// reports these fields in USER_HZ = 100 units on every architecture it runs on).
+pub fn process_cpu_seconds(pid: Option<u32>) -> Result<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after
+    // its closing parenthesis, where field 3 (state) starts; utime and stime are 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("parsing {path}"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("parsing field {} of {path}", i + 3))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
 }

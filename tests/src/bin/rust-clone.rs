@@ -6,29 +6,42 @@
 //! rust-clone --key HEX --connect HOST:PORT --dir DIR [--start S] [--end E]
 //!            [--mode full|sparse] [--live] [--expect-length N] [--expect-blake2b HEX]
 //!            [--noise-seed HEX32] [--timeout MS] [--verbose]
+//!            [--gets N [--seed-rng X]] [--cpu]
 //! ```
 //!
 //! `full` opens an ordinary feed, which downloads everything it learns of; `sparse` opens
 //! a sparse one, learns the length with `update` and downloads only the range. Both wait
 //! for a length of at least `max(1, --expect-length, --end)`, so an empty remote feed
 //! times out, as with `clone.js`.
+//!
+//! For the benchmarks (`tests/benches/replication.rs`), like `clone.js`:
+//!
+//! * `--gets N` (sparse only): instead of downloading the range, `get`s N distinct random
+//!   blocks of it one at a time, each awaited before the next (xorshift32 from
+//!   `--seed-rng`, default 1, repeats skipped: [`distinct_random_indexes`]), and reports
+//!   each latency in `gets`; `blake2b` and `rangeBytes` then cover the blocks got, in
+//!   that order.
+//! * `--cpu`: adds `cpuMs`, the process's CPU time (user + system, all threads) at each
+//!   step of `ms`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use hypercore::storage::DiskStorage;
-use hypercore::{AuditReport, Feed, FeedOptions, PublicKey};
+use hypercore::{AuditReport, Feed, FeedOptions, GetOptions, PublicKey};
 use hypercore_protocol::{Authenticate, NoiseKeyPair, PeerKey, ProtocolOptions};
 use hypercore_replication::{replicate, DownloadRange, ReplicateOptions, Replicator};
+use hyperd_tests::bench::{median, percentile};
 use hyperd_tests::cli::{emit, hash_range, js_number, log, Args};
-use hyperd_tests::json_line;
+use hyperd_tests::{distinct_random_indexes, json_line, process_cpu_seconds};
 use tokio::net::TcpStream;
 
 const USAGE: &str =
     "usage: rust-clone --key HEX --connect HOST:PORT --dir DIR [--start S] [--end E]\n\
     \x20        [--mode full|sparse] [--live] [--expect-length N] [--expect-blake2b HEX]\n\
-    \x20        [--noise-seed HEX32] [--timeout MS] [--verbose]";
+    \x20        [--noise-seed HEX32] [--timeout MS] [--verbose]\n\
+    \x20        [--gets N [--seed-rng X]] [--cpu]";
 
 struct Options {
     key: PublicKey,
@@ -44,6 +57,9 @@ struct Options {
     expect_length: Option<u64>,
     expect_blake2b: Option<String>,
     noise: Option<NoiseKeyPair>,
+    gets: Option<u64>,
+    seed_rng: u32,
+    cpu: bool,
 }
 
 /// Milliseconds since start of each step; -1 = not reached.
@@ -54,6 +70,39 @@ struct Times {
     length: i64,
     done: i64,
     total: i64,
+    /// Reported as `cpuMs` with `--cpu`.
+    #[serde(skip)]
+    cpu: CpuMs,
+}
+
+/// `--cpu`: CPU milliseconds the process had used at each step; -1 = not reached.
+#[derive(Clone, Copy, serde::Serialize)]
+struct CpuMs {
+    connected: i64,
+    length: i64,
+    done: i64,
+    total: i64,
+}
+
+/// What `--gets` got. (The blocks are not kept: holding on to them would make every
+/// block arrive into fresh memory and slow the gets down.)
+struct Gets {
+    seed: u32,
+    indexes: Vec<u64>,
+    latencies: Vec<Duration>,
+}
+
+/// `gets` in the report: milliseconds, rounded to the microsecond.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GetsReport {
+    count: usize,
+    seed_rng: u32,
+    median_ms: serde_json::Value,
+    p90_ms: serde_json::Value,
+    mean_ms: serde_json::Value,
+    max_ms: serde_json::Value,
+    latencies_ms: Vec<serde_json::Value>,
 }
 
 #[derive(serde::Serialize)]
@@ -76,6 +125,10 @@ struct Report {
     downloaded_blocks: u64,
     ms: Times,
     mb_per_sec: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gets: Option<GetsReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_ms: Option<CpuMs>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -115,7 +168,10 @@ fn fail_early(e: anyhow::Error) -> i32 {
 }
 
 fn parse_args() -> Result<Options> {
-    let args = Args::parse(std::env::args().skip(1), &["live", "verbose", "help"])?;
+    let args = Args::parse(
+        std::env::args().skip(1),
+        &["live", "verbose", "cpu", "help"],
+    )?;
     let (Some(key), Some(connect), Some(dir), false) = (
         args.get("key"),
         args.get("connect"),
@@ -132,6 +188,10 @@ fn parse_args() -> Result<Options> {
         "sparse" => true,
         _ => bail!("--mode must be full or sparse"),
     };
+    let gets = args.parsed("gets")?;
+    if gets.is_some() && !sparse {
+        bail!("--gets needs --mode sparse");
+    }
     Ok(Options {
         key,
         host: host.to_string(),
@@ -148,6 +208,9 @@ fn parse_args() -> Result<Options> {
         noise: args
             .seed("noise-seed")?
             .map(|s| NoiseKeyPair::from_seed(&s)),
+        gets,
+        seed_rng: args.parsed("seed-rng")?.unwrap_or(1),
+        cpu: args.flag("cpu"),
     })
 }
 
@@ -172,12 +235,29 @@ async fn clone(o: &Options, t0: Instant) -> Result<i32> {
         length: -1,
         done: -1,
         total: -1,
+        cpu: CpuMs {
+            connected: -1,
+            length: -1,
+            done: -1,
+            total: -1,
+        },
     };
     let remote_key = Arc::new(Mutex::new(None));
     let mut socket = None;
     let work = download(o, &replicator, t0, &mut times, &remote_key, &mut socket);
     let result = match tokio::time::timeout(o.timeout, work).await {
-        Ok(Ok(end)) => verify(o, &feed, end, t0, times, &remote_key, initial_downloaded).await,
+        Ok(Ok((end, gets))) => {
+            verify(
+                o,
+                &feed,
+                (end, gets),
+                t0,
+                times,
+                &remote_key,
+                initial_downloaded,
+            )
+            .await
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(anyhow::anyhow!(
             "timeout after {} ms",
@@ -223,8 +303,9 @@ async fn clone(o: &Options, t0: Instant) -> Result<i32> {
     Ok(code)
 }
 
-/// Connects, learns the length and downloads the range; returns the range's end and leaves
-/// a handle on the connection in `socket`. Fails as soon as the connection does; a
+/// Connects, learns the length and downloads the range (or gets `--gets` blocks of it);
+/// returns the range's end (and what the gets got) and leaves a handle on the connection in
+/// `socket`. Fails as soon as the connection does; a
 /// connection that ends cleanly before the range is complete leaves it to the deadline, as
 /// with `clone.js`.
 async fn download(
@@ -234,7 +315,7 @@ async fn download(
     times: &mut Times,
     remote_key: &Arc<Mutex<Option<(i64, PeerKey)>>>,
     socket: &mut Option<std::net::TcpStream>,
-) -> Result<u64> {
+) -> Result<(u64, Option<Gets>)> {
     let feed = replicator.feed().clone();
     let tcp = TcpStream::connect((o.host.as_str(), o.port)).await?;
     tcp.set_nodelay(true)?;
@@ -243,6 +324,7 @@ async fn download(
     *socket = Some(tcp.try_clone()?);
     let tcp = TcpStream::from_std(tcp)?;
     times.connected = ms(t0);
+    times.cpu.connected = cpu_ms();
     let authenticate: Authenticate = {
         let remote_key = remote_key.clone();
         Arc::new(move |key: &PeerKey| {
@@ -284,15 +366,24 @@ async fn download(
             wait_for(&feed, || feed.len() >= min_length).await;
         }
         times.length = ms(t0);
-        // 2. Download the range and wait until every block of it is stored.
+        times.cpu.length = cpu_ms();
+        // 2. Download the range and wait until every block of it is stored (or get
+        //    --gets blocks of it).
         let end = o.end.unwrap_or(feed.len());
-        if o.start < end {
-            replicator
-                .download(DownloadRange::new(o.start, end))
-                .await?;
-        }
+        let gets = match o.gets {
+            Some(count) => Some(get_blocks(&feed, o.start, end, count, o.seed_rng).await?),
+            None => {
+                if o.start < end {
+                    replicator
+                        .download(DownloadRange::new(o.start, end))
+                        .await?;
+                }
+                None
+            }
+        };
         times.done = ms(t0);
-        anyhow::Ok(end)
+        times.cpu.done = cpu_ms();
+        anyhow::Ok((end, gets))
     };
     // The connection stays up (until the process exits) while the result is verified.
     tokio::select! {
@@ -301,11 +392,67 @@ async fn download(
     }
 }
 
-/// Audits, checks the latest signature, hashes the range and builds the report.
+/// `--gets`: gets `count` distinct random blocks of `[start, end)`, one at a time.
+async fn get_blocks(feed: &Feed, start: u64, end: u64, count: u64, seed: u32) -> Result<Gets> {
+    let indexes = distinct_random_indexes(seed, count, start, end)?;
+    let mut latencies = Vec::with_capacity(indexes.len());
+    for &i in &indexes {
+        let t = Instant::now();
+        feed.get(i).await?;
+        latencies.push(t.elapsed());
+    }
+    Ok(Gets {
+        seed,
+        indexes,
+        latencies,
+    })
+}
+
+impl Gets {
+    /// BLAKE2b-256 of the blocks got, in order (read back from the feed), and their total
+    /// size.
+    async fn hash(&self, feed: &Feed) -> Result<(String, u64)> {
+        let mut state = blake2b_simd::Params::new().hash_length(32).to_state();
+        let mut bytes = 0u64;
+        for &i in &self.indexes {
+            let block = feed.get_with(i, GetOptions::no_wait()).await?;
+            state.update(&block);
+            bytes += block.len() as u64;
+        }
+        Ok((
+            hypercore::crypto::to_hex(state.finalize().as_bytes()),
+            bytes,
+        ))
+    }
+
+    fn report(&self) -> GetsReport {
+        // Rounded to the microsecond first, as clone.js does, so both compute the same
+        // statistics from the same printed values.
+        let ms: Vec<f64> = self
+            .latencies
+            .iter()
+            .map(|d| (d.as_nanos() as f64 / 1e3).round() / 1e3)
+            .collect();
+        let round = |x: f64| js_number((x * 1e3).round() / 1e3);
+        let mean = ms.iter().sum::<f64>() / ms.len().max(1) as f64;
+        GetsReport {
+            count: ms.len(),
+            seed_rng: self.seed,
+            median_ms: round(median(&ms)),
+            p90_ms: round(percentile(&ms, 90.0)),
+            mean_ms: round(mean),
+            max_ms: round(ms.iter().copied().fold(f64::NAN, f64::max)),
+            latencies_ms: ms.iter().map(|&x| js_number(x)).collect(),
+        }
+    }
+}
+
+/// Audits, checks the latest signature, hashes the range (or takes the hash of what
+/// `--gets` got) and builds the report.
 async fn verify(
     o: &Options,
     feed: &Feed,
-    end: u64,
+    (end, gets): (u64, Option<Gets>),
     t0: Instant,
     mut times: Times,
     remote_key: &Mutex<Option<(i64, PeerKey)>>,
@@ -319,10 +466,14 @@ async fn verify(
             signature.index + 1
         );
     }
-    let (blake2b, range_bytes) = hash_range(feed, o.start, end).await?;
+    let (blake2b, range_bytes) = match &gets {
+        Some(g) => g.hash(feed).await?,
+        None => hash_range(feed, o.start, end).await?,
+    };
     let handshake = *remote_key.lock().unwrap_or_else(|e| e.into_inner());
     times.handshake = handshake.map_or(-1, |(t, _)| t);
     times.total = ms(t0);
+    times.cpu.total = cpu_ms();
     let secs = (times.done - times.connected.max(0)) as f64 / 1000.0;
     let mut report = Report {
         ok: audit.invalid == 0,
@@ -346,6 +497,8 @@ async fn verify(
         } else {
             serde_json::Value::Null
         },
+        gets: gets.as_ref().map(Gets::report),
+        cpu_ms: o.cpu.then_some(times.cpu),
         error: None,
     };
     if o.expect_blake2b
@@ -390,4 +543,9 @@ async fn log_events(feed: Feed) {
 
 fn ms(t0: Instant) -> i64 {
     t0.elapsed().as_millis() as i64
+}
+
+/// CPU milliseconds used by this process so far (-1 if unknown).
+fn cpu_ms() -> i64 {
+    process_cpu_seconds(None).map_or(-1, |s| (s * 1e3).round() as i64)
 }
