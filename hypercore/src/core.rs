@@ -818,6 +818,9 @@ impl FeedCore {
 
     /// The request digest for block `index`.
     pub fn digest(&self, index: u64) -> u64 {
+        if index >= MAX_BLOCKS {
+            return 0;
+        }
         tree::digest(&self.bitfield, 2 * index)
     }
 

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::io;
-use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
@@ -44,6 +43,22 @@ pub struct Loaded {
     pub bitfield: Bitfield,
 }
 
+/// Recently used tree nodes. The table grows with use up to `limit` entries instead of
+/// being allocated at full size for every open feed (65536 nodes would be ~2 MiB each).
+struct NodeCache {
+    lru: LruCache<u64, Node>,
+    limit: usize,
+}
+
+impl NodeCache {
+    fn insert(&mut self, node: Node) {
+        self.lru.put(node.index, node);
+        if self.lru.len() > self.limit {
+            self.lru.pop_lru();
+        }
+    }
+}
+
 /// Open handles on a feed's files plus a cache of tree nodes.
 pub struct FeedStore {
     location: String,
@@ -53,7 +68,7 @@ pub struct FeedStore {
     tree: Box<dyn RandomAccess>,
     signatures: Box<dyn RandomAccess>,
     bitfield: Box<dyn RandomAccess>,
-    nodes: Option<LruCache<u64, Node>>,
+    nodes: Option<NodeCache>,
     _lock: Option<Box<dyn fmt::Debug + Send + Sync>>,
 }
 
@@ -98,7 +113,10 @@ impl FeedStore {
             tree: open(FileKind::Tree)?,
             signatures: open(FileKind::Signatures)?,
             bitfield: open(FileKind::Bitfield)?,
-            nodes: NonZeroUsize::new(cache_size).map(LruCache::new),
+            nodes: (cache_size > 0).then(|| NodeCache {
+                lru: LruCache::unbounded(),
+                limit: cache_size,
+            }),
             _lock: lock,
             location,
         })
@@ -253,7 +271,7 @@ impl FeedStore {
                 .map_err(self.io("truncating", kind))?;
         }
         if let Some(c) = &mut self.nodes {
-            c.clear();
+            c.lru.clear();
         }
         Ok(())
     }
@@ -270,7 +288,7 @@ impl FeedStore {
 
     /// The stored node `index`, if any.
     pub fn node(&mut self, index: u64) -> Result<Option<Node>> {
-        if let Some(n) = self.nodes.as_mut().and_then(|c| c.get(&index)) {
+        if let Some(n) = self.nodes.as_mut().and_then(|c| c.lru.get(&index)) {
             return Ok(Some(*n));
         }
         let mut rec = [0u8; NODE_RECORD_SIZE];
@@ -284,7 +302,7 @@ impl FeedStore {
         }
         let node = Node::from_record(index, &rec);
         if let (Some(c), Some(node)) = (&mut self.nodes, node) {
-            c.put(index, node);
+            c.insert(node);
         }
         Ok(node)
     }
@@ -346,7 +364,7 @@ impl FeedStore {
         }
         if let Some(c) = &mut self.nodes {
             for n in nodes {
-                c.put(n.index, *n);
+                c.insert(*n);
             }
         }
         Ok(())
@@ -383,7 +401,7 @@ impl FeedStore {
         )?;
         if let Some(c) = &mut self.nodes {
             for r in roots {
-                c.put(r.index, *r);
+                c.insert(*r);
             }
         }
         Ok(())

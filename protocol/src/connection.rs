@@ -34,6 +34,9 @@ pub type Authenticate = Arc<dyn Fn(&PeerKey) -> bool + Send + Sync>;
 /// Default idle timeout: JS destroys a stream that received nothing for 20 s.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Channels (opened by either side) a connection may hold: a peer opening more is
+/// destroyed rather than allowed to grow our memory without bound.
+pub const MAX_CHANNELS: usize = 16 * 1024;
 /// Messages a channel may have waiting before its connection stops reading.
 const CHANNEL_BACKLOG: usize = 256;
 /// Bytes of frames gathered into one write.
@@ -586,6 +589,12 @@ impl Shared {
                         reason: e.to_string(),
                     }
                 })?;
+                if !state.channels.contains_key(&dk) && state.channels.len() >= MAX_CHANNELS {
+                    return Err(Error::Malformed {
+                        what: "Open message",
+                        reason: format!("more than {MAX_CHANNELS} channels"),
+                    });
+                }
                 let chan = state.channels.entry(dk).or_insert_with(Chan::new);
                 let old = chan.remote_id.replace(channel);
                 chan.remote_capability = open.capability;

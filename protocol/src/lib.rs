@@ -16,7 +16,7 @@ pub mod noise;
 
 pub use connection::{
     Authenticate, Channel, ChannelEvent, ChannelReceiver, ChannelSender, Event, Events, Outcome,
-    Protocol, ProtocolOptions, StreamExtension, DEFAULT_TIMEOUT,
+    Protocol, ProtocolOptions, StreamExtension, DEFAULT_TIMEOUT, MAX_CHANNELS,
 };
 pub use error::Error;
 pub use noise::{NoiseKeyPair, PeerKey};

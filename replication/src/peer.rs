@@ -305,8 +305,21 @@ impl Peer {
                 if length <= 1 {
                     self.wants = None;
                 }
+                // JS sends bitfields only in answer to Wants, at 8192-block boundaries.
+                if !have.start.is_multiple_of(8192) || have.start >= hypercore::MAX_BLOCKS {
+                    return Err(self.misbehaved(format!(
+                        "Have bitfield at block {}, not a page boundary of the feed",
+                        have.start
+                    )));
+                }
                 let raw = rle::decode(&bits, MAX_HAVE_BITFIELD)
                     .map_err(|e| self.misbehaved(format!("bad Have bitfield: {e}")))?;
+                if have.start + 8 * raw.len() as u64 > hypercore::MAX_BLOCKS {
+                    return Err(self.misbehaved(format!(
+                        "Have bitfield at block {} runs past 2^53 blocks",
+                        have.start
+                    )));
+                }
                 let last = raw
                     .iter()
                     .rposition(|&b| b != 0)

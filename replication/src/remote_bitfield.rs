@@ -105,8 +105,12 @@ impl RemoteBitfield {
 
     /// Sets the bits of an MSB-first raw bitfield (as decoded from a `Have`) at `start`.
     pub fn set_from_bytes(&mut self, start: u64, bytes: &[u8]) -> Result<(), TooManyBlocks> {
+        let end = (bytes.len() as u64)
+            .checked_mul(8)
+            .and_then(|n| start.checked_add(n))
+            .ok_or(TooManyBlocks)?;
         let first = start / PAGE_BITS;
-        let last = (start + 8 * bytes.len() as u64).div_ceil(PAGE_BITS);
+        let last = end.div_ceil(PAGE_BITS);
         let new_pages = (first..last)
             .filter(|p| !self.pages.contains_key(p))
             .count();
@@ -119,8 +123,7 @@ impl RemoteBitfield {
             let mut k = 0usize;
             while k < bytes.len() {
                 let i = start + 8 * k as u64;
-                let page_end = (i / PAGE_BITS + 1) * PAGE_BITS;
-                let n = (((page_end - i) / 8) as usize).min(bytes.len() - k);
+                let n = (((PAGE_BITS - i % PAGE_BITS) / 8) as usize).min(bytes.len() - k);
                 let chunk = &bytes[k..k + n];
                 if chunk.iter().any(|&b| b != 0) {
                     let words = self
