@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use remote_bitfield::{RemoteBitfield, TooManyBlocks};
 pub use replicator::{
     Download, DownloadRange, FeedExtension, PeerStats, Replicator, ReplicatorOptions, Stats,
-    Traffic, DEFAULT_MAX_REQUESTS,
+    Traffic, DEFAULT_MAX_REQUESTS, MIN_WINDOW, WINDOW_BYTES,
 };
 
 /// Why replication with a peer stopped.

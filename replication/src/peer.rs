@@ -678,7 +678,7 @@ impl Peer {
     }
 
     fn request_urgent(&mut self) {
-        let urgent_max = self.shared.options.max_requests + 16;
+        let urgent_max = self.shared.window() + 16;
         let demand = self.feed.demand();
         let mut picks = Vec::new();
         {
@@ -729,7 +729,7 @@ impl Peer {
     }
 
     fn request_ranges(&mut self) {
-        let max = self.shared.options.max_requests;
+        let max = self.shared.window();
         if self.inflight.len() >= max {
             return;
         }

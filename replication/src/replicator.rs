@@ -17,8 +17,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::peer::{self, PeerId};
 
-/// Requests in flight per peer for download ranges (JS `maxRequests`).
-pub const DEFAULT_MAX_REQUESTS: usize = 16;
+/// Most requests in flight per peer for download ranges.
+pub const DEFAULT_MAX_REQUESTS: usize = 64;
+/// Fewest requests in flight per peer for ranges (JS's fixed `maxRequests`), unless
+/// `max_requests` is lower.
+pub const MIN_WINDOW: usize = 16;
+/// Bytes in flight per peer the request window aims for: on loopback, 16 requests of
+/// 64 KiB (JS's window) leave the link idle between answers.
+pub const WINDOW_BYTES: u64 = 4 << 20;
 
 /// Options for replicating a feed.
 #[derive(Clone, Debug)]
@@ -27,7 +33,9 @@ pub struct ReplicatorOptions {
     pub upload: bool,
     /// Download; default: unless the feed is writable, like JS.
     pub download: Option<bool>,
-    /// Requests in flight per peer for download ranges; explicit waits (`get`, `update`,
+    /// Most requests in flight per peer for download ranges. The window holds about
+    /// [`WINDOW_BYTES`] of blocks (judged by the feed's average block size), at least
+    /// [`MIN_WINDOW`] requests and at most this many. Explicit waits (`get`, `update`,
     /// `seek`) may use 16 more.
     pub max_requests: usize,
     /// Ask peers to acknowledge every block we upload.
@@ -205,6 +213,16 @@ impl Shared {
         // A panic while holding this lock is a bug; keep going with the data as it is
         // rather than taking every peer of the feed down.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Requests in flight per peer for ranges: about [`WINDOW_BYTES`] of blocks.
+    pub(crate) fn window(&self) -> usize {
+        let (len, bytes) = (self.feed.len(), self.feed.byte_len());
+        let average = bytes.checked_div(len).unwrap_or(0);
+        let by_bytes = (WINDOW_BYTES / average.max(1))
+            .clamp(MIN_WINDOW as u64, DEFAULT_MAX_REQUESTS as u64 * 4)
+            as usize;
+        by_bytes.min(self.options.max_requests)
     }
 
     pub(crate) fn wake_peers(&self) {
