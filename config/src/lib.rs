@@ -1,0 +1,292 @@
+//! Where hyperd keeps its files (its [`Home`]) and its TOML [`Config`]. Shared by the
+//! daemon and the client, so both agree on the socket, the lock and the token file.
+//!
+//! The home is, in order: `--home DIR`, the `HYPERD_HOME` environment variable, or the
+//! platform's data directory (`~/.local/share/hyperd` on Linux,
+//! `~/Library/Application Support/org.hyperd.hyperd` on macOS).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The environment variable that moves the home.
+pub const HOME_ENV: &str = "HYPERD_HOME";
+
+/// The port peers connect to unless configured otherwise (Dat's historical port).
+pub const DEFAULT_PEER_PORT: u16 = 3282;
+
+/// What went wrong finding the home or reading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No home was given and the platform has no data directory for this user.
+    #[error("cannot find a home directory: pass --home DIR or set {HOME_ENV}")]
+    NoHome,
+    /// The configuration file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid.
+    #[error("invalid configuration in {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its line.
+        message: String,
+    },
+}
+
+/// The daemon's directory and the files in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    /// Uses `dir` as the home.
+    pub fn at(dir: impl Into<PathBuf>) -> Home {
+        Home { root: dir.into() }
+    }
+
+    /// `explicit` (from `--home`), else `HYPERD_HOME`, else the platform data directory.
+    pub fn resolve(explicit: Option<&Path>) -> Result<Home, Error> {
+        if let Some(dir) = explicit {
+            return Ok(Home::at(dir));
+        }
+        if let Some(dir) = std::env::var_os(HOME_ENV).filter(|d| !d.is_empty()) {
+            return Ok(Home::at(PathBuf::from(dir)));
+        }
+        directories::ProjectDirs::from("org", "hyperd", "hyperd")
+            .map(|dirs| Home::at(dirs.data_dir()))
+            .ok_or(Error::NoHome)
+    }
+
+    /// The home directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `config.toml`: optional; every setting has a default.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    /// The corestore's directory unless the configuration moves it.
+    pub fn default_storage(&self) -> PathBuf {
+        self.root.join("storage").join("cores")
+    }
+
+    /// The gRPC Unix socket (mode 0600).
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("hyperd.sock")
+    }
+
+    /// Held (flock) by the running daemon; holds its pid.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("hyperd.lock")
+    }
+
+    /// The token a client must present on the optional TCP gRPC listener (mode 0600).
+    pub fn token_file(&self) -> PathBuf {
+        self.root.join("rpc.token")
+    }
+
+    /// What the daemon follows and which peers it redials.
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    /// Output of a daemon started in the background by `hyperctl start`.
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("logs").join("hyperd.log")
+    }
+}
+
+/// How strongly writes are made durable before they are acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Survives a crash of the daemon (like JS hypercore).
+    #[default]
+    Process,
+    /// Also survives power loss: data is fsync'ed before each acknowledgement.
+    Sync,
+}
+
+/// `config.toml`. Every field has a default, so an empty or missing file is valid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address for peer (replication) connections; `""` disables listening.
+    pub listen: String,
+    /// Log filter, e.g. `info` or `hyperd=debug,info` (`RUST_LOG` wins).
+    pub log_level: String,
+    /// The corestore's directory; relative paths are relative to the home.
+    pub storage: Option<PathBuf>,
+    /// `process` or `sync`.
+    pub durability: Durability,
+    /// The gRPC API.
+    pub rpc: RpcConfig,
+}
+
+/// The `[rpc]` table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Also serve gRPC on this loopback TCP address; clients must send the token from
+    /// the home's `rpc.token` file. Off by default.
+    pub tcp: Option<SocketAddr>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: format!("0.0.0.0:{DEFAULT_PEER_PORT}"),
+            log_level: "info".into(),
+            storage: None,
+            durability: Durability::default(),
+            rpc: RpcConfig::default(),
+        }
+    }
+}
+
+/// The default configuration with every setting explained, as `hyperd --print-config`
+/// writes it.
+pub const DOCUMENTED_DEFAULTS: &str = r#"# hyperd configuration. Every setting is optional; these are the defaults.
+
+# Address for peer (replication) connections. "" disables listening; port 0 picks one.
+listen = "0.0.0.0:3282"
+
+# Log filter: error, warn, info, debug, trace, or per module ("hyperd=debug,info").
+# The RUST_LOG environment variable wins.
+log_level = "info"
+
+# Where cores are stored; relative paths are relative to the home directory.
+# storage = "storage/cores"
+
+# "process": an acknowledged append survives a crash of the daemon.
+# "sync": it also survives power loss (fsync before acknowledging; slower).
+durability = "process"
+
+[rpc]
+# Also serve the gRPC API on a loopback TCP address. Clients must send the token stored
+# in <home>/rpc.token (created with mode 0600) as "authorization: Bearer <token>".
+# tcp = "127.0.0.1:3283"
+"#;
+
+impl Config {
+    /// Parses a configuration; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, Error> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Invalid {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads the home's `config.toml`, or the defaults when there is none.
+    pub fn load(home: &Home) -> Result<Config, Error> {
+        let path = home.config_file();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(Error::Read { path, source }),
+        }
+    }
+
+    /// Checks values serde cannot; `path` names where they came from in errors.
+    pub fn validate(&self, path: &Path) -> Result<(), Error> {
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        if !self.listen.is_empty() && self.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(format!(
+                "listen = {:?} is not HOST:PORT with an IP address",
+                self.listen
+            )));
+        }
+        if let Some(tcp) = self.rpc.tcp {
+            if !tcp.ip().is_loopback() {
+                return Err(invalid(format!(
+                    "rpc.tcp = \"{tcp}\" is not a loopback address; the API must not be reachable from other machines"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The corestore's directory.
+    pub fn storage_dir(&self, home: &Home) -> PathBuf {
+        match &self.storage {
+            Some(dir) => home.root().join(dir),
+            None => home.default_storage(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let parsed = Config::parse(DOCUMENTED_DEFAULTS, Path::new("x")).unwrap();
+        assert_eq!(parsed, Config::default());
+        assert_eq!(
+            Config::parse("", Path::new("x")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn missing_file_means_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            Config::load(&Home::at(dir.path())).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn settings_are_read() {
+        let text = "listen = \"127.0.0.1:0\"\ndurability = \"sync\"\nstorage = \"/data\"\n[rpc]\ntcp = \"127.0.0.1:9000\"\n";
+        let config = Config::parse(text, Path::new("c.toml")).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:0");
+        assert_eq!(config.durability, Durability::Sync);
+        assert_eq!(
+            config.storage_dir(&Home::at("/home/x")),
+            PathBuf::from("/data")
+        );
+        assert_eq!(config.rpc.tcp, Some("127.0.0.1:9000".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_settings_name_the_file_and_the_problem() {
+        for (text, needle) in [
+            ("listne = \"x\"", "unknown field"),
+            ("listen = \"nowhere\"", "nowhere"),
+            ("durability = \"fast\"", "fast"),
+            ("[rpc]\ntcp = \"0.0.0.0:1\"", "loopback"),
+        ] {
+            let err = Config::parse(text, Path::new("/h/config.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("/h/config.toml"), "{err}");
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn home_resolution_order() {
+        let explicit = Home::resolve(Some(Path::new("/explicit"))).unwrap();
+        assert_eq!(explicit.root(), Path::new("/explicit"));
+        assert_eq!(explicit.socket(), Path::new("/explicit/hyperd.sock"));
+    }
+}
