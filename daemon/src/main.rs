@@ -1,0 +1,89 @@
+//! `hyperd`: the daemon. It owns a corestore and the peer connections, and serves the
+//! gRPC API (`proto/`) on a Unix socket private to its user. It runs in the foreground,
+//! for systemd, launchd or `hyperctl start`.
+
+mod lock;
+mod network;
+mod node;
+mod notify;
+mod rpc;
+mod state;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use hyperd_config::{Config, Home};
+
+/// The hyperd daemon.
+#[derive(Debug, Parser)]
+#[command(name = "hyperd", version, about)]
+struct Args {
+    /// Home directory (storage, socket, lock, config); default: the platform data dir.
+    #[arg(long, env = hyperd_config::HOME_ENV, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Configuration file (default: <home>/config.toml; optional).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address for peer connections, overriding the configuration ("" disables).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Print the default configuration, with every setting explained, and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Logging may not be set up yet; the error goes to stderr either way.
+            eprintln!("hyperd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_config {
+        print!("{}", hyperd_config::DOCUMENTED_DEFAULTS);
+        return Ok(());
+    }
+    let home = Home::resolve(args.home.as_deref())?;
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Config::parse(&text, path)?
+        }
+        None => Config::load(&home)?,
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+        config.validate(std::path::Path::new("--listen"))?;
+    }
+    init_logging(&config.log_level);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(node::run(home, config))
+}
+
+fn init_logging(level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(terminal)
+        .with_target(terminal)
+        .init();
+}

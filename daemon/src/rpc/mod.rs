@@ -1,0 +1,293 @@
+//! The gRPC API: one service per domain (`daemon`, `cores`, `peers`), served on a Unix
+//! socket private to the user (mode 0600, callers' uid checked) and optionally on a
+//! loopback TCP address that requires the token from `rpc.token`.
+
+mod cores;
+mod daemon;
+mod peers;
+
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hypercore::PublicKey;
+use hyperd_config::Config;
+use hyperd_proto::v1::cores_server::CoresServer;
+use hyperd_proto::v1::daemon_server::DaemonServer;
+use hyperd_proto::v1::peers_server::PeersServer;
+use tokio::net::UnixListener;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::{Code, Status};
+
+use crate::node::Node;
+
+/// Largest request accepted (an append batch); larger ones get RESOURCE_EXHAUSTED.
+const MAX_REQUEST: usize = 16 << 20;
+/// Largest reply (a block is at most 8 MiB).
+const MAX_REPLY: usize = 64 << 20;
+/// HTTP/2 flow-control window per stream.
+const WINDOW: u32 = 8 << 20;
+
+/// The running API servers.
+pub struct RpcServers {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RpcServers {
+    /// Resolves when every server has stopped (after the node's shutdown signal).
+    pub async fn stopped(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Binds the socket (and the TCP listener if configured) and starts serving.
+pub async fn serve(node: Arc<Node>, config: &Config) -> anyhow::Result<RpcServers> {
+    let socket = node.home.socket();
+    // We hold the home's lock, so a socket file here is left over from a daemon that
+    // was killed: nobody answers on it.
+    match std::fs::remove_file(&socket) {
+        Ok(()) => tracing::info!("removed stale socket {}", socket.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("removing stale socket {}", socket.display())),
+    }
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("binding the API socket {}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", socket.display()))?;
+
+    let uid = nix::unistd::geteuid().as_raw();
+    let incoming = futures::stream::unfold(listener, move |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => match stream.peer_cred() {
+                    Ok(cred) if cred.uid() == uid => {
+                        return Some((Ok::<_, std::io::Error>(stream), listener))
+                    }
+                    Ok(cred) => tracing::warn!(
+                        "refused an API connection from uid {} (this daemon serves uid {uid})",
+                        cred.uid()
+                    ),
+                    Err(e) => tracing::warn!("refused an API connection: no credentials: {e}"),
+                },
+                Err(e) => {
+                    tracing::warn!("accepting an API connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+
+    let mut tasks = Vec::new();
+    let unix = router(&node, None).serve_with_incoming_shutdown(incoming, shutdown(&node));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = unix.await {
+            tracing::error!("the API server on the Unix socket failed: {e}");
+        }
+    }));
+
+    if let Some(address) = config.rpc.tcp {
+        let token = load_or_create_token(&node.home.token_file())?;
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the API TCP address {address}"))?;
+        tracing::info!(
+            "API also on tcp://{address} (token in {})",
+            node.home.token_file().display()
+        );
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let tcp =
+            router(&node, Some(token)).serve_with_incoming_shutdown(incoming, shutdown(&node));
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = tcp.await {
+                tracing::error!("the API server on TCP failed: {e}");
+            }
+        }));
+    }
+    Ok(RpcServers { tasks })
+}
+
+fn shutdown(node: &Node) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = node.shutdown.subscribe();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Lets a request through when no token is required or it carries the right one.
+#[derive(Clone)]
+struct TokenCheck {
+    token: Option<Arc<str>>,
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let Some(token) = &self.token else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong token: send \"authorization: Bearer <token from rpc.token>\"",
+            ))
+        }
+    }
+}
+
+fn router(node: &Arc<Node>, token: Option<String>) -> tonic::transport::server::Router {
+    let check = TokenCheck {
+        token: token.map(Arc::from),
+    };
+    let daemon = DaemonServer::new(daemon::DaemonService::new(node.clone()))
+        .max_decoding_message_size(MAX_REQUEST)
+        .max_encoding_message_size(MAX_REPLY);
+    let cores = CoresServer::new(cores::CoresService::new(node.clone()))
+        .max_decoding_message_size(MAX_REQUEST)
+        .max_encoding_message_size(MAX_REPLY);
+    let peers = PeersServer::new(peers::PeersService::new(node.clone()))
+        .max_decoding_message_size(MAX_REQUEST)
+        .max_encoding_message_size(MAX_REPLY);
+    Server::builder()
+        // Large appends and reads stream megabytes; HTTP/2's 64 KiB default windows would
+        // stall them on round trips.
+        .initial_stream_window_size(Some(WINDOW))
+        .initial_connection_window_size(Some(2 * WINDOW))
+        .add_service(InterceptedService::new(daemon, check.clone()))
+        .add_service(InterceptedService::new(cores, check.clone()))
+        .add_service(InterceptedService::new(peers, check))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the API token, creating a random one (mode 0600) the first time.
+fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => {
+            let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "{} is readable by other users (mode {mode:o}); run chmod 600 on it",
+                    path.display()
+                );
+            }
+            return Ok(token.trim().to_string());
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(format!("reading {}", path.display())),
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(token.as_bytes())?;
+        file.sync_all()
+    };
+    write().with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+/// Parses a core key: 64 hex characters, optionally `hyper://` in front.
+pub fn parse_key(field: &str, value: &str) -> Result<PublicKey, Status> {
+    let trimmed = value.trim();
+    let hex = trimmed
+        .strip_prefix("hyper://")
+        .unwrap_or(trimmed)
+        .trim_end_matches('/');
+    if hex.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    hex.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} {:?} is not a core key: expected 64 hex characters, optionally after hyper://",
+            truncate(value)
+        ))
+    })
+}
+
+/// A value for an error message, cut short if it is long.
+pub fn truncate(value: &str) -> String {
+    if value.chars().count() > 80 {
+        format!("{}…", value.chars().take(80).collect::<String>())
+    } else {
+        value.to_string()
+    }
+}
+
+/// The status for a failed feed operation on core `key`.
+pub fn feed_status(key: &PublicKey, e: hypercore::Error) -> Status {
+    use hypercore::Error as E;
+    let code = match &e {
+        E::NotWritable { .. } | E::Locked { .. } | E::SecretKeyMismatch { .. } => {
+            Code::FailedPrecondition
+        }
+        E::OutOfRange { .. } => Code::OutOfRange,
+        E::NotAvailable { .. } | E::NotFound { .. } => Code::NotFound,
+        E::Timeout { .. } => Code::DeadlineExceeded,
+        E::BlockTooLarge { .. } | E::Encoding { .. } => Code::InvalidArgument,
+        E::Closed { .. } => Code::Unavailable,
+        E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            Code::ResourceExhausted
+        }
+        _ => Code::Internal,
+    };
+    Status::new(code, format!("core {}: {e}", key.to_hex()))
+}
+
+/// The status for a failed corestore operation.
+pub fn store_status(e: corestore::Error) -> Status {
+    use corestore::Error as E;
+    let code = match &e {
+        E::EmptyName => Code::InvalidArgument,
+        E::Open { source, .. } if matches!(**source, hypercore::Error::Locked { .. }) => {
+            Code::FailedPrecondition
+        }
+        E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            Code::ResourceExhausted
+        }
+        _ => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// A stream fed by a task; the task ends when the client goes away or the daemon shuts
+/// down (so open streams never hold up a shutdown).
+pub fn async_stream<T, F, Fut>(
+    node: &Node,
+    body: F,
+) -> std::pin::Pin<Box<dyn futures::Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let work = body(tx);
+    let stop = shutdown(node);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = work => {}
+            _ = stop => {}
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,91 @@
+//! What the daemon restores after a restart beyond the cores on disk: which cores it
+//! downloads in full and which peer addresses it redials. Kept in `state.json`, replaced
+//! atomically (write, fsync, rename) so a crash leaves the old or the new file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// The persisted state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    /// Followed cores (hex key) and whether to download all of each.
+    pub follows: BTreeMap<String, Follow>,
+    /// Peer addresses to keep connected.
+    pub peers: BTreeSet<String>,
+}
+
+/// How a core is followed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Follow {
+    /// Download every block peers have, not only what is read.
+    pub download_all: bool,
+}
+
+/// The state file and its current contents.
+pub struct StateFile {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl StateFile {
+    /// Reads the file, or starts empty when there is none.
+    pub fn load(path: &Path) -> anyhow::Result<StateFile> {
+        let state = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not valid state JSON", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Ok(StateFile {
+            path: path.to_owned(),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// A copy of the current state.
+    pub fn get(&self) -> State {
+        self.lock().clone()
+    }
+
+    /// Changes the state and saves it if it changed.
+    pub fn update(&self, change: impl FnOnce(&mut State)) -> anyhow::Result<()> {
+        let mut state = self.lock();
+        let before = state.clone();
+        change(&mut state);
+        if *state == before {
+            return Ok(());
+        }
+        if let Err(e) = self.save(&state) {
+            *state = before;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, state: &State) -> anyhow::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(state).context("encoding state")?;
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().with_context(|| format!("saving {}", self.path.display()))
+    }
+}
