@@ -1,0 +1,456 @@
+//! `hyperctl`: the command line of hyperd. Parses arguments (clap), runs one command and
+//! turns any failure into a single line `hyperctl: <message>` on stderr with exit code
+//! 1 (2 for usage errors).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use hyperctl::connect::{self, Client};
+use hyperctl::cores::{self, CatOptions, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE};
+use hyperctl::daemon_cmds::{self, StartOptions};
+use hyperctl::key::Key;
+use hyperctl::output::{self, BrokenPipe};
+use hyperctl::{peers, service};
+use hyperd_config::Home;
+
+/// Control hyperd, the Dat2 hyperstack daemon.
+///
+/// KEY arguments are a core's public key: 64 hex characters or hyper://<key>.
+#[derive(Parser)]
+#[command(name = "hyperctl", version, arg_required_else_help = true)]
+struct Cli {
+    /// The daemon's home directory [default: the platform's data directory]
+    #[arg(long, global = true, env = "HYPERD_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print JSON (camelCase keys) instead of text
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for connecting and for each request (streams have no total limit)
+    #[arg(long, global = true, value_name = "SECS", default_value = "10", value_parser = parse_timeout)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start hyperd in the background (unless it is already running)
+    Start {
+        /// The hyperd executable [default: next to hyperctl, else on PATH]
+        #[arg(long, value_name = "PATH")]
+        hyperd: Option<PathBuf>,
+        /// Address for peer connections, passed to hyperd
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+        /// Configuration file, passed to hyperd
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Stop hyperd and wait until it has exited
+    Stop,
+    /// Show the daemon's version, uptime, paths and counts
+    Status,
+    /// Hypercores: create, follow, read, write
+    #[command(subcommand, arg_required_else_help = true)]
+    Core(CoreCommand),
+    /// Peer connections
+    #[command(subcommand, arg_required_else_help = true)]
+    Peer(PeerCommand),
+    /// Run hyperd at login (systemd user service on Linux, launchd agent on macOS)
+    #[command(subcommand, arg_required_else_help = true)]
+    Service(ServiceCommand),
+    /// Print a shell completion script
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum CoreCommand {
+    /// Create a writable core and print its key
+    Create {
+        /// Derive the key from this name (the same name gives the same core)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Follow (replicate) a core by key
+    Follow {
+        key: String,
+        /// Download every block peers have, not only what is read
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a core's length, size, storage and traffic
+    Info { key: String },
+    /// List the daemon's cores
+    #[command(visible_alias = "ls")]
+    List,
+    /// Append blocks: each DATA argument is one block, or --file in blocks of --block-size
+    #[command(arg_required_else_help = true)]
+    Append {
+        key: String,
+        /// Blocks to append, one per argument, in one signed batch
+        #[arg(conflicts_with = "file")]
+        data: Vec<String>,
+        /// Stream this file ("-" for stdin), cut into blocks of --block-size
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Bytes per block when reading --file [default: 65536]
+        #[arg(long, value_name = "N", requires = "file", value_parser = parse_block_size)]
+        block_size: Option<usize>,
+    },
+    /// Print one block's bytes (with --json: {"index", "data"} with data in hex)
+    Get {
+        key: String,
+        index: u64,
+        /// How long hyperd waits for peers when the block is not stored (0: don't wait)
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        timeout_ms: u64,
+    },
+    /// Write blocks START..END to stdout, raw (with --json: one {"index", "data"} line each, data in hex)
+    Cat {
+        key: String,
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// End (exclusive) [default: the current length, or never with --live]
+        #[arg(long)]
+        end: Option<u64>,
+        /// Keep following appends
+        #[arg(long)]
+        live: bool,
+        /// Wait for blocks that are not stored yet instead of failing
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Download a range from peers, with progress
+    Download {
+        key: String,
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// End (exclusive) [default: the length peers announce]
+        #[arg(long)]
+        end: Option<u64>,
+        /// Fetch in order instead of at random
+        #[arg(long)]
+        linear: bool,
+    },
+    /// Delete local copies of blocks START..END (peers can provide them again)
+    Clear {
+        key: String,
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// End (exclusive) [default: the length]
+        #[arg(long)]
+        end: Option<u64>,
+    },
+    /// Check every stored block against its hash; bad blocks are cleared
+    Audit { key: String },
+    /// Stop following or serving a core and delete its local data
+    #[command(visible_alias = "remove")]
+    Rm { key: String },
+    /// Print a core's events as they happen, one line each
+    Watch { key: String },
+}
+
+#[derive(Subcommand)]
+enum PeerCommand {
+    /// Connect to a peer and replicate every core with it (redialled until removed)
+    Connect {
+        /// HOST:PORT (IPv6 as [::1]:PORT)
+        address: String,
+        /// Don't redial when the connection ends
+        #[arg(long)]
+        once: bool,
+    },
+    /// List connected peers
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Disconnect a peer (an address or a remote key) and forget its address
+    #[command(visible_alias = "disconnect")]
+    Rm { peer: String },
+    /// Print peers joining and leaving as it happens
+    Watch,
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Write the service file (and with --now, enable and start it)
+    Install {
+        /// The hyperd executable [default: next to hyperctl, else on PATH]
+        #[arg(long, value_name = "PATH")]
+        hyperd: Option<PathBuf>,
+        /// Also enable and start the service now
+        #[arg(long)]
+        now: bool,
+    },
+    /// Remove the service file (and with --now, stop and disable the service first)
+    Uninstall {
+        /// Also stop and disable the service now
+        #[arg(long)]
+        now: bool,
+    },
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 31_536_000.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("expected seconds greater than 0, got '{text}'"))
+}
+
+fn parse_block_size(text: &str) -> Result<usize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_BLOCK_SIZE).contains(n))
+        .ok_or_else(|| format!("expected a size from 1 to {MAX_BLOCK_SIZE} bytes, got '{text}'"))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    let result = runtime.block_on(run(cli));
+    // A reader thread may still be blocked on stdin; don't wait for it.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<BrokenPipe>().is_some() => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints `hyperctl: <message>` on one line and returns exit code 1.
+fn fail(error: &anyhow::Error) -> ExitCode {
+    let text = format!("{error:#}");
+    let line = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    output::note(format!("hyperctl: {line}"));
+    ExitCode::from(1)
+}
+
+/// Help and version go to stdout (exit 0); a bare `hyperctl` or `hyperctl core` shows
+/// help (exit 2); any other usage error is one line (exit 2).
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+        _ => {}
+    }
+    // "error: <message>", maybe indented details and tips, then usage and a hint.
+    let text = error.to_string();
+    let mut message = String::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        let line = line.trim_start_matches("error: ");
+        if !message.is_empty() {
+            message.push_str(if line.starts_with("tip:") { "; " } else { " " });
+        }
+        message.push_str(line);
+    }
+    if message.is_empty() {
+        message.push_str("invalid usage");
+    }
+    let command = command_path(std::env::args().skip(1));
+    output::note(format!("hyperctl: {message} (see `{command} --help`)"));
+    ExitCode::from(2)
+}
+
+/// "hyperctl core get": the (sub)commands named on the command line, for help hints.
+fn command_path(args: impl Iterator<Item = String>) -> String {
+    let mut command = Cli::command();
+    let mut path = vec!["hyperctl".to_string()];
+    for arg in args {
+        let Some(sub) = command.find_subcommand(&arg).cloned() else {
+            continue;
+        };
+        path.push(sub.get_name().to_string());
+        command = sub;
+    }
+    path.join(" ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home_arg = cli.home.filter(|dir| !dir.as_os_str().is_empty());
+    let home = || Home::resolve(home_arg.as_deref()).map_err(anyhow::Error::new);
+    let (json, timeout) = (cli.json, cli.timeout);
+    match cli.command {
+        Command::Start {
+            hyperd,
+            listen,
+            config,
+        } => {
+            let options = StartOptions {
+                hyperd,
+                listen,
+                config,
+            };
+            daemon_cmds::start(&home()?, options, timeout, json).await
+        }
+        Command::Stop => daemon_cmds::stop(&home()?, timeout, json).await,
+        Command::Status => daemon_cmds::status(&home()?, timeout, json).await,
+        Command::Core(command) => core(&home()?, command, timeout, json).await,
+        Command::Peer(command) => peer(&home()?, command, timeout, json).await,
+        Command::Service(ServiceCommand::Install { hyperd, now }) => {
+            let options = service::InstallOptions {
+                hyperd: hyperd.as_deref(),
+                home_arg: home_arg.as_deref(),
+                now,
+            };
+            service::install(&home()?, options, json).await
+        }
+        Command::Service(ServiceCommand::Uninstall { now }) => service::uninstall(now, json),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hyperctl", &mut script);
+            output::write_raw(&script)
+        }
+    }
+}
+
+async fn core(
+    home: &Home,
+    command: CoreCommand,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    // Keys are checked before connecting: a typo is reported without a daemon.
+    let client = |key: &str| {
+        let key = Key::parse(key);
+        async move {
+            let key = key?;
+            let client: Client = connect::connect(home, timeout).await?;
+            anyhow::Ok((client, key))
+        }
+    };
+    match command {
+        CoreCommand::Create { name } => {
+            let client = connect::connect(home, timeout).await?;
+            cores::create(&client, name, json).await
+        }
+        CoreCommand::Follow { key, all } => {
+            let (client, key) = client(&key).await?;
+            cores::follow(&client, key, all, json).await
+        }
+        CoreCommand::Info { key } => {
+            let (client, key) = client(&key).await?;
+            cores::info(&client, key, json).await
+        }
+        CoreCommand::List => {
+            let client = connect::connect(home, timeout).await?;
+            cores::list(&client, json).await
+        }
+        CoreCommand::Append {
+            key,
+            data,
+            file,
+            block_size,
+        } => {
+            if block_size.is_some() && file.is_none() {
+                anyhow::bail!(
+                    "--block-size applies to --file only; each DATA argument is one block"
+                );
+            }
+            if data.is_empty() && file.is_none() {
+                let _ = Key::parse(&key)?;
+                anyhow::bail!("nothing to append: give DATA arguments (one block each) or --file FILE (- for stdin)");
+            }
+            let (client, key) = client(&key).await?;
+            match file {
+                Some(file) => {
+                    let block_size = block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+                    cores::append_file(&client, key, &file, block_size, json).await
+                }
+                None => cores::append(&client, key, data, json).await,
+            }
+        }
+        CoreCommand::Get {
+            key,
+            index,
+            timeout_ms,
+        } => {
+            let (client, key) = client(&key).await?;
+            cores::get(&client, key, index, timeout_ms, json).await
+        }
+        CoreCommand::Cat {
+            key,
+            start,
+            end,
+            live,
+            wait,
+        } => {
+            let (client, key) = client(&key).await?;
+            let options = CatOptions {
+                start,
+                end,
+                live,
+                wait,
+            };
+            cores::cat(&client, key, options, json).await
+        }
+        CoreCommand::Download {
+            key,
+            start,
+            end,
+            linear,
+        } => {
+            let (client, key) = client(&key).await?;
+            cores::download(&client, key, start, end, linear, json).await
+        }
+        CoreCommand::Clear { key, start, end } => {
+            let (client, key) = client(&key).await?;
+            cores::clear(&client, key, start, end, json).await
+        }
+        CoreCommand::Audit { key } => {
+            let (client, key) = client(&key).await?;
+            cores::audit(&client, key, json).await
+        }
+        CoreCommand::Rm { key } => {
+            let (client, key) = client(&key).await?;
+            cores::remove(&client, key, json).await
+        }
+        CoreCommand::Watch { key } => {
+            let (client, key) = client(&key).await?;
+            cores::watch(&client, key, json).await
+        }
+    }
+}
+
+async fn peer(
+    home: &Home,
+    command: PeerCommand,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    if let PeerCommand::Connect { address, .. } = &command {
+        peers::check_address(address)?;
+    }
+    let client = connect::connect(home, timeout).await?;
+    match command {
+        PeerCommand::Connect { address, once } => {
+            peers::connect(&client, address, once, json).await
+        }
+        PeerCommand::Ls => peers::list(&client, json).await,
+        PeerCommand::Rm { peer } => peers::remove(&client, peer, json).await,
+        PeerCommand::Watch => peers::watch(&client, json).await,
+    }
+}
