@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod daemon;
 
 use std::path::PathBuf;
 use std::process::Command;

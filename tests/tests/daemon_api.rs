@@ -1,0 +1,504 @@
+//! The gRPC API of a real `hyperd` process under bad input: malformed keys, unknown
+//! cores, out-of-range indexes, oversized messages, clients that vanish mid-stream, and
+//! the token on the optional TCP listener. The daemon answers each with the right code
+//! and keeps serving.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use hyperd_proto::v1::cores_client::CoresClient;
+use hyperd_proto::v1::daemon_client::DaemonClient;
+use hyperd_proto::v1::peers_client::PeersClient;
+use hyperd_proto::v1::{
+    AppendRequest, AppendStreamRequest, CreateRequest, DialRequest, FollowRequest, GetRequest,
+    InfoRequest, ReadRequest, StatusRequest,
+};
+use hyperd_tests::daemon::Daemon;
+use tonic::Code;
+
+const ZERO_KEY: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The code and message of a call that must fail.
+fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
+    let s = r.unwrap_err();
+    (s.code(), s.message().to_string())
+}
+
+async fn still_serving(daemon: &Daemon) {
+    let mut client = DaemonClient::new(daemon.channel().await.unwrap());
+    client.status(StatusRequest {}).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_codes() {
+    let daemon = Daemon::start().unwrap();
+    let channel = daemon.channel().await.unwrap();
+    let mut cores = CoresClient::new(channel.clone());
+    let key = cores
+        .create(CreateRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    cores
+        .append(AppendRequest {
+            key: key.clone(),
+            blocks: vec![b"a".to_vec(), b"b".to_vec()],
+        })
+        .await
+        .unwrap();
+
+    for bad in ["", "xyz", "hyper://abc", &"g".repeat(64), &"a".repeat(65)] {
+        let (c, m) = code(
+            cores
+                .info(InfoRequest {
+                    key: bad.to_string(),
+                })
+                .await,
+        );
+        assert_eq!(c, Code::InvalidArgument, "{bad:?}: {m}");
+    }
+    let (c, m) = code(
+        cores
+            .info(InfoRequest {
+                key: ZERO_KEY.into(),
+            })
+            .await,
+    );
+    assert_eq!(c, Code::NotFound, "{m}");
+    assert!(m.contains(ZERO_KEY), "{m}");
+
+    let (c, m) = code(
+        cores
+            .get(GetRequest {
+                key: key.clone(),
+                index: 2,
+                timeout_ms: 0,
+            })
+            .await,
+    );
+    assert_eq!(c, Code::OutOfRange, "{m}");
+    let (c, m) = code(
+        cores
+            .get(GetRequest {
+                key: key.clone(),
+                index: u64::MAX,
+                timeout_ms: 50,
+            })
+            .await,
+    );
+    assert!(
+        matches!(c, Code::OutOfRange | Code::DeadlineExceeded),
+        "{c:?} {m}"
+    );
+    let (c, m) = code(
+        cores
+            .append(AppendRequest {
+                key: key.clone(),
+                blocks: vec![],
+            })
+            .await,
+    );
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+
+    // Appending to a core this daemon only follows.
+    let other = Daemon::start().unwrap();
+    let mut other_cores = CoresClient::new(other.channel().await.unwrap());
+    let foreign = other_cores
+        .create(CreateRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    cores
+        .follow(FollowRequest {
+            key: foreign.clone(),
+            download_all: false,
+        })
+        .await
+        .unwrap();
+    let (c, m) = code(
+        cores
+            .append(AppendRequest {
+                key: foreign,
+                blocks: vec![b"x".to_vec()],
+            })
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+
+    // A 20 MiB request is refused by size, not by crashing.
+    let (c, m) = code(
+        cores
+            .append(AppendRequest {
+                key: key.clone(),
+                blocks: vec![vec![7u8; 20 << 20]],
+            })
+            .await,
+    );
+    // tonic answers an over-limit message with OUT_OF_RANGE and names the limit.
+    assert!(
+        matches!(c, Code::OutOfRange | Code::ResourceExhausted) && m.contains("limit"),
+        "{c:?} {m}"
+    );
+    // A block over the protocol's 8 MiB limit inside an acceptable message.
+    let (c, m) = code(
+        cores
+            .append(AppendRequest {
+                key: key.clone(),
+                blocks: vec![vec![7u8; (8 << 20) + 1]],
+            })
+            .await,
+    );
+    assert_eq!(c, Code::InvalidArgument, "{m}");
+
+    // Peers: unusable addresses and nobody listening.
+    let mut peers = PeersClient::new(channel.clone());
+    for bad in ["", "nonsense", "127.0.0.1:0", "[::1"] {
+        let (c, m) = code(
+            peers
+                .dial(DialRequest {
+                    address: bad.into(),
+                    once: true,
+                    timeout_ms: 2000,
+                })
+                .await,
+        );
+        assert_eq!(c, Code::InvalidArgument, "{bad:?}: {m}");
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (c, m) = code(
+        peers
+            .dial(DialRequest {
+                address: format!("127.0.0.1:{port}"),
+                once: true,
+                timeout_ms: 2000,
+            })
+            .await,
+    );
+    assert_eq!(c, Code::Unavailable, "{m}");
+    // Dialing itself is refused.
+    let (c, m) = code(
+        peers
+            .dial(DialRequest {
+                address: daemon.listen.clone(),
+                once: true,
+                timeout_ms: 2000,
+            })
+            .await,
+    );
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+
+    still_serving(&daemon).await;
+    let info = cores
+        .info(InfoRequest { key: key.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.length, 2, "nothing invalid was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_vanishing_mid_stream_leave_the_daemon_serving() {
+    let daemon = Daemon::start().unwrap();
+    let mut cores = CoresClient::new(daemon.channel().await.unwrap());
+    let key = cores
+        .create(CreateRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+
+    // An append stream whose client goes away after some messages: what was sent
+    // before stays appended and the core stays writable.
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut client = CoresClient::new(daemon.channel().await.unwrap());
+        let call = tokio::spawn(async move {
+            client
+                .append_stream(tokio_stream_from(rx))
+                .await
+                .map(|_| ())
+        });
+        for i in 0..3u8 {
+            tx.send(AppendStreamRequest {
+                key: if i == 0 { key.clone() } else { String::new() },
+                blocks: vec![vec![i; 1000]],
+            })
+            .await
+            .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        call.abort();
+        drop(tx);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = cores
+        .info(InfoRequest { key: key.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.length, 3);
+    cores
+        .append(AppendRequest {
+            key: key.clone(),
+            blocks: vec![b"after".to_vec()],
+        })
+        .await
+        .unwrap();
+
+    // A live read abandoned by its client.
+    {
+        let mut client = CoresClient::new(daemon.channel().await.unwrap());
+        let mut stream = client
+            .read(ReadRequest {
+                key: key.clone(),
+                start: 0,
+                end: None,
+                live: true,
+                wait: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
+        drop(stream);
+    }
+    // An append stream that never names a core.
+    let mut client = CoresClient::new(daemon.channel().await.unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(AppendStreamRequest {
+        key: String::new(),
+        blocks: vec![b"x".to_vec()],
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    let status = client
+        .append_stream(tokio_stream_from(rx))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+
+    still_serving(&daemon).await;
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_api_requires_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        format!("[rpc]\ntcp = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let _daemon = Daemon::start_in(&home, "127.0.0.1:0").unwrap();
+    let token_file = home.join("rpc.token");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = DaemonClient::new(channel.clone());
+    let status = client.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let mut request = tonic::Request::new(StatusRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    let status = client.status(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let mut request = tonic::Request::new(StatusRequest {});
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    let reply = client.status(request).await.unwrap().into_inner();
+    assert_eq!(reply.api_version, "hyperd.v1");
+}
+
+#[test]
+fn a_non_loopback_tcp_api_is_refused_at_start() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join("config.toml"),
+        "[rpc]\ntcp = \"0.0.0.0:4000\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(hyperd_tests::daemon::bin("hyperd").unwrap())
+        .arg("--home")
+        .arg(home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_silent_peers_do_not_disturb_the_daemon() {
+    use tokio::io::AsyncWriteExt;
+    let daemon = Daemon::start().unwrap();
+    // A connection that sends garbage instead of a handshake, and one that says nothing.
+    let mut garbage = tokio::net::TcpStream::connect(&daemon.listen)
+        .await
+        .unwrap();
+    garbage.write_all(&[0xff; 4096]).await.unwrap();
+    let _silent = tokio::net::TcpStream::connect(&daemon.listen)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    still_serving(&daemon).await;
+
+    // A real peer still connects and replicates.
+    let other = Daemon::start().unwrap();
+    let mut cores = CoresClient::new(daemon.channel().await.unwrap());
+    let key = cores
+        .create(CreateRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    cores
+        .append(AppendRequest {
+            key: key.clone(),
+            blocks: vec![b"ok".to_vec()],
+        })
+        .await
+        .unwrap();
+    let mut other_peers = PeersClient::new(other.channel().await.unwrap());
+    other_peers
+        .dial(DialRequest {
+            address: daemon.listen.clone(),
+            once: true,
+            timeout_ms: 5000,
+        })
+        .await
+        .unwrap();
+    let mut other_cores = CoresClient::new(other.channel().await.unwrap());
+    other_cores
+        .follow(FollowRequest {
+            key: key.clone(),
+            download_all: false,
+        })
+        .await
+        .unwrap();
+    let got = other_cores
+        .get(GetRequest {
+            key,
+            index: 0,
+            timeout_ms: 10_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.data, b"ok");
+    let log = daemon.log();
+    assert!(log.contains("incoming connection from"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_report_appends_and_peers() {
+    use hyperd_proto::v1::{core_event, peer_event, WatchPeersRequest, WatchRequest};
+    let a = Daemon::start().unwrap();
+    let b = Daemon::start().unwrap();
+    let mut cores = CoresClient::new(a.channel().await.unwrap());
+    let key = cores
+        .create(CreateRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let mut events = cores
+        .watch(WatchRequest { key: key.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut peer_events = PeersClient::new(a.channel().await.unwrap())
+        .watch(WatchPeersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    cores
+        .append(AppendRequest {
+            key: key.clone(),
+            blocks: vec![b"x".to_vec(), b"yz".to_vec()],
+        })
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        event.event,
+        Some(core_event::Event::Appended(core_event::Appended {
+            length: 2,
+            byte_length: 3
+        }))
+    );
+
+    PeersClient::new(b.channel().await.unwrap())
+        .dial(DialRequest {
+            address: a.listen.clone(),
+            once: true,
+            timeout_ms: 5000,
+        })
+        .await
+        .unwrap();
+    let joined = tokio::time::timeout(Duration::from_secs(5), peer_events.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let b_key = DaemonClient::new(b.channel().await.unwrap())
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .peer_key;
+    match joined.event {
+        Some(peer_event::Event::Joined(info)) => assert_eq!(info.remote_key, b_key),
+        other => panic!("expected a join, got {other:?}"),
+    }
+    // B replicates the core as soon as it follows it: A sees the peer on the core.
+    CoresClient::new(b.channel().await.unwrap())
+        .follow(FollowRequest {
+            key: key.clone(),
+            download_all: true,
+        })
+        .await
+        .unwrap();
+    let added = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = events.message().await.unwrap().unwrap();
+            if let Some(core_event::Event::PeerAdded(p)) = event.event {
+                return p;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(added.remote_key, b_key);
+}
