@@ -130,7 +130,7 @@ enum CoreCommand {
         key: String,
         #[arg(long, default_value_t = 0)]
         start: u64,
-        /// End (exclusive) [default: the length peers announce]
+        /// End (exclusive) [default: the longest length known when it starts]
         #[arg(long)]
         end: Option<u64>,
         /// Fetch in order instead of at random

@@ -328,3 +328,42 @@ fn kill_9_loses_no_acknowledged_append_and_restarts() {
     let audit = daemon.ctl_json(&["core", "audit", &key]).unwrap();
     assert_eq!(audit["invalid"], 0);
 }
+
+#[test]
+fn callers_of_another_uid_are_refused_even_if_the_socket_is_opened_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    if !is_root || !setpriv.exists() {
+        eprintln!("SKIPPED: the uid check needs root and setpriv to run a client as another user");
+        return;
+    }
+    let daemon = Daemon::start().unwrap();
+    // Open everything up, as a careless chmod would: the uid check must still refuse.
+    let open = |p: &std::path::Path, mode| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(daemon.home.parent().unwrap(), 0o755);
+    open(&daemon.home, 0o755);
+    open(&daemon.socket(), 0o666);
+    let out = std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(hyperd_tests::daemon::bin("hyperctl").unwrap())
+        .arg("--home")
+        .arg(&daemon.home)
+        .args(["--timeout", "3", "status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "another uid got an answer");
+    let log = daemon.log();
+    assert!(
+        log.contains("refused an API connection from uid 65534"),
+        "{log}"
+    );
+    // The owner is still served.
+    assert!(daemon.ctl(&["status"]).unwrap().status.success());
+}

@@ -18,6 +18,16 @@ use tonic::Code;
 
 const ZERO_KEY: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// A new writable core's key.
+async fn new_core(cores: &mut CoresClient<tonic::transport::Channel>) -> String {
+    cores
+        .create(CreateRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+}
+
 /// The code and message of a call that must fail.
 fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
     let s = r.unwrap_err();
@@ -34,12 +44,7 @@ async fn bad_requests_get_the_right_codes() {
     let daemon = Daemon::start().unwrap();
     let channel = daemon.channel().await.unwrap();
     let mut cores = CoresClient::new(channel.clone());
-    let key = cores
-        .create(CreateRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .key;
+    let key = new_core(&mut cores).await;
     cores
         .append(AppendRequest {
             key: key.clone(),
@@ -104,12 +109,7 @@ async fn bad_requests_get_the_right_codes() {
     // Appending to a core this daemon only follows.
     let other = Daemon::start().unwrap();
     let mut other_cores = CoresClient::new(other.channel().await.unwrap());
-    let foreign = other_cores
-        .create(CreateRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .key;
+    let foreign = new_core(&mut other_cores).await;
     cores
         .follow(FollowRequest {
             key: foreign.clone(),
@@ -204,12 +204,7 @@ async fn bad_requests_get_the_right_codes() {
 async fn clients_vanishing_mid_stream_leave_the_daemon_serving() {
     let daemon = Daemon::start().unwrap();
     let mut cores = CoresClient::new(daemon.channel().await.unwrap());
-    let key = cores
-        .create(CreateRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .key;
+    let key = new_core(&mut cores).await;
 
     // An append stream whose client goes away after some messages: what was sent
     // before stays appended and the core stays writable.
@@ -373,12 +368,7 @@ async fn garbage_and_silent_peers_do_not_disturb_the_daemon() {
     // A real peer still connects and replicates.
     let other = Daemon::start().unwrap();
     let mut cores = CoresClient::new(daemon.channel().await.unwrap());
-    let key = cores
-        .create(CreateRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .key;
+    let key = new_core(&mut cores).await;
     cores
         .append(AppendRequest {
             key: key.clone(),
@@ -423,12 +413,7 @@ async fn watch_streams_report_appends_and_peers() {
     let a = Daemon::start().unwrap();
     let b = Daemon::start().unwrap();
     let mut cores = CoresClient::new(a.channel().await.unwrap());
-    let key = cores
-        .create(CreateRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .key;
+    let key = new_core(&mut cores).await;
     let mut events = cores
         .watch(WatchRequest { key: key.clone() })
         .await
