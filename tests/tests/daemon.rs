@@ -205,6 +205,22 @@ fn core_commands_on_one_daemon() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 
+    // Clearing drops the local copy of a block (a writer cannot fetch it back).
+    let out = daemon
+        .ctl(&["core", "clear", &key, "--start", "0", "--end", "1"])
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = daemon.ctl_json(&["core", "info", &key]).unwrap();
+    assert_eq!(info["downloadedBlocks"], 1, "{info}");
+    assert_eq!(info["length"], 2, "{info}");
+    let out = daemon.ctl(&["core", "get", &key, "0"]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not available locally"),
+        "{}",
+        stderr(&out)
+    );
+
     let out = daemon.ctl(&["core", "rm", &key]).unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let out = daemon.ctl(&["core", "info", &key]).unwrap();
