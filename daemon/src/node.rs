@@ -52,6 +52,15 @@ impl Node {
         lock(&self.names).insert(key, name);
     }
 
+    /// Changes the persisted state; the file is written and fsync'ed off the async
+    /// workers.
+    pub fn update_state(
+        &self,
+        change: impl FnOnce(&mut crate::state::State),
+    ) -> anyhow::Result<()> {
+        tokio::task::block_in_place(|| self.state.update(change))
+    }
+
     /// Keeps downloading every block of `core` that peers have, following appends.
     pub fn download_all(&self, core: &Replicator) {
         let key = core.feed().key();
@@ -174,7 +183,12 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
 /// Opens every stored core (so peers can replicate them), restarts full downloads and
 /// redials remembered peers.
 async fn restore(node: &Node) {
-    let stored = match node.store.stored() {
+    let store = node.store.clone();
+    let listing = tokio::task::spawn_blocking(move || store.stored()).await;
+    let stored = match listing
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
         Ok(stored) => stored,
         Err(e) => {
             tracing::error!("listing stored cores: {e}");

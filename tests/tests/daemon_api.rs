@@ -487,3 +487,109 @@ async fn watch_streams_report_appends_and_peers() {
     .unwrap();
     assert_eq!(added.remote_key, b_key);
 }
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(&path).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { path })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_an_error_not_a_crash_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(dir.path().join("disk"), "3m") else {
+        eprintln!("SKIPPED: cannot mount a small tmpfs here (needs root) to fill a disk");
+        return;
+    };
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        format!("storage = \"{}\"\n", disk.path.join("cores").display()),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start_in(&home, "127.0.0.1:0").unwrap();
+    let mut cores = CoresClient::new(daemon.channel().await.unwrap());
+    let key = new_core(&mut cores).await;
+
+    let mut acknowledged = 0u64;
+    let failure = loop {
+        let block = vec![(acknowledged % 251) as u8; 64 << 10];
+        match cores
+            .append(AppendRequest {
+                key: key.clone(),
+                blocks: vec![block],
+            })
+            .await
+        {
+            Ok(reply) => {
+                acknowledged += 1;
+                assert_eq!(reply.into_inner().length, acknowledged);
+                assert!(acknowledged < 1000, "a 3 MiB disk never filled up");
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(failure.code(), Code::ResourceExhausted, "{failure}");
+    assert!(acknowledged > 10, "only {acknowledged} blocks fit");
+
+    // Still serving, and the core is consistent: what was acknowledged reads back.
+    still_serving(&daemon).await;
+    let info = cores
+        .info(InfoRequest { key: key.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.length, acknowledged);
+    let last = cores
+        .get(GetRequest {
+            key: key.clone(),
+            index: acknowledged - 1,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(last.data, vec![((acknowledged - 1) % 251) as u8; 64 << 10]);
+
+    // After a crash and a restart, everything acknowledged is still there and valid.
+    drop(cores);
+    daemon.signal_and_wait(9).unwrap();
+    daemon.restart().unwrap();
+    let mut cores = CoresClient::new(daemon.channel().await.unwrap());
+    let info = cores
+        .info(InfoRequest { key: key.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.length, acknowledged, "{}", daemon.log());
+    let audit = cores
+        .audit(hyperd_proto::v1::AuditRequest { key: key.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((audit.valid, audit.invalid), (acknowledged, 0));
+    drop(cores);
+    drop(daemon);
+    drop(disk);
+}

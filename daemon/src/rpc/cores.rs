@@ -139,8 +139,7 @@ impl cores_server::Cores for CoresService {
             .map_err(store_status)?;
         let download_all = request.download_all;
         self.node
-            .state
-            .update(|s| {
+            .update_state(|s| {
                 s.follows
                     .insert(key.to_hex(), crate::state::Follow { download_all });
             })
@@ -483,8 +482,7 @@ impl cores_server::Cores for CoresService {
         let (key, _) = self.core(&request.into_inner().key)?;
         self.node.stop_download_all(&key);
         self.node
-            .state
-            .update(|s| {
+            .update_state(|s| {
                 s.follows.remove(&key.to_hex());
             })
             .map_err(|e| Status::internal(format!("{e:#}")))?;

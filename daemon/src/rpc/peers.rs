@@ -81,8 +81,7 @@ impl peers_server::Peers for PeersService {
                 })?;
         if !request.once {
             self.node
-                .state
-                .update(|s| {
+                .update_state(|s| {
                     s.peers.insert(address.clone());
                 })
                 .map_err(|e| Status::internal(format!("{e:#}")))?;
@@ -120,8 +119,7 @@ impl peers_server::Peers for PeersService {
         let remembered = self.node.state.get().peers.contains(&peer);
         if remembered {
             self.node
-                .state
-                .update(|s| {
+                .update_state(|s| {
                     s.peers.remove(&peer);
                 })
                 .map_err(|e| Status::internal(format!("{e:#}")))?;
