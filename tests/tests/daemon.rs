@@ -129,6 +129,10 @@ fn core_commands_on_one_daemon() {
     assert_eq!(key.len(), 64);
     assert_eq!(created["writable"], true);
     assert_eq!(created["length"], 0);
+    assert_eq!(
+        created["name"], "",
+        "a core created without a name shows none"
+    );
 
     // Named cores are derived from the master key: the same name is the same core.
     let named = daemon

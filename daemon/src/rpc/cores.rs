@@ -56,10 +56,7 @@ impl CoresService {
         let name = self
             .node
             .name_of(&key)
-            .map(|name| match String::from_utf8(name) {
-                Ok(text) => text,
-                Err(e) => format!("0x{}", hex::encode(e.into_bytes())),
-            })
+            .and_then(|name| String::from_utf8(name).ok())
             .unwrap_or_default();
         CoreInfo {
             key: key.to_hex(),
@@ -110,10 +107,11 @@ impl cores_server::Cores for CoresService {
                 name.len()
             )));
         }
-        // A core without a name gets a random one, as in corestore, so its key can be
-        // re-derived from the master key after a restart.
+        // A core without a name gets 32 random bytes as its name, as in corestore, so
+        // its key can be re-derived from the master key after a restart. (Not UTF-8, so
+        // it is not shown as a name.)
         let name = if name.is_empty() {
-            hex::encode(rand::random::<[u8; 32]>()).into_bytes()
+            rand::random::<[u8; 32]>().to_vec()
         } else {
             name.into_bytes()
         };
