@@ -123,6 +123,8 @@ pub enum Durability {
 pub struct Config {
     /// Address for peer (replication) connections; `""` disables listening.
     pub listen: String,
+    /// Most peer connections at once (incoming, dialed and handshaking); more are refused.
+    pub max_peers: usize,
     /// Log filter, e.g. `info` or `hyperd=debug,info` (`RUST_LOG` wins).
     pub log_level: String,
     /// The corestore's directory; relative paths are relative to the home.
@@ -146,6 +148,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: format!("0.0.0.0:{DEFAULT_PEER_PORT}"),
+            max_peers: 256,
             log_level: "info".into(),
             storage: None,
             durability: Durability::default(),
@@ -160,6 +163,10 @@ pub const DOCUMENTED_DEFAULTS: &str = r#"# hyperd configuration. Every setting i
 
 # Address for peer (replication) connections. "" disables listening; port 0 picks one.
 listen = "0.0.0.0:3282"
+
+# Most peer connections at once (incoming, dialed and still handshaking). Connections
+# over the limit are closed at once, so a flood cannot exhaust the daemon's files.
+max_peers = 256
 
 # Log filter: error, warn, info, debug, trace, or per module ("hyperd=debug,info").
 # The RUST_LOG environment variable wins.
@@ -210,6 +217,9 @@ impl Config {
                 "listen = {:?} is not HOST:PORT with an IP address",
                 self.listen
             )));
+        }
+        if self.max_peers == 0 {
+            return Err(invalid("max_peers = 0 would refuse every peer".into()));
         }
         if let Some(tcp) = self.rpc.tcp {
             if !tcp.ip().is_loopback() {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use corestore::Corestore;
 use hypercore_protocol::{NoiseKeyPair, Outcome, PeerKey, Protocol, ProtocolOptions};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// How long a dial plus handshake may take by default.
@@ -74,6 +74,14 @@ pub enum DialError {
         /// The address.
         address: String,
     },
+    /// `max_peers` connections are open already.
+    #[error("not dialing {address}: {max} peer connections are open (max_peers)")]
+    TooManyPeers {
+        /// The address.
+        address: String,
+        /// The limit.
+        max: usize,
+    },
 }
 
 struct Conn {
@@ -108,6 +116,11 @@ struct Inner {
     /// Redial loops of remembered addresses.
     redialers: Mutex<HashMap<String, JoinHandle<()>>>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// One permit per connection, handshaking or open.
+    slots: Arc<Semaphore>,
+    max_peers: usize,
+    /// When a refused incoming connection was last logged (floods log once a second).
+    last_refusal_log: Mutex<Option<Instant>>,
 }
 
 /// The daemon's peer connections. Cheap to clone.
@@ -117,11 +130,12 @@ pub struct Network {
 }
 
 impl Network {
-    /// Starts listening on `listen` (unless empty).
+    /// Starts listening on `listen` (unless empty), allowing `max_peers` connections.
     pub async fn start(
         store: Corestore,
         keypair: NoiseKeyPair,
         listen: &str,
+        max_peers: usize,
     ) -> anyhow::Result<Network> {
         let listener = if listen.is_empty() {
             None
@@ -142,6 +156,9 @@ impl Network {
                 events: broadcast::channel(1024).0,
                 redialers: Mutex::new(HashMap::new()),
                 listener: Mutex::new(None),
+                slots: Arc::new(Semaphore::new(max_peers)),
+                max_peers,
+                last_refusal_log: Mutex::new(None),
             }),
         };
         if let Some(listener) = listener {
@@ -179,9 +196,14 @@ impl Network {
         loop {
             match listener.accept().await {
                 Ok((stream, address)) => {
+                    let Ok(slot) = self.inner.slots.clone().try_acquire_owned() else {
+                        self.log_refusal(address);
+                        drop(stream);
+                        continue;
+                    };
                     let network = self.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = network.handshake(stream, address, false).await {
+                        if let Err(e) = network.handshake(stream, address, false, slot).await {
                             tracing::info!("incoming connection from {address} failed: {e}");
                         }
                     });
@@ -195,6 +217,17 @@ impl Network {
         }
     }
 
+    fn log_refusal(&self, address: SocketAddr) {
+        let mut last = lock(&self.inner.last_refusal_log);
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                "refusing the connection from {address}: {} peer connections are open (max_peers)",
+                self.inner.max_peers
+            );
+        }
+    }
+
     /// Dials `address` and returns once the handshake is done; replication goes on in
     /// the background.
     pub async fn dial(
@@ -203,6 +236,15 @@ impl Network {
         timeout: Duration,
     ) -> Result<(PeerSnapshot, Protocol), DialError> {
         let target = resolve(address).await?;
+        let slot =
+            self.inner
+                .slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| DialError::TooManyPeers {
+                    address: address.to_string(),
+                    max: self.inner.max_peers,
+                })?;
         let failed = |reason: String| DialError::Failed {
             address: address.to_string(),
             reason,
@@ -211,7 +253,7 @@ impl Network {
             let stream = TcpStream::connect(target)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
-            self.handshake(stream, target, true)
+            self.handshake(stream, target, true, slot)
                 .await
                 .map_err(|e| match e {
                     HandshakeError::SelfConnection => DialError::SelfConnection {
@@ -230,6 +272,7 @@ impl Network {
         stream: TcpStream,
         address: SocketAddr,
         initiator: bool,
+        slot: OwnedSemaphorePermit,
     ) -> Result<(PeerSnapshot, Protocol), HandshakeError> {
         let _ = stream.set_nodelay(true);
         let options = ProtocolOptions {
@@ -272,6 +315,8 @@ impl Network {
         let network = self.clone();
         let replicating = protocol.clone();
         tokio::spawn(async move {
+            // The connection's slot is free again when this task ends.
+            let _slot = slot;
             let result = network
                 .inner
                 .store

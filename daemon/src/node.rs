@@ -126,7 +126,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
         b"replication-keypair",
     );
     let keypair = NoiseKeyPair::from_seed(&seed);
-    let network = Network::start(store.clone(), keypair, &config.listen).await?;
+    let network = Network::start(store.clone(), keypair, &config.listen, config.max_peers).await?;
 
     let (shutdown, mut shutdown_rx) = watch::channel(false);
     let node = Arc::new(Node {

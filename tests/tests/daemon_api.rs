@@ -593,3 +593,50 @@ async fn a_full_disk_is_an_error_not_a_crash_and_loses_nothing_acknowledged() {
     drop(daemon);
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_peers_are_refused_until_a_slot_frees() {
+    use hyperd_proto::v1::DisconnectRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::write(home.join("config.toml"), "max_peers = 1\n").unwrap();
+    let a = Daemon::start_in(&home, "127.0.0.1:0").unwrap();
+    let b = Daemon::start().unwrap();
+    let c = Daemon::start().unwrap();
+    let dial = |address: String| DialRequest {
+        address,
+        once: true,
+        timeout_ms: 3000,
+    };
+    let mut b_peers = PeersClient::new(b.channel().await.unwrap());
+    let mut c_peers = PeersClient::new(c.channel().await.unwrap());
+    b_peers.dial(dial(a.listen.clone())).await.unwrap();
+
+    // A is full: C's connection is closed during the handshake, and A cannot dial out.
+    let (c_code, m) = code(c_peers.dial(dial(a.listen.clone())).await);
+    assert_eq!(c_code, Code::Unavailable, "{m}");
+    let mut a_peers = PeersClient::new(a.channel().await.unwrap());
+    let (a_code, m) = code(a_peers.dial(dial(c.listen.clone())).await);
+    assert_eq!(a_code, Code::ResourceExhausted, "{m}");
+    assert!(m.contains("max_peers"), "{m}");
+    assert!(a.log().contains("refusing the connection from"), "{}", a.log());
+
+    // B leaves; C gets in.
+    b_peers
+        .disconnect(DisconnectRequest {
+            peer: a.listen.clone(),
+        })
+        .await
+        .unwrap();
+    let mut joined = false;
+    for _ in 0..50 {
+        if c_peers.dial(dial(a.listen.clone())).await.is_ok() {
+            joined = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(joined, "the slot B left was never freed\n{}", a.log());
+    still_serving(&a).await;
+}

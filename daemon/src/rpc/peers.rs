@@ -78,6 +78,7 @@ impl peers_server::Peers for PeersService {
                     DialError::BadAddress { .. } => Status::invalid_argument(e.to_string()),
                     DialError::SelfConnection { .. } => Status::failed_precondition(e.to_string()),
                     DialError::Failed { .. } => Status::unavailable(e.to_string()),
+                    DialError::TooManyPeers { .. } => Status::resource_exhausted(e.to_string()),
                 })?;
         if !request.once {
             self.node
