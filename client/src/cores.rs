@@ -136,7 +136,7 @@ pub async fn append(
 ) -> anyhow::Result<()> {
     let request = AppendRequest {
         key: key.hex(),
-        blocks: data.into_iter().map(String::into_bytes).collect(),
+        blocks: data.into_iter().map(|d| d.into_bytes().into()).collect(),
     };
     let result = client
         .unary(client.cores().append(client.request(request)))
@@ -234,7 +234,7 @@ fn read_blocks(
             }
             if !block.is_empty() {
                 message_bytes += block.len() as u64;
-                blocks.push(block);
+                blocks.push(block.into());
             }
             if eof {
                 break;

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use hyperd_proto::v1::cores_client::CoresClient;
 use hyperd_proto::v1::daemon_client::DaemonClient;
 use hyperd_proto::v1::peers_client::PeersClient;
@@ -48,7 +50,7 @@ async fn bad_requests_get_the_right_codes() {
     cores
         .append(AppendRequest {
             key: key.clone(),
-            blocks: vec![b"a".to_vec(), b"b".to_vec()],
+            blocks: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
         })
         .await
         .unwrap();
@@ -121,7 +123,7 @@ async fn bad_requests_get_the_right_codes() {
         cores
             .append(AppendRequest {
                 key: foreign,
-                blocks: vec![b"x".to_vec()],
+                blocks: vec![Bytes::from_static(b"x")],
             })
             .await,
     );
@@ -132,7 +134,7 @@ async fn bad_requests_get_the_right_codes() {
         cores
             .append(AppendRequest {
                 key: key.clone(),
-                blocks: vec![vec![7u8; 20 << 20]],
+                blocks: vec![vec![7u8; 20 << 20].into()],
             })
             .await,
     );
@@ -146,7 +148,7 @@ async fn bad_requests_get_the_right_codes() {
         cores
             .append(AppendRequest {
                 key: key.clone(),
-                blocks: vec![vec![7u8; (8 << 20) + 1]],
+                blocks: vec![vec![7u8; (8 << 20) + 1].into()],
             })
             .await,
     );
@@ -220,7 +222,7 @@ async fn clients_vanishing_mid_stream_leave_the_daemon_serving() {
         for i in 0..3u8 {
             tx.send(AppendStreamRequest {
                 key: if i == 0 { key.clone() } else { String::new() },
-                blocks: vec![vec![i; 1000]],
+                blocks: vec![vec![i; 1000].into()],
             })
             .await
             .unwrap();
@@ -239,7 +241,7 @@ async fn clients_vanishing_mid_stream_leave_the_daemon_serving() {
     cores
         .append(AppendRequest {
             key: key.clone(),
-            blocks: vec![b"after".to_vec()],
+            blocks: vec![Bytes::from_static(b"after")],
         })
         .await
         .unwrap();
@@ -266,7 +268,7 @@ async fn clients_vanishing_mid_stream_leave_the_daemon_serving() {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(AppendStreamRequest {
         key: String::new(),
-        blocks: vec![b"x".to_vec()],
+        blocks: vec![Bytes::from_static(b"x")],
     })
     .await
     .unwrap();
@@ -372,7 +374,7 @@ async fn garbage_and_silent_peers_do_not_disturb_the_daemon() {
     cores
         .append(AppendRequest {
             key: key.clone(),
-            blocks: vec![b"ok".to_vec()],
+            blocks: vec![Bytes::from_static(b"ok")],
         })
         .await
         .unwrap();
@@ -402,7 +404,7 @@ async fn garbage_and_silent_peers_do_not_disturb_the_daemon() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(got.data, b"ok");
+    assert_eq!(got.data, &b"ok"[..]);
     let log = daemon.log();
     assert!(log.contains("incoming connection from"), "{log}");
 }
@@ -427,7 +429,7 @@ async fn watch_streams_report_appends_and_peers() {
     cores
         .append(AppendRequest {
             key: key.clone(),
-            blocks: vec![b"x".to_vec(), b"yz".to_vec()],
+            blocks: vec![Bytes::from_static(b"x"), Bytes::from_static(b"yz")],
         })
         .await
         .unwrap();
@@ -538,7 +540,7 @@ async fn a_full_disk_is_an_error_not_a_crash_and_loses_nothing_acknowledged() {
         match cores
             .append(AppendRequest {
                 key: key.clone(),
-                blocks: vec![block],
+                blocks: vec![block.into()],
             })
             .await
         {
@@ -620,7 +622,11 @@ async fn connections_over_max_peers_are_refused_until_a_slot_frees() {
     let (a_code, m) = code(a_peers.dial(dial(c.listen.clone())).await);
     assert_eq!(a_code, Code::ResourceExhausted, "{m}");
     assert!(m.contains("max_peers"), "{m}");
-    assert!(a.log().contains("refusing the connection from"), "{}", a.log());
+    assert!(
+        a.log().contains("refusing the connection from"),
+        "{}",
+        a.log()
+    );
 
     // B leaves; C gets in.
     b_peers

@@ -182,7 +182,7 @@ impl cores_server::Cores for CoresService {
         }
         let feed = core.feed();
         let appended = request.blocks.len() as u64;
-        let blocks: Vec<Bytes> = request.blocks.into_iter().map(Bytes::from).collect();
+        let blocks = request.blocks;
         let length = feed
             .append_batch(blocks)
             .await
@@ -210,7 +210,7 @@ impl cores_server::Cores for CoresService {
         let feed = core.feed();
         // Receive (and decode) the next messages while the current batch is hashed and
         // written; batches of whatever has arrived, up to APPEND_BATCH bytes.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(8);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
         let receiver = tokio::spawn(async move {
             if !first.blocks.is_empty() && tx.send(first.blocks).await.is_err() {
                 return Ok(());
@@ -225,13 +225,13 @@ impl cores_server::Cores for CoresService {
         let mut first_index = None;
         let mut appended = 0u64;
         while let Some(blocks) = rx.recv().await {
-            let mut batch: Vec<Bytes> = blocks.into_iter().map(Bytes::from).collect();
+            let mut batch = blocks;
             let mut bytes: usize = batch.iter().map(Bytes::len).sum();
             while bytes < APPEND_BATCH {
                 match rx.try_recv() {
                     Ok(more) => {
-                        bytes += more.iter().map(Vec::len).sum::<usize>();
-                        batch.extend(more.into_iter().map(Bytes::from));
+                        bytes += more.iter().map(Bytes::len).sum::<usize>();
+                        batch.extend(more);
                     }
                     Err(_) => break,
                 }
@@ -280,9 +280,7 @@ impl cores_server::Cores for CoresService {
             .get_with(request.index, options)
             .await
             .map_err(|e| feed_status(&key, e))?;
-        Ok(Response::new(GetResponse {
-            data: data.to_vec(),
-        }))
+        Ok(Response::new(GetResponse { data }))
     }
 
     type ReadStream = Stream<ReadResponse>;
@@ -317,10 +315,7 @@ impl cores_server::Cores for CoresService {
                 };
                 let item = match next {
                     None => return,
-                    Some(Ok(data)) => Ok(ReadResponse {
-                        index,
-                        data: data.to_vec(),
-                    }),
+                    Some(Ok(data)) => Ok(ReadResponse { index, data }),
                     Some(Err(e)) => Err(feed_status(&key, e)),
                 };
                 let failed = item.is_err();
