@@ -646,3 +646,78 @@ async fn connections_over_max_peers_are_refused_until_a_slot_frees() {
     assert!(joined, "the slot B left was never freed\n{}", a.log());
     still_serving(&a).await;
 }
+
+/// Open file descriptors of a process.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_of_clients_and_peers_leaks_no_file_descriptors() {
+    use hyperd_proto::v1::{DisconnectRequest, ListPeersRequest};
+    let a = Daemon::start().unwrap();
+    let b = Daemon::start().unwrap();
+    let pid = a.pid().unwrap();
+    let mut cores = CoresClient::new(a.channel().await.unwrap());
+    let key = new_core(&mut cores).await;
+    let baseline = open_fds(pid);
+
+    let mut b_peers = PeersClient::new(b.channel().await.unwrap());
+    for round in 0..30 {
+        // API clients that connect, call and go away; some abandon a stream.
+        for _ in 0..5 {
+            let channel = a.channel().await.unwrap();
+            let mut client = CoresClient::new(channel);
+            client.info(InfoRequest { key: key.clone() }).await.unwrap();
+            if round % 3 == 0 {
+                let _stream = client
+                    .read(ReadRequest {
+                        key: key.clone(),
+                        start: 0,
+                        end: None,
+                        live: true,
+                        wait: true,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        // A peer that connects and leaves.
+        b_peers
+            .dial(DialRequest {
+                address: a.listen.clone(),
+                once: true,
+                timeout_ms: 5000,
+            })
+            .await
+            .unwrap();
+        b_peers
+            .disconnect(DisconnectRequest {
+                peer: a.listen.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    // Let the last connections wind down, then count again.
+    let mut a_peers = PeersClient::new(a.channel().await.unwrap());
+    let mut now = usize::MAX;
+    for _ in 0..50 {
+        let peers = a_peers
+            .list(ListPeersRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .peers;
+        now = open_fds(pid);
+        if peers.is_empty() && now <= baseline + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        now <= baseline + 2,
+        "{baseline} descriptors before, {now} after 30 rounds of churn"
+    );
+}
