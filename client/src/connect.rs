@@ -145,7 +145,8 @@ impl Client {
         request
     }
 
-    /// Awaits a unary call for at most `--timeout`.
+    /// Awaits a unary call, or the opening of a streaming call, for at most `--timeout`
+    /// (an opened stream then has no deadline).
     pub async fn unary<T>(
         &self,
         call: impl Future<Output = Result<Response<T>, Status>>,
@@ -167,15 +168,6 @@ impl Client {
                 seconds(deadline)
             )),
         }
-    }
-
-    /// Opens a streaming call: hyperd must accept it within `--timeout`; the stream
-    /// itself then has no deadline.
-    pub async fn open<T>(
-        &self,
-        call: impl Future<Output = Result<Response<T>, Status>>,
-    ) -> anyhow::Result<T> {
-        self.unary(call).await
     }
 
     /// Turns a status from hyperd into one readable line, keeping the server's message.

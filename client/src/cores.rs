@@ -86,11 +86,7 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
         .map(|c| {
             vec![
                 c.key.clone(),
-                if c.name.is_empty() {
-                    "-".into()
-                } else {
-                    c.name.clone()
-                },
+                output::name_or_dash(&c.name),
                 c.length.to_string(),
                 output::bytes(c.byte_length),
                 format!("{}/{}", c.downloaded_blocks, c.length),
@@ -317,7 +313,7 @@ pub async fn cat(client: &Client, key: Key, options: CatOptions, json: bool) -> 
         live: options.live,
         wait: options.wait,
     };
-    let mut stream = client.open(client.cores().read(request)).await?;
+    let mut stream = client.unary(client.cores().read(request)).await?;
     while let Some(block) = stream
         .message()
         .await
@@ -347,7 +343,7 @@ pub async fn download(
         end,
         linear,
     };
-    let mut stream = client.open(client.cores().download(request)).await?;
+    let mut stream = client.unary(client.cores().download(request)).await?;
     let bar = output::progress_bar(0, false);
     let mut last = None;
     loop {
@@ -460,7 +456,7 @@ pub async fn remove(client: &Client, key: Key, json: bool) -> anyhow::Result<()>
 /// `core watch KEY`: one line per event until interrupted.
 pub async fn watch(client: &Client, key: Key, json: bool) -> anyhow::Result<()> {
     let request = WatchRequest { key: key.hex() };
-    let mut stream = client.open(client.cores().watch(request)).await?;
+    let mut stream = client.unary(client.cores().watch(request)).await?;
     while let Some(event) = stream
         .message()
         .await

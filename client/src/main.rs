@@ -22,7 +22,7 @@ use hyperd_config::Home;
 #[command(name = "hyperctl", version, arg_required_else_help = true)]
 struct Cli {
     /// The daemon's home directory [default: the platform's data directory]
-    #[arg(long, global = true, env = "HYPERD_HOME", value_name = "DIR")]
+    #[arg(long, global = true, env = hyperd_config::HOME_ENV, value_name = "DIR")]
     home: Option<PathBuf>,
     /// Print JSON (camelCase keys) instead of text
     #[arg(long, global = true)]
@@ -290,8 +290,7 @@ fn command_path(args: impl Iterator<Item = String>) -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let home_arg = cli.home.filter(|dir| !dir.as_os_str().is_empty());
-    let home = || Home::resolve(home_arg.as_deref()).map_err(anyhow::Error::new);
+    let home = || Home::resolve(cli.home.as_deref()).map_err(anyhow::Error::new);
     let (json, timeout) = (cli.json, cli.timeout);
     match cli.command {
         Command::Start {
@@ -313,7 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(ServiceCommand::Install { hyperd, now }) => {
             let options = service::InstallOptions {
                 hyperd: hyperd.as_deref(),
-                home_arg: home_arg.as_deref(),
+                home_arg: cli.home.as_deref(),
                 now,
             };
             service::install(&home()?, options, json).await

@@ -177,16 +177,20 @@ pub fn core_json(core: &CoreInfo) -> Value {
     })
 }
 
+/// A core's name, or `-` for a core without one.
+pub fn name_or_dash(name: &str) -> String {
+    if name.is_empty() {
+        "-".into()
+    } else {
+        name.to_string()
+    }
+}
+
 /// A core for humans: `hyper://<key>` and aligned details.
 pub fn core_text(core: &CoreInfo) -> String {
-    let name = if core.name.is_empty() {
-        "-".to_string()
-    } else {
-        core.name.clone()
-    };
     let details = fields(&[
         ("discovery key", core.discovery_key.clone()),
-        ("name", name),
+        ("name", name_or_dash(&core.name)),
         ("writable", yes_no(core.writable)),
         ("length", format!("{} blocks", core.length)),
         (

@@ -145,7 +145,7 @@ pub async fn remove(client: &Client, peer: String, json: bool) -> anyhow::Result
 /// `peer watch`: one line per peer joining or leaving, until interrupted.
 pub async fn watch(client: &Client, json: bool) -> anyhow::Result<()> {
     let mut stream = client
-        .open(client.peers().watch(WatchPeersRequest {}))
+        .unary(client.peers().watch(WatchPeersRequest {}))
         .await?;
     while let Some(event) = stream
         .message()

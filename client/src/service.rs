@@ -145,7 +145,8 @@ fn utf8(path: &Path) -> anyhow::Result<&str> {
     Ok(text)
 }
 
-fn create_dir(dir: &Path) -> anyhow::Result<()> {
+/// Creates `dir` and its parents, private to the user.
+pub(crate) fn create_dir(dir: &Path) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use hypercore::{DiscoveryKey, KeyPair};
+use hypercore::KeyPair;
 
 use crate::error::Error;
 
@@ -85,31 +85,17 @@ pub fn derive_key_pair(master: &MasterKey, name: &[u8]) -> KeyPair {
     KeyPair::from_seed(&derive_seed(master, CORESTORE_NAMESPACE, name))
 }
 
-/// The discovery key of the core named `name`.
-pub fn derive_discovery_key(master: &MasterKey, name: &[u8]) -> DiscoveryKey {
-    derive_key_pair(master, name).public.discovery_key()
-}
-
 /// The `name` file's bytes: `varint(len) || name` (unsigned LEB128 length).
 pub fn encode_name(name: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 10);
-    let mut n = name.len() as u64;
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
+    hypercore_protocol::frame::put_varint(&mut out, name.len() as u64);
     out.extend_from_slice(name);
     out
 }
 
 /// Reads a `name` file the way `derived-key-storage@2` does: `None` (no name) unless the
 /// file holds at least 2 bytes, a valid varint length, and exactly that many bytes after it.
-pub fn decode_name(bytes: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn decode_name(bytes: &[u8]) -> Option<Vec<u8>> {
     if bytes.len() < 2 {
         return None;
     }

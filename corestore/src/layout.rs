@@ -16,9 +16,9 @@ use crate::error::Error;
 use crate::keys::{decode_name, derive_key_pair, encode_name, MasterKey};
 
 /// The master key's file name at the root of the store.
-pub const MASTER_KEY_FILE: &str = "master_key";
+pub(crate) const MASTER_KEY_FILE: &str = "master_key";
 /// The name file of a derived core.
-pub const NAME_FILE: &str = "name";
+pub(crate) const NAME_FILE: &str = "name";
 
 /// Where a core lives, relative to the store's directory: `aa/cb/aacb…` (lowercase hex).
 pub fn core_path(discovery_key: &DiscoveryKey) -> PathBuf {
@@ -88,8 +88,6 @@ pub(crate) struct StoredKeys {
     pub key: Option<PublicKey>,
     /// The `name` file, if well-formed.
     pub name: Option<Vec<u8>>,
-    /// The `secret_key` file holds 64 bytes.
-    pub has_secret_key: bool,
 }
 
 impl fmt::Debug for StoredKeys {
@@ -97,7 +95,6 @@ impl fmt::Debug for StoredKeys {
         f.debug_struct("StoredKeys")
             .field("key", &self.key)
             .field("name", &self.name.as_ref().map(|n| n.len()))
-            .field("has_secret_key", &self.has_secret_key)
             .finish()
     }
 }
@@ -111,17 +108,7 @@ pub(crate) fn read_stored_keys(core_dir: &Path) -> Result<StoredKeys, Error> {
         .and_then(|b| PublicKey::from_slice(&b).ok());
     let name =
         read_optional(&core_dir.join(NAME_FILE), NAME_LIMIT + 1)?.and_then(|b| decode_name(&b));
-    let secret = core_dir.join(FileKind::SecretKey.name());
-    let has_secret_key = match fs::metadata(&secret) {
-        Ok(m) => m.len() == 64,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(Error::io("reading", &secret)(e)),
-    };
-    Ok(StoredKeys {
-        key,
-        name,
-        has_secret_key,
-    })
+    Ok(StoredKeys { key, name })
 }
 
 /// The key pair a stored name derives, checked against the directory's discovery key
@@ -317,7 +304,7 @@ fn stored_core(
     }
     let writable = match &keys.name {
         Some(name) => derive_key_pair(master, name).public == key,
-        None => keys.has_secret_key && secret_key_matches(core_dir, &key),
+        None => secret_key_matches(core_dir, &key),
     };
     Ok(StoredCore {
         key,
@@ -327,21 +314,22 @@ fn stored_core(
     })
 }
 
+/// The `secret_key` file holds exactly the 64-byte secret key of `key`.
 fn secret_key_matches(core_dir: &Path, key: &PublicKey) -> bool {
-    let Ok(Some(bytes)) = read_optional(&core_dir.join(FileKind::SecretKey.name()), 64) else {
+    let Ok(Some(bytes)) = read_optional(&core_dir.join(FileKind::SecretKey.name()), 65) else {
         return false;
     };
-    SecretKey::from_bytes(&bytes).is_ok_and(|s| s.public_key() == *key)
+    bytes.len() == 64 && SecretKey::from_bytes(&bytes).is_ok_and(|s| s.public_key() == *key)
 }
 
 /// Deletes a core's directory and then its now-empty parents (never the store's root).
-pub(crate) fn remove_core_dir(root: &Path, discovery_key: &DiscoveryKey) -> Result<bool, Error> {
+pub(crate) fn remove_core_dir(root: &Path, discovery_key: &DiscoveryKey) -> Result<(), Error> {
     let dir = root.join(core_path(discovery_key));
-    let existed = match fs::remove_dir_all(&dir) {
-        Ok(()) => true,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("removing", &dir)(e)),
-    };
+    }
     let mut parent = dir.parent();
     for _ in 0..2 {
         let Some(p) = parent else { break };
@@ -360,5 +348,5 @@ pub(crate) fn remove_core_dir(root: &Path, discovery_key: &DiscoveryKey) -> Resu
         }
         parent = p.parent();
     }
-    Ok(existed)
+    Ok(())
 }

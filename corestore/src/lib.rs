@@ -40,11 +40,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 pub use crate::error::Error;
-pub use crate::keys::{
-    decode_name, derive_discovery_key, derive_key_pair, derive_seed, encode_name, MasterKey,
-    CORESTORE_NAMESPACE,
-};
-pub use crate::layout::{core_path, StoredCore, MASTER_KEY_FILE, NAME_FILE};
+pub use crate::keys::{derive_key_pair, derive_seed, encode_name, MasterKey, CORESTORE_NAMESPACE};
+pub use crate::layout::{core_path, StoredCore};
 pub use hypercore_replication::Replicator;
 
 use crate::layout::CoreStorage;
@@ -325,11 +322,6 @@ impl Corestore {
         &self.inner.master
     }
 
-    /// The options every core is opened with.
-    pub fn options(&self) -> &CorestoreOptions {
-        &self.inner.options
-    }
-
     /// The directory of the core with this discovery key (whether or not it exists).
     pub fn core_dir(&self, discovery_key: &DiscoveryKey) -> PathBuf {
         self.inner.dir.join(core_path(discovery_key))
@@ -415,10 +407,11 @@ impl Corestore {
 
     /// Every core stored in the directory, sorted by discovery key. Entries that are
     /// damaged (no `key` file, a key that does not match its directory, …) are skipped
-    /// with a warning naming the path. This walks the directory: call it from a blocking
-    /// context or `spawn_blocking` if the store holds many cores.
-    pub fn stored(&self) -> Result<Vec<StoredCore>, Error> {
-        layout::stored_cores(&self.inner.dir, &self.inner.master)
+    /// with a warning naming the path. The directory is walked on a blocking thread.
+    pub async fn stored(&self) -> Result<Vec<StoredCore>, Error> {
+        let dir = self.inner.dir.clone();
+        let master = self.inner.master.clone();
+        blocking("listing cores", move || layout::stored_cores(&dir, &master)).await
     }
 
     async fn expect_core(&self, dk: DiscoveryKey, wanted: Wanted) -> Result<Replicator, Error> {
@@ -575,11 +568,8 @@ impl Corestore {
     }
 
     async fn unload(&self, dk: DiscoveryKey, core: Option<Replicator>) -> Result<(), Error> {
-        let streams: Vec<Arc<Stream>> = {
-            let mut state = self.state();
-            state.loaded.remove(&dk);
-            state.streams.values().cloned().collect()
-        };
+        // Callers have unlisted the core already (under its slot's lock).
+        let streams: Vec<Arc<Stream>> = self.state().streams.values().cloned().collect();
         let Some(core) = core else { return Ok(()) };
         let key = core.feed().key();
         let peers: Vec<oneshot::Receiver<()>> =
@@ -742,17 +732,15 @@ impl Corestore {
             stream.protocol.close(dk);
         };
         match self.get_by_discovery_key(&dk).await {
-            // Loading it attached it to every connection already; if it was loaded before,
-            // attach it here.
-            Ok(Some(_)) => {
+            // Loading it attached it to every connection already; if it was loaded before
+            // (or was created locally just now), attach it here.
+            Ok(found) => {
                 if !self.attach_loaded(stream, dk).await {
-                    refuse("it was unloaded");
-                }
-            }
-            Ok(None) => {
-                // Created locally just now?
-                if !self.attach_loaded(stream, dk).await {
-                    refuse("the store does not have it");
+                    refuse(if found.is_some() {
+                        "it was unloaded"
+                    } else {
+                        "the store does not have it"
+                    });
                 }
             }
             Err(error) => {
@@ -827,11 +815,6 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    /// The name `default_core` derives from.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The store.
     pub fn store(&self) -> &Corestore {
         &self.store
@@ -843,11 +826,6 @@ impl Namespace {
             store: self.store.clone(),
             name: format!("{}:{name}", self.name),
         }
-    }
-
-    /// A nested namespace named by the lowercase hex of `name`.
-    pub fn namespace_bytes(&self, name: &[u8]) -> Namespace {
-        self.namespace(&hypercore::crypto::to_hex(name))
     }
 
     /// The core derived from this namespace's name (JS `namespace.default()`).

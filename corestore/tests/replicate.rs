@@ -239,7 +239,7 @@ async fn one_shot_full_clone_over_tcp_ends_by_itself() {
     // The clones are read-only and remain so after a restart.
     b.close().await.unwrap();
     let b = store(&tmp.path().join("b"), false).await;
-    let stored = b.stored().unwrap();
+    let stored = b.stored().await.unwrap();
     assert_eq!(stored.len(), 5);
     assert_eq!(
         stored

@@ -164,7 +164,7 @@ async fn writability_survives_a_restart() {
         b"more"
     );
 
-    let mut stored = store.stored().unwrap();
+    let mut stored = store.stored().await.unwrap();
     assert_eq!(stored.len(), 4);
     let mut dks: Vec<_> = stored.iter().map(|c| c.discovery_key).collect();
     dks.sort();
@@ -196,7 +196,7 @@ async fn writability_survives_a_restart() {
     )
     .await
     .unwrap();
-    let listed = other.stored().unwrap();
+    let listed = other.stored().await.unwrap();
     assert_eq!(listed.iter().filter(|c| c.writable).count(), 1); // the explicit key pair
     let err = other.get_by_key(named).await.unwrap_err();
     assert!(
@@ -341,7 +341,7 @@ async fn remove_deletes_the_core_and_empty_parents() {
         assert!(!b_dir.parent().unwrap().parent().unwrap().exists());
     }
     assert!(tmp.path().join("master_key").exists());
-    assert!(store.stored().unwrap().is_empty());
+    assert!(store.stored().await.unwrap().is_empty());
     // Removing what is not stored does nothing; getting it again starts afresh.
     store.remove(&a.feed().key()).await.unwrap();
     let again = store.get_named(b"a").await.unwrap();
@@ -376,7 +376,7 @@ async fn stored_skips_damaged_entries() {
     std::fs::write(tmp.path().join("ab/cd/file"), b"").unwrap();
     std::fs::create_dir_all(tmp.path().join("other")).unwrap();
 
-    let stored = store.stored().unwrap();
+    let stored = store.stored().await.unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].key, good);
 
@@ -466,5 +466,5 @@ async fn callers_giving_up_leave_nothing_half_done() {
         }
     }
     assert_eq!(store.loaded().len(), 10);
-    assert_eq!(store.stored().unwrap().len(), 10);
+    assert_eq!(store.stored().await.unwrap().len(), 10);
 }

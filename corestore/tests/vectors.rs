@@ -116,7 +116,7 @@ async fn store_api_reproduces_every_derivation() {
             d.public_key
         );
     }
-    let stored = store.stored().unwrap();
+    let stored = store.stored().await.unwrap();
     assert_eq!(stored.len(), 7);
     assert!(stored.iter().all(|c| c.writable));
     store.close().await.unwrap();

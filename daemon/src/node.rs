@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::lock::HomeLock;
-use crate::network::Network;
+use crate::network::{lock, Network};
 use crate::state::StateFile;
 
 /// Everything the RPC services share.
@@ -183,12 +183,7 @@ pub async fn run(home: Home, config: Config) -> anyhow::Result<()> {
 /// Opens every stored core (so peers can replicate them), restarts full downloads and
 /// redials remembered peers.
 async fn restore(node: &Node) {
-    let store = node.store.clone();
-    let listing = tokio::task::spawn_blocking(move || store.stored()).await;
-    let stored = match listing
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
+    let stored = match node.store.stored().await {
         Ok(stored) => stored,
         Err(e) => {
             tracing::error!("listing stored cores: {e}");
@@ -231,8 +226,4 @@ fn create_home(home: &Home) -> anyhow::Result<()> {
             .with_context(|| format!("making {} private", root.display()))?;
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

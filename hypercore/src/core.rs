@@ -146,6 +146,9 @@ pub struct AuditReport {
     pub invalid: u64,
 }
 
+/// A received block's data and its leaf hash.
+pub type HashedBlock<'a> = (&'a [u8], crate::crypto::Hash);
+
 /// What a successful [`FeedCore::put`] changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PutOutcome {
@@ -862,19 +865,18 @@ impl FeedCore {
 
     /// Verifies blocks (their data, or only their hash when `data` is `None`) against their
     /// proofs and stores them with the proofs' nodes and signatures, persisted with one
-    /// bitfield write (and one sync). Nothing is stored for a block that fails. `leaf_hashes[i]`, when given, is the hash of item `i`'s data, computed by
-    /// the caller before taking the feed's lock. Stops at the first block that fails; the
-    /// outer error is a failure to persist the ones that succeeded.
+    /// bitfield write (and one sync). Nothing is stored for a block that fails. Each block
+    /// comes with its leaf hash, computed by the caller before taking the feed's lock.
+    /// Stops at the first block that fails; the outer error is a failure to persist the
+    /// ones that succeeded.
     pub fn put_batch(
         &mut self,
-        items: Vec<(u64, Option<&[u8]>, Proof)>,
-        leaf_hashes: &[Option<crate::crypto::Hash>],
+        items: Vec<(u64, Option<HashedBlock<'_>>, Proof)>,
         origin: Origin,
     ) -> Result<Vec<Result<PutOutcome>>> {
         let mut results = Vec::with_capacity(items.len());
-        for (i, (index, data, proof)) in items.into_iter().enumerate() {
-            let hash = leaf_hashes.get(i).copied().flatten();
-            let r = self.verify_and_store(index, data, hash, proof, origin);
+        for (index, block, proof) in items {
+            let r = self.verify_and_store(index, block, proof, origin);
             let failed = r.is_err();
             results.push(r);
             if failed {
@@ -889,11 +891,11 @@ impl FeedCore {
     fn verify_and_store(
         &mut self,
         index: u64,
-        data: Option<&[u8]>,
-        leaf_hash: Option<crate::crypto::Hash>,
+        block: Option<HashedBlock<'_>>,
         proof: Proof,
         origin: Origin,
     ) -> Result<PutOutcome> {
+        let data = block.map(|(d, _)| d);
         let invalid = |reason: String| Error::InvalidProof { index, reason };
         if index >= MAX_BLOCKS {
             return Err(invalid("index beyond 2^53 blocks".into()));
@@ -949,10 +951,10 @@ impl FeedCore {
         let trusted = trusted.map(|t| self.required_node(t)).transpose()?;
 
         let mut remote: std::collections::VecDeque<Node> = proof.nodes.into();
-        let mut top = match data {
-            Some(d) => Node {
+        let mut top = match block {
+            Some((d, hash)) => Node {
                 index: leaf,
-                hash: leaf_hash.unwrap_or_else(|| crypto::leaf_hash(d)),
+                hash,
                 size: d.len() as u64,
             },
             None => {

@@ -90,13 +90,18 @@ pub fn leaf_hashes(blocks: &[impl AsRef<[u8]>], out: &mut Vec<Hash>) {
 /// Hash of a parent: `H(0x01 || u64be(a.size + b.size) || a.hash || b.hash)`, with `a`
 /// the node of lower index (the arguments may come in either order).
 pub fn parent_hash(a: &Node, b: &Node) -> Hash {
+    to_hash(params().hash(&parent_message(a, b)))
+}
+
+/// What a parent hash hashes (see [`parent_hash`]).
+fn parent_message(a: &Node, b: &Node) -> [u8; 73] {
     let (a, b) = if a.index > b.index { (b, a) } else { (a, b) };
     let mut buf = [0u8; 73];
     buf[0] = PARENT_TYPE;
     buf[1..9].copy_from_slice(&(a.size + b.size).to_be_bytes());
     buf[9..41].copy_from_slice(&a.hash);
     buf[41..73].copy_from_slice(&b.hash);
-    to_hash(params().hash(&buf))
+    buf
 }
 
 /// Parent hashes of many sibling pairs at once (4 per SIMD pass), as [`parent_hash`].
@@ -105,11 +110,7 @@ pub fn parent_hashes(pairs: &[(Node, Node)], out: &mut Vec<Hash>) {
     let mut scratch = [[0u8; 73]; 4];
     for chunk in pairs.chunks(4) {
         for (buf, (a, b)) in scratch.iter_mut().zip(chunk) {
-            let (a, b) = if a.index > b.index { (b, a) } else { (a, b) };
-            buf[0] = PARENT_TYPE;
-            buf[1..9].copy_from_slice(&(a.size + b.size).to_be_bytes());
-            buf[9..41].copy_from_slice(&a.hash);
-            buf[41..73].copy_from_slice(&b.hash);
+            *buf = parent_message(a, b);
         }
         let mut jobs: Vec<_> = scratch[..chunk.len()]
             .iter()

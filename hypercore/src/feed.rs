@@ -110,7 +110,6 @@ struct Status {
     closed: bool,
 }
 
-/// `get` calls waiting for a block, by index.
 /// `get` calls waiting for blocks, and the wake-ups due once the lock is released.
 #[derive(Default)]
 struct Waiting {
@@ -725,25 +724,29 @@ impl Feed {
     ) -> Result<Vec<Result<PutOutcome>>> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
+            // The proofs move into the core; the blocks stay here to wake waiters.
+            let (blocks, proofs): (Vec<(u64, Option<Bytes>)>, Vec<Proof>) =
+                items.into_iter().map(|(i, d, p)| ((i, d), p)).unzip();
             // Hash outside the lock: readers and writers of the feed keep going meanwhile.
-            let datas: Vec<&[u8]> = items.iter().filter_map(|(_, d, _)| d.as_deref()).collect();
+            let datas: Vec<&[u8]> = blocks.iter().filter_map(|(_, d)| d.as_deref()).collect();
             let mut hashes = Vec::with_capacity(datas.len());
             crate::crypto::leaf_hashes(&datas, &mut hashes);
+            // One hash per block with data, in order.
             let mut hashes = hashes.into_iter();
-            let leaf_hashes: Vec<Option<crate::crypto::Hash>> = items
-                .iter()
-                .map(|(_, d, _)| d.as_ref().and_then(|_| hashes.next()))
-                .collect();
             inner.locked(|core, waiting, inner| {
-                let batch = items
+                let batch = blocks
                     .iter()
-                    .map(|(i, d, p)| (*i, d.as_deref(), p.clone()))
+                    .zip(proofs)
+                    .map(|((i, d), p)| {
+                        let block = d.as_deref().and_then(|d| Some((d, hashes.next()?)));
+                        (*i, block, p)
+                    })
                     .collect();
-                let results = core.put_batch(batch, &leaf_hashes, origin)?;
+                let results = core.put_batch(batch, origin)?;
                 let (length, byte_length) = (core.len(), core.byte_len());
                 let synced = core.downloaded_total() == core.len();
                 let mut grew = false;
-                for ((index, data, _), result) in items.iter().zip(&results) {
+                for ((index, data), result) in blocks.iter().zip(&results) {
                     let Ok(outcome) = result else { continue };
                     grew |= outcome.length_grew;
                     if let (true, Some(d)) = (outcome.downloaded, data) {

@@ -17,15 +17,6 @@ pub struct Node {
 }
 
 impl Node {
-    /// The leaf node of block `block` holding `data`.
-    pub fn leaf(block: u64, data: &[u8]) -> Node {
-        Node {
-            index: 2 * block,
-            hash: crypto::leaf_hash(data),
-            size: data.len() as u64,
-        }
-    }
-
     /// The parent of two sibling nodes (given in either order).
     pub fn parent(a: &Node, b: &Node) -> Node {
         debug_assert_eq!(crate::flat_tree::sibling(a.index), b.index);

@@ -892,14 +892,6 @@ impl ChannelSender {
             == Some(self.local_id)
     }
 
-    /// Whether the channel is still open on our side.
-    pub fn is_open_now(&self) -> bool {
-        self.shared
-            .lock()
-            .map(|s| self.is_open(&s))
-            .unwrap_or(false)
-    }
-
     /// Bytes queued on the connection but not yet written.
     pub fn queued_bytes(&self) -> usize {
         self.shared.queued.load(Ordering::Relaxed)

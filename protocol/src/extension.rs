@@ -39,16 +39,6 @@ impl Extensions {
         Some(rx)
     }
 
-    /// Our names, sorted (what goes in `Options.extensions`).
-    pub fn names(&self) -> &[String] {
-        &self.local
-    }
-
-    /// Whether any extension is registered.
-    pub fn is_empty(&self) -> bool {
-        self.local.is_empty()
-    }
-
     /// If our names changed since the last call, the list to announce now.
     pub fn take_announcement(&mut self) -> Option<Vec<String>> {
         std::mem::take(&mut self.unannounced).then(|| self.local.clone())
@@ -78,11 +68,6 @@ impl Extensions {
         }
         Some(name)
     }
-
-    /// Whether the remote supports `name`.
-    pub fn remote_supports(&self, name: &str) -> bool {
-        self.remote.iter().any(|n| n == name)
-    }
 }
 
 #[cfg(test)]
@@ -96,10 +81,11 @@ mod tests {
         let _za = a.register("zeta").unwrap();
         let _aa = a.register("alpha").unwrap();
         assert!(a.register("alpha").is_none());
-        assert_eq!(a.take_announcement().unwrap(), ["alpha", "zeta"]);
+        let announced = a.take_announcement().unwrap();
+        assert_eq!(announced, ["alpha", "zeta"]);
         assert!(a.take_announcement().is_none());
         let mut zb = b.register("zeta").unwrap();
-        b.set_remote(a.names().to_vec());
+        b.set_remote(announced);
         assert_eq!(
             b.deliver(a.id_of("zeta").unwrap(), Bytes::from_static(b"hi")),
             Some("zeta")

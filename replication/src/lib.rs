@@ -16,7 +16,7 @@ use std::time::Duration;
 use hypercore_protocol::{Event, Outcome, PeerKey, Protocol, ProtocolOptions};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use remote_bitfield::{RemoteBitfield, TooManyBlocks};
+use remote_bitfield::RemoteBitfield;
 pub use replicator::{
     Download, DownloadRange, FeedExtension, PeerStats, Replicator, ReplicatorOptions, Stats,
     Traffic, DEFAULT_MAX_REQUESTS, MIN_WINDOW, WINDOW_BYTES,

@@ -126,7 +126,10 @@ impl Peer {
         if !self.uploading || !self.downloading {
             self.send_status();
         }
-        self.send_wants();
+        if self.downloading && self.remote_uploading {
+            let demand = self.feed.demand();
+            self.send_wants(&demand);
+        }
         self.update();
     }
 
@@ -664,10 +667,12 @@ impl Peer {
             return;
         }
         if self.downloading && self.remote_uploading && self.remote_opened {
-            self.request_urgent();
+            // What local readers wait for, read once for both uses.
+            let demand = self.feed.demand();
+            self.request_urgent(&demand);
             self.request_ranges();
+            self.send_wants(&demand);
         }
-        self.send_wants();
         let end_now = {
             let state = self.shared.lock();
             state.default_done && state.selections.is_empty()
@@ -677,9 +682,8 @@ impl Peer {
         }
     }
 
-    fn request_urgent(&mut self) {
+    fn request_urgent(&mut self, demand: &hypercore::Demand) {
         let urgent_max = self.shared.window() + 16;
-        let demand = self.feed.demand();
         let mut picks = Vec::new();
         {
             let mut state = self.shared.lock();
@@ -783,15 +787,11 @@ impl Peer {
         }
     }
 
-    fn send_wants(&mut self) {
-        if self.wants.is_none()
-            || !self.downloading
-            || !self.remote_opened
-            || !self.remote_uploading
-        {
+    /// Called when downloading from a remote that uploads and has opened the channel.
+    fn send_wants(&mut self, demand: &hypercore::Demand) {
+        if self.wants.is_none() {
             return;
         }
-        let demand = self.feed.demand();
         for &b in &demand.blocks {
             if self.inflight_wants >= MAX_INFLIGHT_WANTS {
                 return;

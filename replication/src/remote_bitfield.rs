@@ -180,8 +180,9 @@ impl RemoteBitfield {
         None
     }
 
-    /// The highest block in the set, if any.
-    pub fn last(&self) -> Option<u64> {
+    /// The highest block in the set, if any (the tests' model check).
+    #[cfg(test)]
+    fn last(&self) -> Option<u64> {
         let (&p, words) = self.pages.iter().next_back()?;
         let w = words.iter().rposition(|&x| x != 0)?;
         Some(p * PAGE_BITS + 64 * w as u64 + 63 - u64::from(words[w].leading_zeros()))

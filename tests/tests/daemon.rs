@@ -337,9 +337,15 @@ fn kill_9_loses_no_acknowledged_append_and_restarts() {
         let block = format!("block {i}");
         daemon.ctl_json(&["core", "append", &key, &block]).unwrap();
     }
+    let peer_key = daemon.ctl_json(&["status"]).unwrap()["peerKey"].clone();
     assert!(!daemon.signal_and_wait(9).unwrap().success());
     assert!(daemon.socket().exists(), "kill -9 leaves the socket behind");
     daemon.restart().unwrap();
+    let status = daemon.ctl_json(&["status"]).unwrap();
+    assert_eq!(
+        status["peerKey"], peer_key,
+        "the peer identity survives restarts"
+    );
     let info = daemon.ctl_json(&["core", "info", &key]).unwrap();
     assert_eq!(info["length"], 20);
     assert_eq!(info["writable"], true);

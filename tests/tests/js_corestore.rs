@@ -135,7 +135,7 @@ async fn js_written_store_opens_in_rust() {
     assert!(pair.feed().writable());
     assert_eq!(read_all(&pair).await, blocks("key pair", 2));
 
-    let stored = store.stored().unwrap();
+    let stored = store.stored().await.unwrap();
     assert_eq!(stored.len(), 4);
     assert!(stored.iter().all(|c| c.writable));
     let mut names: Vec<Option<String>> = stored
