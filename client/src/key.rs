@@ -11,20 +11,9 @@ pub struct Key([u8; 32]);
 impl Key {
     /// Parses `hyper://<key>` or a bare key; hex may be upper or lower case.
     pub fn parse(text: &str) -> anyhow::Result<Key> {
-        let invalid =
-            || anyhow::anyhow!("invalid key '{text}': expected 64 hex characters or hyper://<key>");
-        let trimmed = text.trim();
-        let hex_part = match trimmed.get(..8) {
-            Some(scheme) if scheme.eq_ignore_ascii_case("hyper://") => &trimmed[8..],
-            _ => trimmed,
-        };
-        let hex_part = hex_part.strip_suffix('/').unwrap_or(hex_part);
-        if hex_part.len() != 64 {
-            return Err(invalid());
-        }
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(hex_part, &mut bytes).map_err(|_| invalid())?;
-        Ok(Key(bytes))
+        hyperd_proto::parse_key(text).map(Key).ok_or_else(|| {
+            anyhow::anyhow!("invalid key '{text}': expected 64 hex characters or hyper://<key>")
+        })
     }
 
     /// The 64 lowercase hex characters the API expects.

@@ -115,7 +115,10 @@ pub enum Outcome {
 }
 
 enum Out {
+    /// A frame counted in `Shared::queued` when it was queued.
     Frame(Bytes),
+    /// An empty frame; never counted as queued.
+    KeepAlive,
     Finish,
 }
 
@@ -451,7 +454,7 @@ impl Protocol {
     pub fn ping(&self) {
         if let Ok(state) = self.shared.lock() {
             if !state.finished {
-                let _ = self.shared.out.send(Out::Frame(Bytes::from_static(&[0])));
+                let _ = self.shared.out.send(Out::KeepAlive);
             }
         }
     }
@@ -794,7 +797,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Some(k) => match tokio::time::timeout(k, rx.recv()).await {
                 Ok(next) => next,
                 // Nothing sent for a while: an empty frame keeps the remote's timer happy.
-                Err(_) => Some(Out::Frame(Bytes::from_static(&[0]))),
+                Err(_) => Some(Out::KeepAlive),
             },
             None => rx.recv().await,
         };
@@ -808,6 +811,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     frames += f.len();
                     buf.extend_from_slice(&f);
                 }
+                Out::KeepAlive => buf.extend_from_slice(&[0]),
                 Out::Finish => {
                     finish = true;
                     break;
@@ -825,9 +829,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             shared.sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
             buf.clear();
         }
-        // Keep-alive frames were never counted as queued.
-        let counted = frames.min(shared.queued.load(Ordering::Relaxed));
-        shared.queued.fetch_sub(counted, Ordering::Relaxed);
+        shared.queued.fetch_sub(frames, Ordering::Relaxed);
         shared.drained.notify_waiters();
         if finish {
             io.flush().await.map_err(io_error("writing"))?;

@@ -367,6 +367,10 @@ impl Peer {
         if start == 0 && length >= self.remote_length {
             self.remote_length = 0;
             self.remote.clear();
+            // The scheduler's copy (selection ends, stats) follows, as JS's one field does.
+            if let Some(p) = self.shared.lock().peers.get_mut(&self.id) {
+                p.remote_length = Some(0);
+            }
             return;
         }
         self.remote.clear_range(start, start.saturating_add(length));

@@ -2052,3 +2052,38 @@ proptest! {
             });
     }
 }
+
+/// A full `Unhave` resets the length the scheduler sees for the peer, as JS's single
+/// `remoteLength` does (the peer's own copy and the shared one must agree).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_unhave_resets_the_length_the_scheduler_sees() {
+    let seeder = Seeder::new(10, 100).await;
+    let key = seeder.writer.key();
+    let (mut h, task) = seeder.hostile().await;
+    h.accept_channel(&key).await;
+    let peer = h.key;
+    let announced = || {
+        seeder
+            .rep
+            .stats()
+            .peers
+            .iter()
+            .find(|p| p.remote_key == peer)
+            .map(|p| p.remote_length)
+    };
+    let have = Message::Have(Have {
+        start: 0,
+        length: Some(100),
+        bitfield: None,
+        ack: None,
+    });
+    assert!(matches!(probe(&mut h, have).await, Probe::Answered(_)));
+    assert_eq!(announced(), Some(100));
+    let unhave = Message::Unhave(Unhave {
+        start: 0,
+        length: Some(100),
+    });
+    assert!(matches!(probe(&mut h, unhave).await, Probe::Answered(_)));
+    assert_eq!(announced(), Some(0));
+    task.abort();
+}

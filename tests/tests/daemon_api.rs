@@ -335,6 +335,28 @@ async fn tcp_api_requires_the_token() {
 }
 
 #[test]
+fn a_token_file_readable_by_others_stops_the_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::write(home.join("config.toml"), "[rpc]\ntcp = \"127.0.0.1:0\"\n").unwrap();
+    let token = home.join("rpc.token");
+    std::fs::write(&token, "secret").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(hyperd_tests::daemon::bin("hyperd").unwrap())
+        .arg("--home")
+        .arg(&home)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("readable by other users"), "{err}");
+    assert!(!home.join("hyperd.sock").exists(), "nothing was bound");
+}
+
+#[test]
 fn a_non_loopback_tcp_api_is_refused_at_start() {
     let home = tempfile::tempdir().unwrap();
     std::fs::write(

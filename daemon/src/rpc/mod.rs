@@ -48,6 +48,11 @@ impl RpcServers {
 
 /// Binds the socket (and the TCP listener if configured) and starts serving.
 pub async fn serve(node: Arc<Node>, config: &Config) -> anyhow::Result<RpcServers> {
+    // A bad token file stops the start before anything is bound.
+    let token = match config.rpc.tcp {
+        Some(_) => Some(load_or_create_token(&node.home.token_file())?),
+        None => None,
+    };
     let socket = node.home.socket();
     // We hold the home's lock, so a socket file here is left over from a daemon that
     // was killed: nobody answers on it.
@@ -91,8 +96,7 @@ pub async fn serve(node: Arc<Node>, config: &Config) -> anyhow::Result<RpcServer
         }
     }));
 
-    if let Some(address) = config.rpc.tcp {
-        let token = load_or_create_token(&node.home.token_file())?;
+    if let (Some(address), Some(token)) = (config.rpc.tcp, token) {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("binding the API TCP address {address}"))?;
@@ -206,22 +210,19 @@ fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Parses a core key: 64 hex characters, optionally `hyper://` in front.
+/// Parses a core key (see [`hyperd_proto::parse_key`]); `field` names it in errors.
 pub fn parse_key(field: &str, value: &str) -> Result<PublicKey, Status> {
-    let trimmed = value.trim();
-    let hex = trimmed
-        .strip_prefix("hyper://")
-        .unwrap_or(trimmed)
-        .trim_end_matches('/');
-    if hex.is_empty() {
+    if value.trim().is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
-    hex.parse().map_err(|_| {
-        Status::invalid_argument(format!(
+    hyperd_proto::parse_key(value)
+        .map(PublicKey)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
             "{field} {:?} is not a core key: expected 64 hex characters, optionally after hyper://",
             truncate(value)
         ))
-    })
+        })
 }
 
 /// A value for an error message, cut short if it is long.
