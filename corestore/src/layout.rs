@@ -178,8 +178,8 @@ impl Storage for CoreStorage {
         self.disk.open(kind)
     }
 
-    fn lock(&self) -> io::Result<Option<Box<dyn fmt::Debug + Send + Sync>>> {
-        self.disk.lock()
+    fn open_locked_bitfield(&self) -> io::Result<Option<Box<dyn RandomAccess>>> {
+        self.disk.open_locked_bitfield()
     }
 
     fn location(&self) -> String {

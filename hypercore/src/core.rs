@@ -263,14 +263,21 @@ impl FeedCore {
                 return Err(Error::SecretKeyMismatch { key });
             }
         }
+        let mut wrote = Vec::new();
         if stored_key != Some(key) {
             store.write_key(key.as_bytes())?;
+            wrote.push(FileKind::Key);
         }
         if let (true, Some(s)) = (opts.store_secret_key, &secret) {
             let bytes = s.to_bytes();
             if loaded.secret_key.as_deref() != Some(&bytes[..]) {
                 store.write_secret_key(&bytes)?;
+                wrote.push(FileKind::SecretKey);
             }
+        }
+        // The key files are closed once the feed is open: make them durable first.
+        if opts.durability == Durability::Sync && !wrote.is_empty() {
+            store.sync(&wrote)?;
         }
 
         let mut core = FeedCore {
@@ -286,6 +293,7 @@ impl FeedCore {
             on_write: opts.on_write.clone(),
         };
         core.recover_length()?;
+        core.store.release_key_files();
         Ok(core)
     }
 

@@ -22,6 +22,10 @@ use crate::node::Node;
 use crate::storage::{DiskStorage, MemoryStorage, Storage};
 use crate::tree::RemoteTree;
 
+/// Events kept for slow subscribers. The buffer is allocated when the feed opens, so it
+/// is kept small: a process may hold hundreds of open feeds.
+pub const EVENT_BACKLOG: usize = 256;
+
 /// Blocks up to this size are read inline; larger ones on the blocking pool.
 const INLINE_READ_LIMIT: u64 = 256 * 1024;
 
@@ -219,7 +223,7 @@ impl Feed {
             version: 0,
             closed: false,
         };
-        let (events, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(EVENT_BACKLOG);
         Ok(Feed {
             inner: Arc::new(Inner {
                 key,
@@ -293,8 +297,14 @@ impl Feed {
             .unwrap_or(true)
     }
 
-    /// Subscribes to events. A receiver that falls more than 1024 events behind gets
-    /// `Lagged` and continues from the newest.
+    /// Resolves once the feed is closed (at once if it is).
+    pub async fn closed(&self) {
+        let mut status = self.inner.status.subscribe();
+        let _ = status.wait_for(|s| s.closed).await;
+    }
+
+    /// Subscribes to events. A receiver that falls more than [`EVENT_BACKLOG`] events
+    /// behind gets `Lagged` and continues from the newest.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
     }

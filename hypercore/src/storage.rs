@@ -94,9 +94,11 @@ pub trait RandomAccess: Send + Sync + fmt::Debug {
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Opens (creating if needed) one file.
     fn open(&self, kind: FileKind) -> io::Result<Box<dyn RandomAccess>>;
-    /// Takes an exclusive lock on the feed for this process, if the backend can be shared
-    /// between processes. The lock lives as long as the returned guard.
-    fn lock(&self) -> io::Result<Option<Box<dyn fmt::Debug + Send + Sync>>> {
+    /// Opens the bitfield file holding an exclusive lock on the feed, if the backend can
+    /// be shared between processes; the lock lasts as long as the file is open. One
+    /// descriptor serves both, which matters to a process that keeps thousands of feeds.
+    /// `Ok(None)`: the backend has no locks, and the bitfield is opened with `open`.
+    fn open_locked_bitfield(&self) -> io::Result<Option<Box<dyn RandomAccess>>> {
         Ok(None)
     }
     /// A human-readable location for error messages (a path, or "memory").
@@ -136,10 +138,13 @@ impl Storage for DiskStorage {
             use std::os::unix::fs::PermissionsExt;
             file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         }
-        Ok(Box::new(DiskFile { file, path }))
+        Ok(Box::new(DiskFile {
+            file: Handle::Plain(file),
+            path,
+        }))
     }
 
-    fn lock(&self) -> io::Result<Option<Box<dyn fmt::Debug + Send + Sync>>> {
+    fn open_locked_bitfield(&self) -> io::Result<Option<Box<dyn RandomAccess>>> {
         std::fs::create_dir_all(&self.dir)?;
         // JS hypercore takes the same flock on the bitfield file, so a JS and a Rust
         // process also exclude each other.
@@ -151,7 +156,10 @@ impl Storage for DiskStorage {
             .truncate(false)
             .open(&path)?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Some(Box::new(FileLock(lock)))),
+            Ok(lock) => Ok(Some(Box::new(DiskFile {
+                file: Handle::Locked(lock),
+                path,
+            }))),
             Err((_, errno)) => Err(io::Error::from(errno)),
         }
     }
@@ -161,17 +169,35 @@ impl Storage for DiskStorage {
     }
 }
 
-struct FileLock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+/// An open file, possibly holding the feed's lock.
+enum Handle {
+    Plain(File),
+    Locked(nix::fcntl::Flock<File>),
+}
 
-impl fmt::Debug for FileLock {
+impl std::ops::Deref for Handle {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        match self {
+            Handle::Plain(file) => file,
+            Handle::Locked(lock) => lock,
+        }
+    }
+}
+
+impl fmt::Debug for Handle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FileLock")
+        match self {
+            Handle::Plain(_) => f.write_str("File"),
+            Handle::Locked(_) => f.write_str("LockedFile"),
+        }
     }
 }
 
 #[derive(Debug)]
 struct DiskFile {
-    file: File,
+    file: Handle,
     path: PathBuf,
 }
 
@@ -205,7 +231,7 @@ impl RandomAccess for DiskFile {
         let mut rest: &mut [io::IoSlice<'_>] = &mut slices;
         while !rest.is_empty() {
             let n = rest.len().min(1024);
-            match nix::sys::uio::pwritev(&self.file, &rest[..n], at as i64) {
+            match nix::sys::uio::pwritev(&*self.file, &rest[..n], at as i64) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -233,7 +259,7 @@ impl RandomAccess for DiskFile {
         }
         use nix::fcntl::{fallocate, FallocateFlags};
         let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        match fallocate(&self.file, flags, offset as i64, len as i64) {
+        match fallocate(&*self.file, flags, offset as i64, len as i64) {
             Ok(()) => Ok(()),
             // Filesystems without hole punching: the bytes stay; nothing reads them once
             // the bitfield says the blocks are gone.

@@ -59,17 +59,49 @@ impl NodeCache {
     }
 }
 
-/// Open handles on a feed's files plus a cache of tree nodes.
+/// Open handles on a feed's files plus a cache of tree nodes. The key files are only
+/// needed while the feed opens ([`FeedStore::release_key_files`] closes them), so an open
+/// feed holds four descriptors: data, tree, signatures and the locked bitfield.
 pub struct FeedStore {
     location: String,
-    key: Box<dyn RandomAccess>,
-    secret_key: Box<dyn RandomAccess>,
+    key: Option<Box<dyn RandomAccess>>,
+    secret_key: Option<Box<dyn RandomAccess>>,
     data: Box<dyn RandomAccess>,
     tree: Box<dyn RandomAccess>,
     signatures: Box<dyn RandomAccess>,
     bitfield: Box<dyn RandomAccess>,
     nodes: Option<NodeCache>,
-    _lock: Option<Box<dyn fmt::Debug + Send + Sync>>,
+}
+
+/// Stands in for a key file after [`FeedStore::release_key_files`]: nothing may touch it.
+#[derive(Debug)]
+struct ReleasedKeyFile;
+
+impl ReleasedKeyFile {
+    fn error() -> io::Error {
+        io::Error::other("the key files are closed once the feed is open")
+    }
+}
+
+impl RandomAccess for ReleasedKeyFile {
+    fn read(&self, _offset: u64, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(Self::error())
+    }
+    fn write(&self, _offset: u64, _data: &[u8]) -> io::Result<()> {
+        Err(Self::error())
+    }
+    fn delete(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Err(Self::error())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Err(Self::error())
+    }
+    fn truncate(&self, _len: u64) -> io::Result<()> {
+        Err(Self::error())
+    }
+    fn sync(&self) -> io::Result<()> {
+        Err(Self::error())
+    }
 }
 
 impl fmt::Debug for FeedStore {
@@ -84,7 +116,7 @@ impl FeedStore {
     /// Locks and opens every file. `cache_size` tree nodes are kept in memory (0 = none).
     pub fn open(storage: &dyn Storage, cache_size: usize) -> Result<Self> {
         let location = storage.location();
-        let lock = storage.lock().map_err(|e| {
+        let locked = storage.open_locked_bitfield().map_err(|e| {
             if e.kind() == io::ErrorKind::WouldBlock {
                 Error::Locked {
                     location: location.clone(),
@@ -106,18 +138,21 @@ impl FeedStore {
                 source,
             })
         };
+        let bitfield = match locked {
+            Some(file) => file,
+            None => open(FileKind::Bitfield)?,
+        };
         Ok(FeedStore {
-            key: open(FileKind::Key)?,
-            secret_key: open(FileKind::SecretKey)?,
+            key: Some(open(FileKind::Key)?),
+            secret_key: Some(open(FileKind::SecretKey)?),
             data: open(FileKind::Data)?,
             tree: open(FileKind::Tree)?,
             signatures: open(FileKind::Signatures)?,
-            bitfield: open(FileKind::Bitfield)?,
+            bitfield,
             nodes: (cache_size > 0).then(|| NodeCache {
                 lru: LruCache::unbounded(),
                 limit: cache_size,
             }),
-            _lock: lock,
             location,
         })
     }
@@ -127,10 +162,26 @@ impl FeedStore {
         &self.location
     }
 
+    /// Closes the `key` and `secret_key` files, which an open feed no longer reads or
+    /// writes.
+    pub fn release_key_files(&mut self) {
+        self.key = None;
+        self.secret_key = None;
+    }
+
     fn file(&self, kind: FileKind) -> &dyn RandomAccess {
         match kind {
-            FileKind::Key => &*self.key,
-            FileKind::SecretKey => &*self.secret_key,
+            FileKind::Key | FileKind::SecretKey => {
+                let file = if kind == FileKind::Key {
+                    &self.key
+                } else {
+                    &self.secret_key
+                };
+                match file {
+                    Some(file) => &**file,
+                    None => &ReleasedKeyFile,
+                }
+            }
             FileKind::Data => &*self.data,
             FileKind::Tree => &*self.tree,
             FileKind::Signatures => &*self.signatures,
@@ -276,7 +327,7 @@ impl FeedStore {
         Ok(())
     }
 
-    /// Writes the `key` file.
+    /// Writes the `key` file (only while opening: see [`FeedStore::release_key_files`]).
     pub fn write_key(&self, key: &[u8; 32]) -> Result<()> {
         self.write(FileKind::Key, 0, key)
     }

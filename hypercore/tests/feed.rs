@@ -165,8 +165,17 @@ async fn a_sparse_clone_filled_in_random_order_matches_the_writer() {
     for i in (1..order.len()).rev() {
         order.swap(i, (i * 7919 + 13) % (i + 1));
     }
+    let (mut downloads, mut synced) = (0, false);
     for &i in &order {
         transfer(&writer, &clone, i).await;
+        // Read as they come: the feed keeps only EVENT_BACKLOG events for a slow reader.
+        while let Ok(e) = events.try_recv() {
+            match e {
+                Event::Download { .. } => downloads += 1,
+                Event::Sync => synced = true,
+                _ => {}
+            }
+        }
     }
     for (i, b) in blocks.iter().enumerate() {
         assert_eq!(&clone.get(i as u64).await.unwrap(), b);
@@ -177,15 +186,6 @@ async fn a_sparse_clone_filled_in_random_order_matches_the_writer() {
     );
     let report = clone.audit().await.unwrap();
     assert_eq!((report.valid, report.invalid), (300, 0));
-    let mut downloads = 0;
-    let mut synced = false;
-    while let Ok(e) = events.try_recv() {
-        match e {
-            Event::Download { .. } => downloads += 1,
-            Event::Sync => synced = true,
-            _ => {}
-        }
-    }
     assert_eq!(downloads, 300);
     assert!(synced, "a clone that holds every block emits Sync");
     // Sending a block again changes nothing.
@@ -616,6 +616,50 @@ async fn reopening_from_disk_keeps_everything() {
     assert_eq!(&feed.get(1).await.unwrap()[..], b"b");
     feed.append("d").await.unwrap();
     assert_eq!(feed.len(), 4);
+}
+
+/// Descriptors of this process open on files under `dir` (other tests' files are
+/// elsewhere, so parallel tests do not disturb the count).
+fn descriptors_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+#[tokio::test]
+async fn an_open_feed_holds_four_descriptors_and_none_once_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    let kp = KeyPair::from_seed(&[9; 32]);
+    let feed = Feed::open(
+        DiskStorage::new(&dir),
+        FeedOptions {
+            secret_key: Some(kp.secret.clone()),
+            store_secret_key: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    feed.append("a").await.unwrap();
+    // data, tree, signatures and the bitfield, which also holds the lock.
+    assert_eq!(descriptors_under(&dir), 4);
+    // The lock is still taken.
+    let err = Feed::open(DiskStorage::new(&dir), FeedOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+    feed.close().await.unwrap();
+    assert_eq!(descriptors_under(&dir), 0);
+    // The key files were written before they were closed.
+    let feed = Feed::open(DiskStorage::new(&dir), FeedOptions::default())
+        .await
+        .unwrap();
+    assert!(feed.writable());
+    assert_eq!(feed.key(), kp.public);
+    assert_eq!(feed.len(), 1);
 }
 
 #[tokio::test]

@@ -139,8 +139,13 @@ impl Storage for SlowStorage {
             pause: self.pause.clone(),
         }))
     }
-    fn lock(&self) -> std::io::Result<Option<Box<dyn std::fmt::Debug + Send + Sync>>> {
-        self.inner.lock()
+    fn open_locked_bitfield(&self) -> std::io::Result<Option<Box<dyn RandomAccess>>> {
+        Ok(self.inner.open_locked_bitfield()?.map(|inner| {
+            Box::new(SlowFile {
+                inner,
+                pause: self.pause.clone(),
+            }) as Box<dyn RandomAccess>
+        }))
     }
     fn location(&self) -> String {
         self.inner.location()
