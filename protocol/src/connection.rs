@@ -338,6 +338,11 @@ impl Protocol {
         )
     }
 
+    /// Channels open on this connection (opened by either side, not yet closed).
+    pub fn channel_count(&self) -> usize {
+        self.shared.lock().map(|s| s.channels.len()).unwrap_or(0)
+    }
+
     /// The capability we send for `key` on this connection.
     pub fn capability(&self, key: &PublicKey) -> [u8; 32] {
         hypercore::crypto::capability(key, &self.shared.tx_key, &self.shared.rx_key)

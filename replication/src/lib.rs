@@ -84,13 +84,17 @@ where
         tokio::spawn(
             async move { while let Some(Event::DiscoveryKey(_)) = events.recv().await {} },
         );
-    let outcome = protocol.closed().await;
-    drain.abort();
+    // The connection carries this one feed: a peer that fails takes it down.
     let peer_result = peer.await.unwrap_or_else(|e| {
         Err(Error::Protocol(hypercore_protocol::Error::Closed(
             e.to_string(),
         )))
     });
+    if let Err(e) = &peer_result {
+        protocol.destroy(&e.to_string());
+    }
+    let outcome = protocol.closed().await;
+    drain.abort();
     peer_result?;
     match outcome {
         Outcome::Finished => Ok(()),

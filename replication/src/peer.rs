@@ -703,7 +703,12 @@ impl Peer {
                     room -= 1;
                 }
             }
-            if let Some(min) = demand.length.filter(|&m| m > self.feed.len()) {
+            // With `follow_length`, a longer feed announced by this peer is wanted too.
+            let announced = (self.shared.options.follow_length
+                && self.remote_length > self.feed.len())
+            .then_some(self.remote_length);
+            let length = demand.length.max(announced);
+            if let Some(min) = length.filter(|&m| m > self.feed.len()) {
                 let asked = self.inflight.iter().any(|r| r.hash && r.bytes == 0);
                 let target = min.saturating_sub(1);
                 let candidate = if self.remote.get(target) {
@@ -1016,9 +1021,10 @@ pub(crate) async fn run(
             tracing::debug!(peer = %peer.remote_key, feed = %feed.discovery_key(), "peer left")
         }
         Err(e) => {
+            // Only this feed's channel goes: the connection may carry other feeds, which
+            // are not at fault (the owner of the connection decides what else to do).
             tracing::warn!(peer = %peer.remote_key, feed = %feed.discovery_key(), error = %e, "dropping peer");
-            peer.tx
-                .destroy(hypercore_protocol::Error::Closed(e.to_string()));
+            peer.tx.close();
         }
     }
     result

@@ -42,6 +42,10 @@ pub struct ReplicatorOptions {
     pub ack: bool,
     /// Drop a peer that answers none of our requests for this long.
     pub request_timeout: Duration,
+    /// When a peer announces a longer feed, fetch the signed proof of its last block (no
+    /// data), so a sparse copy knows the length peers have without downloading. JS does
+    /// this only when asked (`update`); default false.
+    pub follow_length: bool,
 }
 
 impl Default for ReplicatorOptions {
@@ -52,6 +56,7 @@ impl Default for ReplicatorOptions {
             max_requests: DEFAULT_MAX_REQUESTS,
             ack: false,
             request_timeout: hypercore_protocol::DEFAULT_TIMEOUT,
+            follow_length: false,
         }
     }
 }

@@ -207,3 +207,57 @@ async fn live_replication_follows_appends() {
     t1.abort();
     t2.abort();
 }
+
+#[tokio::test]
+async fn follow_length_learns_the_peers_length_without_downloading() {
+    let w = writer(4096).await;
+    let sparse = clone_of(&w, true).await;
+    let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
+    let rs = Replicator::new(
+        sparse.clone(),
+        ReplicatorOptions {
+            follow_length: true,
+            ..ReplicatorOptions::default()
+        },
+    );
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = tokio::spawn(async move { replicate(&rw, x, opts(true, true)).await });
+    let b = tokio::spawn(async move { replicate(&rs, y, opts(false, true)).await });
+    let learn = |len| {
+        let sparse = sparse.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), sparse.update(Some(len), None))
+                .await
+                .unwrap_or_else(|_| panic!("the clone never learnt length {len}"))
+                .unwrap()
+        }
+    };
+    // Nobody asked for a length: follow_length fetched the last block's proof by itself.
+    assert_eq!(learn(4096).await, 4096);
+    assert_eq!(sparse.downloaded(0, None), 0);
+    // And again when the writer appends.
+    w.append_batch(["one more", "and another"]).await.unwrap();
+    assert_eq!(learn(4098).await, 4098);
+    assert_eq!(sparse.byte_len(), w.byte_len());
+    assert_eq!(sparse.downloaded(0, None), 0);
+    a.abort();
+    b.abort();
+}
+
+#[tokio::test]
+async fn without_follow_length_a_sparse_clone_learns_nothing_unasked() {
+    let w = writer(100).await;
+    let sparse = clone_of(&w, true).await;
+    let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
+    let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = tokio::spawn(async move { replicate(&rw, x, opts(true, true)).await });
+    let probe = rs.clone();
+    let b = tokio::spawn(async move { replicate(&rs, y, opts(false, true)).await });
+    probe.wait_for_peers(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sparse.len(), 0);
+    assert_eq!(probe.stats().peers[0].remote_length, 100);
+    a.abort();
+    b.abort();
+}
