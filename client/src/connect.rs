@@ -186,6 +186,9 @@ impl Client {
                     socket: self.socket.clone(),
                 })
             }
+            // A status hyperd sent (a peer that does not answer, say) has no transport
+            // error behind it; only a broken connection to hyperd does.
+            Code::Unavailable if std::error::Error::source(&status).is_none() => or("unavailable"),
             Code::Unavailable => format!("lost the connection to hyperd: {}", or("unavailable")),
             Code::DeadlineExceeded => format!(
                 "hyperd did not finish in time: {} (use --timeout to wait longer)",

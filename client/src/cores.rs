@@ -36,10 +36,21 @@ fn print_core(core: &CoreInfo, json: bool) -> anyhow::Result<()> {
     }
 }
 
-/// `core create [--name N]`.
-pub async fn create(client: &Client, name: Option<String>, json: bool) -> anyhow::Result<()> {
+/// `core create [--name N] [--force]`.
+pub async fn create(
+    client: &Client,
+    name: Option<String>,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    if force {
+        output::note(
+            "warning: --force re-creates a removed core with a new history under its old key; peers that hold the old history will refuse it",
+        );
+    }
     let request = CreateRequest {
         name: name.unwrap_or_default(),
+        force,
     };
     let core = client
         .unary(client.cores().create(client.request(request)))
@@ -190,19 +201,43 @@ pub async fn append_file(
     };
     let stream =
         tokio_stream::once(first).chain(tokio_stream::wrappers::ReceiverStream::new(received));
-    // Streams have no total deadline: a large file takes as long as it takes.
-    let result = client.cores().append_stream(stream).await;
+    // Streams have no total deadline: a large file takes as long as it takes. hyperd
+    // acknowledges every committed batch, so whatever happens, we know what was kept.
+    let acks = client.cores().append_stream(stream).await;
+    let mut acks = match acks {
+        Ok(acks) => acks.into_inner(),
+        Err(status) => {
+            bar.finish_and_clear();
+            return Err(client.status_error(status));
+        }
+    };
+    let mut committed: Option<AppendResponse> = None;
+    let failure = loop {
+        match acks.message().await {
+            Ok(Some(ack)) => committed = Some(ack),
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
     bar.finish_and_clear();
-    let result = result
-        .map_err(|status| client.status_error(status))?
-        .into_inner();
-    match outcome.await {
-        Ok(Err(e)) => anyhow::bail!(
-            "reading {name}: {e}; only the first {} block{} were appended (the core's length is now {})",
-            result.appended,
-            if result.appended == 1 { "" } else { "s" },
-            result.length
+    let kept = |committed: &Option<AppendResponse>| match committed {
+        Some(c) => format!(
+            "{} block{} of {name} were committed (the core's length is {})",
+            c.appended,
+            if c.appended == 1 { "" } else { "s" },
+            c.length
         ),
+        None => format!("no block of {name} was acknowledged"),
+    };
+    if let Some(status) = failure {
+        let error = client.status_error(status);
+        anyhow::bail!("{error}; {}", kept(&committed));
+    }
+    let Some(result) = committed else {
+        anyhow::bail!("hyperd ended the append without an answer; {}", kept(&None));
+    };
+    match outcome.await {
+        Ok(Err(e)) => anyhow::bail!("reading {name}: {e}; {}", kept(&Some(result))),
         _ => print_appended(key, &result, json),
     }
 }

@@ -68,6 +68,9 @@ fn print_status(status: &StatusResponse, json: bool) -> anyhow::Result<()> {
             "peerKey": status.peer_key,
             "peerCount": status.peer_count,
             "coreCount": status.core_count,
+            "openCoreCount": status.open_core_count,
+            "maxOpenCores": status.max_open_cores,
+            "fileLimit": status.file_limit,
         }));
     }
     let mut api = status.api_version.clone();
@@ -93,7 +96,13 @@ fn print_status(status: &StatusResponse, json: bool) -> anyhow::Result<()> {
         ("listening on", listen),
         ("peer key", status.peer_key.clone()),
         ("peers", status.peer_count.to_string()),
-        ("cores", status.core_count.to_string()),
+        (
+            "cores",
+            format!(
+                "{} ({} open, at most {} kept open; file limit {})",
+                status.core_count, status.open_core_count, status.max_open_cores, status.file_limit
+            ),
+        ),
     ]))
 }
 

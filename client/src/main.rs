@@ -75,6 +75,10 @@ enum CoreCommand {
         /// Derive the key from this name (the same name gives the same core)
         #[arg(long)]
         name: Option<String>,
+        /// Re-create a named core that was removed after it had blocks. Its new history
+        /// conflicts with the old one, which peers may hold and will then refuse.
+        #[arg(long, requires = "name")]
+        force: bool,
     },
     /// Follow (replicate) a core by key
     Follow {
@@ -342,9 +346,9 @@ async fn core(
         }
     };
     match command {
-        CoreCommand::Create { name } => {
+        CoreCommand::Create { name, force } => {
             let client = connect::connect(home, timeout).await?;
-            cores::create(&client, name, json).await
+            cores::create(&client, name, force, json).await
         }
         CoreCommand::Follow { key, all } => {
             let (client, key) = client(&key).await?;

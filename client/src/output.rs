@@ -174,6 +174,7 @@ pub fn core_json(core: &CoreInfo) -> Value {
         "name": core.name,
         "uploadedBytes": core.uploaded_bytes,
         "downloadedBytes": core.downloaded_bytes,
+        "peerLength": core.peer_length,
     })
 }
 
@@ -201,7 +202,17 @@ pub fn core_text(core: &CoreInfo) -> String {
             "stored",
             format!("{} of {} blocks", core.downloaded_blocks, core.length),
         ),
-        ("peers", core.peers.to_string()),
+        (
+            "peers",
+            if core.peers > 0 {
+                format!(
+                    "{} (the longest has {} blocks)",
+                    core.peers, core.peer_length
+                )
+            } else {
+                "0".to_string()
+            },
+        ),
         ("uploaded", bytes(core.uploaded_bytes)),
         ("downloaded", bytes(core.downloaded_bytes)),
     ]);

@@ -123,8 +123,17 @@ pub enum Durability {
 pub struct Config {
     /// Address for peer (replication) connections; `""` disables listening.
     pub listen: String,
-    /// Most peer connections at once (incoming, dialed and handshaking); more are refused.
+    /// Most incoming peer connections at once (handshaking or open); when full, a new one
+    /// takes the place of one still handshaking or replicating nothing, or is refused.
     pub max_peers: usize,
+    /// Most incoming connections from one IP address.
+    pub max_peers_per_ip: usize,
+    /// Most dialed peer connections at once (their own budget: a flood of incoming
+    /// connections never stops the daemon from dialing).
+    pub max_outbound_peers: usize,
+    /// Most cores kept open at once (four file descriptors each); unused ones are closed
+    /// beyond it, least recently used first. Lowered at start to fit the file limit.
+    pub max_open_cores: usize,
     /// Log filter, e.g. `info` or `hyperd=debug,info` (`RUST_LOG` wins).
     pub log_level: String,
     /// The corestore's directory; relative paths are relative to the home.
@@ -149,6 +158,9 @@ impl Default for Config {
         Config {
             listen: format!("0.0.0.0:{DEFAULT_PEER_PORT}"),
             max_peers: 256,
+            max_peers_per_ip: 16,
+            max_outbound_peers: 64,
+            max_open_cores: 256,
             log_level: "info".into(),
             storage: None,
             durability: Durability::default(),
@@ -164,9 +176,23 @@ pub const DOCUMENTED_DEFAULTS: &str = r#"# hyperd configuration. Every setting i
 # Address for peer (replication) connections. "" disables listening; port 0 picks one.
 listen = "0.0.0.0:3282"
 
-# Most peer connections at once (incoming, dialed and still handshaking). Connections
-# over the limit are closed at once, so a flood cannot exhaust the daemon's files.
+# Most incoming peer connections at once (open or still handshaking). When full, a new
+# connection takes the place of one that is still handshaking or replicates nothing;
+# otherwise it is closed at once, so a flood cannot exhaust the daemon's files.
 max_peers = 256
+
+# Most incoming connections from one IP address.
+max_peers_per_ip = 16
+
+# Most dialed connections at once. Dialing has its own budget, so incoming connections
+# can never keep the daemon from connecting out.
+max_outbound_peers = 64
+
+# Most cores kept open at once; each holds four file descriptors. Cores nobody uses are
+# closed beyond this (least recently used first) or after 30 s without peers, and opened
+# again when an API call or a peer needs them. hyperd raises its soft file limit to the
+# hard limit at start and lowers this if the limit cannot hold it.
+max_open_cores = 256
 
 # Log filter: error, warn, info, debug, trace, or per module ("hyperd=debug,info").
 # The RUST_LOG environment variable wins.
@@ -218,8 +244,15 @@ impl Config {
                 self.listen
             )));
         }
-        if self.max_peers == 0 {
-            return Err(invalid("max_peers = 0 would refuse every peer".into()));
+        for (name, value) in [
+            ("max_peers", self.max_peers),
+            ("max_peers_per_ip", self.max_peers_per_ip),
+            ("max_outbound_peers", self.max_outbound_peers),
+            ("max_open_cores", self.max_open_cores),
+        ] {
+            if value == 0 {
+                return Err(invalid(format!("{name} = 0: it must be at least 1")));
+            }
         }
         if let Some(tcp) = self.rpc.tcp {
             if !tcp.ip().is_loopback() {

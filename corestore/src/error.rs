@@ -90,6 +90,15 @@ pub enum Error {
         #[source]
         source: Box<hypercore_replication::Error>,
     },
+    /// A writable core that had blocks was removed; creating it again would sign a second
+    /// history under its key ([`crate::Corestore::recreate_named`] does it anyway).
+    #[error("core {key} was removed after it had {length} blocks; creating it again would sign a second history that conflicts with the one peers may hold")]
+    Removed {
+        /// The core's public key.
+        key: PublicKey,
+        /// Its length when it was removed.
+        length: u64,
+    },
     /// The store was closed.
     #[error("the corestore in {} is closed", dir.display())]
     Closed {
@@ -107,6 +116,38 @@ pub enum Error {
 }
 
 impl Error {
+    /// The first I/O error behind this one, if any (a full disk, too many open files, …).
+    pub fn io_error(&self) -> Option<&io::Error> {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                return Some(io);
+            }
+            source = e.source();
+        }
+        None
+    }
+
+    /// The core's files are damaged (as opposed to unreachable: locked, out of space or
+    /// descriptors, unreadable).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            Error::IncorrectName { .. } | Error::MisplacedKey { .. } => true,
+            Error::Open { source, .. } => matches!(
+                **source,
+                hypercore::Error::Corrupt { .. } | hypercore::Error::KeyMismatch { .. }
+            ),
+            _ => false,
+        }
+    }
+
+    /// The process (or the system) ran out of file descriptors.
+    pub fn is_out_of_descriptors(&self) -> bool {
+        self.io_error()
+            .and_then(io::Error::raw_os_error)
+            .is_some_and(|code| code == libc::EMFILE || code == libc::ENFILE)
+    }
+
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use corestore::{Corestore, CorestoreOptions, Replicator};
+use corestore::{Core, Corestore, CorestoreOptions, Replicator};
 use hypercore_protocol::{Protocol, ProtocolOptions};
 use hypercore_replication::DownloadRange;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,7 +35,7 @@ fn block(core: usize, i: usize) -> Vec<u8> {
 }
 
 /// A named core with `blocks` blocks.
-async fn filled(store: &Corestore, n: usize, blocks: usize) -> Replicator {
+async fn filled(store: &Corestore, n: usize, blocks: usize) -> Core {
     let core = store
         .get_named(format!("core-{n}").as_bytes())
         .await
@@ -148,14 +148,14 @@ async fn live_replication_of_many_cores_over_a_duplex() {
     );
 
     // Stored on A but not loaded: A opens it from disk when B asks for it.
-    assert!(a.get_loaded(&on_disk_key).is_none());
+    assert!(a.get_open(&on_disk_key).is_none());
     let b3 = b.get_by_key(on_disk_key).await.unwrap();
     wait_for_length(&b3, 4).await;
     assert_eq!(
         read_all(&b3).await,
         (0..4).map(|i| block(3, i)).collect::<Vec<_>>()
     );
-    let a3 = a.get_loaded(&on_disk_key).unwrap();
+    let a3 = a.get_open(&on_disk_key).unwrap();
     assert!(a3.feed().writable());
 
     // Live: appends on A reach B.
@@ -164,9 +164,9 @@ async fn live_replication_of_many_cores_over_a_duplex() {
     assert_eq!(&b0.feed().get(5).await.unwrap()[..], b"late");
 
     // B's own core was refused by A and A's own core by B: nothing was created for them.
-    assert!(a.get_loaded(&only_b.feed().key()).is_none());
+    assert!(a.get_open(&only_b.feed().key()).is_none());
     assert!(!a.core_dir(&only_b.feed().discovery_key()).exists());
-    assert_eq!(b.loaded().len(), 5); // b0..b3 and B's own core
+    assert_eq!(b.open_cores().len(), 5); // b0..b3 and B's own core
 
     // Unloading a core on A mid-connection drops its peer; the others keep going.
     a.close_core(&a_cores[1].feed().key()).await.unwrap();
@@ -205,7 +205,7 @@ async fn one_shot_full_clone_over_tcp_ends_by_itself() {
     for n in 0..4 {
         keys.push(filled(&a, n, 3 + 10 * n).await.feed().key());
     }
-    let clones: Vec<Replicator> = {
+    let clones: Vec<Core> = {
         let mut v = Vec::new();
         for k in &keys {
             v.push(b.get_by_key(*k).await.unwrap());
@@ -233,9 +233,9 @@ async fn one_shot_full_clone_over_tcp_ends_by_itself() {
             (0..3 + 10 * n).map(|i| block(n, i)).collect::<Vec<_>>()
         );
     }
-    assert!(b.get_loaded(&only_a).is_none());
+    assert!(b.get_open(&only_a).is_none());
     assert!(!b.core_dir(&only_a.discovery_key()).exists());
-    assert!(a.get_loaded(&only_b.feed().key()).is_none());
+    assert!(a.get_open(&only_b.feed().key()).is_none());
     // The clones are read-only and remain so after a restart.
     b.close().await.unwrap();
     let b = store(&tmp.path().join("b"), false).await;
@@ -282,7 +282,7 @@ async fn unloading_a_busy_core_keeps_the_connection() {
     let tmp = tempfile::tempdir().unwrap();
     let a = store(&tmp.path().join("a"), true).await;
     let b = store(&tmp.path().join("b"), true).await;
-    let big: Vec<Replicator> = {
+    let big: Vec<Core> = {
         let mut v = Vec::new();
         for n in 0..2 {
             let core = a.get_named(format!("big-{n}").as_bytes()).await.unwrap();
@@ -295,7 +295,7 @@ async fn unloading_a_busy_core_keeps_the_connection() {
     let small = filled(&a, 1, 1).await;
     let (io_a, io_b) = tokio::io::duplex(64 * 1024);
     let (pa, _pb, ta, tb) = connect(&a, io_a, &b, io_b, true).await;
-    let clones: Vec<Replicator> = {
+    let clones: Vec<Core> = {
         let mut v = Vec::new();
         for core in &big {
             v.push(b.get_by_key(core.feed().key()).await.unwrap());
@@ -345,4 +345,125 @@ async fn unloading_a_busy_core_keeps_the_connection() {
     pa.destroy("done");
     let _ = tokio::time::timeout(LIMIT, ta).await.unwrap();
     let _ = tokio::time::timeout(LIMIT, tb).await.unwrap();
+}
+
+/// Connects `a` (dialing) and `b` (with `b_keys`) over TCP, live, replicating on both.
+async fn connect_tcp(
+    a: &Corestore,
+    b: &Corestore,
+    b_keys: &hypercore_protocol::NoiseKeyPair,
+) -> (Protocol, Protocol) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dialed, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), async {
+        listener.accept().await.unwrap().0
+    });
+    let (pa, pb) = tokio::join!(
+        Protocol::connect(
+            dialed.unwrap(),
+            ProtocolOptions {
+                initiator: true,
+                live: true,
+                ..ProtocolOptions::default()
+            }
+        ),
+        Protocol::connect(
+            accepted,
+            ProtocolOptions {
+                live: true,
+                keypair: Some(b_keys.clone()),
+                ..ProtocolOptions::default()
+            }
+        )
+    );
+    let (pa, ea) = pa.unwrap();
+    let (pb, eb) = pb.unwrap();
+    let (a, b) = (a.clone(), b.clone());
+    let (ra, rb) = (pa.clone(), pb.clone());
+    tokio::spawn(async move { a.replicate(ra, ea, true).await });
+    tokio::spawn(async move { b.replicate(rb, eb, true).await });
+    (pa, pb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_core_loses_its_channel_and_spares_the_other_cores() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    // The original writer, and a second store with the same master key that signs a
+    // different history under the same name (what re-creating a removed core did).
+    let original = store(&tmp.path().join("original"), true).await;
+    let forked = Corestore::open_with_master_key(
+        tmp.path().join("forked"),
+        original.master_key().clone(),
+        CorestoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    let x = original.get_named(b"x").await.unwrap();
+    x.feed().append_batch(["x0", "x1"]).await.unwrap();
+    let x_fork = forked.get_named(b"x").await.unwrap();
+    assert_eq!(x_fork.feed().key(), x.feed().key());
+    x_fork
+        .feed()
+        .append_batch(["other 0", "other 1", "other 2"])
+        .await
+        .unwrap();
+    // A second core the fork serves honestly.
+    let y = forked.get_named(b"y").await.unwrap();
+    y.feed()
+        .append_batch(["y0", "y1", "y2", "y3"])
+        .await
+        .unwrap();
+
+    // The follower has x from the original, then meets the fork.
+    let follower = store(&tmp.path().join("follower"), true).await;
+    let fx = follower.get_by_key(x.feed().key()).await.unwrap();
+    let (p1, _) = connect_tcp(
+        &follower,
+        &original,
+        &hypercore_protocol::NoiseKeyPair::generate(),
+    )
+    .await;
+    for i in 0..2 {
+        tokio::time::timeout(LIMIT, fx.feed().get(i))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    p1.destroy("done with the original");
+
+    let fy = follower.get_by_key(y.feed().key()).await.unwrap();
+    let fork_keys = hypercore_protocol::NoiseKeyPair::generate();
+    let (p2, fork_side) = connect_tcp(&follower, &forked, &fork_keys).await;
+    // x asks the fork for its longer history, whose proofs do not verify.
+    let asked = fx
+        .feed()
+        .get_with(2, hypercore::GetOptions::timeout(Duration::from_secs(3)));
+    assert!(asked.await.is_err(), "a forked block was accepted");
+    // y still replicates over the same connection.
+    for i in 0..4 {
+        let block = tokio::time::timeout(LIMIT, fy.feed().get(i))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&block[..], format!("y{i}").as_bytes());
+    }
+    assert!(p2.outcome().is_none(), "the connection was dropped");
+    assert!(fork_side.outcome().is_none());
+    // What x stored is intact, and x is not replicated with the fork any more.
+    assert_eq!(fx.feed().len(), 2);
+    let audit = fx.feed().audit().await.unwrap();
+    assert_eq!((audit.valid, audit.invalid), (2, 0));
+    assert_eq!(fx.peer_count(), 0);
+    assert_eq!(fy.peer_count(), 1);
+    // After a reconnect, x is still not offered to that peer (which has the same key).
+    p2.destroy("reconnecting");
+    let (p3, _) = connect_tcp(&follower, &forked, &fork_keys).await;
+    y.feed().append("y4").await.unwrap();
+    tokio::time::timeout(LIMIT, fy.feed().get(4))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fx.peer_count(), 0);
+    assert!(p3.outcome().is_none());
 }

@@ -240,7 +240,7 @@ async fn get_by_discovery_key_opens_only_stored_cores() {
     assert_eq!(same.feed().len(), 1);
     // From disk after unloading, writable through its name.
     store.close_core(&core.feed().key()).await.unwrap();
-    assert!(store.get_loaded(&core.feed().key()).is_none());
+    assert!(store.get_open(&core.feed().key()).is_none());
     assert!(core.feed().is_closed());
     let reopened = store.get_by_discovery_key(&dk).await.unwrap().unwrap();
     assert!(reopened.feed().writable());
@@ -253,7 +253,7 @@ async fn get_by_discovery_key_opens_only_stored_cores() {
         .unwrap()
         .is_none());
     assert!(!store.core_dir(&unknown).exists());
-    assert!(store.get_loaded(&KeyPair::generate().public).is_none());
+    assert!(store.get_open(&KeyPair::generate().public).is_none());
 }
 
 #[tokio::test]
@@ -279,7 +279,7 @@ async fn concurrent_gets_share_one_core() {
         }));
     }
     let cores: Vec<_> = futures_join(tasks).await;
-    assert_eq!(store.loaded().len(), 1);
+    assert_eq!(store.open_cores().len(), 1);
     cores[0].feed().append("seen by all").await.unwrap();
     for core in &cores {
         assert_eq!(core.feed().key(), key);
@@ -303,12 +303,12 @@ async fn concurrent_gets_share_one_core() {
     let core = store.get_by_key(key).await.unwrap();
     assert!(!core.feed().is_closed());
     assert_eq!(core.feed().len(), 1);
-    assert_eq!(store.loaded().len(), 1);
+    assert_eq!(store.open_cores().len(), 1);
 }
 
 async fn futures_join(
-    tasks: Vec<tokio::task::JoinHandle<Result<corestore::Replicator, Error>>>,
-) -> Vec<corestore::Replicator> {
+    tasks: Vec<tokio::task::JoinHandle<Result<corestore::Core, Error>>>,
+) -> Vec<corestore::Core> {
     let mut out = Vec::new();
     for t in tasks {
         out.push(t.await.unwrap().unwrap());
@@ -333,7 +333,7 @@ async fn remove_deletes_the_core_and_empty_parents() {
     assert!(!dir_a.exists());
     assert!(!dir_a.parent().unwrap().exists());
     assert!(sibling.exists());
-    assert!(store.get_loaded(&a.feed().key()).is_none());
+    assert!(store.get_open(&a.feed().key()).is_none());
     let b_dir = store.core_dir(&b.feed().discovery_key());
     store.remove(&b.feed().key()).await.unwrap();
     assert!(!b_dir.exists());
@@ -342,11 +342,68 @@ async fn remove_deletes_the_core_and_empty_parents() {
     }
     assert!(tmp.path().join("master_key").exists());
     assert!(store.stored().await.unwrap().is_empty());
-    // Removing what is not stored does nothing; getting it again starts afresh.
+    // Removing what is not stored does nothing; an empty core can be had again afresh.
     store.remove(&a.feed().key()).await.unwrap();
-    let again = store.get_named(b"a").await.unwrap();
+    let again = store.get_named(b"b").await.unwrap();
     assert!(again.feed().is_empty());
     assert!(again.feed().writable());
+}
+
+#[tokio::test]
+async fn a_removed_core_with_blocks_is_not_signed_again_unless_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path()).await;
+    let core = store.get_named(b"published").await.unwrap();
+    core.feed().append_batch(["one", "two"]).await.unwrap();
+    let key = core.feed().key();
+    drop(core);
+    store.remove(&key).await.unwrap();
+    assert_eq!(
+        store.tombstone(&key),
+        Some(corestore::Tombstone { key, length: 2 })
+    );
+    // Deriving the same key again would sign a second history under it.
+    let err = store.get_named(b"published").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Removed { key: k, length: 2 } if k == key),
+        "{err}"
+    );
+    assert!(
+        !store.core_dir(&key.discovery_key()).exists(),
+        "a refused create left a directory"
+    );
+    // The tombstone survives a restart.
+    store.close().await.unwrap();
+    let store = open(tmp.path()).await;
+    assert!(matches!(
+        store.get_named(b"published").await,
+        Err(Error::Removed { .. })
+    ));
+    // Following it back (a read-only clone) is fine, and a clone that holds less than the
+    // removed history is still not signed.
+    let clone = store.get_by_key(key).await.unwrap();
+    assert!(!clone.feed().writable());
+    drop(clone);
+    store.close_core(&key).await.unwrap();
+    assert!(matches!(
+        store.get_named(b"published").await,
+        Err(Error::Removed { .. })
+    ));
+    assert!(!store.core_dir(&key.discovery_key()).join("name").exists());
+    // Asked explicitly: a new history, and the tombstone is gone.
+    store.remove(&key).await.unwrap();
+    let forced = store.recreate_named(b"published").await.unwrap();
+    assert!(forced.feed().writable() && forced.feed().is_empty());
+    assert_eq!(store.tombstone(&key), None);
+    store.close().await.unwrap();
+    let store = open(tmp.path()).await;
+    assert_eq!(store.tombstone(&key), None);
+    assert!(store
+        .get_named(b"published")
+        .await
+        .unwrap()
+        .feed()
+        .writable());
 }
 
 #[tokio::test]
@@ -399,7 +456,7 @@ async fn a_closed_store_refuses_everything() {
     let core = store.get_named(b"n").await.unwrap();
     store.close().await.unwrap();
     assert!(core.feed().is_closed());
-    assert!(store.loaded().is_empty());
+    assert!(store.open_cores().is_empty());
     assert!(matches!(
         store.get_named(b"n").await.unwrap_err(),
         Error::Closed { .. }
@@ -465,6 +522,6 @@ async fn callers_giving_up_leave_nothing_half_done() {
             assert!(!store.core_dir(&key.discovery_key()).exists());
         }
     }
-    assert_eq!(store.loaded().len(), 10);
+    assert_eq!(store.open_cores().len(), 10);
     assert_eq!(store.stored().await.unwrap().len(), 10);
 }

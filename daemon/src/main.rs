@@ -1,13 +1,7 @@
 //! `hyperd`: the daemon. It owns a corestore and the peer connections, and serves the
 //! gRPC API (`proto/`) on a Unix socket private to its user. It runs in the foreground,
-//! for systemd, launchd or `hyperctl start`.
-
-mod lock;
-mod network;
-mod node;
-mod notify;
-mod rpc;
-mod state;
+//! for systemd, launchd or `hyperctl start`. Everything but the command line, logging,
+//! process limits and the runtime is in the library ([`hyperd::run`]).
 
 use std::path::PathBuf;
 
@@ -64,6 +58,21 @@ fn run() -> anyhow::Result<()> {
         config.validate(std::path::Path::new("--listen"))?;
     }
     init_logging(&config.log_level);
+    // Everything hyperd creates (blocks, keys, state) is private to its user, whatever
+    // the umask it was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let file_limit = match hyperd::limits::raise_file_limit() {
+        Ok(limit) => {
+            if let Some(before) = limit.raised_from {
+                tracing::info!("raised the open-file limit from {before} to {}", limit.soft);
+            }
+            limit.soft
+        }
+        Err(e) => {
+            tracing::warn!("cannot read or raise the open-file limit: {e}");
+            1024
+        }
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -71,7 +80,11 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(node::run(home, config))
+    runtime.block_on(hyperd::run(
+        home,
+        config,
+        hyperd::StartOptions { file_limit },
+    ))
 }
 
 fn init_logging(level: &str) {

@@ -1,9 +1,15 @@
 //! Peer connections: the TCP listener, dialing, the table of live connections, and
-//! redialing remembered addresses with backoff. Every connection replicates every loaded
-//! core of the corestore.
+//! redialing remembered addresses with backoff. Every connection, however it was made,
+//! goes through one handshake and one replication path: the corestore's.
+//!
+//! Connection slots are budgeted so that nobody can take them all: incoming connections
+//! have a budget (`max_peers`) with a cap per remote IP, dialed ones their own
+//! (`max_outbound_peers`), handshakes time out after 5 s, and when the incoming budget is
+//! full a new connection takes the place of one still handshaking, or of one that has
+//! replicated nothing for a while.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,15 +17,30 @@ use std::time::{Duration, Instant};
 use corestore::Corestore;
 use hypercore_protocol::{NoiseKeyPair, Outcome, PeerKey, Protocol, ProtocolOptions};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 /// How long a dial plus handshake may take by default.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an incoming connection may take to finish its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An incoming connection with no channel open for this long may make room for a new one.
+pub const IDLE_GRACE: Duration = Duration::from_secs(5);
 /// Redial backoff bounds; a connection that lasted `STABLE` resets the backoff.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 const STABLE: Duration = Duration::from_secs(30);
+
+/// How many connections of each kind the network allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkLimits {
+    /// Incoming connections, handshaking or open.
+    pub max_incoming: usize,
+    /// Incoming connections from one IP address.
+    pub max_per_ip: usize,
+    /// Dialed connections.
+    pub max_outbound: usize,
+}
 
 /// One live connection, as the API reports it.
 #[derive(Clone, Debug)]
@@ -32,7 +53,7 @@ pub struct PeerSnapshot {
     pub remote_key: PeerKey,
     /// We dialed.
     pub initiator: bool,
-    /// Bytes sent and received.
+    /// Bytes sent.
     pub bytes_up: u64,
     /// Bytes received.
     pub bytes_down: u64,
@@ -74,8 +95,8 @@ pub enum DialError {
         /// The address.
         address: String,
     },
-    /// `max_peers` connections are open already.
-    #[error("not dialing {address}: {max} peer connections are open (max_peers)")]
+    /// `max_outbound_peers` dialed connections are open already.
+    #[error("not dialing {address}: {max} dialed connections are open (max_outbound_peers)")]
     TooManyPeers {
         /// The address.
         address: String,
@@ -106,6 +127,49 @@ impl Conn {
     }
 }
 
+/// Slots in use, by kind.
+#[derive(Default)]
+struct Slots {
+    incoming: usize,
+    outbound: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Incoming connections still handshaking: when they started, and how to stop them.
+    handshaking: HashMap<u64, (Instant, oneshot::Sender<()>)>,
+    /// Connections ended to make room, whose incoming slot was handed on already.
+    released: HashSet<u64>,
+}
+
+/// A connection's slot; freed when dropped.
+struct Slot {
+    network: std::sync::Weak<Inner>,
+    ip: Option<IpAddr>,
+    id: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let Some(inner) = self.network.upgrade() else {
+            return;
+        };
+        let mut slots = lock(&inner.slots);
+        slots.handshaking.remove(&self.id);
+        match self.ip {
+            Some(ip) => {
+                if !slots.released.remove(&self.id) {
+                    slots.incoming = slots.incoming.saturating_sub(1);
+                }
+                if let Some(n) = slots.per_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        slots.per_ip.remove(&ip);
+                    }
+                }
+            }
+            None => slots.outbound = slots.outbound.saturating_sub(1),
+        }
+    }
+}
+
 struct Inner {
     store: Corestore,
     keypair: NoiseKeyPair,
@@ -116,9 +180,8 @@ struct Inner {
     /// Redial loops of remembered addresses.
     redialers: Mutex<HashMap<String, JoinHandle<()>>>,
     listener: Mutex<Option<JoinHandle<()>>>,
-    /// One permit per connection, handshaking or open.
-    slots: Arc<Semaphore>,
-    max_peers: usize,
+    limits: NetworkLimits,
+    slots: Mutex<Slots>,
     /// When a refused incoming connection was last logged (floods log once a second).
     last_refusal_log: Mutex<Option<Instant>>,
 }
@@ -130,12 +193,12 @@ pub struct Network {
 }
 
 impl Network {
-    /// Starts listening on `listen` (unless empty), allowing `max_peers` connections.
+    /// Starts listening on `listen` (unless empty).
     pub async fn start(
         store: Corestore,
         keypair: NoiseKeyPair,
         listen: &str,
-        max_peers: usize,
+        limits: NetworkLimits,
     ) -> anyhow::Result<Network> {
         let listener = if listen.is_empty() {
             None
@@ -156,8 +219,8 @@ impl Network {
                 events: broadcast::channel(1024).0,
                 redialers: Mutex::new(HashMap::new()),
                 listener: Mutex::new(None),
-                slots: Arc::new(Semaphore::new(max_peers)),
-                max_peers,
+                limits,
+                slots: Mutex::new(Slots::default()),
                 last_refusal_log: Mutex::new(None),
             }),
         };
@@ -192,18 +255,31 @@ impl Network {
         self.inner.events.subscribe()
     }
 
+    fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     async fn accept_loop(self, listener: TcpListener) {
         loop {
             match listener.accept().await {
                 Ok((stream, address)) => {
-                    let Ok(slot) = self.inner.slots.clone().try_acquire_owned() else {
-                        self.log_refusal(address);
-                        drop(stream);
-                        continue;
+                    let id = self.next_id();
+                    let (slot, evicted) = match self.incoming_slot(id, address.ip()) {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            self.log_refusal(address, &why);
+                            drop(stream);
+                            continue;
+                        }
                     };
                     let network = self.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = network.handshake(stream, address, false, slot).await {
+                        let handshake = network.handshake(stream, address, false, slot, id);
+                        let result = tokio::select! {
+                            result = handshake => result.map(|_| ()).map_err(|e| e.to_string()),
+                            _ = evicted => Err("closed to make room for a new connection".into()),
+                        };
+                        if let Err(e) = result {
                             tracing::info!("incoming connection from {address} failed: {e}");
                         }
                     });
@@ -217,15 +293,103 @@ impl Network {
         }
     }
 
-    fn log_refusal(&self, address: SocketAddr) {
+    /// A slot for an incoming connection from `ip`: within the per-IP cap, and within the
+    /// incoming budget, making room if it is full. Until its handshake is done, the
+    /// connection may be ended to make room: the receiver completes then.
+    fn incoming_slot(&self, id: u64, ip: IpAddr) -> Result<(Slot, oneshot::Receiver<()>), String> {
+        let limits = self.inner.limits;
+        let mut slots = lock(&self.inner.slots);
+        let from_ip = slots.per_ip.get(&ip).copied().unwrap_or(0);
+        if from_ip >= limits.max_per_ip {
+            return Err(format!(
+                "{from_ip} connections from {ip} are open (max_peers_per_ip)"
+            ));
+        }
+        if slots.incoming >= limits.max_incoming && !self.make_room(&mut slots) {
+            return Err(format!(
+                "{} incoming peer connections are open (max_peers)",
+                limits.max_incoming
+            ));
+        }
+        slots.incoming += 1;
+        *slots.per_ip.entry(ip).or_default() += 1;
+        let (evict, evicted) = oneshot::channel();
+        slots.handshaking.insert(id, (Instant::now(), evict));
+        let slot = Slot {
+            network: Arc::downgrade(&self.inner),
+            ip: Some(ip),
+            id,
+        };
+        Ok((slot, evicted))
+    }
+
+    /// Ends one incoming connection that is still handshaking (the oldest) or, failing
+    /// that, one that has had no channel open for a while (the quietest); true if one
+    /// was ended. Its slot frees itself as it goes.
+    fn make_room(&self, slots: &mut Slots) -> bool {
+        let oldest = slots
+            .handshaking
+            .iter()
+            .min_by_key(|(_, (since, _))| *since)
+            .map(|(id, _)| *id);
+        if let Some((id, (_, evict))) = oldest.and_then(|id| slots.handshaking.remove_entry(&id)) {
+            let _ = evict.send(());
+            // Its task gives the slot back when it stops; the new connection takes its
+            // place now.
+            slots.released.insert(id);
+            slots.incoming = slots.incoming.saturating_sub(1);
+            tracing::info!("closed a connection still handshaking to make room for a new one");
+            return true;
+        }
+        let conns = lock(&self.inner.conns);
+        let idle = conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.initiator && c.since.elapsed() >= IDLE_GRACE && c.protocol.channel_count() == 0
+            })
+            .min_by_key(|(_, c)| {
+                let (up, down) = c.protocol.byte_counts();
+                up + down
+            });
+        match idle {
+            Some((&id, conn)) => {
+                slots.released.insert(id);
+                slots.incoming = slots.incoming.saturating_sub(1);
+                tracing::info!(
+                    "closing the connection from {} (it replicates nothing) to make room for a new one",
+                    conn.address
+                );
+                conn.protocol
+                    .destroy("closed to make room: it replicated nothing");
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn log_refusal(&self, address: SocketAddr, why: &str) {
         let mut last = lock(&self.inner.last_refusal_log);
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             *last = Some(Instant::now());
-            tracing::warn!(
-                "refusing the connection from {address}: {} peer connections are open (max_peers)",
-                self.inner.max_peers
-            );
+            tracing::warn!("refusing the connection from {address}: {why}");
         }
+    }
+
+    fn outbound_slot(&self, id: u64, address: &str) -> Result<Slot, DialError> {
+        let max = self.inner.limits.max_outbound;
+        let mut slots = lock(&self.inner.slots);
+        if slots.outbound >= max {
+            return Err(DialError::TooManyPeers {
+                address: address.to_string(),
+                max,
+            });
+        }
+        slots.outbound += 1;
+        Ok(Slot {
+            network: Arc::downgrade(&self.inner),
+            ip: None,
+            id,
+        })
     }
 
     /// Dials `address` and returns once the handshake is done; replication goes on in
@@ -236,15 +400,8 @@ impl Network {
         timeout: Duration,
     ) -> Result<(PeerSnapshot, Protocol), DialError> {
         let target = resolve(address).await?;
-        let slot =
-            self.inner
-                .slots
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| DialError::TooManyPeers {
-                    address: address.to_string(),
-                    max: self.inner.max_peers,
-                })?;
+        let id = self.next_id();
+        let slot = self.outbound_slot(id, address)?;
         let failed = |reason: String| DialError::Failed {
             address: address.to_string(),
             reason,
@@ -253,7 +410,7 @@ impl Network {
             let stream = TcpStream::connect(target)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
-            self.handshake(stream, target, true, slot)
+            self.handshake(stream, target, true, slot, id)
                 .await
                 .map_err(|e| match e {
                     HandshakeError::SelfConnection => DialError::SelfConnection {
@@ -272,7 +429,8 @@ impl Network {
         stream: TcpStream,
         address: SocketAddr,
         initiator: bool,
-        slot: OwnedSemaphorePermit,
+        slot: Slot,
+        id: u64,
     ) -> Result<(PeerSnapshot, Protocol), HandshakeError> {
         let _ = stream.set_nodelay(true);
         let options = ProtocolOptions {
@@ -285,17 +443,20 @@ impl Network {
         let (protocol, events) = if initiator {
             connect.await?
         } else {
-            tokio::time::timeout(DIAL_TIMEOUT, connect)
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
                 .await
                 .map_err(|_| {
-                    hypercore_protocol::Error::Handshake("no handshake within 10 s".into())
+                    hypercore_protocol::Error::Handshake(format!(
+                        "no handshake within {HANDSHAKE_TIMEOUT:?}"
+                    ))
                 })??
         };
+        // Authenticated: no longer evicted as a handshake.
+        lock(&self.inner.slots).handshaking.remove(&id);
         if protocol.remote_key() == self.inner.keypair.public {
             protocol.destroy("connected to ourselves");
             return Err(HandshakeError::SelfConnection);
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Conn {
             address,
             initiator,
@@ -414,6 +575,9 @@ impl Network {
         }
         for (_, task) in lock(&self.inner.redialers).drain() {
             task.abort();
+        }
+        for (_, (_, evict)) in lock(&self.inner.slots).handshaking.drain() {
+            let _ = evict.send(());
         }
         for conn in lock(&self.inner.conns).values() {
             conn.protocol.destroy("the daemon is shutting down");

@@ -4,11 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+use crate::error::DaemonError;
 
 /// The persisted state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +57,9 @@ impl StateFile {
         self.lock().clone()
     }
 
-    /// Changes the state and saves it if it changed.
-    pub fn update(&self, change: impl FnOnce(&mut State)) -> anyhow::Result<()> {
+    /// Changes the state and saves it if it changed (blocking: call it off the async
+    /// workers). If saving fails, the state is left as it was.
+    pub fn update(&self, change: impl FnOnce(&mut State)) -> Result<(), DaemonError> {
         let mut state = self.lock();
         let before = state.clone();
         change(&mut state);
@@ -73,11 +77,19 @@ impl StateFile {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn save(&self, state: &State) -> anyhow::Result<()> {
+    fn save(&self, state: &State) -> Result<(), DaemonError> {
         let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(state).context("encoding state")?;
+        let bytes = serde_json::to_vec_pretty(state)
+            .map_err(|e| DaemonError::internal(format!("encoding the state: {e}")))?;
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
+            // It lists followed keys (read capabilities): private to the user.
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             file.write_all(&bytes)?;
             file.sync_all()?;
             std::fs::rename(&tmp, &self.path)?;
@@ -86,6 +98,6 @@ impl StateFile {
             }
             Ok(())
         };
-        write().with_context(|| format!("saving {}", self.path.display()))
+        write().map_err(|e| DaemonError::io(format!("saving {}", self.path.display()), &e))
     }
 }

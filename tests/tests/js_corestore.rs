@@ -429,9 +429,9 @@ async fn rust_serves_several_cores_to_a_js_store() {
         assert_eq!(strings(&js["blocks"]), blocks(name, n), "{name}");
     }
     // The core JS asked for and Rust does not have was refused, not created.
-    assert!(store.get_loaded(&missing).is_none());
+    assert!(store.get_open(&missing).is_none());
     assert!(!store.core_dir(&missing.discovery_key()).exists());
-    assert!(store.get_loaded(&keys[2]).is_some());
+    assert!(store.get_open(&keys[2]).is_some());
     // JS hung up: the connection ended on the Rust side too.
     let result = tokio::time::timeout(LIMIT, ended.recv())
         .await
@@ -533,7 +533,7 @@ async fn js_serves_several_cores_to_a_rust_store() {
         assert!(!core.feed().writable());
     }
     // d was refused: not loaded, not stored.
-    assert!(store.get_loaded(&js[3].1).is_none());
+    assert!(store.get_open(&js[3].1).is_none());
     assert!(!store.core_dir(&js[3].1.discovery_key()).exists());
     assert!(
         !task.is_finished(),

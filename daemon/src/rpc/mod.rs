@@ -8,10 +8,12 @@ mod peers;
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::stream::{BoxStream, StreamExt};
 use hypercore::PublicKey;
 use hyperd_config::Config;
 use hyperd_proto::v1::cores_server::CoresServer;
@@ -23,7 +25,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Code, Status};
 
-use crate::node::Node;
+use crate::daemon::Daemon;
+use crate::error::{shorten, DaemonError, ErrorKind};
 
 /// Largest request accepted (an append batch); larger ones get RESOURCE_EXHAUSTED.
 const MAX_REQUEST: usize = 16 << 20;
@@ -38,7 +41,7 @@ pub struct RpcServers {
 }
 
 impl RpcServers {
-    /// Resolves when every server has stopped (after the node's shutdown signal).
+    /// Resolves when every server has stopped (after the daemon's shutdown signal).
     pub async fn stopped(self) {
         for task in self.tasks {
             let _ = task.await;
@@ -47,13 +50,13 @@ impl RpcServers {
 }
 
 /// Binds the socket (and the TCP listener if configured) and starts serving.
-pub async fn serve(node: Arc<Node>, config: &Config) -> anyhow::Result<RpcServers> {
+pub async fn serve(daemon: Daemon, config: &Config) -> anyhow::Result<RpcServers> {
     // A bad token file stops the start before anything is bound.
     let token = match config.rpc.tcp {
-        Some(_) => Some(load_or_create_token(&node.home.token_file())?),
+        Some(_) => Some(load_or_create_token(&daemon.home().token_file())?),
         None => None,
     };
-    let socket = node.home.socket();
+    let socket = daemon.home().socket();
     // We hold the home's lock, so a socket file here is left over from a daemon that
     // was killed: nobody answers on it.
     match std::fs::remove_file(&socket) {
@@ -89,7 +92,7 @@ pub async fn serve(node: Arc<Node>, config: &Config) -> anyhow::Result<RpcServer
     });
 
     let mut tasks = Vec::new();
-    let unix = router(&node, None).serve_with_incoming_shutdown(incoming, shutdown(&node));
+    let unix = router(&daemon, None).serve_with_incoming_shutdown(incoming, shutdown(&daemon));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = unix.await {
             tracing::error!("the API server on the Unix socket failed: {e}");
@@ -102,11 +105,11 @@ pub async fn serve(node: Arc<Node>, config: &Config) -> anyhow::Result<RpcServer
             .with_context(|| format!("binding the API TCP address {address}"))?;
         tracing::info!(
             "API also on tcp://{address} (token in {})",
-            node.home.token_file().display()
+            daemon.home().token_file().display()
         );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let tcp =
-            router(&node, Some(token)).serve_with_incoming_shutdown(incoming, shutdown(&node));
+            router(&daemon, Some(token)).serve_with_incoming_shutdown(incoming, shutdown(&daemon));
         tasks.push(tokio::spawn(async move {
             if let Err(e) = tcp.await {
                 tracing::error!("the API server on TCP failed: {e}");
@@ -116,11 +119,8 @@ pub async fn serve(node: Arc<Node>, config: &Config) -> anyhow::Result<RpcServer
     Ok(RpcServers { tasks })
 }
 
-fn shutdown(node: &Node) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut rx = node.shutdown.subscribe();
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
+fn shutdown(daemon: &Daemon) -> impl std::future::Future<Output = ()> + Send + 'static {
+    daemon.stopping()
 }
 
 /// Lets a request through when no token is required or it carries the right one.
@@ -150,17 +150,17 @@ impl tonic::service::Interceptor for TokenCheck {
     }
 }
 
-fn router(node: &Arc<Node>, token: Option<String>) -> tonic::transport::server::Router {
+fn router(daemon: &Daemon, token: Option<String>) -> tonic::transport::server::Router {
     let check = TokenCheck {
         token: token.map(Arc::from),
     };
-    let daemon = DaemonServer::new(daemon::DaemonService::new(node.clone()))
+    let status = DaemonServer::new(daemon::DaemonService::new(daemon.clone()))
         .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_REPLY);
-    let cores = CoresServer::new(cores::CoresService::new(node.clone()))
+    let cores = CoresServer::new(cores::CoresService::new(daemon.clone()))
         .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_REPLY);
-    let peers = PeersServer::new(peers::PeersService::new(node.clone()))
+    let peers = PeersServer::new(peers::PeersService::new(daemon.clone()))
         .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_REPLY);
     Server::builder()
@@ -168,7 +168,7 @@ fn router(node: &Arc<Node>, token: Option<String>) -> tonic::transport::server::
         // stall them on round trips.
         .initial_stream_window_size(Some(WINDOW))
         .initial_connection_window_size(Some(2 * WINDOW))
-        .add_service(InterceptedService::new(daemon, check.clone()))
+        .add_service(InterceptedService::new(status, check.clone()))
         .add_service(InterceptedService::new(cores, check.clone()))
         .add_service(InterceptedService::new(peers, check))
 }
@@ -220,75 +220,48 @@ pub fn parse_key(field: &str, value: &str) -> Result<PublicKey, Status> {
         .ok_or_else(|| {
             Status::invalid_argument(format!(
             "{field} {:?} is not a core key: expected 64 hex characters, optionally after hyper://",
-            truncate(value)
+            shorten(value)
         ))
         })
 }
 
-/// A value for an error message, cut short if it is long.
-pub fn truncate(value: &str) -> String {
-    if value.chars().count() > 80 {
-        format!("{}…", value.chars().take(80).collect::<String>())
-    } else {
-        value.to_string()
-    }
-}
-
-/// The status for a failed feed operation on core `key`.
-pub fn feed_status(key: &PublicKey, e: hypercore::Error) -> Status {
-    use hypercore::Error as E;
-    let code = match &e {
-        E::NotWritable { .. } | E::Locked { .. } | E::SecretKeyMismatch { .. } => {
-            Code::FailedPrecondition
-        }
-        E::OutOfRange { .. } => Code::OutOfRange,
-        E::NotAvailable { .. } | E::NotFound { .. } => Code::NotFound,
-        E::Timeout { .. } => Code::DeadlineExceeded,
-        E::BlockTooLarge { .. } | E::Encoding { .. } => Code::InvalidArgument,
-        E::Closed { .. } => Code::Unavailable,
-        E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
-            Code::ResourceExhausted
-        }
-        _ => Code::Internal,
+/// The status for a daemon error: its kind decides the code, once, for every call.
+pub fn status(error: DaemonError) -> Status {
+    let code = match error.kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::OutOfRange => Code::OutOfRange,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::Aborted => Code::Aborted,
+        ErrorKind::Internal => Code::Internal,
     };
-    Status::new(code, format!("core {}: {e}", key.to_hex()))
+    Status::new(code, error.message)
 }
 
-/// The status for a failed corestore operation.
-pub fn store_status(e: corestore::Error) -> Status {
-    use corestore::Error as E;
-    let code = match &e {
-        E::EmptyName => Code::InvalidArgument,
-        E::Open { source, .. } if matches!(**source, hypercore::Error::Locked { .. }) => {
-            Code::FailedPrecondition
-        }
-        E::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
-            Code::ResourceExhausted
-        }
-        _ => Code::Internal,
-    };
-    Status::new(code, e.to_string())
-}
-
-/// A stream fed by a task; the task ends when the client goes away or the daemon shuts
-/// down (so open streams never hold up a shutdown).
-pub fn async_stream<T, F, Fut>(
-    node: &Node,
-    body: F,
-) -> std::pin::Pin<Box<dyn futures::Stream<Item = T> + Send>>
+/// A server stream for a domain stream: items converted by `convert`, errors by
+/// [`status`]; it ends after the first error, and when the daemon shuts down (so open
+/// streams never hold up a shutdown). Nothing is read ahead: the domain stream is polled
+/// only when the client has room, which bounds what a slow client costs.
+pub fn server_stream<T, U>(
+    daemon: &Daemon,
+    stream: BoxStream<'static, Result<T, DaemonError>>,
+    convert: impl Fn(T) -> U + Send + 'static,
+) -> Pin<Box<dyn futures::Stream<Item = Result<U, Status>> + Send>>
 where
     T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    U: Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let work = body(tx);
-    let stop = shutdown(node);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = work => {}
-            _ = stop => {}
-        }
-    });
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let mut failed = false;
+    let converted = stream
+        .take_while(move |item| {
+            let go = !failed;
+            failed |= item.is_err();
+            futures::future::ready(go)
+        })
+        .map(move |item| item.map(&convert).map_err(status));
+    Box::pin(converted.take_until(daemon.stopping()))
 }

@@ -1,12 +1,10 @@
-//! The `Peers` service: dial, list, disconnect, watch.
+//! The `Peers` service: converts between the proto messages and the daemon's peer
+//! operations (`crate::peers`).
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
-use hypercore_protocol::PeerKey;
+use futures::{Stream, StreamExt};
 use hyperd_proto::v1::{
     peer_event, peers_server, DialRequest, DisconnectRequest, DisconnectResponse, ListPeersRequest,
     ListPeersResponse, PeerEvent, PeerInfo, WatchPeersRequest,
@@ -14,32 +12,17 @@ use hyperd_proto::v1::{
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use super::async_stream;
-use crate::network::{self, DialError, PeerSnapshot, DIAL_TIMEOUT};
-use crate::node::Node;
+use super::status;
+use crate::daemon::Daemon;
+use crate::network::{self, PeerSnapshot, DIAL_TIMEOUT};
 
 pub struct PeersService {
-    node: Arc<Node>,
+    daemon: Daemon,
 }
 
 impl PeersService {
-    pub fn new(node: Arc<Node>) -> Self {
-        PeersService { node }
-    }
-
-    /// Which loaded cores replicate with which peer.
-    fn shared_cores(&self) -> HashMap<PeerKey, Vec<String>> {
-        let mut shared: HashMap<PeerKey, Vec<String>> = HashMap::new();
-        for core in self.node.store.loaded() {
-            let key = core.feed().key().to_hex();
-            for peer in core.stats().peers {
-                shared.entry(peer.remote_key).or_default().push(key.clone());
-            }
-        }
-        for cores in shared.values_mut() {
-            cores.sort();
-        }
-        shared
+    pub fn new(daemon: Daemon) -> Self {
+        PeersService { daemon }
     }
 }
 
@@ -61,33 +44,15 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<PeerEvent, Status>> + Send>>
 impl peers_server::Peers for PeersService {
     async fn dial(&self, request: Request<DialRequest>) -> Result<Response<PeerInfo>, Status> {
         let request = request.into_inner();
-        let address = request.address.trim().to_string();
-        if address.is_empty() {
-            return Err(Status::invalid_argument("address is required (HOST:PORT)"));
-        }
         let timeout = match request.timeout_ms {
             0 => DIAL_TIMEOUT,
             ms => Duration::from_millis(ms),
         };
-        let (snapshot, protocol) =
-            self.node
-                .network
-                .dial(&address, timeout)
-                .await
-                .map_err(|e| match e {
-                    DialError::BadAddress { .. } => Status::invalid_argument(e.to_string()),
-                    DialError::SelfConnection { .. } => Status::failed_precondition(e.to_string()),
-                    DialError::Failed { .. } => Status::unavailable(e.to_string()),
-                    DialError::TooManyPeers { .. } => Status::resource_exhausted(e.to_string()),
-                })?;
-        if !request.once {
-            self.node
-                .update_state(|s| {
-                    s.peers.insert(address.clone());
-                })
-                .map_err(|e| Status::internal(format!("{e:#}")))?;
-            self.node.network.remember(address, Some(protocol));
-        }
+        let snapshot = self
+            .daemon
+            .dial(&request.address, timeout, request.once)
+            .await
+            .map_err(status)?;
         Ok(Response::new(info(&snapshot, Vec::new())))
     }
 
@@ -95,15 +60,14 @@ impl peers_server::Peers for PeersService {
         &self,
         _: Request<ListPeersRequest>,
     ) -> Result<Response<ListPeersResponse>, Status> {
-        let mut shared = self.shared_cores();
-        let peers = self
-            .node
-            .network
-            .peers()
+        let (peers, remembered) = self.daemon.peers();
+        let peers = peers
             .iter()
-            .map(|p| info(p, shared.remove(&p.remote_key).unwrap_or_default()))
+            .map(|p| {
+                let cores = p.cores.iter().map(|k| k.to_hex()).collect();
+                info(&p.connection, cores)
+            })
             .collect();
-        let remembered = self.node.state.get().peers.into_iter().collect();
         Ok(Response::new(ListPeersResponse { peers, remembered }))
     }
 
@@ -111,31 +75,14 @@ impl peers_server::Peers for PeersService {
         &self,
         request: Request<DisconnectRequest>,
     ) -> Result<Response<DisconnectResponse>, Status> {
-        let peer = request.into_inner().peer.trim().to_string();
-        if peer.is_empty() {
-            return Err(Status::invalid_argument(
-                "peer is required (an address or a remote key)",
-            ));
-        }
-        let remembered = self.node.state.get().peers.contains(&peer);
-        if remembered {
-            self.node
-                .update_state(|s| {
-                    s.peers.remove(&peer);
-                })
-                .map_err(|e| Status::internal(format!("{e:#}")))?;
-        }
-        self.node.network.forget(&peer);
-        let closed = self.node.network.disconnect(&peer).await;
-        if closed == 0 && !remembered {
-            return Err(Status::not_found(format!(
-                "no connected or remembered peer {:?}",
-                super::truncate(&peer)
-            )));
-        }
+        let done = self
+            .daemon
+            .disconnect(&request.into_inner().peer)
+            .await
+            .map_err(status)?;
         Ok(Response::new(DisconnectResponse {
-            closed: closed as u32,
-            forgotten: remembered,
+            closed: done.closed as u32,
+            forgotten: done.forgotten,
         }))
     }
 
@@ -145,14 +92,10 @@ impl peers_server::Peers for PeersService {
         &self,
         _: Request<WatchPeersRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let mut events = self.node.network.subscribe();
-        let stream = async_stream(&self.node, move |tx| async move {
+        let events = self.daemon.network().subscribe();
+        let stream = futures::stream::unfold(events, |mut events| async move {
             loop {
-                let received = tokio::select! {
-                    _ = tx.closed() => return,
-                    received = events.recv() => received,
-                };
-                let event = match received {
+                let event = match events.recv().await {
                     Ok(network::PeerEvent::Joined(p)) => {
                         peer_event::Event::Joined(info(&p, Vec::new()))
                     }
@@ -166,13 +109,13 @@ impl peers_server::Peers for PeersService {
                         tracing::debug!("a peer watcher missed {n} events");
                         continue;
                     }
-                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Closed) => return None,
                 };
-                if tx.send(Ok(PeerEvent { event: Some(event) })).await.is_err() {
-                    return;
-                }
+                return Some((Ok(PeerEvent { event: Some(event) }), events));
             }
         });
-        Ok(Response::new(stream))
+        Ok(Response::new(Box::pin(
+            stream.take_until(self.daemon.stopping()),
+        )))
     }
 }

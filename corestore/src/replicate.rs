@@ -1,0 +1,212 @@
+//! Replicating a store over one connection (spec `corestore.md` §5): every open core runs
+//! on it, cores the remote asks for are opened from disk, unknown ones are refused with a
+//! `Close`, as JS does. A core whose peer misbehaves loses its channel on that connection
+//! (and is not offered to that peer again for a while); the connection and its other cores
+//! go on.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hypercore::{DiscoveryKey, PublicKey};
+use hypercore_protocol::{Events, Outcome, Protocol};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+use crate::{lock, Corestore, Error};
+
+type PeerResult = (PublicKey, Result<(), hypercore_replication::Error>);
+
+/// A replication connection the store serves.
+pub(crate) struct Stream {
+    pub protocol: Protocol,
+    live: bool,
+    peers: Mutex<JoinSet<PeerResult>>,
+    /// Cores attached here, each with a receiver that completes when its peer ends (and
+    /// a number telling this attachment from later ones).
+    attached: Mutex<HashMap<DiscoveryKey, (u64, oneshot::Receiver<()>)>>,
+    next_attachment: std::sync::atomic::AtomicU64,
+}
+
+impl Stream {
+    fn peers(&self) -> MutexGuard<'_, JoinSet<PeerResult>> {
+        lock(&self.peers)
+    }
+
+    /// Stops running the core of `dk` here, if it runs here: closes our side of its
+    /// channel (the remote is told), which ends the peer once it has handled what it
+    /// already received. The returned receiver completes when the peer has ended.
+    pub fn detach(&self, dk: DiscoveryKey) -> Option<oneshot::Receiver<()>> {
+        let (_, done) = lock(&self.attached).remove(&dk)?;
+        self.protocol.close(dk);
+        Some(done)
+    }
+
+    /// Runs `core` over this connection, unless it already runs here or its peer was
+    /// dropped for misbehaving. Called with the core's slot locked, so it never races
+    /// with unloading the core.
+    pub fn attach(self: &Arc<Self>, store: &Corestore, core: &hypercore_replication::Replicator) {
+        let key = core.feed().key();
+        let remote = self.protocol.remote_key();
+        if core.feed().is_closed() || store.is_banned(&remote, &key.discovery_key()) {
+            return;
+        }
+        match self.protocol.open(key) {
+            Ok(channel) => {
+                tracing::debug!(%key, dk = %key.discovery_key(), %remote, "attaching a core to a connection");
+                let (done_tx, done_rx) = oneshot::channel();
+                let attachment = self
+                    .next_attachment
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                lock(&self.attached).insert(key.discovery_key(), (attachment, done_rx));
+                let task = core.attach(channel, self.live);
+                let store = store.clone();
+                let stream = Arc::downgrade(self);
+                let mut peers = self.peers();
+                peers.spawn(async move {
+                    let result = task.await.unwrap_or_else(|e| {
+                        Err(hypercore_replication::Error::Protocol(
+                            hypercore_protocol::Error::Closed(format!(
+                                "the peer task failed: {e}"
+                            )),
+                        ))
+                    });
+                    if let Err(error) = &result {
+                        // Its channel is closed; the other cores here go on.
+                        tracing::info!(%key, remote = %remote, %error, "stopped replicating a core with a peer");
+                        store.ban(remote, key.discovery_key());
+                    }
+                    // The channel is gone: a later close must not touch a new one.
+                    if let Some(stream) = stream.upgrade() {
+                        let mut attached = lock(&stream.attached);
+                        if attached
+                            .get(&key.discovery_key())
+                            .is_some_and(|(a, _)| *a == attachment)
+                        {
+                            attached.remove(&key.discovery_key());
+                        }
+                    }
+                    drop(done_tx);
+                    (key, result)
+                });
+                // Reap finished peers so a long connection does not collect them.
+                while peers.try_join_next().is_some() {}
+            }
+            Err(hypercore_protocol::Error::AlreadyOpen(_)) => {}
+            Err(e) => {
+                tracing::debug!(%key, remote = %remote, error = %e, "not replicating core on this connection")
+            }
+        }
+    }
+}
+
+impl Corestore {
+    /// Replicates over this connection every open core and every core opened while it is
+    /// open. When the remote opens a channel for a core not running here, the core is
+    /// opened from the store (cache or disk) and attached; if the store does not have it,
+    /// the channel is refused with a `Close` (JS behaviour, spec §5). A core whose peer
+    /// fails (bad data, a flood, a stall) loses its channel; the others go on. Returns
+    /// when the connection ends: an error if it failed.
+    ///
+    /// `protocol` and `events` come from [`Protocol::connect`]; `live` is the replication
+    /// mode of every core on it (normally the connection's own `live` option). Dropping
+    /// this future stops adding cores to the connection but does not end it: destroy the
+    /// protocol for that.
+    pub async fn replicate(
+        &self,
+        protocol: Protocol,
+        mut events: Events,
+        live: bool,
+    ) -> Result<(), Error> {
+        let stream = Arc::new(Stream {
+            protocol: protocol.clone(),
+            live,
+            peers: Mutex::new(JoinSet::new()),
+            attached: Mutex::new(HashMap::new()),
+            next_attachment: std::sync::atomic::AtomicU64::new(0),
+        });
+        let Some((id, cores)) = self.register_stream(stream.clone()) else {
+            protocol.destroy("the corestore is closed");
+            return Err(self.closed_error());
+        };
+        // Forgets the stream however this returns, also if the future is dropped.
+        let registration = Registration {
+            store: self.clone(),
+            id,
+        };
+        for dk in cores {
+            self.attach_open(&stream, dk).await;
+        }
+        let mut requests = JoinSet::new();
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(hypercore_protocol::Event::DiscoveryKey(dk)) => {
+                        let store = self.clone();
+                        let stream = stream.clone();
+                        requests.spawn(async move { store.on_remote_open(&stream, dk).await });
+                    }
+                    None => break,
+                },
+                Some(_) = requests.join_next(), if !requests.is_empty() => {}
+                _ = protocol.closed() => break,
+            }
+        }
+        requests.abort_all();
+        drop(registration);
+        let store_closed = self.is_closed();
+        let outcome = protocol.closed().await;
+        tracing::debug!(remote = %protocol.remote_key(), ?outcome, "replication connection ended");
+        // Every peer ends with the connection.
+        let mut peers = std::mem::take(&mut *stream.peers());
+        while peers.join_next().await.is_some() {}
+        match outcome {
+            Outcome::Failed(_) if store_closed => Ok(()),
+            Outcome::Failed(source) => Err(Error::Connection {
+                remote: protocol.remote_key(),
+                source,
+            }),
+            Outcome::Finished => Ok(()),
+        }
+    }
+
+    /// The remote opened a channel for `dk`, which does not run on this connection yet.
+    async fn on_remote_open(&self, stream: &Arc<Stream>, dk: DiscoveryKey) {
+        let remote = stream.protocol.remote_key();
+        let refuse = |why: &str| {
+            tracing::debug!(%dk, %remote, "refusing a core: {why}");
+            stream.protocol.close(dk);
+        };
+        tracing::debug!(%dk, %remote, "the remote opened a channel");
+        if self.is_banned(&remote, &dk) {
+            return refuse("its peer on this remote misbehaved");
+        }
+        match self.get_by_discovery_key(&dk).await {
+            // Opening it attached it to every connection already; if it was open before
+            // (or was created locally just now), attach it here. The handle is dropped
+            // afterwards: the core stays open while the peer replicates it, and may be
+            // closed for room like any unused core.
+            Ok(Some(_core)) => {
+                if !self.attach_open(stream, dk).await {
+                    refuse("it was closed");
+                }
+            }
+            Ok(None) => refuse("the store does not have it"),
+            Err(error) => {
+                tracing::warn!(%dk, %remote, %error, "cannot open the core a peer asked for; refusing it");
+                stream.protocol.close(dk);
+            }
+        }
+    }
+}
+
+/// Removes a replication stream from the store when dropped.
+struct Registration {
+    store: Corestore,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.store.unregister_stream(self.id);
+    }
+}

@@ -1,0 +1,63 @@
+//! `hyperd` as a library: the [`Daemon`] — a corestore, its peer connections and what it
+//! follows — with domain operations (create, follow, read, download, dial, …) that fail
+//! with one [`DaemonError`] type, and the gRPC front end (`rpc`) that only converts
+//! between proto messages and those operations. The `hyperd` binary is a thin `main`
+//! over [`run`].
+
+mod cores;
+mod daemon;
+mod error;
+pub mod limits;
+mod lock;
+mod network;
+mod notify;
+mod peers;
+mod rpc;
+mod state;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use hyperd_config::{Config, Home};
+
+pub use crate::cores::{Appended, BlockRange, CoreEvent, CoreInfo, DownloadProgress};
+pub use crate::daemon::{Daemon, StartOptions};
+pub use crate::error::{DaemonError, ErrorKind};
+pub use crate::network::{NetworkLimits, PeerEvent, PeerSnapshot};
+pub use crate::peers::{Disconnected, Peer};
+
+/// Starts the daemon, serves the API and runs until SIGTERM, SIGINT or a `Stop` request;
+/// then answers the running calls, closes the peers and every core, and removes the
+/// socket.
+pub async fn run(home: Home, config: Config, options: StartOptions) -> anyhow::Result<()> {
+    let (daemon, _lock) = Daemon::start(home.clone(), &config, options).await?;
+    let rpc = crate::rpc::serve(daemon.clone(), &config).await?;
+    crate::notify::notify("READY=1");
+    tracing::info!(
+        "hyperd {} ready: home {}, socket {}",
+        env!("CARGO_PKG_VERSION"),
+        home.root().display(),
+        home.socket().display()
+    );
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = daemon.stopping() => tracing::info!("stop requested: shutting down"),
+    }
+    crate::notify::notify("STOPPING=1");
+    daemon.request_stop();
+    // Give the RPC servers a moment to finish answering (the Stop reply among them).
+    if tokio::time::timeout(Duration::from_secs(5), rpc.stopped())
+        .await
+        .is_err()
+    {
+        tracing::warn!("RPC calls still running after 5 s; closing anyway");
+    }
+    daemon.shutdown().await;
+    let _ = std::fs::remove_file(home.socket());
+    tracing::info!("stopped");
+    Ok(())
+}

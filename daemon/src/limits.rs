@@ -1,0 +1,64 @@
+//! The process's resource limits. The soft file limit is raised to the hard limit at
+//! start (systemd and most shells give 1024), and the corestore's budget of open cores is
+//! fitted into what the limit leaves after peer and API connections.
+
+use hyperd_config::Config;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+/// Descriptors an open core holds (data, tree, signatures, locked bitfield).
+pub const DESCRIPTORS_PER_CORE: u64 = 4;
+/// Descriptors kept for everything but cores and peers: API clients, the listeners, the
+/// log, the home lock, opening files briefly (state, key files), the runtime.
+const RESERVED: u64 = 128;
+/// The fewest cores kept open, whatever the limit says.
+const MIN_OPEN_CORES: usize = 16;
+
+/// The file limit after [`raise_file_limit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLimit {
+    /// The soft limit now in force.
+    pub soft: u64,
+    /// The soft limit before, if it was raised.
+    pub raised_from: Option<u64>,
+}
+
+/// Raises the soft limit on open files to the hard limit.
+pub fn raise_file_limit() -> nix::Result<FileLimit> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= hard {
+        return Ok(FileLimit {
+            soft,
+            raised_from: None,
+        });
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(FileLimit {
+        soft: hard,
+        raised_from: Some(soft),
+    })
+}
+
+/// How many cores may be open at once under a file limit of `limit`: the configured
+/// number, or fewer if peer connections (incoming and dialed) and the reserve would not
+/// leave room for them.
+pub fn open_core_budget(limit: u64, config: &Config) -> usize {
+    let peers = (config.max_peers + config.max_outbound_peers) as u64;
+    let room = limit.saturating_sub(peers + RESERVED) / DESCRIPTORS_PER_CORE;
+    (config.max_open_cores as u64)
+        .min(room)
+        .max(MIN_OPEN_CORES as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_fits_the_limit() {
+        let config = Config::default();
+        // 1024 - (256 + 64 peers) - 128 = 576 descriptors: 144 cores.
+        assert_eq!(open_core_budget(1024, &config), 144);
+        assert_eq!(open_core_budget(1 << 20, &config), config.max_open_cores);
+        assert_eq!(open_core_budget(100, &config), MIN_OPEN_CORES);
+    }
+}
