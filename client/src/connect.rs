@@ -180,16 +180,23 @@ impl Client {
                 message.to_string()
             }
         };
+        // A status hyperd sent (a peer that does not answer, say) has no transport error
+        // behind it; only a broken connection to hyperd does.
+        let transport = std::error::Error::source(&status).is_some();
         let text = match status.code() {
             Code::Unavailable if !self.socket.exists() => {
                 return anyhow::Error::new(NotRunning {
                     socket: self.socket.clone(),
                 })
             }
-            // A status hyperd sent (a peer that does not answer, say) has no transport
-            // error behind it; only a broken connection to hyperd does.
-            Code::Unavailable if std::error::Error::source(&status).is_none() => or("unavailable"),
-            Code::Unavailable => format!("lost the connection to hyperd: {}", or("unavailable")),
+            // tonic's own client-side deadline (the grpc-timeout we send).
+            Code::Cancelled if message == "Timeout expired" => {
+                "hyperd did not answer in time (use --timeout to wait longer)".to_string()
+            }
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled if transport => {
+                format!("lost the connection to hyperd: {}", or("unavailable"))
+            }
+            Code::Unavailable => or("unavailable"),
             Code::DeadlineExceeded => format!(
                 "hyperd did not finish in time: {} (use --timeout to wait longer)",
                 or("deadline exceeded")
@@ -202,10 +209,6 @@ impl Client {
                 format!("hyperd refused the request: {}", or("unauthenticated"))
             }
             Code::PermissionDenied => format!("permission denied: {}", or("by hyperd")),
-            // tonic's own client-side deadline (the grpc-timeout we send).
-            Code::Cancelled if message == "Timeout expired" => {
-                "hyperd did not answer in time (use --timeout to wait longer)".to_string()
-            }
             Code::Cancelled => format!("cancelled: {}", or("the request was cancelled")),
             Code::Internal | Code::Unknown | Code::DataLoss => {
                 format!("hyperd failed: {}", or("internal error"))

@@ -9,6 +9,7 @@ mod daemon;
 mod error;
 pub mod limits;
 mod lock;
+mod memory;
 mod network;
 mod notify;
 mod peers;
@@ -32,6 +33,7 @@ pub use crate::peers::{Disconnected, Peer};
 pub async fn run(home: Home, config: Config, options: StartOptions) -> anyhow::Result<()> {
     let (daemon, _lock) = Daemon::start(home.clone(), &config, options).await?;
     let rpc = crate::rpc::serve(daemon.clone(), &config).await?;
+    let trimmer = tokio::spawn(crate::memory::trim_periodically(daemon.stopping()));
     crate::notify::notify("READY=1");
     tracing::info!(
         "hyperd {} ready: home {}, socket {}",
@@ -57,6 +59,7 @@ pub async fn run(home: Home, config: Config, options: StartOptions) -> anyhow::R
         tracing::warn!("RPC calls still running after 5 s; closing anyway");
     }
     daemon.shutdown().await;
+    let _ = trimmer.await;
     let _ = std::fs::remove_file(home.socket());
     tracing::info!("stopped");
     Ok(())

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corestore::Corestore;
-use hypercore_protocol::{NoiseKeyPair, Outcome, PeerKey, Protocol, ProtocolOptions};
+use hypercore_protocol::{FrameBudget, NoiseKeyPair, Outcome, PeerKey, Protocol, ProtocolOptions};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
@@ -26,6 +26,9 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// An incoming connection with no channel open for this long may make room for a new one.
 pub const IDLE_GRACE: Duration = Duration::from_secs(5);
+/// Memory all connections together may hold in partly received large frames (a peer may
+/// send frames of up to 8 MiB; most are blocks of 64 KiB, which need none of it).
+pub const FRAME_BUDGET: usize = 64 << 20;
 /// Redial backoff bounds; a connection that lasted `STABLE` resets the backoff.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -182,6 +185,7 @@ struct Inner {
     listener: Mutex<Option<JoinHandle<()>>>,
     limits: NetworkLimits,
     slots: Mutex<Slots>,
+    frames: FrameBudget,
     /// When a refused incoming connection was last logged (floods log once a second).
     last_refusal_log: Mutex<Option<Instant>>,
 }
@@ -221,6 +225,7 @@ impl Network {
                 listener: Mutex::new(None),
                 limits,
                 slots: Mutex::new(Slots::default()),
+                frames: FrameBudget::new(FRAME_BUDGET),
                 last_refusal_log: Mutex::new(None),
             }),
         };
@@ -437,6 +442,7 @@ impl Network {
             initiator,
             keypair: Some(self.inner.keypair.clone()),
             live: true,
+            frame_budget: Some(self.inner.frames.clone()),
             ..ProtocolOptions::default()
         };
         let connect = Protocol::connect(stream, options);

@@ -41,6 +41,45 @@ pub const MAX_CHANNELS: usize = 16 * 1024;
 const CHANNEL_BACKLOG: usize = 256;
 /// Bytes of frames gathered into one write.
 const WRITE_BATCH: usize = 1 << 20;
+/// Frames up to this size are buffered by a connection on its own; larger ones first take
+/// their size from the connection's [`FrameBudget`], if it has one.
+pub const FREE_FRAME_BYTES: usize = 256 << 10;
+/// A read buffer that grew past this for a large frame is given back once it is empty.
+const KEPT_READ_BUFFER: usize = 256 << 10;
+
+/// Memory for large incoming frames, shared by the connections given clones of it: the
+/// total that partly received frames over [`FREE_FRAME_BYTES`] may hold. A connection
+/// that needs more than is left stops reading until some is freed, so a flood of large
+/// or stalled frames cannot grow memory without bound.
+#[derive(Clone, Debug)]
+pub struct FrameBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+    total: usize,
+}
+
+impl FrameBudget {
+    /// A budget of `bytes` (at least one largest frame).
+    pub fn new(bytes: usize) -> FrameBudget {
+        let total = bytes.clamp(
+            crate::frame::MAX_MESSAGE_SIZE + 16,
+            tokio::sync::Semaphore::MAX_PERMITS,
+        );
+        FrameBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(total)),
+            total,
+        }
+    }
+
+    /// The budget's size.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Bytes not held by any connection now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
 
 /// Options for a connection.
 #[derive(Clone)]
@@ -58,6 +97,9 @@ pub struct ProtocolOptions {
     pub encrypted: bool,
     /// Accept or refuse the remote peer after the handshake.
     pub authenticate: Option<Authenticate>,
+    /// Shared memory for large incoming frames (default: none, each connection buffers
+    /// what it receives).
+    pub frame_budget: Option<FrameBudget>,
     /// Reproduce a recorded session: fixed handshake nonce and ephemeral key.
     #[doc(hidden)]
     pub fixed_randomness: Option<([u8; 24], [u8; 32])>,
@@ -72,6 +114,7 @@ impl Default for ProtocolOptions {
             live: false,
             encrypted: true,
             authenticate: None,
+            frame_budget: None,
             fixed_randomness: None,
         }
     }
@@ -310,6 +353,7 @@ impl Protocol {
             tx_cipher,
             out_rx,
             options.timeout,
+            options.frame_budget.clone(),
         ));
         tracing::debug!(remote = %shared.remote_key, initiator = options.initiator, "handshake complete");
         Ok((Protocol { shared }, events_rx))
@@ -679,6 +723,7 @@ async fn supervise<R, W>(
     tx_cipher: Option<XSalsa20>,
     out_rx: mpsc::UnboundedReceiver<Out>,
     timeout: Option<Duration>,
+    budget: Option<FrameBudget>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -690,6 +735,7 @@ async fn supervise<R, W>(
         leftover,
         rx_cipher,
         timeout,
+        budget,
     ));
     let mut writer = tokio::spawn(write_loop(
         shared.clone(),
@@ -749,10 +795,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
     mut buf: BytesMut,
     mut cipher: Option<XSalsa20>,
     timeout: Option<Duration>,
+    budget: Option<FrameBudget>,
 ) -> Result<(), Error> {
     if let Some(c) = &mut cipher {
         c.apply(&mut buf);
     }
+    // Budget held for the large frame being received, if any.
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
         while let Some(frame) = frame::decode(&mut buf)? {
             let Frame::Message {
@@ -769,7 +818,36 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let _ = inbox.send(event).await;
             }
         }
-        buf.reserve(64 * 1024);
+        let next = frame::next_frame_size(&buf)?;
+        let large = next.filter(|&size| size > FREE_FRAME_BYTES);
+        match (&budget, large) {
+            // A large frame is coming: its memory comes from the shared budget first.
+            (Some(budget), Some(size)) if held.as_ref().is_none_or(|p| p.num_permits() < size) => {
+                drop(held.take());
+                let permit = budget
+                    .bytes
+                    .clone()
+                    .acquire_many_owned(size as u32)
+                    .await
+                    .map_err(|_| Error::Closed("the frame budget was closed".into()))?;
+                held = Some(permit);
+            }
+            (_, None) => {
+                drop(held.take());
+                // Give back a buffer that grew for a large frame.
+                if buf.capacity() > KEPT_READ_BUFFER && buf.len() <= KEPT_READ_BUFFER {
+                    let mut smaller = BytesMut::with_capacity(64 * 1024);
+                    smaller.extend_from_slice(&buf);
+                    buf = smaller;
+                }
+            }
+            _ => {}
+        }
+        let chunk = match next {
+            Some(size) => size.saturating_sub(buf.len()).clamp(1, 64 * 1024),
+            None => 64 * 1024,
+        };
+        buf.reserve(chunk);
         let start = buf.len();
         let read = io.read_buf(&mut buf);
         let n = match timeout {

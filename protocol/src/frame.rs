@@ -62,6 +62,22 @@ fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, Error> {
     Ok(None)
 }
 
+/// The size in bytes (header included) of the frame at the front of `buf`, once its
+/// length is known; `None` while more bytes are needed to tell. Refuses oversized frames
+/// as [`decode`] does.
+pub fn next_frame_size(buf: &[u8]) -> Result<Option<usize>, Error> {
+    let Some((len, n)) = peek_varint(buf)? else {
+        return Ok(None);
+    };
+    if len > (MAX_MESSAGE_SIZE + 8) as u64 {
+        return Err(Error::TooLarge {
+            size: len,
+            max: MAX_MESSAGE_SIZE,
+        });
+    }
+    Ok(Some(n + len as usize))
+}
+
 /// Takes the next complete frame from the front of `buf`, if there is one.
 pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
     let Some((len, n)) = peek_varint(buf)? else {
@@ -80,7 +96,6 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, Error> {
     }
     let len = len as usize;
     if buf.len() < n + len {
-        buf.reserve(n + len - buf.len());
         return Ok(None);
     }
     buf.advance(n);

@@ -15,8 +15,9 @@ pub mod message;
 pub mod noise;
 
 pub use connection::{
-    Authenticate, Channel, ChannelEvent, ChannelReceiver, ChannelSender, Event, Events, Outcome,
-    Protocol, ProtocolOptions, StreamExtension, DEFAULT_TIMEOUT, MAX_CHANNELS,
+    Authenticate, Channel, ChannelEvent, ChannelReceiver, ChannelSender, Event, Events,
+    FrameBudget, Outcome, Protocol, ProtocolOptions, StreamExtension, DEFAULT_TIMEOUT,
+    FREE_FRAME_BYTES, MAX_CHANNELS,
 };
 pub use error::Error;
 pub use noise::{NoiseKeyPair, PeerKey};

@@ -443,3 +443,81 @@ proptest! {
         });
     }
 }
+
+impl Remote {
+    /// Encrypts and writes `bytes` as they are (frames or parts of frames).
+    async fn send(&mut self, bytes: &[u8]) {
+        let mut data = bytes.to_vec();
+        self.tx.apply(&mut data);
+        self.io.write_all(&data).await.unwrap();
+    }
+}
+
+/// The first `fill` bytes of a frame of `body` bytes on channel 1 (an unknown message
+/// type, which the connection passes on and nothing minds).
+fn frame_start(body: usize, fill: usize) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    frame::put_varint(&mut out, body as u64 + 1);
+    frame::put_varint(&mut out, 1 << 4 | 14);
+    out.extend_from_slice(&vec![7u8; fill]);
+    out.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_partial_frames_share_one_budget() {
+    use hypercore_protocol::FrameBudget;
+    let budget = FrameBudget::new(0); // the smallest: one largest frame
+    let options = || ProtocolOptions {
+        timeout: None,
+        frame_budget: Some(budget.clone()),
+        ..ProtocolOptions::default()
+    };
+    let mut a = handshake_with_protocol(options()).await;
+    let mut b = handshake_with_protocol(options()).await;
+    let size = 6 << 20;
+    let full = budget.total();
+    let settle = |want: usize| {
+        let budget = budget.clone();
+        async move {
+            for _ in 0..200 {
+                if budget.available() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("budget available {} instead of {want}", budget.available());
+        }
+    };
+    // A's frame takes its size from the budget as soon as its length is known.
+    a.send(&frame_start(size, 1 << 20)).await;
+    let frame_bytes = frame_start(size, 0).len() + size;
+    settle(full - frame_bytes).await;
+    // B's frame does not fit: B's connection waits (queued for what is left, so it
+    // cannot be starved by later frames), buffering nothing more.
+    b.send(&frame_start(size, 1 << 20)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(budget.available(), 0);
+    // A's frame completes and its memory goes to B's.
+    a.send(&vec![7u8; size - (1 << 20)]).await;
+    settle(full - frame_bytes).await;
+    b.send(&vec![7u8; size - (1 << 20)]).await;
+    settle(full).await;
+    // Small frames need no budget, and both connections are alive.
+    let mut small = BytesMut::new();
+    frame::encode(
+        1,
+        &Message::Status(Status {
+            uploading: Some(true),
+            downloading: None,
+        }),
+        &mut small,
+    );
+    a.send(&small).await;
+    b.send(&small).await;
+    let (pa, pb) = (
+        a.victim.await.unwrap().unwrap(),
+        b.victim.await.unwrap().unwrap(),
+    );
+    assert!(pa.outcome().is_none() && pb.outcome().is_none());
+    assert_eq!(budget.available(), full);
+}

@@ -51,11 +51,27 @@ impl Daemon {
 
     /// Starts a daemon on `home` (kept after the daemon exits).
     pub fn start_in(home: &Path, listen: &str) -> Result<Daemon> {
+        Daemon::start_limited(home, listen, None)
+    }
+
+    /// Starts a daemon on `home` whose open-file limit (soft and hard, so it cannot be
+    /// raised) is `nofile`, when given: run under `prlimit`.
+    pub fn start_limited(home: &Path, listen: &str, nofile: Option<u64>) -> Result<Daemon> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_path(home))?;
-        let child = Command::new(bin("hyperd")?)
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("hyperd")?);
+                c
+            }
+            None => Command::new(bin("hyperd")?),
+        };
+        let child = command
             .arg("--home")
             .arg(home)
             .arg("--listen")
@@ -83,9 +99,14 @@ impl Daemon {
 
     /// Restarts the daemon on the same home and port after it has exited.
     pub fn restart(&mut self) -> Result<()> {
+        self.restart_limited(None)
+    }
+
+    /// Restarts the daemon on the same home and port, with an open-file limit if given.
+    pub fn restart_limited(&mut self, nofile: Option<u64>) -> Result<()> {
         let dir = self._dir.take();
         let listen = self.listen.clone();
-        let mut next = Daemon::start_in(&self.home, &listen)?;
+        let mut next = Daemon::start_limited(&self.home, &listen, nofile)?;
         next._dir = dir;
         std::mem::swap(self, &mut next);
         // `next` is the old, exited daemon: nothing left to kill.
@@ -157,6 +178,18 @@ impl Daemon {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The daemon's resident memory, in bytes (`VmRSS`).
+    pub fn rss(&self) -> Result<u64> {
+        let pid = self.pid().context("the daemon is not running")?;
+        rss_of(pid)
+    }
+
+    /// The daemon's open file descriptors.
+    pub fn open_fds(&self) -> Result<usize> {
+        let pid = self.pid().context("the daemon is not running")?;
+        Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+    }
+
     /// Sends `signal` and waits for the process to exit; returns its exit status.
     pub fn signal_and_wait(&mut self, signal: i32) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("the daemon is not running")?;
@@ -189,6 +222,18 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// The resident memory of process `pid`, in bytes.
+pub fn rss_of(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/PID/status")?;
+    Ok(kb * 1024)
 }
 
 /// The daemon's output, next to its home so the daemon creates the home itself.

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod daemon;
+pub mod raw_peer;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -47,6 +48,23 @@ pub fn run_node_json(script: &str, args: &[&str]) -> Result<serde_json::Value> {
     }
     let last = stdout.lines().last().context("no output")?;
     serde_json::from_str(last).with_context(|| format!("parsing output of node {script}: {last}"))
+}
+
+/// Retries `check` every 100 ms until it returns `Some`, for at most `limit`; panics
+/// naming `what` if it never does.
+pub fn eventually<T>(
+    limit: std::time::Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Deterministic block content shared with the JS harness: byte `j` of block `i` is

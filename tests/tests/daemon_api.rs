@@ -576,6 +576,26 @@ async fn a_full_disk_is_an_error_not_a_crash_and_loses_nothing_acknowledged() {
     assert_eq!(failure.code(), Code::ResourceExhausted, "{failure}");
     assert!(acknowledged > 10, "only {acknowledged} blocks fit");
 
+    // Following a core needs room for its files: also RESOURCE_EXHAUSTED, and the failed
+    // follows leave no directory behind.
+    let mut follow_failures = 0;
+    for i in 0..20u8 {
+        let result = cores
+            .follow(FollowRequest {
+                key: hypercore::crypto::to_hex(&[i + 1; 32]),
+                download_all: false,
+            })
+            .await;
+        if let Err(status) = result {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+            follow_failures += 1;
+        }
+    }
+    assert!(
+        follow_failures > 0,
+        "every follow found room on a full disk"
+    );
+
     // Still serving, and the core is consistent: what was acknowledged reads back.
     still_serving(&daemon).await;
     let info = cores
