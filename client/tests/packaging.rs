@@ -64,6 +64,8 @@ fn systemd_unit() {
     assert_eq!(get("Service", "Restart"), Some("on-failure"));
     assert_eq!(get("Service", "RestartSec"), Some("2"));
     assert_eq!(get("Service", "NoNewPrivileges"), Some("yes"));
+    // Room for many open cores (4 descriptors each) and peers.
+    assert_eq!(get("Service", "LimitNOFILE"), Some("65536"));
     assert_eq!(get("Install", "WantedBy"), Some("default.target"));
     // Needs user namespaces in a user unit, so it must not be there (see the README).
     assert_eq!(get("Service", "PrivateTmp"), None);
@@ -191,6 +193,8 @@ fn launchd_plist() {
     assert!(keys["RunAtLoad"].has_tag_name("true"));
     let keep_alive = plist_dict(keys["KeepAlive"]);
     assert!(keep_alive["SuccessfulExit"].has_tag_name("false"));
+    let limits = plist_dict(keys["SoftResourceLimits"]);
+    assert_eq!(limits["NumberOfFiles"].text(), Some("65536"));
     assert_eq!(keys["StandardOutPath"].text(), Some(log));
     assert_eq!(keys["StandardErrorPath"].text(), Some(log));
 

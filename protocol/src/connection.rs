@@ -158,8 +158,9 @@ pub enum Outcome {
 }
 
 enum Out {
-    /// A frame counted in `Shared::queued` when it was queued.
-    Frame(Bytes),
+    /// A frame counted in `Shared::queued` when it was queued (owned, so it can be
+    /// encrypted where it is).
+    Frame(BytesMut),
     /// An empty frame; never counted as queued.
     KeepAlive,
     Finish,
@@ -564,7 +565,7 @@ impl Shared {
         let mut buf = BytesMut::new();
         frame::encode(channel, message, &mut buf);
         self.queued.fetch_add(buf.len(), Ordering::Relaxed);
-        self.out.send(Out::Frame(buf.freeze())).is_ok()
+        self.out.send(Out::Frame(buf)).is_ok()
     }
 
     fn close_local(&self, state: &mut State, dk: DiscoveryKey, local_id: u64) {
@@ -843,11 +844,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             _ => {}
         }
-        let chunk = match next {
-            Some(size) => size.saturating_sub(buf.len()).clamp(1, 64 * 1024),
-            None => 64 * 1024,
-        };
-        buf.reserve(chunk);
+        // Room for the rest of the frame being received (its memory is accounted for by
+        // now), and at least 64 KiB so that many small frames come in one read.
+        let rest = next.map_or(0, |size| size.saturating_sub(buf.len()));
+        buf.reserve(rest.max(64 * 1024));
         let start = buf.len();
         let read = io.read_buf(&mut buf);
         let n = match timeout {
@@ -867,6 +867,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
+/// Frames smaller than this are copied together into one buffer before writing; larger
+/// ones (blocks) are encrypted where they are and written as they are, with one `writev`
+/// for the batch, so block data is not copied once more on its way out.
+const COALESCE: usize = 4096;
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     mut io: W,
@@ -874,7 +879,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut cipher: Option<XSalsa20>,
     keepalive: Option<Duration>,
 ) -> Result<(), Error> {
-    let mut buf = BytesMut::with_capacity(WRITE_BATCH);
+    let mut segments: Vec<BytesMut> = Vec::new();
     loop {
         let next = match keepalive {
             Some(k) => match tokio::time::timeout(k, rx.recv()).await {
@@ -887,30 +892,43 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let Some(first) = next else { return Ok(()) };
         let mut finish = false;
         let mut frames = 0usize;
+        let mut batch = 0usize;
         let mut item = Some(first);
         while let Some(out) = item.take() {
-            match out {
+            let frame = match out {
                 Out::Frame(f) => {
                     frames += f.len();
-                    buf.extend_from_slice(&f);
+                    f
                 }
-                Out::KeepAlive => buf.extend_from_slice(&[0]),
+                Out::KeepAlive => BytesMut::from(&[0u8][..]),
                 Out::Finish => {
                     finish = true;
                     break;
                 }
+            };
+            batch += frame.len();
+            match segments.last_mut() {
+                // Small frames join the previous small segment.
+                Some(last) if frame.len() < COALESCE && last.len() < COALESCE => {
+                    last.extend_from_slice(&frame)
+                }
+                _ => segments.push(frame),
             }
-            if buf.len() < WRITE_BATCH {
+            if batch < WRITE_BATCH {
                 item = rx.try_recv().ok();
             }
         }
-        if !buf.is_empty() {
+        if !segments.is_empty() {
             if let Some(c) = &mut cipher {
-                c.apply(&mut buf);
+                for segment in &mut segments {
+                    c.apply(segment);
+                }
             }
-            io.write_all(&buf).await.map_err(io_error("writing"))?;
-            shared.sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
-            buf.clear();
+            write_all_vectored(&mut io, &segments)
+                .await
+                .map_err(io_error("writing"))?;
+            shared.sent.fetch_add(batch as u64, Ordering::Relaxed);
+            segments.clear();
         }
         shared.queued.fetch_sub(frames, Ordering::Relaxed);
         shared.drained.notify_waiters();
@@ -920,6 +938,34 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             return Ok(());
         }
     }
+}
+
+/// Writes every byte of `segments`, in order, with as few system calls as the stream
+/// allows.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    segments: &[BytesMut],
+) -> std::io::Result<()> {
+    // Where writing resumes: segment, and offset in it.
+    let (mut at, mut offset) = (0usize, 0usize);
+    while at < segments.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(&segments[at][offset..])
+            .chain(segments[at + 1..].iter().map(|s| &s[..]))
+            .take(64)
+            .map(std::io::IoSlice::new)
+            .collect();
+        let mut written = io.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while at < segments.len() && written >= segments[at].len() - offset {
+            written -= segments[at].len() - offset;
+            at += 1;
+            offset = 0;
+        }
+        offset += written;
+    }
+    Ok(())
 }
 
 /// The sending half of a channel. Cheap to clone.

@@ -81,6 +81,9 @@ struct Peer {
 
     /// Blocks the remote has and we do not.
     remote: crate::RemoteBitfield,
+    /// Every block the remote announced and still has: `remote` forgets blocks we hold
+    /// (so picking skips them), this does not, so blocks we clear are wanted again.
+    announced: crate::RemoteBitfield,
     remote_length: u64,
     first_have: bool,
     /// `None` in JS's legacy mode (the remote answered a Want with a whole bitfield).
@@ -330,6 +333,9 @@ impl Peer {
                 self.remote
                     .set_from_bytes(have.start, &raw)
                     .map_err(|e| self.misbehaved(e.to_string()))?;
+                self.announced
+                    .set_from_bytes(have.start, &raw)
+                    .map_err(|e| self.misbehaved(e.to_string()))?;
                 last.map_or(0, |l| have.start + l + 1)
             }
             None => {
@@ -338,6 +344,9 @@ impl Peer {
                     .saturating_add(length.max(1))
                     .min(hypercore::MAX_BLOCKS);
                 self.remote
+                    .set_range(have.start, end)
+                    .map_err(|e| self.misbehaved(e.to_string()))?;
+                self.announced
                     .set_range(have.start, end)
                     .map_err(|e| self.misbehaved(e.to_string()))?;
                 end
@@ -367,6 +376,7 @@ impl Peer {
         if start == 0 && length >= self.remote_length {
             self.remote_length = 0;
             self.remote.clear();
+            self.announced.clear();
             // The scheduler's copy (selection ends, stats) follows, as JS's one field does.
             if let Some(p) = self.shared.lock().peers.get_mut(&self.id) {
                 p.remote_length = Some(0);
@@ -374,6 +384,8 @@ impl Peer {
             return;
         }
         self.remote.clear_range(start, start.saturating_add(length));
+        self.announced
+            .clear_range(start, start.saturating_add(length));
     }
 
     async fn on_request(&mut self, request: Request) -> Result<(), Error> {
@@ -619,6 +631,13 @@ impl Peer {
                 }
             }
             Ok(Event::Clear { start, end }) => {
+                // What we cleared and the remote has is worth fetching again.
+                let mut at = start;
+                while let Some(i) = self.announced.next(at, end) {
+                    self.remote.set(i, true);
+                    at = i + 1;
+                }
+                self.update();
                 if self.remote_want {
                     self.send(Message::Unhave(Unhave {
                         start,
@@ -928,6 +947,7 @@ pub(crate) async fn run(
         answered_wants: HashSet::new(),
         remote_extensions: Vec::new(),
         remote: crate::RemoteBitfield::default(),
+        announced: crate::RemoteBitfield::default(),
         remote_length: 0,
         first_have: true,
         wants: Some(HashSet::new()),

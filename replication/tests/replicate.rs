@@ -261,3 +261,37 @@ async fn without_follow_length_a_sparse_clone_learns_nothing_unasked() {
     a.abort();
     b.abort();
 }
+
+#[tokio::test]
+async fn cleared_blocks_are_downloaded_again_from_the_same_peer() {
+    let w = writer(3000).await;
+    let r = clone_of(&w, true).await;
+    let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
+    let rr = Replicator::new(r.clone(), ReplicatorOptions::default());
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = tokio::spawn(async move { replicate(&rw, x, opts(true, true)).await });
+    let clone = rr.clone();
+    let b = tokio::spawn(async move { replicate(&rr, y, opts(false, true)).await });
+    let download = |start, end| {
+        let clone = clone.clone();
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                clone.download(DownloadRange::new(start, end)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("blocks {start}..{end} never came"))
+            .unwrap()
+        }
+    };
+    download(0, 3000).await;
+    assert_eq!(r.downloaded(0, None), 3000);
+    // Clear a range and ask for it again, on the same connection.
+    r.clear(1000, 2500).await.unwrap();
+    assert_eq!(r.downloaded(0, None), 1500);
+    download(0, 3000).await;
+    assert_eq!(r.downloaded(0, None), 3000);
+    assert_eq!(r.get(1234).await.unwrap(), w.get(1234).await.unwrap());
+    a.abort();
+    b.abort();
+}

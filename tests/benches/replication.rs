@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo bench -p hyperd-tests --bench replication                 # everything, a table
-//! cargo bench -p hyperd-tests --bench replication -- B            # one workload (A, B or its name)
+//! cargo bench -p hyperd-tests --bench replication -- B            # one workload (A, B, C or its name)
 //! cargo bench -p hyperd-tests --bench replication -- --json       # JSON on stdout, table on stderr
 //! cargo bench -p hyperd-tests --bench replication -- --rust-only  # Rust -> Rust only (profiling)
 //! cargo bench -p hyperd-tests --bench replication -- --no-mixed   # skip Rust <-> JS pairings
@@ -31,6 +31,13 @@
 //!   computes `mbPerSec` (MB = 10^6 bytes); wall time = clone process spawn to exit,
 //!   including its start-up and its verification (audit + hashing the feed). Target:
 //!   Rust -> Rust >= 3x JS -> JS.
+//! * C `daemons`: one `hyperd` serves the same content (a core created and appended to
+//!   through the API, untimed), and for each run a fresh `hyperd` in a new home connects to
+//!   it (`peer connect`) and follows the core with `--all`, as a user would; timed from the
+//!   `Follow` call to the end of a `Download` of the whole range (which only watches: the
+//!   follow downloads). Alternating with JS -> JS full clones (A's method) in the same run,
+//!   warm memory. The release binaries (`cargo build --release --bins`) are used. Target:
+//!   hyperd -> hyperd >= 4x JS -> JS.
 //! * B `sparse`: a sparse clone connected live to the seeder `get`s 1,000 distinct random
 //!   blocks one at a time, each awaited before the next (`--gets 1000 --seed-rng S`; the
 //!   same blocks for every pairing of a round), and reports each latency. Per run: the
@@ -78,6 +85,7 @@ use anyhow::{bail, ensure, Context, Result};
 use hyperd_tests::bench::{
     loadavg, median, percentile, progress, table, Ballast, Figure, Machine, Mem, Row,
 };
+use hyperd_tests::daemon::Daemon;
 use hyperd_tests::{
     blake2b_concat, distinct_random_indexes, make_block, node, process_cpu_seconds,
 };
@@ -154,7 +162,7 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-const WORKLOADS: [(&str, &str); 2] = [("a", "full"), ("b", "sparse")];
+const WORKLOADS: [(&str, &str); 3] = [("a", "full"), ("b", "sparse"), ("c", "daemons")];
 
 impl Args {
     fn wants(&self, id: &str) -> bool {
@@ -821,6 +829,193 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// C: hyperd -> hyperd with `follow --all`, against JS -> JS full clones.
+    fn run_c(&mut self) -> Result<()> {
+        eprintln!(
+            "C: hyperd -> hyperd, follow --all of {} MiB, against JS -> JS [warm]",
+            FEED_BYTES >> 20
+        );
+        let expect = self.extra["feed"]["blake2b"]
+            .as_str()
+            .context("feed hash")?
+            .to_string();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let seeder = Daemon::start_in(&self.dir("c-seeder"), "127.0.0.1:0")?;
+        let key = runtime.block_on(fill_daemon(&seeder))?;
+        let mut daemons = PairFigures::new(RR, ["MB/s", "s", "s/GiB", "s/GiB", "s/GiB"]);
+        let mut js = PairFigures::new(JJ, ["MB/s", "s", "s/GiB", "s/GiB", "s/GiB"]);
+        for run in 0..=self.args.runs {
+            // Run 0 warms both up, uncounted.
+            let label = if run == 0 {
+                "warm-up".to_string()
+            } else {
+                run.to_string()
+            };
+            let d = self.c_once(&runtime, &seeder, &key, &label)?;
+            progress(&format!(
+                "C run {label} hyperd -> hyperd: {:.0} MB/s, CPU s/GiB seeder {:.2} clone {:.2}",
+                d.mb_per_s, d.seeder_cpu, d.clone_cpu
+            ));
+            let j = self.a_once(JJ, Mem::Warm, &format!("c-{label}"), &expect)?;
+            progress(&format!("C run {label} JS -> JS: {}", j.text));
+            if run > 0 {
+                daemons.main.runs.push(d.mb_per_s);
+                daemons.seeder_cpu.runs.push(d.seeder_cpu);
+                daemons.clone_cpu.runs.push(d.clone_cpu);
+                js.main.runs.push(j.mb_per_s);
+                js.seeder_cpu.runs.push(j.seeder_cpu);
+                js.clone_cpu.runs.push(j.clone_cpu);
+            }
+        }
+        self.rows.push(Row::new(
+            "C",
+            "C hyperd -> hyperd, follow --all 256 MiB, MB/s vs JS -> JS [warm]",
+            daemons.main.clone(),
+            ("JS", js.main.clone()),
+            Some((4.0, ">= 4x JS")),
+        ));
+        self.rows.push(Row::lower_is_better(
+            "C-seeder-cpu",
+            "  seeding hyperd CPU per GiB sent",
+            daemons.seeder_cpu.clone(),
+            ("JS", js.seeder_cpu.clone()),
+            None,
+        ));
+        self.rows.push(Row::lower_is_better(
+            "C-clone-cpu",
+            "  following hyperd CPU per GiB received",
+            daemons.clone_cpu.clone(),
+            ("JS", js.clone_cpu.clone()),
+            None,
+        ));
+        self.extra
+            .insert("C".into(), json!([daemons.json(A_NAMES), js.json(A_NAMES)]));
+        Ok(())
+    }
+
+    /// One run of C: a fresh following daemon, timed from Follow to the whole range stored.
+    fn c_once(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        seeder: &Daemon,
+        key: &str,
+        run: &str,
+    ) -> Result<ARun> {
+        let home = self.dir(&format!("c-clone-{run}"));
+        self.ballast.arm(Mem::Warm, A_BALLAST)?;
+        let clone = Daemon::start_in(&home, "127.0.0.1:0")?;
+        let seeder_pid = seeder.pid().context("seeder pid")?;
+        let clone_pid = clone.pid().context("clone pid")?;
+        let (secs, seeder_cpu, clone_cpu) = runtime.block_on(async {
+            use hyperd_proto::v1::{cores_client::CoresClient, peers_client::PeersClient};
+            PeersClient::new(clone.channel().await?)
+                .dial(hyperd_proto::v1::DialRequest {
+                    address: seeder.listen.clone(),
+                    once: true,
+                    timeout_ms: 10_000,
+                })
+                .await?;
+            let mut cores = CoresClient::new(clone.channel().await?);
+            let drip = self.ballast.drip(Mem::Warm, A_FIRST, A_STEP, A_EVERY)?;
+            let (s0, c0) = (
+                process_cpu_seconds(Some(seeder_pid))?,
+                process_cpu_seconds(Some(clone_pid))?,
+            );
+            let start = Instant::now();
+            cores
+                .follow(hyperd_proto::v1::FollowRequest {
+                    key: key.to_string(),
+                    download_all: true,
+                })
+                .await?;
+            let mut progress = cores
+                .download(hyperd_proto::v1::DownloadRequest {
+                    key: key.to_string(),
+                    start: 0,
+                    end: Some(BLOCKS),
+                    linear: false,
+                })
+                .await?
+                .into_inner();
+            let mut done = false;
+            while let Some(p) = progress.message().await? {
+                if p.done {
+                    done = true;
+                    break;
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            ensure!(done, "the download ended before it was complete");
+            let (s1, c1) = (
+                process_cpu_seconds(Some(seeder_pid))?,
+                process_cpu_seconds(Some(clone_pid))?,
+            );
+            drop(drip);
+            Ok::<_, anyhow::Error>((secs, s1 - s0, c1 - c0))
+        })?;
+        drop(clone);
+        std::fs::remove_dir_all(&home)?;
+        let gib = FEED_BYTES as f64 / GIB;
+        Ok(ARun {
+            mb_per_s: FEED_BYTES as f64 / 1e6 / secs,
+            wall: secs,
+            seeder_cpu: seeder_cpu / gib,
+            clone_cpu: clone_cpu / gib,
+            clone_process_cpu: clone_cpu / gib,
+            text: String::new(),
+        })
+    }
+}
+
+/// Creates a core on `daemon` holding the benchmark's blocks (the same content as the
+/// feed of A and B, under another key); returns its key.
+async fn fill_daemon(daemon: &Daemon) -> Result<String> {
+    use hyperd_proto::v1::{cores_client::CoresClient, AppendStreamRequest, CreateRequest};
+    let mut cores = CoresClient::new(daemon.channel().await?);
+    let key = cores
+        .create(CreateRequest::default())
+        .await?
+        .into_inner()
+        .key;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let messages =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let appending = tokio::spawn({
+        let mut cores = cores.clone();
+        async move {
+            let mut acks = cores.append_stream(messages).await?.into_inner();
+            let mut last = None;
+            while let Some(ack) = acks.message().await? {
+                last = Some(ack);
+            }
+            Ok::<_, anyhow::Error>(last)
+        }
+    });
+    for batch in 0..BLOCKS / 16 {
+        let blocks = (batch * 16..(batch + 1) * 16)
+            .map(|i| bytes::Bytes::from(make_block(i, SIZE)))
+            .collect();
+        let key = if batch == 0 {
+            key.clone()
+        } else {
+            String::new()
+        };
+        tx.send(AppendStreamRequest { key, blocks }).await?;
+    }
+    drop(tx);
+    let last = appending.await??.context("no acknowledgement")?;
+    ensure!(
+        last.length == BLOCKS,
+        "the seeding daemon has {} blocks",
+        last.length
+    );
+    Ok(key)
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     let m = Machine::get();
@@ -847,9 +1042,9 @@ fn main() -> Result<()> {
         notes: Vec::new(),
         extra: serde_json::Map::new(),
     };
-    let (want_a, want_b) = (b.args.wants("a"), b.args.wants("b"));
+    let (want_a, want_b, want_c) = (b.args.wants("a"), b.args.wants("b"), b.args.wants("c"));
     ensure!(
-        want_a || want_b,
+        want_a || want_b || want_c,
         "no workload matches {:?}; use A, B or {:?}",
         b.args.filter,
         WORKLOADS.map(|(_, n)| n)
@@ -861,6 +1056,9 @@ fn main() -> Result<()> {
     }
     if want_b {
         b.run_b()?;
+    }
+    if want_c {
+        b.run_c()?;
     }
 
     let table = render(&b, &m, started.elapsed().as_secs_f64());
