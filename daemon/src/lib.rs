@@ -9,7 +9,7 @@ mod daemon;
 mod error;
 pub mod limits;
 mod lock;
-mod memory;
+pub mod memory;
 mod network;
 mod notify;
 mod peers;

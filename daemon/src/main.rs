@@ -39,6 +39,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
+    hyperd::memory::configure();
     let args = Args::parse();
     if args.print_config {
         print!("{}", hyperd_config::DOCUMENTED_DEFAULTS);

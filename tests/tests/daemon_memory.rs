@@ -97,7 +97,7 @@ async fn unread_streams_hold_a_few_blocks_each_and_give_them_back() {
     // Freed memory goes back to the system within seconds.
     let mut after = daemon.rss().unwrap();
     for _ in 0..100 {
-        if after <= before + 40 * MIB {
+        if after <= before + 16 * MIB {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -105,7 +105,7 @@ async fn unread_streams_hold_a_few_blocks_each_and_give_them_back() {
     }
     eprintln!("RSS after the streams ended {} MiB", after / MIB);
     assert!(
-        after <= before + 40 * MIB,
+        after <= before + 16 * MIB,
         "RSS stayed at {} MiB after the streams ended (it was {} MiB before)",
         after / MIB,
         before / MIB
