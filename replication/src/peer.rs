@@ -37,6 +37,11 @@ const HIGH_WATER: usize = 8 << 20;
 const LOW_WATER: usize = 2 << 20;
 /// Answers verified and stored together at most.
 const MAX_DATA_BATCH: usize = 64;
+/// Block bytes verified and stored together at most: a quarter of the request window,
+/// so that the remote still has requests to answer while a batch is stored (a batch of
+/// the whole window left the seeder idle meanwhile: 414 MB/s hyperd to hyperd against
+/// 511 MB/s with batches of a quarter).
+const MAX_DATA_BATCH_BYTES: usize = (crate::WINDOW_BYTES / 4) as usize;
 /// Distinct `Want`s a peer may send (each covers a page of 1 M blocks).
 const MAX_REMOTE_WANTS: usize = 1024;
 /// Largest bitfield a `Have` may decode to: one `Want` page of blocks (we only ever want
@@ -977,11 +982,15 @@ pub(crate) async fn run(
                 Some(ChannelEvent::Opened) => peer.on_open(),
                 Some(ChannelEvent::Message(Message::Data(first))) => {
                     // Answers that are already queued are verified and stored together.
+                    let mut bytes = first.value.as_ref().map_or(0, Bytes::len);
                     let mut batch = vec![first];
                     let mut next = None;
-                    while batch.len() < MAX_DATA_BATCH {
+                    while batch.len() < MAX_DATA_BATCH && bytes < MAX_DATA_BATCH_BYTES {
                         match rx.try_recv() {
-                            Some(ChannelEvent::Message(Message::Data(d))) => batch.push(d),
+                            Some(ChannelEvent::Message(Message::Data(d))) => {
+                                bytes += d.value.as_ref().map_or(0, Bytes::len);
+                                batch.push(d);
+                            }
                             other => {
                                 next = other;
                                 break;
