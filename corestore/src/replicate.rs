@@ -2,19 +2,29 @@
 //! on it, cores the remote asks for are opened from disk, unknown ones are refused with a
 //! `Close`, as JS does. A core whose peer misbehaves loses its channel on that connection
 //! (and is not offered to that peer again for a while); the connection and its other cores
-//! go on.
+//! go on. A remote that closes a core we still want blocks of (a store closing cores for
+//! room, as this one does) is asked again, after a backoff.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use hypercore::{DiscoveryKey, PublicKey};
 use hypercore_protocol::{Events, Outcome, Protocol};
+use hypercore_replication::PeerEnd;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::{lock, Corestore, Error};
 
-type PeerResult = (PublicKey, Result<(), hypercore_replication::Error>);
+type PeerResult = (PublicKey, Result<PeerEnd, hypercore_replication::Error>);
+
+/// The first wait before asking a remote again for a core it closed early; it doubles
+/// with every early close in a row, up to [`MAX_REOPEN_DELAY`].
+const REOPEN_DELAY: Duration = Duration::from_millis(500);
+const MAX_REOPEN_DELAY: Duration = Duration::from_secs(30);
+/// A channel that lasted this long before an early close starts the backoff afresh.
+const REOPEN_RESET: Duration = Duration::from_secs(30);
 
 /// A replication connection the store serves.
 pub(crate) struct Stream {
@@ -25,6 +35,8 @@ pub(crate) struct Stream {
     /// a number telling this attachment from later ones).
     attached: Mutex<HashMap<DiscoveryKey, (u64, oneshot::Receiver<()>)>>,
     next_attachment: std::sync::atomic::AtomicU64,
+    /// Early closes in a row per core, for the backoff before asking again.
+    reopens: Mutex<HashMap<DiscoveryKey, u32>>,
 }
 
 impl Stream {
@@ -61,6 +73,7 @@ impl Stream {
                 let task = core.attach(channel, self.live);
                 let store = store.clone();
                 let stream = Arc::downgrade(self);
+                let started = tokio::time::Instant::now();
                 let mut peers = self.peers();
                 peers.spawn(async move {
                     let result = task.await.unwrap_or_else(|e| {
@@ -75,7 +88,9 @@ impl Stream {
                         tracing::info!(%key, remote = %remote, %error, "stopped replicating a core with a peer");
                         store.ban(remote, key.discovery_key());
                     }
-                    // The channel is gone: a later close must not touch a new one.
+                    // The channel is gone: a later close must not touch a new one. Still
+                    // attached means our side did not close it (`detach`).
+                    let mut ours = false;
                     if let Some(stream) = stream.upgrade() {
                         let mut attached = lock(&stream.attached);
                         if attached
@@ -83,9 +98,15 @@ impl Stream {
                             .is_some_and(|(a, _)| *a == attachment)
                         {
                             attached.remove(&key.discovery_key());
+                            ours = true;
                         }
                     }
                     drop(done_tx);
+                    if ours && matches!(result, Ok(PeerEnd::ClosedEarly)) {
+                        if let Some(stream) = stream.upgrade() {
+                            stream.reopen_later(store, key.discovery_key(), started.elapsed()).await;
+                        }
+                    }
                     (key, result)
                 });
                 // Reap finished peers so a long connection does not collect them.
@@ -95,6 +116,39 @@ impl Stream {
             Err(e) => {
                 tracing::debug!(%key, remote = %remote, error = %e, "not replicating core on this connection")
             }
+        }
+    }
+}
+
+impl Stream {
+    /// The remote closed the channel of core `dk` while it had blocks we want: waits, then opens
+    /// the channel again, unless the connection ends first. The wait doubles with each
+    /// early close in a row, so a remote that keeps closing is asked rarely.
+    async fn reopen_later(self: Arc<Self>, store: Corestore, dk: DiscoveryKey, lasted: Duration) {
+        let delay = {
+            let mut reopens = lock(&self.reopens);
+            let count = reopens.entry(dk).or_insert(0);
+            if lasted >= REOPEN_RESET {
+                *count = 0;
+            }
+            let delay = REOPEN_DELAY
+                .saturating_mul(1 << (*count).min(6))
+                .min(MAX_REOPEN_DELAY);
+            *count += 1;
+            delay
+        };
+        tracing::debug!(%dk, remote = %self.protocol.remote_key(), ?delay, "the remote closed a core we want; asking again later");
+        let protocol = self.protocol.clone();
+        let stream = Arc::downgrade(&self);
+        drop(self);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = protocol.closed() => return,
+        }
+        if let Some(stream) = stream.upgrade() {
+            // Whatever core the store has open now (none if it was closed or removed
+            // here meanwhile: opening it again attaches it everywhere anyway).
+            store.attach_open(&stream, dk).await;
         }
     }
 }
@@ -123,6 +177,7 @@ impl Corestore {
             peers: Mutex::new(JoinSet::new()),
             attached: Mutex::new(HashMap::new()),
             next_attachment: std::sync::atomic::AtomicU64::new(0),
+            reopens: Mutex::new(HashMap::new()),
         });
         let Some((id, cores)) = self.register_stream(stream.clone()) else {
             protocol.destroy("the corestore is closed");
@@ -180,22 +235,27 @@ impl Corestore {
         if self.is_banned(&remote, &dk) {
             return refuse("its peer on this remote misbehaved");
         }
-        match self.get_by_discovery_key(&dk).await {
-            // Opening it attached it to every connection already; if it was open before
-            // (or was created locally just now), attach it here. The handle is dropped
-            // afterwards: the core stays open while the peer replicates it, and may be
-            // closed for room like any unused core.
-            Ok(Some(_core)) => {
-                if !self.attach_open(stream, dk).await {
-                    refuse("it was closed");
+        // A core opened for this may be closed for room before it is attached (other
+        // peers asking for other cores): open it again, a few times.
+        for _ in 0..3 {
+            match self.get_by_discovery_key(&dk).await {
+                // Opening it attached it to every connection already; if it was open
+                // before (or was created locally just now), attach it here. The handle is
+                // dropped afterwards: the core stays open while the peer replicates it,
+                // and may be closed for room like any unused core.
+                Ok(Some(_core)) => {
+                    if self.attach_open(stream, dk).await {
+                        return;
+                    }
+                }
+                Ok(None) => return refuse("the store does not have it"),
+                Err(error) => {
+                    tracing::warn!(%dk, %remote, %error, "cannot open the core a peer asked for; refusing it");
+                    return stream.protocol.close(dk);
                 }
             }
-            Ok(None) => refuse("the store does not have it"),
-            Err(error) => {
-                tracing::warn!(%dk, %remote, %error, "cannot open the core a peer asked for; refusing it");
-                stream.protocol.close(dk);
-            }
         }
+        refuse("it was closed for room as often as it was opened")
     }
 }
 

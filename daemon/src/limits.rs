@@ -39,15 +39,16 @@ pub fn raise_file_limit() -> nix::Result<FileLimit> {
 }
 
 /// How many cores may be open at once under a file limit of `limit`: the configured
-/// number, or fewer if they would take more than half of what the reserve leaves, or more
-/// than what peer connections (incoming and dialed) and the reserve leave. Half, because
-/// sockets come and go faster than cores close: a daemon under the usual limit of 1024
-/// keeps its cores within 448 descriptors.
+/// number, or fewer if they would take more than half of the limit less the reserve, or
+/// more than what peer connections (incoming and dialed) and the reserve leave. Half,
+/// because sockets come and go faster than cores close, and cores being opened or closed
+/// briefly hold more: a daemon under the usual limit of 1024 keeps its open cores within
+/// 384 descriptors and stays under 512 in all.
 pub fn open_core_budget(limit: u64, config: &Config) -> usize {
     let peers = (config.max_peers + config.max_outbound_peers) as u64;
     let room = limit
         .saturating_sub(peers + RESERVED)
-        .min(limit.saturating_sub(RESERVED) / 2)
+        .min((limit / 2).saturating_sub(RESERVED))
         / DESCRIPTORS_PER_CORE;
     (config.max_open_cores as u64)
         .min(room)
@@ -61,8 +62,8 @@ mod tests {
     #[test]
     fn the_budget_fits_the_limit() {
         let config = Config::default();
-        // (1024 - 128) / 2 = 448 descriptors (less than the 576 peers leave): 112 cores.
-        assert_eq!(open_core_budget(1024, &config), 112);
+        // 1024 / 2 - 128 = 384 descriptors (less than the 576 peers leave): 96 cores.
+        assert_eq!(open_core_budget(1024, &config), 96);
         // 512 - (256 + 64 peers) - 128 = 64 descriptors: 16 cores.
         assert_eq!(open_core_budget(512, &config), 16);
         assert_eq!(open_core_budget(1 << 20, &config), config.max_open_cores);

@@ -8,6 +8,7 @@
 //! [`Channel`]: hypercore_protocol::Channel
 
 mod peer;
+pub use peer::PeerEnd;
 mod remote_bitfield;
 mod replicator;
 

@@ -73,6 +73,9 @@ struct Peer {
     ended: bool,
     /// The channel is closed; the task exits.
     closed: bool,
+    /// We closed it (done, or refusing the remote), rather than the remote or the
+    /// connection.
+    closed_here: bool,
 
     remote_opened: bool,
     remote_uploading: bool,
@@ -124,6 +127,7 @@ impl Peer {
     fn close(&mut self) {
         self.tx.close();
         self.closed = true;
+        self.closed_here = true;
     }
 
     // ---- channel events ----------------------------------------------------------
@@ -904,13 +908,25 @@ fn next_free(
     None
 }
 
+/// How a peer ended, when it was not dropped for an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerEnd {
+    /// Both sides were done, the remote never opened the channel (it does not have the
+    /// feed), or our side closed it.
+    Finished,
+    /// The remote closed a channel it had opened while it still had blocks we want (a
+    /// corestore closes cores it has no room for, and opens them again when asked):
+    /// worth opening the channel again.
+    ClosedEarly,
+}
+
 /// Runs the peer until its channel closes; the error says why the peer was dropped.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     channel: Channel,
     live: bool,
     downloading: bool,
-) -> Result<(), Error> {
+) -> Result<PeerEnd, Error> {
     let (tx, mut rx) = channel.split();
     let feed = shared.feed.clone();
     let counters = Arc::new(Counters::default());
@@ -944,6 +960,7 @@ pub(crate) async fn run(
         ack: shared.options.ack,
         ended: false,
         closed: false,
+        closed_here: false,
         remote_opened: false,
         remote_uploading: true,
         remote_downloading: true,
@@ -1045,9 +1062,22 @@ pub(crate) async fn run(
         state.reserved.retain(|_, owner| *owner != id);
     }
     shared.wake_peers();
+    // Something here wants blocks, and the remote has some we lack, or closed before it
+    // said what it has.
+    let wanted = || {
+        (peer.first_have || peer.remote.next(0, peer.remote_length).is_some())
+            && (!shared.lock().selections.is_empty() || !feed.demand().blocks.is_empty())
+    };
+    let result = result.map(|()| {
+        if !peer.closed_here && peer.remote_opened && wanted() {
+            PeerEnd::ClosedEarly
+        } else {
+            PeerEnd::Finished
+        }
+    });
     match &result {
-        Ok(()) => {
-            tracing::debug!(peer = %peer.remote_key, feed = %feed.discovery_key(), "peer left")
+        Ok(end) => {
+            tracing::debug!(peer = %peer.remote_key, feed = %feed.discovery_key(), ?end, "peer left")
         }
         Err(e) => {
             // Only this feed's channel goes: the connection may carry other feeds, which

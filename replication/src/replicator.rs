@@ -364,12 +364,12 @@ impl Replicator {
     }
 
     /// Replicates the feed with the peer on the other end of `channel` until the channel
-    /// closes. `live` keeps it open after both sides are done.
+    /// closes, and says how it ended. `live` keeps it open after both sides are done.
     pub fn attach(
         &self,
         channel: Channel,
         live: bool,
-    ) -> tokio::task::JoinHandle<Result<(), crate::Error>> {
+    ) -> tokio::task::JoinHandle<Result<crate::PeerEnd, crate::Error>> {
         self.ensure_default_selection();
         let shared = self.shared.clone();
         let downloading = self.downloading();

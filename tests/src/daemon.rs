@@ -76,7 +76,11 @@ impl Daemon {
             .arg(home)
             .arg("--listen")
             .arg(listen)
-            .env("RUST_LOG", "info")
+            // HYPERD_TEST_LOG sets another filter when debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("HYPERD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

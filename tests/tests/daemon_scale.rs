@@ -17,6 +17,10 @@ use hyperd_tests::daemon::Daemon;
 
 const CORES: usize = 300;
 const NOFILE: u64 = 256;
+/// Cores a second daemon follows at once: more than the seeder can keep open (16).
+const FOLLOWED: usize = 40;
+/// 64 KiB blocks after the first in each followed core.
+const EXTRA_BLOCKS: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_cores_under_a_limit_of_256_files() {
@@ -42,6 +46,16 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
             })
             .await
             .unwrap();
+        if i < FOLLOWED {
+            // Enough that downloads are still running when the seeder runs out of room.
+            cores
+                .append(AppendRequest {
+                    key: key.clone(),
+                    blocks: vec![Bytes::from(vec![i as u8; 64 << 10]); EXTRA_BLOCKS],
+                })
+                .await
+                .unwrap();
+        }
         keys.push(key);
     }
     assert!(daemon.open_fds().unwrap() < NOFILE as usize);
@@ -71,9 +85,10 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
             .await
             .unwrap_or_else(|e| panic!("core {i}: {e}"))
             .into_inner();
+        let length = if i < FOLLOWED { 1 + EXTRA_BLOCKS } else { 1 };
         assert_eq!(
             (info.length, info.name.as_str()),
-            (1, format!("core-{i}").as_str())
+            (length as u64, format!("core-{i}").as_str())
         );
         assert!(info.writable);
         let block = cores
@@ -95,7 +110,9 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
         .into_inner()
         .cores;
     assert_eq!(listed.len(), CORES);
-    assert!(listed.iter().all(|c| c.length == 1));
+    assert!(listed
+        .iter()
+        .all(|c| c.length == 1 || c.length == 1 + EXTRA_BLOCKS as u64));
     let fds = daemon.open_fds().unwrap();
     assert!(fds < 160, "{fds} descriptors open");
     // Creating still works, and a core directory is a whole core.
@@ -108,7 +125,8 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
         .unwrap();
     assert!(!daemon.log().contains("skipping"), "{}", daemon.log());
 
-    // A peer that follows 40 of them at once gets them all.
+    // A peer that follows 40 of them at once gets them all, though the seeder closes
+    // cores under it to stay within its budget.
     let follower = Daemon::start().unwrap();
     PeersClient::new(follower.channel().await.unwrap())
         .dial(DialRequest {
@@ -119,7 +137,7 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
         .await
         .unwrap();
     let mut theirs = CoresClient::new(follower.channel().await.unwrap());
-    for key in &keys[..40] {
+    for key in &keys[..FOLLOWED] {
         theirs
             .follow(FollowRequest {
                 key: key.clone(),
@@ -128,7 +146,7 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
             .await
             .unwrap();
     }
-    for (i, key) in keys[..40].iter().enumerate() {
+    for (i, key) in keys[..FOLLOWED].iter().enumerate() {
         let block = theirs
             .get(GetRequest {
                 key: key.clone(),
@@ -136,10 +154,43 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
                 timeout_ms: 20_000,
             })
             .await
-            .unwrap_or_else(|e| panic!("core {i} was not served: {e}\n{}", daemon.log()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "core {i} was not served: {e}\nseeder:\n{}\nfollower:\n{}",
+                    daemon.log(),
+                    follower.log()
+                )
+            })
             .into_inner()
             .data;
         assert_eq!(&block[..], format!("core {i}").as_bytes());
+    }
+    // Every block of every followed core arrives, without anyone reading them.
+    let all = |info: &hyperd_proto::v1::CoreInfo| info.downloaded_blocks == 1 + EXTRA_BLOCKS as u64;
+    for (i, key) in keys[..FOLLOWED].iter().enumerate() {
+        let mut info = None;
+        for _ in 0..300 {
+            let now = theirs
+                .info(InfoRequest { key: key.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            if all(&now) {
+                info = Some(now);
+                break;
+            }
+            info = Some(now);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let info = info.unwrap();
+        assert!(
+            all(&info),
+            "followed core {i} has {} of {} blocks stored\nseeder:\n{}\nfollower:\n{}",
+            info.downloaded_blocks,
+            1 + EXTRA_BLOCKS,
+            daemon.log(),
+            follower.log()
+        );
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(daemon.open_fds().unwrap() < NOFILE as usize);
