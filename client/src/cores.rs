@@ -349,11 +349,20 @@ pub async fn cat(client: &Client, key: Key, options: CatOptions, json: bool) -> 
         wait: options.wait,
     };
     let mut stream = client.unary(client.cores().read(request)).await?;
-    while let Some(block) = stream
-        .message()
-        .await
-        .map_err(|status| client.status_error(status))?
-    {
+    let wait = options.wait || options.live;
+    while let Some(block) = stream.message().await.map_err(|status| {
+        // Without --wait only stored blocks are read (the stream ends NOT_FOUND at the
+        // first missing one, or when the core is removed): say how to fetch the others.
+        let missing = status.code() == tonic::Code::NotFound
+            && !wait
+            && !status.message().contains("removed");
+        let error = client.status_error(status);
+        if missing {
+            anyhow::anyhow!("{error:#} (use --wait to fetch it from peers)")
+        } else {
+            error
+        }
+    })? {
         if json {
             output::print_json(&json!({ "index": block.index, "data": hex::encode(&block.data) }))?;
         } else {

@@ -132,7 +132,7 @@ impl DaemonError {
         };
         let mut message = error.to_string();
         if let E::Removed { .. } = error {
-            message.push_str(" (pass force to create it anyway)");
+            message.push_str(" (set `force`, `hyperctl core create --force`, to create it anyway)");
         }
         Self::new(kind, message)
     }

@@ -453,7 +453,11 @@ async fn scale() -> Result<(String, Value)> {
         .filter(|(i, _)| i % (SCALE_CORES / SCALE_FOLLOWED) == 0)
         .cloned()
         .collect();
-    anyhow::ensure!(followed.len() == SCALE_FOLLOWED, "{} to follow", followed.len());
+    anyhow::ensure!(
+        followed.len() == SCALE_FOLLOWED,
+        "{} to follow",
+        followed.len()
+    );
     let start = Instant::now();
     for_each_concurrently(followed.clone(), |(_, key)| {
         let mut cores = CoresClient::new(theirs.clone());
