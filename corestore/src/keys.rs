@@ -88,7 +88,7 @@ pub fn derive_key_pair(master: &MasterKey, name: &[u8]) -> KeyPair {
 /// The `name` file's bytes: `varint(len) || name` (unsigned LEB128 length).
 pub fn encode_name(name: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 10);
-    hypercore_protocol::frame::put_varint(&mut out, name.len() as u64);
+    out.extend_from_slice(&varint::encode(name.len() as u64));
     out.extend_from_slice(name);
     out
 }
@@ -99,16 +99,7 @@ pub(crate) fn decode_name(bytes: &[u8]) -> Option<Vec<u8>> {
     if bytes.len() < 2 {
         return None;
     }
-    let mut len: u64 = 0;
-    let mut offset = None;
-    for (i, &b) in bytes.iter().enumerate().take(9) {
-        len |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            offset = Some(i + 1);
-            break;
-        }
-    }
-    let offset = offset?;
+    let (len, offset) = varint::decode_within(bytes, 9).ok()?;
     if (offset as u64).checked_add(len)? != bytes.len() as u64 {
         return None;
     }

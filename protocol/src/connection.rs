@@ -228,21 +228,17 @@ async fn read_handshake_message<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<Vec<u8>, Error> {
     loop {
-        let mut len = 0u64;
-        let mut header = None;
-        for (i, &b) in buf.iter().enumerate().take(3) {
-            len |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                header = Some(i + 1);
-                break;
+        // A handshake message is at most 64 KiB: its length takes at most 3 bytes.
+        let header = match varint::decode_within(buf, 3) {
+            Ok(header) => Some(header),
+            Err(varint::Error::Incomplete) => None,
+            Err(e) => {
+                return Err(Error::Handshake(format!(
+                    "handshake message length is not a valid varint: {e}"
+                )))
             }
-        }
-        if buf.len() >= 3 && header.is_none() {
-            return Err(Error::Handshake(
-                "handshake message length is not a valid varint".into(),
-            ));
-        }
-        if let Some(n) = header {
+        };
+        if let Some((len, n)) = header {
             if len as usize > crate::noise::MAX_HANDSHAKE_MESSAGE {
                 return Err(Error::Handshake(format!(
                     "handshake message of {len} bytes is too large"

@@ -9,18 +9,13 @@ use crate::message::Message;
 /// Largest message body accepted (and sent), as in JS.
 pub const MAX_MESSAGE_SIZE: usize = 8 * 1024 * 1024;
 
-/// Appends an unsigned LEB128 varint.
-pub fn put_varint(out: &mut impl bytes::BufMut, v: u64) {
-    prost::encoding::encode_varint(v, out);
-}
-
 /// Appends a frame carrying `message` on `channel`.
 pub fn encode(channel: u64, message: &Message, out: &mut BytesMut) {
     let header = channel << 4 | u64::from(message.type_id());
-    let len = prost::encoding::encoded_len_varint(header) + message.encoded_len();
+    let len = varint::encoded_len(header) + message.encoded_len();
     out.reserve(len + 10);
-    put_varint(out, len as u64);
-    put_varint(out, header);
+    out.extend_from_slice(&varint::encode(len as u64));
+    out.extend_from_slice(&varint::encode(header));
     message.encode_body(out);
 }
 
@@ -41,25 +36,16 @@ pub enum Frame {
 }
 
 /// Reads a varint from the front of `buf` without consuming it: `(value, bytes)`, or
-/// `None` if more bytes are needed. Varints of 8 or more bytes are refused, as JS does.
+/// `None` if more bytes are needed. Varints longer than 8 bytes are refused, as JS does.
 fn peek_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, Error> {
-    let mut v = 0u64;
-    for (i, &b) in buf.iter().enumerate() {
-        if i >= 8 {
-            break;
-        }
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Ok(Some((v, i + 1)));
-        }
-    }
-    if buf.len() >= 8 {
-        return Err(Error::Malformed {
+    match varint::decode_within(buf, 8) {
+        Ok(v) => Ok(Some(v)),
+        Err(varint::Error::Incomplete) => Ok(None),
+        Err(e) => Err(Error::Malformed {
             what: "frame",
-            reason: "varint longer than 8 bytes".into(),
-        });
+            reason: e.to_string(),
+        }),
     }
-    Ok(None)
 }
 
 /// The size in bytes (header included) of the frame at the front of `buf`, once its
@@ -189,7 +175,7 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_before_buffering() {
         let mut wire = BytesMut::new();
-        put_varint(&mut wire, 9 * 1024 * 1024);
+        wire.extend_from_slice(&varint::encode(9 * 1024 * 1024));
         assert!(matches!(decode(&mut wire), Err(Error::TooLarge { .. })));
         let mut wire = BytesMut::from(&[0xff; 9][..]);
         assert!(matches!(decode(&mut wire), Err(Error::Malformed { .. })));

@@ -3,7 +3,7 @@
 //! Fields JS writes whenever they are set are `Option`s here, so a message built with the
 //! same fields encodes to the same bytes; required fields are always written.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use prost::Message as _;
 
 use crate::error::Error;
@@ -236,9 +236,7 @@ impl Message {
             Message::Cancel(m) => m.encoded_len(),
             Message::Data(m) => m.encoded_len(),
             Message::Close(m) => m.encoded_len(),
-            Message::Extension { id, payload } => {
-                prost::encoding::encoded_len_varint(*id) + payload.len()
-            }
+            Message::Extension { id, payload } => varint::encoded_len(*id) + payload.len(),
             Message::Unknown { body, .. } => body.len(),
         }
     }
@@ -259,7 +257,7 @@ impl Message {
             Message::Data(m) => m.encode(out),
             Message::Close(m) => m.encode(out),
             Message::Extension { id, payload } => {
-                prost::encoding::encode_varint(*id, out);
+                out.extend_from_slice(&varint::encode(*id));
                 out.extend_from_slice(payload);
                 Ok(())
             }
@@ -292,11 +290,11 @@ impl Message {
             10 => Message::Close(d("Close message", body)?),
             15 => {
                 let mut buf = body;
-                let id =
-                    prost::encoding::decode_varint(&mut buf).map_err(|e| Error::Malformed {
-                        what: "Extension message",
-                        reason: e.to_string(),
-                    })?;
+                let (id, n) = varint::decode(&buf).map_err(|e| Error::Malformed {
+                    what: "Extension message",
+                    reason: e.to_string(),
+                })?;
+                buf.advance(n);
                 Message::Extension { id, payload: buf }
             }
             t => Message::Unknown { type_id: t, body },

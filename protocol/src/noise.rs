@@ -199,7 +199,7 @@ impl Handshake {
             .write_message(&self.payload, &mut buf)
             .map_err(noise_error("writing a handshake message"))?;
         let mut out = Vec::with_capacity(n + 3);
-        crate::frame::put_varint(&mut out, n as u64);
+        out.extend_from_slice(&varint::encode(n as u64));
         out.extend_from_slice(&buf[..n]);
         Ok(out)
     }

@@ -457,8 +457,8 @@ impl Remote {
 /// type, which the connection passes on and nothing minds).
 fn frame_start(body: usize, fill: usize) -> Vec<u8> {
     let mut out = BytesMut::new();
-    frame::put_varint(&mut out, body as u64 + 1);
-    frame::put_varint(&mut out, 1 << 4 | 14);
+    out.extend_from_slice(&varint::encode(body as u64 + 1));
+    out.extend_from_slice(&varint::encode(1 << 4 | 14));
     out.extend_from_slice(&vec![7u8; fill]);
     out.to_vec()
 }

@@ -104,14 +104,7 @@ async fn assert_logged(peer: &PeerKey, words: &[&str]) {
 
 /// A varint at the front of `buf`: `(value, bytes)`, if complete.
 fn varint(buf: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, &b) in buf.iter().enumerate().take(10) {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
+    varint::decode(buf).ok()
 }
 
 /// Reads one varint-length-prefixed handshake message.
@@ -626,7 +619,7 @@ async fn oversized_frames_drop_the_peer() {
         let (mut h, task) = seeder.hostile().await;
         h.accept_channel(&seeder.writer.key()).await;
         let mut wire = BytesMut::new();
-        frame::put_varint(&mut wire, claimed);
+        wire.extend_from_slice(&varint::encode(claimed));
         wire.extend_from_slice(&[0x19, 1, 2, 3]);
         h.send_raw(&wire).await.unwrap();
         let e = expect_dropped(task).await;
@@ -1146,7 +1139,7 @@ async fn an_unhave_with_a_huge_length_is_cheap() {
 /// wire): `bytes * 8` blocks announced.
 fn have_run(start: u64, bytes: u64) -> Message {
     let mut b = BytesMut::new();
-    frame::put_varint(&mut b, bytes << 2 | 3);
+    b.extend_from_slice(&varint::encode(bytes << 2 | 3));
     Message::Have(Have {
         start,
         length: Some(WANT_PAGE),

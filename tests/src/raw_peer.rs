@@ -64,22 +64,16 @@ impl RawPeer {
 /// Reads one varint-length-prefixed handshake message.
 async fn read_message(io: &mut TcpStream, buf: &mut BytesMut) -> Result<Vec<u8>> {
     loop {
-        let mut len = 0usize;
-        let mut header = None;
-        for (i, &b) in buf.iter().enumerate().take(3) {
-            len |= usize::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                header = Some(i + 1);
-                break;
+        match varint::decode_within(buf, 3) {
+            Ok((len, n)) => {
+                let len = len as usize;
+                if buf.len() >= n + len {
+                    let _ = buf.split_to(n);
+                    return Ok(buf.split_to(len).to_vec());
+                }
             }
-        }
-        if let Some(n) = header {
-            if buf.len() >= n + len {
-                let _ = buf.split_to(n);
-                return Ok(buf.split_to(len).to_vec());
-            }
-        } else if buf.len() >= 3 {
-            bail!("handshake message length is not a varint");
+            Err(varint::Error::Incomplete) => {}
+            Err(e) => bail!("handshake message length: {e}"),
         }
         if io.read_buf(buf).await? == 0 {
             bail!("the daemon closed the connection during the handshake");

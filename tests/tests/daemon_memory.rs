@@ -115,8 +115,8 @@ async fn unread_streams_hold_a_few_blocks_each_and_give_them_back() {
 /// The first `fill` bytes of a frame with a body of `body` bytes on channel 1.
 fn frame_start(body: usize, fill: usize) -> Vec<u8> {
     let mut out = bytes::BytesMut::new();
-    hypercore_protocol::frame::put_varint(&mut out, body as u64 + 1);
-    hypercore_protocol::frame::put_varint(&mut out, 1 << 4 | 14);
+    out.extend_from_slice(&varint::encode(body as u64 + 1));
+    out.extend_from_slice(&varint::encode(1 << 4 | 14));
     out.extend_from_slice(&vec![7u8; fill]);
     out.to_vec()
 }

@@ -61,7 +61,7 @@ pub fn encode(bitfield: &[u8]) -> Vec<u8> {
 }
 
 fn head(out: &mut Vec<u8>, input: &[u8], from: usize, to: usize) {
-    put_varint(out, 2 * (to - from) as u64);
+    out.extend_from_slice(&varint::encode(2 * (to - from) as u64));
     out.extend_from_slice(&input[from..to]);
 }
 
@@ -75,20 +75,20 @@ fn update(
 ) {
     let head_len = i - len - *input_offset;
     let head_cost = if head_len > 0 {
-        varint_len(2 * head_len as u64) + head_len
+        varint::encoded_len(2 * head_len as u64) + head_len
     } else {
         0
     };
     let enc = 4 * len as u64 + if bits != 0 { 2 } else { 0 } + 1;
-    let enc_cost = head_cost + varint_len(enc);
-    let base_cost = varint_len(2 * (i - *input_offset) as u64) + i - *input_offset;
+    let enc_cost = head_cost + varint::encoded_len(enc);
+    let base_cost = varint::encoded_len(2 * (i - *input_offset) as u64) + i - *input_offset;
     if enc_cost >= base_cost {
         return;
     }
     if head_len > 0 {
         head(out, input, *input_offset, i - len);
     }
-    put_varint(out, enc);
+    out.extend_from_slice(&varint::encode(enc));
     *input_offset = i;
 }
 
@@ -99,7 +99,8 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Vec<u8>, RleError> {
     let mut pos = 0;
     while pos < buf.len() {
         let at = pos;
-        let next = get_varint(buf, &mut pos).ok_or(RleError::BadVarint(at))?;
+        let (next, n) = varint::decode(&buf[pos..]).map_err(|_| RleError::BadVarint(at))?;
+        pos += n;
         let len = if next & 1 == 1 { next >> 2 } else { next >> 1 };
         if out.len() as u64 + len > max_len as u64 {
             return Err(RleError::TooLarge { max: max_len });
@@ -118,36 +119,6 @@ pub fn decode(buf: &[u8], max_len: usize) -> Result<Vec<u8>, RleError> {
         }
     }
     Ok(out)
-}
-
-fn varint_len(mut v: u64) -> usize {
-    let mut n = 1;
-    while v >= 0x80 {
-        v >>= 7;
-        n += 1;
-    }
-    n
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn get_varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f).checked_shl(shift)?;
-        if b & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -175,8 +146,7 @@ mod tests {
     #[test]
     fn refuses_memory_bombs() {
         // A single run chunk claiming 2^60 bytes of 0xff.
-        let mut bomb = Vec::new();
-        put_varint(&mut bomb, (1u64 << 62) | 3);
+        let bomb = varint::encode((1u64 << 62) | 3).to_vec();
         assert_eq!(
             decode(&bomb, 1 << 20),
             Err(RleError::TooLarge { max: 1 << 20 })
