@@ -6,7 +6,6 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use hypercore::storage::{DiskStorage, FileKind, RandomAccess, Storage};
@@ -48,21 +47,8 @@ pub(crate) fn load_or_create_master_key(dir: &Path) -> Result<MasterKey, Error> 
     }
     let key = MasterKey::generate();
     // Written beside and renamed over, so a crash never leaves a torn key.
-    let tmp = dir.join(format!("{MASTER_KEY_FILE}.tmp"));
-    let write = || -> io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(key.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()
-    };
-    write().map_err(Error::io("writing the master key", &path))?;
+    hypercore::storage::write_private_file(&path, key.as_bytes())
+        .map_err(Error::io("writing the master key", &path))?;
     Ok(key)
 }
 

@@ -5,9 +5,8 @@
 //! line per key, replaced atomically.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use hypercore::PublicKey;
@@ -103,22 +102,7 @@ impl Tombstones {
         for (key, length) in &self.keys {
             text.push_str(&format!("{key} {length}\n"));
         }
-        let tmp = self.path.with_extension("tmp");
-        let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(text.as_bytes())?;
-            file.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(Error::io("writing", &self.path))
+        hypercore::storage::write_private_file(&self.path, text.as_bytes())
+            .map_err(Error::io("writing", &self.path))
     }
 }

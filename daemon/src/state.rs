@@ -3,8 +3,6 @@
 //! atomically (write, fsync, rename) so a crash leaves the old or the new file.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -78,26 +76,10 @@ impl StateFile {
     }
 
     fn save(&self, state: &State) -> Result<(), DaemonError> {
-        let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| DaemonError::internal(format!("encoding the state: {e}")))?;
-        let write = || -> std::io::Result<()> {
-            // It lists followed keys (read capabilities): private to the user.
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| DaemonError::io(format!("saving {}", self.path.display()), &e))
+        // It lists followed keys (read capabilities): private to the user.
+        hypercore::storage::write_private_file(&self.path, &bytes)
+            .map_err(|e| DaemonError::io(format!("saving {}", self.path.display()), &e))
     }
 }

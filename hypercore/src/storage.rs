@@ -284,6 +284,31 @@ impl RandomAccess for DiskFile {
     }
 }
 
+/// Writes a small file private to its user (mode 0600, whatever the umask) so that a
+/// crash leaves either the old contents or the new, never a torn file: written beside as
+/// `<name>.tmp`, fsync'd, renamed over `path`, and the directory fsync'd. For keys,
+/// tokens and state files.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    // An older temporary file keeps its mode: make sure.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+}
+
 /// A feed kept in memory. Clones share the same files, so a feed can be closed and
 /// reopened from the same `MemoryStorage`.
 #[derive(Debug, Clone, Default)]
@@ -372,5 +397,32 @@ impl RandomAccess for SharedMemoryFile {
 
     fn sync(&self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_files_replace_the_old_contents_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let path = dir.path().join("state.json");
+        // A temporary file left by a crash, readable by others.
+        std::fs::write(dir.path().join("state.json.tmp"), b"torn")
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(
+            dir.path().join("state.json.tmp"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        for contents in [&b"first"[..], b"second"] {
+            write_private_file(&path, contents).unwrap_or_else(|e| panic!("writing: {e}"));
+            assert_eq!(std::fs::read(&path).unwrap_or_default(), contents);
+            let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777);
+            assert_eq!(mode.ok(), Some(0o600));
+        }
+        assert!(!dir.path().join("state.json.tmp").exists());
     }
 }

@@ -6,7 +6,7 @@ mod cores;
 mod daemon;
 mod peers;
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -195,18 +195,8 @@ fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
         Err(e) => return Err(e).context(format!("reading {}", path.display())),
     }
     let token = hex::encode(rand::random::<[u8; 32]>());
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)?;
-        file.write_all(token.as_bytes())?;
-        file.sync_all()
-    };
-    write().with_context(|| format!("writing {}", path.display()))?;
+    hypercore::storage::write_private_file(path, token.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(token)
 }
 
