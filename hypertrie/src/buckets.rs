@@ -1,0 +1,130 @@
+//! A node's pointers (spec trie.md §5): per path position a bucket of slots, slot `s`
+//! standing for symbol `s % 5` (slots `s + 5k` chain keys whose hashes collide), each
+//! holding the seq of a node; encoded as varints.
+
+/// Seq 0 is the header, never a node: it marks an empty slot.
+const EMPTY: u64 = 0;
+/// Most slots a bucket may have (a bitmap varint of 64 bits).
+const MAX_SLOTS: usize = 64;
+/// Most positions a decoded trie may claim (hypertrie keys with 4,000 components).
+const MAX_POSITIONS: u64 = 1 << 17;
+
+/// The buckets of one node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Buckets {
+    buckets: Vec<Vec<u64>>,
+}
+
+impl Buckets {
+    /// The occupied slots of the bucket at `i`, as `(slot, seq)`.
+    pub fn slots(&self, i: usize) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.buckets
+            .get(i)
+            .into_iter()
+            .flat_map(|b| b.iter().copied().enumerate())
+            .filter(|&(_, seq)| seq != EMPTY)
+    }
+
+    /// The seq in slot `s` of the bucket at `i`, if any.
+    pub fn get(&self, i: usize, s: usize) -> Option<u64> {
+        self.buckets
+            .get(i)
+            .and_then(|b| b.get(s))
+            .copied()
+            .filter(|&seq| seq != EMPTY)
+    }
+
+    /// The seqs of the chain `v, v + 5, …` at `i`, up to its first empty slot.
+    pub fn chain(&self, i: usize, v: usize) -> impl Iterator<Item = u64> + '_ {
+        (v..)
+            .step_by(5)
+            .map(move |s| self.get(i, s))
+            .take_while(Option::is_some)
+            .flatten()
+    }
+
+    /// Points symbol `s` at position `i` to `seq`: in the first free slot of its chain,
+    /// unless the bucket already holds `seq`.
+    pub fn push(&mut self, i: usize, s: usize, seq: u64) {
+        if self.buckets.len() <= i {
+            self.buckets.resize_with(i + 1, Vec::new);
+        }
+        let bucket = &mut self.buckets[i];
+        let mut s = s % 5;
+        while bucket.get(s).is_some_and(|&x| x != EMPTY) {
+            s += 5;
+        }
+        if bucket.contains(&seq) {
+            return;
+        }
+        if bucket.len() <= s {
+            bucket.resize(s + 1, EMPTY);
+        }
+        bucket[s] = seq;
+    }
+
+    /// The encoding JS writes: length, then `position bitmap seq…` per non-empty bucket.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&varint::encode(self.buckets.len() as u64));
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            let bits = bucket
+                .iter()
+                .enumerate()
+                .filter(|&(_, &seq)| seq != EMPTY)
+                .fold(0u64, |bits, (s, _)| bits | 1 << s);
+            if bits == 0 {
+                continue;
+            }
+            out.extend_from_slice(&varint::encode(i as u64));
+            out.extend_from_slice(&varint::encode(bits));
+            for &seq in bucket.iter().filter(|&&seq| seq != EMPTY) {
+                out.extend_from_slice(&varint::encode(seq));
+            }
+        }
+        out
+    }
+
+    /// Decodes a trie buffer, refusing malformed or absurd ones.
+    pub fn decode(buf: &[u8]) -> Result<Buckets, String> {
+        let mut buckets = Buckets::default();
+        if buf.is_empty() {
+            return Ok(buckets);
+        }
+        let mut pos = 0;
+        let next = |pos: &mut usize| -> Result<u64, String> {
+            let (v, n) = varint::decode(&buf[*pos..]).map_err(|e| e.to_string())?;
+            *pos += n;
+            Ok(v)
+        };
+        let length = next(&mut pos)?;
+        if length > MAX_POSITIONS {
+            return Err(format!("{length} positions"));
+        }
+        while pos < buf.len() {
+            let i = next(&mut pos)?;
+            if i >= length {
+                return Err(format!("a bucket at position {i} of {length}"));
+            }
+            let mut bits = next(&mut pos)?;
+            let mut slots = Vec::new();
+            for s in 0..MAX_SLOTS {
+                if bits == 0 {
+                    break;
+                }
+                if bits & 1 == 1 {
+                    slots.resize(s, EMPTY);
+                    slots.push(next(&mut pos)?);
+                }
+                bits >>= 1;
+            }
+            let i = i as usize;
+            if buckets.buckets.len() <= i {
+                buckets.buckets.resize_with(i + 1, Vec::new);
+            }
+            buckets.buckets[i] = slots;
+        }
+        buckets.buckets.resize_with(length as usize, Vec::new);
+        Ok(buckets)
+    }
+}

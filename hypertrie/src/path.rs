@@ -1,0 +1,117 @@
+//! Keys and their paths (spec trie.md §4): a key is split into components, each hashed
+//! with SipHash-2-4 into 32 symbols of 2 bits; position 0 tells hidden keys apart and a
+//! final symbol 4 ends the key.
+
+/// The symbol that ends every path.
+pub const END: u8 = 4;
+/// Symbols per component.
+const PER_COMPONENT: usize = 32;
+
+/// A normalized key with its hashed path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Path {
+    key: String,
+    hidden: bool,
+    /// Byte ranges of the components in `key`.
+    components: Vec<(usize, usize)>,
+    /// 8 bytes of SipHash per component.
+    hash: Vec<u8>,
+}
+
+impl Path {
+    /// The path of `key` (one leading `/` dropped) in the visible or hidden half.
+    pub fn new(key: &str, hidden: bool) -> Path {
+        let key = key.strip_prefix('/').unwrap_or(key).to_string();
+        let mut components: Vec<(usize, usize)> = Vec::new();
+        let mut start = 0;
+        for (i, c) in key.char_indices().chain(std::iter::once((key.len(), '/'))) {
+            if c == '/' {
+                components.push((start, i));
+                start = i + 1;
+            }
+        }
+        // A leading and a trailing empty component are dropped, as JS does.
+        if components.first().is_some_and(|&(s, e)| s == e) {
+            components.remove(0);
+        }
+        if components.last().is_some_and(|&(s, e)| s == e) {
+            components.pop();
+        }
+        let mut hash = Vec::with_capacity(8 * components.len());
+        for &(s, e) in &components {
+            hash.extend_from_slice(&siphash(&key.as_bytes()[s..e]));
+        }
+        Path {
+            key,
+            hidden,
+            components,
+            hash,
+        }
+    }
+
+    /// The normalized key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Whether the key is hidden.
+    pub fn hidden(&self) -> bool {
+        self.hidden
+    }
+
+    /// Positions in the path: 32 per component, one for hidden, one for the end.
+    pub fn len(&self) -> usize {
+        PER_COMPONENT * self.components.len() + 2
+    }
+
+    /// Never: every path has at least the hidden and end positions.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The symbol at position `i` (0–3 from the hash, [`END`] past it).
+    pub fn symbol(&self, i: usize) -> u8 {
+        if i == 0 {
+            return u8::from(self.hidden);
+        }
+        let i = i - 1;
+        match self.hash.get(i >> 2) {
+            Some(b) => (b >> (2 * (i & 3))) & 3,
+            None => END,
+        }
+    }
+
+    /// Component `c` of the key.
+    fn component(&self, c: usize) -> Option<&str> {
+        self.components.get(c).map(|&(s, e)| &self.key[s..e])
+    }
+
+    /// Whether `self` and `other`, equal in hash up to `i`, differ in their strings at
+    /// checkpoint `i` (a 64-bit hash collision): the whole keys at the end position, else
+    /// the component that ends at `i`.
+    pub fn differs(&self, other: &Path, i: usize) -> bool {
+        if i == 0 {
+            return false;
+        }
+        if i == self.len() - 1 {
+            return self.key != other.key;
+        }
+        let c = (i - 1) / PER_COMPONENT;
+        self.component(c) != other.component(c)
+    }
+}
+
+/// Whether position `i` ends a component, where strings are compared too.
+pub fn is_checkpoint(i: usize) -> bool {
+    i > 0 && i.is_multiple_of(PER_COMPONENT)
+}
+
+/// SipHash-2-4 with an all-zero key, in the reference byte order (libsodium's
+/// `crypto_shorthash`).
+fn siphash(data: &[u8]) -> [u8; 8] {
+    #[allow(deprecated)]
+    // std's SipHasher is exactly SipHash-2-4; only its use as a default hasher is deprecated
+    let mut hasher = std::hash::SipHasher::new_with_keys(0, 0);
+    std::hash::Hasher::write(&mut hasher, data);
+    std::hash::Hasher::finish(&hasher).to_le_bytes()
+}
