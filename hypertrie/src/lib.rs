@@ -40,6 +40,14 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A key that cannot be written.
+    #[error("cannot put the key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key as given.
+        key: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// Writing to a trie whose feed we cannot sign, or to a checkout.
     #[error("the trie {key} is not writable{}", if *.checkout { " (a checkout)" } else { "" })]
     NotWritable {
@@ -214,6 +222,7 @@ impl Hypertrie {
     /// Puts `value` at `key`; returns the appended node.
     pub async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<Node, Error> {
         self.check_writable()?;
+        check_key(key)?;
         let _guard = self.lock.lock().await;
         let mut view = View::new(self, self.feed.len());
         let (node, _) = view.build(key, Some(value), options, 0).await?;
@@ -232,6 +241,7 @@ impl Hypertrie {
         condition: impl FnOnce(Option<&Node>, &Node) -> bool,
     ) -> Result<Option<Node>, Error> {
         self.check_writable()?;
+        check_key(key)?;
         let _guard = self.lock.lock().await;
         let mut view = View::new(self, self.feed.len());
         let (node, closest) = view.build(key, Some(value), options, 0).await?;
@@ -259,6 +269,11 @@ impl Hypertrie {
     /// append. Returns the appended nodes (a delete of an absent key appends nothing).
     pub async fn batch(&self, ops: Vec<Op>) -> Result<Vec<Node>, Error> {
         self.check_writable()?;
+        for op in &ops {
+            if let Op::Put { key, .. } = op {
+                check_key(key)?;
+            }
+        }
         let _guard = self.lock.lock().await;
         let mut view = View::new(self, self.feed.len());
         for op in ops {
@@ -338,6 +353,18 @@ impl Hypertrie {
     }
 }
 
+/// Refuses keys that are empty once normalized: JS reads a stored node with an empty key as
+/// a reset node, so putting one would hide every key from readers.
+fn check_key(key: &str) -> Result<(), Error> {
+    if Path::new(key, false).key().is_empty() {
+        return Err(Error::InvalidKey {
+            key: key.to_string(),
+            reason: "it is empty (JS hypertrie reads a node with an empty key as an empty trie)",
+        });
+    }
+    Ok(())
+}
+
 /// The trie at a version, plus nodes of a batch not appended yet (seqs from `version` on).
 struct View<'a> {
     trie: &'a Hypertrie,
@@ -362,15 +389,17 @@ impl<'a> View<'a> {
         self.version + self.pending.len() as u64
     }
 
-    async fn load(&mut self, seq: u64) -> Result<Node, Error> {
+    /// The node at `seq`: one of the batch's as it is, a stored one unless it is a reset
+    /// node (JS `getBySeq`, which yields nothing for every stored node with an empty key).
+    async fn load(&mut self, seq: u64) -> Result<Option<Node>, Error> {
         if let Some(node) = seq
             .checked_sub(self.version)
             .and_then(|k| self.pending.get(k as usize))
         {
-            return Ok(node.clone());
+            return Ok(Some(node.clone()));
         }
         if let Some(node) = self.cache.get(&seq) {
-            return Ok(node.clone());
+            return Ok(Some(node.clone()).filter(|n| !n.is_reset()));
         }
         if seq == 0 || seq >= self.len() {
             return Err(Error::Decode {
@@ -380,16 +409,16 @@ impl<'a> View<'a> {
         }
         let node = self.trie.load(seq).await?;
         self.cache.insert(seq, node.clone());
-        Ok(node)
+        Ok(Some(node).filter(|n| !n.is_reset()))
     }
 
+    /// The newest node: the batch's last, else the stored head.
     async fn head(&mut self) -> Result<Option<Node>, Error> {
         let len = self.len();
         if len < 2 {
             return Ok(None);
         }
-        let head = self.load(len - 1).await?;
-        Ok((!head.is_reset()).then_some(head))
+        self.load(len - 1).await
     }
 
     /// Among the chain at `(i, v)` of `node`'s buckets, the last node that does not differ
@@ -404,9 +433,10 @@ impl<'a> View<'a> {
         let mut found = None;
         let chain: Vec<u64> = node.buckets.chain(i, v).collect();
         for seq in chain {
-            let candidate = self.load(seq).await?;
-            if !candidate.path.differs(target, i) {
-                found = Some(candidate);
+            if let Some(candidate) = self.load(seq).await? {
+                if !candidate.path.differs(target, i) {
+                    found = Some(candidate);
+                }
             }
         }
         Ok(found)
@@ -435,7 +465,10 @@ impl<'a> View<'a> {
                 continue;
             }
             match h.buckets.get(i, v as usize) {
-                Some(seq) => h = self.load(seq).await?,
+                Some(seq) => match self.load(seq).await? {
+                    Some(next) => h = next,
+                    None => return Ok(None),
+                },
                 None => return Ok(options.closest.then_some(h)),
             }
         }
@@ -474,8 +507,13 @@ impl<'a> View<'a> {
                 }
                 // At a checkpoint, only branches whose strings differ from ours (the
                 // others are our own path, rebuilt below).
-                if !cp || (seq != deleted && self.load(seq).await?.path.differs(&path, i)) {
+                if !cp {
                     push(&mut buckets, i, j, seq);
+                } else if seq != deleted {
+                    let other = self.load(seq).await?;
+                    if other.is_some_and(|o| o.path.differs(&path, i)) {
+                        push(&mut buckets, i, j, seq);
+                    }
                 }
             }
             if hv == v && !(cp && path.differs(&h.path, i)) {
@@ -489,7 +527,7 @@ impl<'a> View<'a> {
                 continue;
             }
             match h.buckets.get(i, v) {
-                Some(seq) => head = Some(self.load(seq).await?),
+                Some(seq) => head = self.load(seq).await?,
                 None => break,
             }
             i += 1;
@@ -521,7 +559,10 @@ impl<'a> View<'a> {
             match h.buckets.get(i, v) {
                 Some(seq) => {
                     closest = h.seq;
-                    h = self.load(seq).await?;
+                    match self.load(seq).await? {
+                        Some(next) => h = next,
+                        None => return Ok(None),
+                    }
                 }
                 None => return Ok(None),
             }
@@ -531,20 +572,22 @@ impl<'a> View<'a> {
         }
         let deleted = h.seq;
         let options = |hidden, flags| PutOptions { hidden, flags };
-        let node = if closest == 0 {
-            self.build("", None, options(h.hidden(), 0), deleted)
-                .await?
-                .0
-        } else {
-            let c = self.load(closest).await?;
-            self.build(
-                c.key(),
-                c.value.clone(),
-                options(c.hidden(), c.flags),
-                deleted,
-            )
-            .await?
-            .0
+        let neighbour = match closest {
+            0 => None,
+            seq => self.load(seq).await?,
+        };
+        let node = match neighbour {
+            None => {
+                self.build("", None, options(h.hidden(), 0), deleted)
+                    .await?
+                    .0
+            }
+            Some(c) => {
+                let options = options(c.hidden(), c.flags);
+                self.build(c.key(), c.value.clone(), options, deleted)
+                    .await?
+                    .0
+            }
         };
         Ok(Some(node))
     }
@@ -596,7 +639,10 @@ impl<'a> View<'a> {
                     .filter_map(|slot| node.buckets.get(i, slot))
                     .collect();
                 for seq in chain {
-                    stack.push((i + 1, self.load(seq).await?));
+                    // A reset node stands for nothing here (JS would fail on it).
+                    if let Some(next) = self.load(seq).await? {
+                        stack.push((i + 1, next));
+                    }
                 }
                 // Keys whose hashes collide here pop in ascending key order.
                 stack[before..].sort_by(|a, b| b.1.key().cmp(a.1.key()));

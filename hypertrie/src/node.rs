@@ -90,9 +90,10 @@ impl Node {
         self.path.hidden()
     }
 
-    /// A node written when a delete removed the last key: it stands for "empty".
+    /// A node written when a delete removed the last key: it stands for "empty". JS reads
+    /// every stored node with an empty key so, whatever its value.
     pub fn is_reset(&self) -> bool {
-        self.path.key().is_empty() && self.value.is_none()
+        self.path.key().is_empty()
     }
 
     /// The flags as stored: user flags shifted, bit 0 hidden.

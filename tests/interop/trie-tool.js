@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+'use strict'
+// Runs a workload against real JS hypertrie@5.1.3 on a RAM feed and prints what it wrote,
+// for hyperd's trie compatibility test (tests/tests/js_trie.rs).
+//
+//   node trie-tool.js WORKLOAD.json
+//
+// The workload is a JSON array of steps:
+//   {"op": "put", "key": K, "value": HEX, "hidden": B, "flags": N}
+//   {"op": "del", "key": K, "hidden": B}
+//   {"op": "batch", "ops": [put or del steps, with "type" instead of "op"]}
+//   {"op": "list", "prefix": P, "recursive": B, "reverse": B, "gt": B, "hidden": B}
+//   {"op": "get", "key": K, "hidden": B}
+// It prints one JSON line: {"blocks": [HEX, ...], "results": [...]}, a result per step
+// (the seqs a write returned, the keys a list returned, the seq a get found or null).
+const fs = require('fs')
+const hypertrie = require('hypertrie')
+const ram = require('random-access-memory')
+
+function fail (err) {
+  console.log(JSON.stringify({ ok: false, error: String(err && err.stack ? err.stack : err) }))
+  process.exit(1)
+}
+
+const steps = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'))
+const db = hypertrie(ram, { valueEncoding: 'binary', extension: false })
+
+function value (hex) { return Buffer.from(hex, 'hex') }
+function seqs (nodes) { return (Array.isArray(nodes) ? nodes : [nodes]).filter(Boolean).map(n => n.seq) }
+
+function run (step, cb) {
+  switch (step.op) {
+    case 'put':
+      return db.put(step.key, value(step.value), { hidden: step.hidden, flags: step.flags }, (err, node) => cb(err, seqs(node)))
+    case 'del':
+      return db.del(step.key, { hidden: step.hidden }, (err, node) => cb(err, seqs(node)))
+    case 'batch':
+      return db.batch(step.ops.map(o => o.type === 'put'
+        ? { type: 'put', key: o.key, value: value(o.value), hidden: o.hidden, flags: o.flags }
+        : { type: 'del', key: o.key, hidden: o.hidden }), (err, nodes) => cb(err, seqs(nodes || [])))
+    case 'list':
+      return db.list(step.prefix, { recursive: step.recursive, reverse: step.reverse, gt: step.gt, hidden: step.hidden },
+        (err, nodes) => cb(err, (nodes || []).map(n => n.key)))
+    case 'get':
+      return db.get(step.key, { hidden: step.hidden }, (err, node) => cb(err, node ? node.seq : null))
+    default:
+      return cb(new Error('unknown step ' + JSON.stringify(step)))
+  }
+}
+
+db.ready(err => {
+  if (err) return fail(err)
+  const results = []
+  let i = 0
+  next()
+  function next () {
+    if (i < steps.length) {
+      return run(steps[i++], (err, result) => {
+        if (err) return fail(err)
+        results.push(result)
+        next()
+      })
+    }
+    const blocks = []
+    const feed = db.feed
+    let b = 0
+    read()
+    function read () {
+      if (b >= feed.length) return console.log(JSON.stringify({ ok: true, blocks, results }))
+      feed.get(b++, { valueEncoding: 'binary' }, (err, data) => {
+        if (err) return fail(err)
+        blocks.push(data.toString('hex'))
+        read()
+      })
+    }
+  }
+})
