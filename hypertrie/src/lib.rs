@@ -5,6 +5,7 @@
 //! blocks on its way.
 
 mod buckets;
+mod diff;
 mod node;
 mod path;
 
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use hypercore::Feed;
 
 pub use buckets::Buckets;
+pub use diff::{DiffEntry, DiffOptions};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
 
@@ -353,16 +355,23 @@ impl Hypertrie {
     }
 }
 
-/// Refuses keys that are empty once normalized: JS reads a stored node with an empty key as
-/// a reset node, so putting one would hide every key from readers.
+/// Refuses keys that would not read back as written. JS reads a stored node with an empty
+/// key as a reset node, so putting one would hide every key from readers; and readers strip
+/// one leading `/` again, so a key starting with `//` reads back as another key (`//` as
+/// the empty one).
 fn check_key(key: &str) -> Result<(), Error> {
-    if Path::new(key, false).key().is_empty() {
-        return Err(Error::InvalidKey {
-            key: key.to_string(),
-            reason: "it is empty (JS hypertrie reads a node with an empty key as an empty trie)",
-        });
-    }
-    Ok(())
+    let stored = Path::new(key, false);
+    let reason = if stored.key().is_empty() {
+        "it is empty (JS hypertrie reads a node with an empty key as an empty trie)"
+    } else if stored.key().starts_with('/') {
+        "it starts with two slashes (readers strip one more and read another key)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidKey {
+        key: key.to_string(),
+        reason,
+    })
 }
 
 /// The trie at a version, plus nodes of a batch not appended yet (seqs from `version` on).

@@ -56,7 +56,7 @@ async fn a_reset_node_in_the_middle_of_the_trie_is_skipped() {
 #[tokio::test]
 async fn empty_keys_are_refused_and_checkouts_are_read_only() {
     let trie = new_trie().await;
-    for key in ["", "/"] {
+    for key in ["", "/", "//", "//a"] {
         let err = trie
             .put(key, "x".into(), PutOptions::default())
             .await

@@ -231,6 +231,24 @@ async fn the_js_operations_give_the_js_blocks() {
         .await
         .is_err());
 
+    let diff: Vec<Value> = trie
+        .diff(5, "", hypertrie::DiffOptions::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "key": e.key,
+                "left": e.left.as_ref().map(|n| n.seq),
+                "right": e.right.as_ref().map(|n| n.seq),
+            })
+        })
+        .collect();
+    assert_eq!(
+        Value::Array(diff),
+        q["diff(5)  (left = current, right = version 5)"]
+    );
+
     let history: Vec<(u64, String)> = trie
         .history(6, 10)
         .await

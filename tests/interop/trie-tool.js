@@ -11,8 +11,10 @@
 //   {"op": "batch", "ops": [put or del steps, with "type" instead of "op"]}
 //   {"op": "list", "prefix": P, "recursive": B, "reverse": B, "gt": B, "hidden": B}
 //   {"op": "get", "key": K, "hidden": B}
+//   {"op": "diff", "version": V, "prefix": P, "hidden": B}  (current against checkout(V))
 // It prints one JSON line: {"blocks": [HEX, ...], "results": [...]}, a result per step
-// (the seqs a write returned, the keys a list returned, the seq a get found or null).
+// (the seqs a write returned, the keys a list returned, the seq a get found or null, the
+// [key, left seq, right seq] of each diff entry, 0 for none).
 const fs = require('fs')
 const hypertrie = require('hypertrie')
 const ram = require('random-access-memory')
@@ -41,6 +43,17 @@ function run (step, cb) {
     case 'list':
       return db.list(step.prefix, { recursive: step.recursive, reverse: step.reverse, gt: step.gt, hidden: step.hidden },
         (err, nodes) => cb(err, (nodes || []).map(n => n.key)))
+    case 'diff': {
+      const out = []
+      const ite = db.diff(step.version, step.prefix, { hidden: step.hidden })
+      const next = () => ite.next((err, e) => {
+        if (err) return cb(err)
+        if (!e) return cb(null, out)
+        out.push([e.key, e.left ? e.left.seq : 0, e.right ? e.right.seq : 0])
+        next()
+      })
+      return next()
+    }
     case 'get':
       return db.get(step.key, { hidden: step.hidden }, (err, node) => cb(err, node ? node.seq : null))
     default:

@@ -1,0 +1,301 @@
+//! Differences between two versions of a trie (spec trie.md §6.7, JS `lib/diff.js`): both
+//! are walked in lockstep from the prefix, skipping a sub-trie as soon as both sides point
+//! at the same node, so the cost follows the size of the change. The walk order, and
+//! which node pairs up with which, are JS's.
+
+use crate::path::{is_checkpoint, END};
+use crate::{Error, GetOptions, Hypertrie, Node, View};
+
+/// Options of [`Hypertrie::diff`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiffOptions {
+    /// Compare hidden keys.
+    pub hidden: bool,
+    /// Leave out keys only the other version has (JS `skipLeftNull`).
+    pub skip_left_null: bool,
+    /// Leave out keys only this version has (JS `skipRightNull`).
+    pub skip_right_null: bool,
+}
+
+/// A key whose node differs between the two versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiffEntry {
+    /// The key.
+    pub key: String,
+    /// Its node in this version, if it has one.
+    pub left: Option<Node>,
+    /// Its node in the other version.
+    pub right: Option<Node>,
+}
+
+/// One pair of sub-tries still to compare, from path position `i`.
+#[derive(Clone, Debug)]
+struct Pair {
+    i: usize,
+    left: Option<Node>,
+    right: Option<Node>,
+    skip: bool,
+}
+
+/// A node to load into a pair once the current step is done (JS loads asynchronously, so
+/// a step never sees the nodes it asked for).
+struct Load {
+    at: usize,
+    seq: u64,
+    left: bool,
+}
+
+fn seq(node: &Option<Node>) -> u64 {
+    node.as_ref().map_or(0, |n| n.seq)
+}
+
+fn done(node: &Option<Node>, i: usize) -> bool {
+    node.as_ref().is_some_and(|n| i >= n.path.len())
+}
+
+/// The bucket at `i` as JS sees it: seqs by slot, 0 for empty.
+fn bucket(node: &Option<Node>, i: usize) -> Vec<u64> {
+    let Some(node) = node else {
+        return Vec::new();
+    };
+    let slots: Vec<(usize, u64)> = node.buckets.slots(i).collect();
+    let len = slots.last().map_or(0, |&(s, _)| s + 1);
+    let mut out = vec![0; len];
+    for (s, seq) in slots {
+        out[s] = seq;
+    }
+    out
+}
+
+fn not_in_bucket(j: usize, seq: u64, bucket: &[u64]) -> bool {
+    !(j..bucket.len()).step_by(5).any(|s| bucket[s] == seq)
+}
+
+fn collides(pair: &Pair) -> bool {
+    match (&pair.left, &pair.right) {
+        (Some(l), Some(r)) if is_checkpoint(pair.i) => l.path.differs(&r.path, pair.i),
+        _ => false,
+    }
+}
+
+/// The pair at `at`, pushed if the stack ends there.
+fn pair_at(stack: &mut Vec<Pair>, at: usize, i: usize) -> &mut Pair {
+    if stack.len() == at {
+        stack.push(Pair {
+            i,
+            left: None,
+            right: None,
+            skip: false,
+        });
+    }
+    &mut stack[at]
+}
+
+/// Pairs `start..end`, pushed for one symbol at checkpoint `i`, share a hash: make sure
+/// no pair joins nodes whose strings differ.
+fn untangle(stack: &mut Vec<Pair>, start: usize, end: usize) {
+    if end - start == 1 {
+        // One pair: by far the usual case (more need a 64-bit SipHash collision).
+        if collides(&stack[start]) {
+            let top = &mut stack[start];
+            let split = Pair {
+                i: top.i,
+                left: None,
+                right: top.right.take(),
+                skip: top.skip,
+            };
+            stack.push(split);
+        }
+        return;
+    }
+    // Several: pair each right node with the left node of the same string, and give the
+    // unmatched ones pairs of their own. (JS shuffles them in place, in a loop that need
+    // not end; the pairs it aims for are these.)
+    let rights: Vec<Option<Node>> = stack[start..end]
+        .iter_mut()
+        .map(|p| p.right.take())
+        .collect();
+    let mut unmatched = Vec::new();
+    for right in rights.into_iter().flatten() {
+        let slot = stack[start..end].iter_mut().find(|p| {
+            p.right.is_none()
+                && p.left
+                    .as_ref()
+                    .is_some_and(|l| !l.path.differs(&right.path, p.i))
+        });
+        match slot {
+            Some(pair) => pair.right = Some(right),
+            None => unmatched.push(right),
+        }
+    }
+    let (i, skip) = (stack[start].i, stack[start].skip);
+    for right in unmatched {
+        stack.push(Pair {
+            i,
+            left: None,
+            right: Some(right),
+            skip,
+        });
+    }
+}
+
+impl Hypertrie {
+    /// The keys under `prefix` whose nodes differ between this version (left) and version
+    /// `version` (right), in JS's walk order: left only = added since, right only = gone
+    /// since, both = changed (or rewritten by a neighbour's delete).
+    pub async fn diff(
+        &self,
+        version: u64,
+        prefix: &str,
+        options: DiffOptions,
+    ) -> Result<Vec<DiffEntry>, Error> {
+        let other = self.checkout(version);
+        let get = GetOptions {
+            hidden: options.hidden,
+            prefix: true,
+            closest: false,
+        };
+        let left = self.get(prefix, get).await?;
+        let right = other.get(prefix, get).await?;
+        // Both versions' nodes are blocks of the same feed.
+        let mut view = View::new(self, self.version().max(other.version()));
+        let start = crate::Path::new(prefix, options.hidden).len() - 1;
+        let mut stack = vec![Pair {
+            i: start,
+            left,
+            right,
+            skip: false,
+        }];
+        let mut out = Vec::new();
+        let emit = |out: &mut Vec<DiffEntry>, left: Option<Node>, right: Option<Node>| {
+            let key = left
+                .as_ref()
+                .or(right.as_ref())
+                .map(|n| n.key().to_string());
+            out.push(DiffEntry {
+                key: key.unwrap_or_default(),
+                left,
+                right,
+            });
+        };
+        while let Some(Pair {
+            i,
+            left,
+            right,
+            skip,
+        }) = stack.pop()
+        {
+            if skip || seq(&left) == seq(&right) {
+                continue;
+            }
+            let (done_left, done_right) = (done(&left, i), done(&right, i));
+            if done_left && done_right {
+                emit(&mut out, left, right);
+                continue;
+            }
+            if right.is_none() && left.is_some() && options.skip_right_null {
+                continue;
+            }
+            if right.is_some() && left.is_none() && options.skip_left_null {
+                continue;
+            }
+            let left_val = left.as_ref().map_or(5, |n| n.path.symbol(i) as usize);
+            let right_val = right.as_ref().map_or(6, |n| n.path.symbol(i) as usize);
+            let (left_bucket, right_bucket) = (bucket(&left, i), bucket(&right, i));
+            let mut loads: Vec<Load> = Vec::new();
+            // Collision checks wait for the loads issued before them, as in JS.
+            let mut checks: Vec<(usize, usize)> = Vec::new();
+            for j in 0..=END as usize {
+                let left_seq = if left_val == j { seq(&left) } else { 0 };
+                let right_seq = if right_val == j { seq(&right) } else { 0 };
+                let len = stack.len();
+                let (mut left_len, mut right_len) = (len, len);
+                if left_seq != right_seq {
+                    if !done_left && left_seq != 0 && not_in_bucket(j, left_seq, &right_bucket) {
+                        pair_at(&mut stack, left_len, i + 1).left = left.clone();
+                        left_len += 1;
+                    }
+                    if !done_right && right_seq != 0 && not_in_bucket(j, right_seq, &left_bucket) {
+                        pair_at(&mut stack, right_len, i + 1).right = right.clone();
+                        right_len += 1;
+                    }
+                }
+                if !done_left {
+                    let push_left =
+                        !options.skip_right_null || right_bucket.get(j).is_some_and(|&s| s != 0);
+                    for s in (j..left_bucket.len()).step_by(5) {
+                        let seq = left_bucket[s];
+                        if seq == 0 {
+                            break;
+                        }
+                        if seq != right_seq && not_in_bucket(j, seq, &right_bucket) {
+                            let at = left_len;
+                            left_len += 1;
+                            let top = pair_at(&mut stack, at, i + 1);
+                            if push_left || top.right.is_some() {
+                                loads.push(Load {
+                                    at,
+                                    seq,
+                                    left: true,
+                                });
+                            } else {
+                                top.skip = true;
+                            }
+                        }
+                    }
+                }
+                if !done_right {
+                    let push_right =
+                        !options.skip_left_null || left_bucket.get(j).is_some_and(|&s| s != 0);
+                    for s in (j..right_bucket.len()).step_by(5) {
+                        let seq = right_bucket[s];
+                        if seq == 0 {
+                            break;
+                        }
+                        if seq != left_seq && not_in_bucket(j, seq, &left_bucket) {
+                            let at = right_len;
+                            right_len += 1;
+                            let top = pair_at(&mut stack, at, i + 1);
+                            if push_right || top.left.is_some() {
+                                loads.push(Load {
+                                    at,
+                                    seq,
+                                    left: false,
+                                });
+                            } else {
+                                top.skip = true;
+                            }
+                        }
+                    }
+                }
+                let end = stack.len();
+                if is_checkpoint(i) && end > len {
+                    if loads.is_empty() {
+                        untangle(&mut stack, len, end);
+                    } else {
+                        checks.push((len, end));
+                    }
+                }
+            }
+            for load in loads {
+                if let Some(node) = view.load(load.seq).await? {
+                    let pair = &mut stack[load.at];
+                    if load.left {
+                        pair.left = Some(node);
+                    } else {
+                        pair.right = Some(node);
+                    }
+                }
+            }
+            while let Some((start, end)) = checks.pop() {
+                untangle(&mut stack, start, end);
+            }
+            if done_left {
+                emit(&mut out, left, None);
+            } else if done_right {
+                emit(&mut out, None, right);
+            }
+        }
+        Ok(out)
+    }
+}
