@@ -8,6 +8,7 @@ mod buckets;
 mod diff;
 mod node;
 mod path;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
