@@ -6,6 +6,7 @@
 
 mod buckets;
 mod diff;
+mod mounts;
 mod node;
 mod path;
 mod watch;
@@ -18,6 +19,7 @@ use hypercore::Feed;
 
 pub use buckets::Buckets;
 pub use diff::{DiffEntry, DiffOptions};
+pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
 
