@@ -9,6 +9,7 @@ mod diff;
 mod mounts;
 mod node;
 mod path;
+mod resolve;
 mod watch;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ pub use diff::{DiffEntry, DiffOptions};
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
+pub use resolve::{MountableTrie, Resolved};
 
 use path::{is_checkpoint, END};
 
@@ -44,6 +46,23 @@ pub enum Error {
         seq: u64,
         /// Why.
         reason: String,
+    },
+    /// The corestore could not open a mounted trie's core.
+    #[error("opening the mounted core {key}: {source}")]
+    Store {
+        /// The mounted core.
+        key: hypercore::PublicKey,
+        /// Why (boxed: corestore errors are large).
+        #[source]
+        source: Box<corestore::Error>,
+    },
+    /// Following mounts went deeper than a sane tree: mounts that lead back to themselves.
+    #[error("resolving {path:?} went through {depth} mounts: a mount loop")]
+    MountLoop {
+        /// The path looked up.
+        path: String,
+        /// Mounts followed.
+        depth: usize,
     },
     /// A key that cannot be written.
     #[error("cannot put the key {key:?}: {reason}")]

@@ -1,0 +1,236 @@
+//! Paths across mounts (spec trie.md §9.2–9.3): a trie whose mount points lead into other
+//! tries of the same corestore, opened on demand (at the record's version when pinned).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use corestore::{Core, Corestore};
+use hypercore::PublicKey;
+use prost::Message;
+
+use crate::mounts::{normalize_path, MountRecord};
+use crate::{Error, GetOptions, Hypertrie, Node, OpenOptions, PutOptions};
+
+/// Mounts followed in one lookup at most: deeper is a mount loop.
+const MAX_DEPTH: usize = 16;
+
+/// A node found through mounts.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The node, its key as seen from the outer trie.
+    pub node: Node,
+    /// The trie that holds it.
+    pub trie: Hypertrie,
+    /// Its key in that trie.
+    pub inner_key: String,
+}
+
+/// A trie together with the tries mounted in it. Cheap to clone.
+#[derive(Clone)]
+pub struct MountableTrie {
+    trie: Hypertrie,
+    store: Corestore,
+    /// Mounted tries opened so far, with the cores that keep them open.
+    open: Arc<Mutex<HashMap<PublicKey, (Core, Hypertrie)>>>,
+}
+
+/// Where a path lives: the trie that holds it, its key there, and the outer prefix.
+struct Location {
+    trie: Hypertrie,
+    path: String,
+    outer: String,
+}
+
+impl MountableTrie {
+    /// `trie`, whose mounts are opened from `store`.
+    pub fn new(trie: Hypertrie, store: Corestore) -> MountableTrie {
+        MountableTrie {
+            trie,
+            store,
+            open: Arc::default(),
+        }
+    }
+
+    /// The outermost trie.
+    pub fn trie(&self) -> &Hypertrie {
+        &self.trie
+    }
+
+    /// The node at `path`, found through the mounts on the way; a mount point itself is
+    /// the outer trie's visible mount node.
+    pub async fn get(&self, path: &str) -> Result<Option<Resolved>, Error> {
+        let mut at = Location {
+            trie: self.trie.clone(),
+            path: normalize_path(path),
+            outer: String::new(),
+        };
+        for _ in 0..MAX_DEPTH {
+            let closest = GetOptions {
+                closest: true,
+                ..GetOptions::default()
+            };
+            let Some(node) = at.trie.get(&at.path, closest).await? else {
+                return Ok(None);
+            };
+            if !node.is_mount() || node.key() == at.path {
+                return Ok((node.key() == at.path).then(|| found(node, at)));
+            }
+            match self.descend(&at).await? {
+                Some(inner) => at = inner,
+                None => {
+                    let node = at.trie.get(&at.path, GetOptions::default()).await?;
+                    return Ok(node.map(|n| found(n, at)));
+                }
+            }
+        }
+        Err(mount_loop(path))
+    }
+
+    /// Puts `value` at `path`, in the mounted trie the path leads into, if any.
+    pub async fn put(
+        &self,
+        path: &str,
+        value: Bytes,
+        options: PutOptions,
+    ) -> Result<Resolved, Error> {
+        let at = self.locate(path).await?;
+        let node = at.trie.put(&at.path, value, options).await?;
+        Ok(found(node, at))
+    }
+
+    /// Deletes `path`, in the mounted trie the path leads into, if any; `None` if absent.
+    pub async fn del(&self, path: &str) -> Result<Option<Node>, Error> {
+        let at = self.locate(path).await?;
+        at.trie.del(&at.path, false).await
+    }
+
+    /// Mounts `record` at `path`, in the trie that holds `path` (a mount inside a mount is
+    /// written in the mounted trie, as JS does).
+    pub async fn mount(
+        &self,
+        path: &str,
+        record: MountRecord,
+        value: Bytes,
+    ) -> Result<Vec<Node>, Error> {
+        let at = self.locate(path).await?;
+        at.trie.mount(&at.path, record, value).await
+    }
+
+    /// The trie and key `path` is written to: through every mount strictly above it.
+    async fn locate(&self, path: &str) -> Result<Location, Error> {
+        let mut at = Location {
+            trie: self.trie.clone(),
+            path: normalize_path(path),
+            outer: String::new(),
+        };
+        for _ in 0..MAX_DEPTH {
+            match self.descend(&at).await? {
+                Some(inner) => at = inner,
+                None => return Ok(at),
+            }
+        }
+        Err(mount_loop(path))
+    }
+
+    /// The location of `at.path` inside the mount strictly above it in `at.trie`, if any.
+    async fn descend(&self, at: &Location) -> Result<Option<Location>, Error> {
+        let hidden_closest = GetOptions {
+            hidden: true,
+            prefix: false,
+            closest: true,
+        };
+        let record_key = format!("mounts/{}", at.path);
+        let Some(node) = at.trie.get(&record_key, hidden_closest).await? else {
+            return Ok(None);
+        };
+        let Some(point) = node.key().strip_prefix("mounts/") else {
+            return Ok(None);
+        };
+        let Some(inner) = at
+            .path
+            .strip_prefix(point)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
+            return Ok(None);
+        };
+        if !node.is_mount() || inner.is_empty() {
+            return Ok(None);
+        }
+        let record =
+            MountRecord::decode(node.value.as_deref().unwrap_or_default()).map_err(|e| {
+                Error::Decode {
+                    seq: node.seq,
+                    reason: format!("the mount record of {point:?}: {e}"),
+                }
+            })?;
+        let trie = self.mounted(&record, point).await?;
+        Ok(Some(Location {
+            trie,
+            path: inner.to_string(),
+            outer: join(&at.outer, point),
+        }))
+    }
+
+    /// The trie a record points to, opened from the store (at its version when pinned).
+    async fn mounted(&self, record: &MountRecord, point: &str) -> Result<Hypertrie, Error> {
+        let key = PublicKey::from_slice(&record.key).map_err(|_| Error::InvalidKey {
+            key: point.to_string(),
+            reason: "its mount record's key is not a public key",
+        })?;
+        let cached = self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .map(|(_, t)| t.clone());
+        let trie = match cached {
+            Some(trie) => trie,
+            None => {
+                let core = self
+                    .store
+                    .get_by_key(key)
+                    .await
+                    .map_err(|source| Error::Store {
+                        key,
+                        source: Box::new(source),
+                    })?;
+                let trie = Hypertrie::open(core.feed().clone(), OpenOptions::default()).await?;
+                let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+                open.insert(key, (core, trie.clone()));
+                trie
+            }
+        };
+        Ok(match record.version.filter(|&v| v != 0) {
+            Some(version) => trie.checkout(version),
+            None => trie,
+        })
+    }
+}
+
+fn found(mut node: Node, at: Location) -> Resolved {
+    let inner_key = node.key().to_string();
+    if !at.outer.is_empty() {
+        node.path = crate::Path::new(&join(&at.outer, &inner_key), node.hidden());
+    }
+    Resolved {
+        node,
+        trie: at.trie,
+        inner_key,
+    }
+}
+
+fn join(outer: &str, inner: &str) -> String {
+    match (outer.is_empty(), inner.is_empty()) {
+        (true, _) => inner.to_string(),
+        (_, true) => outer.to_string(),
+        _ => format!("{outer}/{inner}"),
+    }
+}
+
+fn mount_loop(path: &str) -> Error {
+    Error::MountLoop {
+        path: path.to_string(),
+        depth: MAX_DEPTH,
+    }
+}
