@@ -23,7 +23,7 @@ pub use diff::{DiffEntry, DiffOptions};
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
-pub use resolve::{MountableTrie, Resolved};
+pub use resolve::{MountListOptions, MountableTrie, Resolved};
 
 use path::{is_checkpoint, END};
 

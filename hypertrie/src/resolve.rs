@@ -9,8 +9,10 @@ use corestore::{Core, Corestore};
 use hypercore::PublicKey;
 use prost::Message;
 
+use futures::future::BoxFuture;
+
 use crate::mounts::{normalize_path, MountRecord};
-use crate::{Error, GetOptions, Hypertrie, Node, OpenOptions, PutOptions};
+use crate::{Error, GetOptions, Hypertrie, ListOptions, Node, OpenOptions, PutOptions};
 
 /// Mounts followed in one lookup at most: deeper is a mount loop.
 const MAX_DEPTH: usize = 16;
@@ -24,6 +26,18 @@ pub struct Resolved {
     pub trie: Hypertrie,
     /// Its key in that trie.
     pub inner_key: String,
+}
+
+/// Options of [`MountableTrie::list`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MountListOptions {
+    /// Everything below the prefix, into every mount on the way; else one node per direct
+    /// child (mountable-hypertrie's default).
+    pub recursive: bool,
+    /// Treat mount nodes as plain entries: never list inside a mount.
+    pub no_mounts: bool,
+    /// Leave out the prefix itself.
+    pub gt: bool,
 }
 
 /// A trie together with the tries mounted in it. Cheap to clone.
@@ -76,7 +90,7 @@ impl MountableTrie {
             if !node.is_mount() || node.key() == at.path {
                 return Ok((node.key() == at.path).then(|| found(node, at)));
             }
-            match self.descend(&at).await? {
+            match self.descend(&at, false).await? {
                 Some(inner) => at = inner,
                 None => {
                     let node = at.trie.get(&at.path, GetOptions::default()).await?;
@@ -117,15 +131,74 @@ impl MountableTrie {
         at.trie.mount(&at.path, record, value).await
     }
 
+    /// The nodes under `prefix`, following mounts as mountable-hypertrie's iterator does:
+    /// a listing that starts at or below a mount point lists the mounted trie, and a mount
+    /// node met on the way is listed, followed (when recursive, or when it is the prefix)
+    /// by what is mounted there, keys as seen from here. Hash order within each trie.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        options: MountListOptions,
+    ) -> Result<Vec<Resolved>, Error> {
+        let prefix = normalize_path(prefix);
+        let mut out = self.list_at(prefix.clone(), options, 0).await?;
+        if options.gt {
+            out.retain(|r| r.node.key() != prefix);
+        }
+        Ok(out)
+    }
+
+    fn list_at(
+        &self,
+        prefix: String,
+        options: MountListOptions,
+        depth: usize,
+    ) -> BoxFuture<'_, Result<Vec<Resolved>, Error>> {
+        Box::pin(async move {
+            if depth > MAX_DEPTH {
+                return Err(mount_loop(&prefix));
+            }
+            let at = self.locate_within(&prefix, true).await?;
+            let list = ListOptions {
+                recursive: options.recursive,
+                ..ListOptions::default()
+            };
+            let mut out = Vec::new();
+            for node in at.trie.list(&at.path, list).await? {
+                let enter = node.is_mount()
+                    && !options.no_mounts
+                    && (options.recursive || node.key() == at.path);
+                let here = Location {
+                    trie: at.trie.clone(),
+                    path: String::new(),
+                    outer: at.outer.clone(),
+                };
+                let resolved = found(node, here);
+                let point = resolved.node.key().to_string();
+                out.push(resolved);
+                if enter {
+                    out.extend(self.list_at(point, options, depth + 1).await?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// The trie and key `path` is written to: through every mount strictly above it.
     async fn locate(&self, path: &str) -> Result<Location, Error> {
+        self.locate_within(path, false).await
+    }
+
+    /// As [`Self::locate`], also entering a mount whose point is `path` itself when
+    /// `at_point` (listings do).
+    async fn locate_within(&self, path: &str, at_point: bool) -> Result<Location, Error> {
         let mut at = Location {
             trie: self.trie.clone(),
             path: normalize_path(path),
             outer: String::new(),
         };
         for _ in 0..MAX_DEPTH {
-            match self.descend(&at).await? {
+            match self.descend(&at, at_point).await? {
                 Some(inner) => at = inner,
                 None => return Ok(at),
             }
@@ -133,8 +206,9 @@ impl MountableTrie {
         Err(mount_loop(path))
     }
 
-    /// The location of `at.path` inside the mount strictly above it in `at.trie`, if any.
-    async fn descend(&self, at: &Location) -> Result<Option<Location>, Error> {
+    /// The location of `at.path` inside the mount above it in `at.trie` (or at it, with
+    /// `at_point`), if any.
+    async fn descend(&self, at: &Location, at_point: bool) -> Result<Option<Location>, Error> {
         let hidden_closest = GetOptions {
             hidden: true,
             prefix: false,
@@ -147,14 +221,15 @@ impl MountableTrie {
         let Some(point) = node.key().strip_prefix("mounts/") else {
             return Ok(None);
         };
-        let Some(inner) = at
-            .path
-            .strip_prefix(point)
-            .and_then(|r| r.strip_prefix('/'))
-        else {
-            return Ok(None);
+        let inner = match at.path.strip_prefix(point) {
+            Some("") if at_point => "",
+            Some(rest) => match rest.strip_prefix('/') {
+                Some(inner) if !inner.is_empty() => inner,
+                _ => return Ok(None),
+            },
+            None => return Ok(None),
         };
-        if !node.is_mount() || inner.is_empty() {
+        if !node.is_mount() {
             return Ok(None);
         }
         let record =

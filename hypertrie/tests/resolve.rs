@@ -6,7 +6,8 @@
 use bytes::Bytes;
 use corestore::{Corestore, CorestoreOptions};
 use hypertrie::{
-    Error, GetOptions, Hypertrie, MountRecord, MountableTrie, OpenOptions, PutOptions,
+    Error, GetOptions, Hypertrie, MountListOptions, MountRecord, MountableTrie, OpenOptions,
+    PutOptions,
 };
 
 async fn trie(store: &Corestore, name: &str) -> Hypertrie {
@@ -97,6 +98,48 @@ async fn paths_resolve_through_mounts() {
         .is_none());
     assert!(drive.get("sub/nothing").await.unwrap().is_none());
 
+    // Listings enter mounts: recursively, or at the mount point.
+    let keys = |list: Vec<hypertrie::Resolved>| {
+        let mut keys: Vec<String> = list.iter().map(|r| r.node.key().to_string()).collect();
+        keys.sort();
+        keys
+    };
+    let recursive = MountListOptions {
+        recursive: true,
+        ..MountListOptions::default()
+    };
+    assert_eq!(
+        keys(drive.list("", recursive).await.unwrap()),
+        ["old", "old/x", "sub", "sub/x", "sub/y", "subway"]
+    );
+    let shallow = MountListOptions::default();
+    assert_eq!(
+        keys(drive.list("", shallow).await.unwrap()),
+        ["old", "sub", "subway"]
+    );
+    // Listing at a mount point lists the mounted trie (its node is the outer trie's).
+    assert_eq!(
+        keys(drive.list("sub", shallow).await.unwrap()),
+        ["sub/x", "sub/y"]
+    );
+    assert_eq!(
+        keys(drive.list("subway", shallow).await.unwrap()),
+        ["subway"]
+    );
+    let gt = MountListOptions {
+        gt: true,
+        ..shallow
+    };
+    assert!(drive.list("subway", gt).await.unwrap().is_empty());
+    let no_mounts = MountListOptions {
+        no_mounts: true,
+        ..recursive
+    };
+    assert_eq!(
+        keys(drive.list("", no_mounts).await.unwrap()),
+        ["old", "sub", "subway"]
+    );
+
     // Deletes go through the mount too.
     drive.del("sub/y").await.unwrap().unwrap();
     assert!(sub.get("y", GetOptions::default()).await.unwrap().is_none());
@@ -108,6 +151,8 @@ async fn paths_resolve_through_mounts() {
         .unwrap();
     let round = "sub/back/".repeat(20) + "x";
     let err = drive.get(&round).await.unwrap_err();
+    assert!(matches!(err, Error::MountLoop { .. }), "{err}");
+    let err = drive.list("", recursive).await.unwrap_err();
     assert!(matches!(err, Error::MountLoop { .. }), "{err}");
     // A few times round is fine.
     let twice = drive.get("sub/back/sub/x").await.unwrap().unwrap();
