@@ -16,7 +16,8 @@ use bytes::Bytes;
 use corestore::{Core, Corestore};
 use hypercore::{DiscoveryKey, Feed, PublicKey};
 use hypertrie::{
-    normalize_path, GetOptions, Hypertrie, ListOptions, MountableTrie, OpenOptions, PutOptions,
+    normalize_path, GetOptions, Hypertrie, ListOptions, MountListOptions, MountableTrie,
+    OpenOptions, PutOptions,
 };
 use prost::Message;
 
@@ -196,6 +197,50 @@ impl Drive {
     /// The content feed's key.
     pub fn content_key(&self) -> PublicKey {
         self.content_feed().key()
+    }
+
+    /// A read-only view of the drive at `version` (its metadata blocks before it; content
+    /// is reached through those Stats).
+    pub fn checkout(&self, version: u64) -> Drive {
+        Drive {
+            trie: self.trie.checkout(version),
+            ..self.clone()
+        }
+    }
+
+    /// The names under the directory `path`, in trie hash order (not sorted): each direct
+    /// child once (implicit directories included), or with `recursive` every entry's path
+    /// relative to `path`, into mounted drives.
+    pub async fn readdir(&self, path: &str, recursive: bool) -> Result<Vec<String>, Error> {
+        let key = key_of(path);
+        let options = MountListOptions {
+            recursive,
+            ..MountListOptions::default()
+        };
+        let mut names: Vec<String> = Vec::new();
+        for entry in self.trie.list(&key, options).await? {
+            let full = entry.node.key();
+            let relative = if key.is_empty() {
+                full
+            } else {
+                match full
+                    .strip_prefix(key.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+                {
+                    Some(rest) => rest,
+                    None => continue,
+                }
+            };
+            let name = if recursive {
+                relative
+            } else {
+                relative.split('/').next().unwrap_or(relative)
+            };
+            if !name.is_empty() && !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
     }
 
     /// The version: the metadata feed's length.

@@ -79,6 +79,16 @@ async fn the_js_calls_give_the_js_drive() {
         .write_file("/big.bin", &big, WriteOptions::default())
         .await
         .unwrap();
+    // Version 6, as JS's checkout(6) lists it.
+    let at6 = drive.checkout(6);
+    let expected: Vec<String> = v["queries"]["checkout(6).readdir('/')"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(drive.readdir("/", false).await.unwrap(), expected);
+    assert_eq!(at6.readdir("/", false).await.unwrap(), expected);
     drive
         .write_file("/implicit/deep/file.txt", b"x", WriteOptions::default())
         .await
@@ -150,6 +160,31 @@ async fn the_js_calls_give_the_js_drive() {
     let meta = drive.stat("/meta.txt").await.unwrap();
     assert_eq!(meta.metadata("author"), Some(&b"alice"[..]));
     assert_eq!(meta.metadata("reviewed"), Some(&b"yes"[..]));
+
+    // Later writes are not in the checkout; readdir of subdirectories and recursively.
+    assert_eq!(at6.readdir("/", false).await.unwrap(), expected);
+    assert!(at6.stat("/link").await.is_err());
+    assert!(at6
+        .write_file("/x", b"x", WriteOptions::default())
+        .await
+        .is_err());
+    assert_eq!(drive.readdir("/implicit", false).await.unwrap(), ["deep"]);
+    assert_eq!(drive.readdir("/docs", false).await.unwrap(), ["chunks.txt"]);
+    let mut all = drive.readdir("/", true).await.unwrap();
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            "big.bin",
+            "docs",
+            "docs/chunks.txt",
+            "empty.txt",
+            "hello.txt",
+            "implicit/deep/file.txt",
+            "link",
+            "meta.txt"
+        ]
+    );
 
     // Errors name the path.
     let missing = drive.stat("/nothere").await.unwrap_err();

@@ -71,6 +71,15 @@ impl MountableTrie {
         &self.trie
     }
 
+    /// The same mounts over a checkout of the outermost trie (mounted tries stay at their
+    /// record's version or latest, as in JS).
+    pub fn checkout(&self, version: u64) -> MountableTrie {
+        MountableTrie {
+            trie: self.trie.checkout(version),
+            ..self.clone()
+        }
+    }
+
     /// The node at `path`, found through the mounts on the way; a mount point itself is
     /// the outer trie's visible mount node.
     pub async fn get(&self, path: &str) -> Result<Option<Resolved>, Error> {
