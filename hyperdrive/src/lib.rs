@@ -3,21 +3,24 @@
 //! hyperdrive 10.21. A file is one contiguous run of content blocks its Stat points to.
 //!
 //! This first part covers creating and opening drives in a corestore, writing files (one
-//! content block per written buffer, cut at 512 KiB), reading them, `lstat`/`stat`
-//! (implicit directories included), `mkdir`, `symlink`/`readlink` and per-file
-//! metadata. Writes through mounts, streams, handles, versions and downloads come next.
+//! content block per written buffer, cut at 512 KiB, into the drive that owns the path,
+//! mounted or not), reading them, `lstat`/`stat` (implicit directories included),
+//! `readdir`, `checkout`, `mkdir`, `symlink`/`readlink`, `unlink`, per-file metadata,
+//! mounts of drives and raw cores, and tags. Streams, handles, diffs and downloads come
+//! next.
 
 mod stat;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use corestore::{Core, Corestore};
 use hypercore::{DiscoveryKey, Feed, PublicKey};
 use hypertrie::{
-    normalize_path, GetOptions, Hypertrie, ListOptions, MountListOptions, MountableTrie,
-    OpenOptions, PutOptions,
+    normalize_path, GetOptions, Hypertrie, ListOptions, MountListOptions, MountRecord,
+    MountableTrie, OpenOptions, PutOptions,
 };
 use prost::Message;
 
@@ -36,6 +39,12 @@ pub enum Error {
     /// Nothing at the path.
     #[error("{path}: no such file or directory")]
     NotFound {
+        /// The path.
+        path: String,
+    },
+    /// Writing to a drive we cannot sign, or to a checkout.
+    #[error("{path}: the drive is not writable here (not ours, or a checkout)")]
+    NotWritable {
         /// The path.
         path: String,
     },
@@ -97,6 +106,22 @@ pub struct DriveOptions {
     pub now: Option<u64>,
 }
 
+/// What to mount, and how (JS `mount(path, key, opts)`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MountOptions {
+    /// Pin the mounted drive (or core) at this version; `None` follows the latest.
+    pub version: Option<u64>,
+    /// Mount a raw hypercore (read as one file) rather than a drive.
+    pub hypercore: bool,
+    /// Owner of the mount point.
+    pub uid: u32,
+    /// Group of the mount point.
+    pub gid: u32,
+}
+
+/// Hidden keys of tags: `hyperdrive-tags/<name>` = varint(version).
+const TAGS: &str = "hyperdrive-tags";
+
 /// Attributes of a file being written; unset ones take JS's defaults.
 #[derive(Clone, Debug, Default)]
 pub struct WriteOptions {
@@ -118,12 +143,15 @@ pub struct WriteOptions {
 #[derive(Clone)]
 pub struct Drive {
     trie: MountableTrie,
+    store: Corestore,
     content: Core,
     /// Keeps the metadata feed open.
     _metadata: Core,
     options: DriveOptions,
     /// One writer at a time on the content feed, so that a file's blocks are contiguous.
     content_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Drives mounted here, opened when a write reaches them.
+    mounted: Arc<Mutex<HashMap<PublicKey, Drive>>>,
 }
 
 impl Drive {
@@ -177,10 +205,12 @@ impl Drive {
         };
         Ok(Drive {
             trie: MountableTrie::new(trie, store.clone()),
+            store: store.clone(),
             content,
             _metadata: metadata,
             options,
             content_lock: Arc::default(),
+            mounted: Arc::default(),
         })
     }
 
@@ -291,7 +321,49 @@ impl Drive {
         chunks: impl IntoIterator<Item = Bytes>,
         options: WriteOptions,
     ) -> Result<Stat, Error> {
-        let key = key_of(path);
+        let (trie, key) = self.trie.owner(&key_of(path)).await?;
+        let owner = self.drive_of(&trie).await?;
+        owner.write_blocks(&trie, &key, chunks, options).await
+    }
+
+    /// The drive whose metadata trie is `trie`: this one, or one mounted here.
+    async fn drive_of(&self, trie: &Hypertrie) -> Result<Drive, Error> {
+        let key = trie.feed().key();
+        if key == self.key() {
+            return Ok(self.clone());
+        }
+        let cached = self
+            .mounted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        if let Some(drive) = cached {
+            return Ok(drive);
+        }
+        let metadata = self.store.get_by_key(key).await.map_err(|e| Error::Store {
+            what: format!("the mounted drive {key}"),
+            source: Box::new(e),
+        })?;
+        let drive = Drive::open(&self.store, metadata, self.options).await?;
+        let mut mounted = self.mounted.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(mounted.entry(key).or_insert(drive).clone())
+    }
+
+    /// Appends `chunks` to this drive's content feed and puts their Stat at `key` of
+    /// `trie` (this drive's trie, or a checkout of it, which refuses).
+    async fn write_blocks(
+        &self,
+        trie: &Hypertrie,
+        key: &str,
+        chunks: impl IntoIterator<Item = Bytes>,
+        options: WriteOptions,
+    ) -> Result<Stat, Error> {
+        if !trie.writable() {
+            return Err(Error::NotWritable {
+                path: format!("/{key}"),
+            });
+        }
         let mut blocks = Vec::new();
         for chunk in chunks {
             if chunk.is_empty() {
@@ -331,13 +403,151 @@ impl Drive {
         for (k, v) in options.metadata {
             stat.set_metadata(&k, Some(v));
         }
-        self.put_stat(&key, &stat).await?;
+        let value = Bytes::from(stat.encode_to_vec());
+        trie.put(key, value, PutOptions::default()).await?;
         Ok(stat)
+    }
+
+    /// Mounts the drive (or with `options.hypercore`, the raw core) `key` at `path`. A
+    /// drive mount is a directory whose Stat names it, stored as mountable-hypertrie
+    /// mounts; a core mount is a file of the core's blocks.
+    pub async fn mount(
+        &self,
+        path: &str,
+        key: PublicKey,
+        options: MountOptions,
+    ) -> Result<Stat, Error> {
+        let at = key_of(path);
+        if self.node_stat(&at).await?.is_some() {
+            return Err(Error::AlreadyExists {
+                path: path.to_string(),
+            });
+        }
+        let content = self.content_feed();
+        let mount = StatMount {
+            key: key.as_bytes().to_vec(),
+            version: options.version,
+            hash: None,
+            hypercore: Some(options.hypercore),
+        };
+        let now = self.now();
+        if options.hypercore {
+            let core = self.store.get_by_key(key).await.map_err(|e| Error::Store {
+                what: format!("the core {key} to mount at {path}"),
+                source: Box::new(e),
+            })?;
+            let stat = Stat {
+                uid: options.uid,
+                gid: options.gid,
+                size: core.feed().byte_len(),
+                blocks: core.feed().len(),
+                offset: content.len(),
+                byte_offset: content.byte_len(),
+                mount: Some(mount),
+                ..Stat::file(0o644, now)
+            };
+            self.put_stat(&at, &stat).await?;
+            return Ok(stat);
+        }
+        let stat = Stat {
+            uid: options.uid,
+            gid: options.gid,
+            offset: content.len(),
+            byte_offset: content.byte_len(),
+            mount: Some(mount),
+            ..Stat::directory(0o755, now)
+        };
+        let record = MountRecord {
+            key: key.as_bytes().to_vec(),
+            local_path: String::new(),
+            version: options.version,
+            remote_path: None,
+            hash: None,
+        };
+        self.trie
+            .mount(&at, record, Bytes::from(stat.encode_to_vec()))
+            .await?;
+        Ok(stat)
+    }
+
+    /// Removes the entry at `path` (any kind; JS rewrites a neighbour, see the trie).
+    pub async fn unlink(&self, path: &str) -> Result<(), Error> {
+        match self.trie.del(&key_of(path)).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound {
+                path: path.to_string(),
+            }),
+        }
+    }
+
+    /// Tags `version` (default: the current one) as `name`.
+    pub async fn create_tag(&self, name: &str, version: Option<u64>) -> Result<(), Error> {
+        let version = version.unwrap_or_else(|| self.version());
+        let hidden = PutOptions {
+            hidden: true,
+            flags: 0,
+        };
+        let value = Bytes::copy_from_slice(&varint::encode(version));
+        self.trie
+            .trie()
+            .put(&format!("{TAGS}/{name}"), value, hidden)
+            .await?;
+        Ok(())
+    }
+
+    /// The version tagged `name`, if any.
+    pub async fn tagged_version(&self, name: &str) -> Result<Option<u64>, Error> {
+        let hidden = GetOptions {
+            hidden: true,
+            ..GetOptions::default()
+        };
+        let node = self
+            .trie
+            .trie()
+            .get(&format!("{TAGS}/{name}"), hidden)
+            .await?;
+        let value = node.and_then(|n| n.value);
+        Ok(value.and_then(|v| varint::decode(&v).ok().map(|(version, _)| version)))
     }
 
     /// The bytes of the file at `path` (through symlinks).
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
-        let stat = self.stat(path).await?;
+        let (stat, trie) = self.stat_located(path).await?;
+        if let Some(mount) = stat.mount.as_ref().filter(|m| m.hypercore == Some(true)) {
+            return self.read_core(path, mount).await;
+        }
+        self.drive_of(&trie).await?.read_content(path, &stat).await
+    }
+
+    /// The whole mounted core `mount`, block after block (a hypercore mount reads as one
+    /// file; its Stat's offsets are not used, as in JS).
+    async fn read_core(&self, path: &str, mount: &StatMount) -> Result<Vec<u8>, Error> {
+        let key = PublicKey::from_slice(&mount.key).map_err(|_| Error::BadStat {
+            path: path.to_string(),
+            reason: "its mount's key is not a public key".into(),
+        })?;
+        let core = self.store.get_by_key(key).await.map_err(|e| Error::Store {
+            what: format!("the core mounted at {path}"),
+            source: Box::new(e),
+        })?;
+        let feed = core.feed();
+        let end = mount
+            .version
+            .filter(|&v| v != 0)
+            .unwrap_or_else(|| feed.len());
+        let mut out = Vec::new();
+        for index in 0..end.min(feed.len()) {
+            let block = feed
+                .get(index)
+                .await
+                .map_err(|source| Error::Content { key, source })?;
+            out.extend_from_slice(&block);
+        }
+        Ok(out)
+    }
+
+    /// The bytes `stat` points to in this drive's content feed.
+    async fn read_content(&self, path: &str, stat: &Stat) -> Result<Vec<u8>, Error> {
         if stat.is_dir() {
             return Err(Error::WrongType {
                 path: path.to_string(),
@@ -375,26 +585,34 @@ impl Drive {
     /// The Stat at `path`, not following a symlink there. A path with no node but keys
     /// below it is an implicit directory (JS copies a descendant's numbers into it).
     pub async fn lstat(&self, path: &str) -> Result<Stat, Error> {
+        Ok(self.lstat_located(path).await?.0)
+    }
+
+    /// [`Self::lstat`], with the trie that holds the path (through mounts).
+    async fn lstat_located(&self, path: &str) -> Result<(Stat, Hypertrie), Error> {
         let key = key_of(path);
-        if let Some(stat) = self.node_stat(&key).await? {
-            return Ok(stat);
+        if let Some(found) = self.trie.get(&key).await? {
+            let stat = decode_stat(&key, found.node.value.as_deref())?;
+            return Ok((stat, found.trie));
         }
+        let root = self.trie.trie().clone();
         let now = self.now();
         if key.is_empty() {
-            return Ok(Stat::directory(0o755, now));
+            return Ok((Stat::directory(0o755, now), root));
         }
-        let one = ListOptions::default();
-        let below = self.trie.trie().list(&key, one).await?;
-        match below.into_iter().find(|n| n.key() != key) {
+        let (trie, inner) = self.trie.owner(&key).await?;
+        let below = trie.list(&inner, ListOptions::default()).await?;
+        match below.into_iter().find(|n| n.key() != inner) {
             Some(node) => {
                 let child = decode_stat(&key, node.value.as_deref())?;
-                Ok(Stat {
+                let stat = Stat {
                     mode: S_IFDIR | 0o755,
                     linkname: None,
                     mount: None,
                     metadata: Vec::new(),
                     ..child
-                })
+                };
+                Ok((stat, trie))
             }
             None => Err(Error::NotFound {
                 path: path.to_string(),
@@ -404,11 +622,16 @@ impl Drive {
 
     /// The Stat at `path`, following symlinks (relative targets from the link's directory).
     pub async fn stat(&self, path: &str) -> Result<Stat, Error> {
+        Ok(self.stat_located(path).await?.0)
+    }
+
+    /// [`Self::stat`], with the trie that holds the final path.
+    async fn stat_located(&self, path: &str) -> Result<(Stat, Hypertrie), Error> {
         let mut at = format!("/{}", key_of(path));
         for _ in 0..MAX_SYMLINKS {
-            let stat = self.lstat(&at).await?;
+            let (stat, trie) = self.lstat_located(&at).await?;
             let Some(target) = stat.linkname.as_deref().filter(|_| stat.is_symlink()) else {
-                return Ok(stat);
+                return Ok((stat, trie));
             };
             at = resolve_link(&at, target);
         }
@@ -453,12 +676,22 @@ impl Drive {
         name: &str,
         value: Option<Vec<u8>>,
     ) -> Result<Stat, Error> {
-        let key = key_of(path);
-        let mut stat = self.node_stat(&key).await?.ok_or_else(|| Error::NotFound {
-            path: path.to_string(),
-        })?;
+        // In the trie that holds the path, mounted or not.
+        let (trie, key) = self.trie.owner(&key_of(path)).await?;
+        let node = trie.get(&key, GetOptions::default()).await?;
+        let Some(node) = node else {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        };
+        let mut stat = decode_stat(&key, node.value.as_deref())?;
         stat.set_metadata(name, value);
-        self.put_stat(&key, &stat).await?;
+        let value = Bytes::from(stat.encode_to_vec());
+        let options = PutOptions {
+            hidden: false,
+            flags: node.flags,
+        };
+        trie.put(&key, value, options).await?;
         Ok(stat)
     }
 
@@ -490,9 +723,11 @@ impl Drive {
         Ok(())
     }
 
+    /// The Stat of the node at `key`, through mounts.
     async fn node_stat(&self, key: &str) -> Result<Option<Stat>, Error> {
-        let node = self.trie.trie().get(key, GetOptions::default()).await?;
-        node.map(|n| decode_stat(key, n.value.as_deref()))
+        let found = self.trie.get(key).await?;
+        found
+            .map(|f| decode_stat(key, f.node.value.as_deref()))
             .transpose()
     }
 

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use corestore::{Corestore, CorestoreOptions, MasterKey};
-use hyperdrive::{Drive, DriveOptions, Error, Stat, WriteOptions};
+use hyperdrive::{Drive, DriveOptions, Error, MountOptions, Stat, WriteOptions};
 use serde_json::Value;
 
 const NOW: u64 = 1_600_000_000_000;
@@ -53,6 +53,17 @@ async fn the_js_calls_give_the_js_drive() {
         .await
         .unwrap();
     let options = DriveOptions { now: Some(NOW) };
+    // The sub drive (the store's namespace "sub") and a raw core come first, as in JS.
+    let sub_metadata = store.namespace("sub").default_core().await.unwrap();
+    let sub = Drive::open(&store, sub_metadata, options).await.unwrap();
+    sub.write_file("/inner.txt", b"inside the mount", WriteOptions::default())
+        .await
+        .unwrap();
+    let raw = store.get_named(b"raw-core").await.unwrap();
+    raw.feed()
+        .append_batch([&b"blk0"[..], b"blk1"].map(Bytes::from_static))
+        .await
+        .unwrap();
     let drive = Drive::default_drive(&store, options).await.unwrap();
     assert_eq!(drive.key().to_hex(), v["driveKey"].as_str().unwrap());
     assert_eq!(
@@ -106,8 +117,30 @@ async fn the_js_calls_give_the_js_drive() {
         .await
         .unwrap();
 
+    drive
+        .mount("/sub", sub.key(), MountOptions::default())
+        .await
+        .unwrap();
+    let pinned = MountOptions {
+        version: Some(2),
+        ..MountOptions::default()
+    };
+    drive.mount("/sub-v2", sub.key(), pinned).await.unwrap();
+    drive
+        .write_file("/sub/through.txt", b"via parent", WriteOptions::default())
+        .await
+        .unwrap();
+    let core = MountOptions {
+        hypercore: true,
+        ..MountOptions::default()
+    };
+    drive.mount("/raw", raw.feed().key(), core).await.unwrap();
+    drive.create_tag("release", None).await.unwrap();
+    drive.unlink("/empty.txt").await.unwrap();
+
     let js_blocks = v["metadataFeed"]["blocks"].as_array().unwrap();
-    let ours = hexes(drive.metadata(), 10).await;
+    let ours = hexes(drive.metadata(), drive.metadata().len()).await;
+    assert_eq!(ours.len(), js_blocks.len());
     for (i, ours) in ours.iter().enumerate() {
         assert_eq!(
             ours,
@@ -115,6 +148,17 @@ async fn the_js_calls_give_the_js_drive() {
             "metadata block {i}"
         );
     }
+    let js_sub = v["subDrive"]["metadataFeed"]["blocks"].as_array().unwrap();
+    let sub_blocks = hexes(sub.metadata(), sub.metadata().len()).await;
+    assert_eq!(sub_blocks.len(), js_sub.len());
+    for (i, ours) in sub_blocks.iter().enumerate() {
+        assert_eq!(
+            ours,
+            js_sub[i]["hex"].as_str().unwrap(),
+            "sub drive block {i}"
+        );
+    }
+    assert_eq!(drive.tagged_version("release").await.unwrap(), Some(15));
     let js_content = v["contentFeed"]["blocks"].as_array().unwrap();
     let content = hexes(drive.content_feed(), drive.content_feed().len()).await;
     assert_eq!(content.len(), js_content.len());
@@ -155,7 +199,10 @@ async fn the_js_calls_give_the_js_drive() {
         drive.read_file("/docs/chunks.txt").await.unwrap(),
         b"abcdefghi"
     );
-    assert_eq!(drive.read_file("/empty.txt").await.unwrap(), b"");
+    assert!(matches!(
+        drive.read_file("/empty.txt").await,
+        Err(Error::NotFound { .. })
+    ));
     assert_eq!(drive.read_file("/big.bin").await.unwrap(), big);
     let meta = drive.stat("/meta.txt").await.unwrap();
     assert_eq!(meta.metadata("author"), Some(&b"alice"[..]));
@@ -170,21 +217,51 @@ async fn the_js_calls_give_the_js_drive() {
         .is_err());
     assert_eq!(drive.readdir("/implicit", false).await.unwrap(), ["deep"]);
     assert_eq!(drive.readdir("/docs", false).await.unwrap(), ["chunks.txt"]);
-    let mut all = drive.readdir("/", true).await.unwrap();
-    all.sort();
+    // Listings with the mounts, as JS lists them (the pinned mount at its version).
+    let names = |q: &str| -> Vec<String> {
+        v["queries"][q]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect()
+    };
     assert_eq!(
-        all,
-        [
-            "big.bin",
-            "docs",
-            "docs/chunks.txt",
-            "empty.txt",
-            "hello.txt",
-            "implicit/deep/file.txt",
-            "link",
-            "meta.txt"
-        ]
+        drive.readdir("/", false).await.unwrap(),
+        names("readdir('/')")
     );
+    assert_eq!(
+        drive.readdir("/", true).await.unwrap(),
+        names("readdir('/', { recursive: true })")
+    );
+    assert_eq!(
+        drive.readdir("/sub", false).await.unwrap(),
+        names("readdir('/sub')")
+    );
+    assert_eq!(
+        drive.readdir("/sub-v2", false).await.unwrap(),
+        names("readdir('/sub-v2')  (mount pinned at version 2)")
+    );
+    assert_eq!(
+        drive.read_file("/sub/through.txt").await.unwrap(),
+        b"via parent"
+    );
+    assert_eq!(sub.read_file("/through.txt").await.unwrap(), b"via parent");
+    check_stat(
+        &drive.stat("/sub/through.txt").await.unwrap(),
+        &v["queries"]["stat('/sub/through.txt')  (offsets are in the sub drive's content feed)"],
+    );
+    check_stat(
+        &drive.stat("/sub").await.unwrap(),
+        &v["queries"]["stat('/sub')"],
+    );
+    check_stat(
+        &drive.stat("/raw").await.unwrap(),
+        &v["queries"]["stat('/raw')"],
+    );
+    let raw_bytes = drive.read_file("/raw").await.unwrap();
+    let expected_raw = v["queries"]["readFile('/raw')"].as_str().unwrap();
+    assert_eq!(String::from_utf8(raw_bytes).unwrap(), expected_raw);
 
     // Errors name the path.
     let missing = drive.stat("/nothere").await.unwrap_err();

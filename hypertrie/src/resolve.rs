@@ -193,6 +193,13 @@ impl MountableTrie {
         })
     }
 
+    /// The trie `path` is written to (through every mount strictly above it) and the
+    /// path's key there.
+    pub async fn owner(&self, path: &str) -> Result<(Hypertrie, String), Error> {
+        let at = self.locate(path).await?;
+        Ok((at.trie, at.path))
+    }
+
     /// The trie and key `path` is written to: through every mount strictly above it.
     async fn locate(&self, path: &str) -> Result<Location, Error> {
         self.locate_within(path, false).await
