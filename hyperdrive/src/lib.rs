@@ -519,6 +519,70 @@ impl Drive {
         self.drive_of(&trie).await?.read_content(path, &stat).await
     }
 
+    /// `length` bytes (all, with `None`) of the file at `path` from byte `start`, fetched
+    /// as a stream of block slices: the first block is found by seeking the content feed
+    /// (no earlier block is read), and the blocks of the range are requested from peers
+    /// in order up front, as a JS read stream does.
+    pub async fn read_range(
+        &self,
+        path: &str,
+        start: u64,
+        length: Option<u64>,
+    ) -> Result<impl futures::Stream<Item = Result<Bytes, Error>> + Send + 'static, Error> {
+        let (stat, trie) = self.stat_located(path).await?;
+        if stat.is_dir() {
+            return Err(Error::WrongType {
+                path: path.to_string(),
+                reason: "is a directory",
+            });
+        }
+        let owner = self.drive_of(&trie).await?;
+        let length = length
+            .unwrap_or(u64::MAX)
+            .min(stat.size.saturating_sub(start));
+        let content = owner.content.clone();
+        let feed = content.feed().clone();
+        let end_block = stat.offset + stat.blocks;
+        let (first, skip) = if length == 0 {
+            (end_block, 0)
+        } else {
+            let at = stat.byte_offset + start;
+            feed.seek(at, None)
+                .await
+                .map_err(|source| owner.content_error(source))?
+        };
+        let range = hypercore_replication::DownloadRange {
+            start: first,
+            end: Some(end_block),
+            linear: true,
+            priority: 1,
+        };
+        // Held while the stream lives: dropping the stream cancels the prefetch.
+        let prefetch = (first < end_block).then(|| content.download(range));
+        let key = feed.key();
+        let state = (feed, first, skip as usize, length, prefetch);
+        Ok(futures::stream::unfold(
+            state,
+            move |(feed, index, skip, left, prefetch)| async move {
+                if left == 0 || index >= end_block {
+                    return None;
+                }
+                match feed.get(index).await {
+                    Ok(block) => {
+                        let mut chunk = block.slice(skip.min(block.len())..);
+                        chunk.truncate(left.min(chunk.len() as u64) as usize);
+                        let left = left - chunk.len() as u64;
+                        Some((Ok(chunk), (feed, index + 1, 0, left, prefetch)))
+                    }
+                    Err(source) => {
+                        let error = Error::Content { key, source };
+                        Some((Err(error), (feed, end_block, 0, 0, prefetch)))
+                    }
+                }
+            },
+        ))
+    }
+
     /// The whole mounted core `mount`, block after block (a hypercore mount reads as one
     /// file; its Stat's offsets are not used, as in JS).
     async fn read_core(&self, path: &str, mount: &StatMount) -> Result<Vec<u8>, Error> {

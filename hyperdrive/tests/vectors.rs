@@ -263,6 +263,50 @@ async fn the_js_calls_give_the_js_drive() {
     let expected_raw = v["queries"]["readFile('/raw')"].as_str().unwrap();
     assert_eq!(String::from_utf8(raw_bytes).unwrap(), expected_raw);
 
+    // Byte ranges, as JS's readFile({start, end}) reads them.
+    let range = |path: &'static str, start: u64, length: Option<u64>| {
+        let drive = drive.clone();
+        async move {
+            use futures::StreamExt;
+            let chunks: Vec<_> = drive
+                .read_range(path, start, length)
+                .await
+                .unwrap()
+                .collect()
+                .await;
+            chunks
+                .into_iter()
+                .map(|c| c.unwrap())
+                .fold(Vec::new(), |mut all, c| {
+                    all.extend_from_slice(&c);
+                    all
+                })
+        }
+    };
+    let text = |q: &str| v["queries"][q].as_str().unwrap().as_bytes().to_vec();
+    assert_eq!(
+        range("/docs/chunks.txt", 2, Some(4)).await,
+        text("readFile('/docs/chunks.txt', { start: 2, end: 5 })  (end inclusive)")
+    );
+    assert_eq!(
+        range("/docs/chunks.txt", 7, None).await,
+        text("readFile('/docs/chunks.txt', { start: 7 })")
+    );
+    assert_eq!(
+        range("/docs/chunks.txt", 0, Some(4)).await,
+        text("readFile('/docs/chunks.txt', { length: 4 })")
+    );
+    let across = range("/big.bin", 524_286, Some(4)).await;
+    assert_eq!(
+        hex::encode(across),
+        v["queries"]
+            ["readFile('/big.bin', { start: 524286, end: 524289 })  (crosses a block boundary)"]
+            .as_str()
+            .unwrap()
+    );
+    assert!(range("/docs/chunks.txt", 9, None).await.is_empty());
+    assert!(range("/docs/chunks.txt", 100, Some(5)).await.is_empty());
+
     // Errors name the path.
     let missing = drive.stat("/nothere").await.unwrap_err();
     assert!(matches!(missing, Error::NotFound { .. }) && missing.to_string().contains("/nothere"));
