@@ -1,0 +1,58 @@
+#!/usr/bin/env node
+'use strict'
+// Real JS hyperdrive@10.21.0 on a corestore directory, for hyperd's drive compatibility
+// test (tests/tests/js_drive.rs).
+//
+//   node drive-tool.js read --dir D            print every entry of the store's default drive
+//   node drive-tool.js write --dir D --path P --text T   write a file, then print as read
+//
+// Prints one JSON line: {"key", "contentKey", "version", "entries": {path: {...}}}, each
+// entry with mode, size, and the file's bytes as hex (files), its target (symlinks) or
+// nothing (directories), and its metadata as hex.
+const Corestore = require('corestore')
+const hyperdrive = require('hyperdrive')
+const { parseArgs } = require('./common')
+
+function fail (err) {
+  console.log(JSON.stringify({ ok: false, error: String(err && err.stack ? err.stack : err) }))
+  process.exit(1)
+}
+
+const args = parseArgs(process.argv.slice(2))
+const mode = args._[0]
+const store = new Corestore(args.dir)
+const drive = hyperdrive(store)
+
+const p = (fn) => new Promise((resolve, reject) => fn((err, v) => err ? reject(err) : resolve(v)))
+
+async function main () {
+  await p(cb => drive.ready(cb))
+  if (mode === 'write') {
+    await p(cb => drive.writeFile(args.path, Buffer.from(args.text), cb))
+  } else if (mode !== 'read') {
+    throw new Error('usage: drive-tool.js read|write --dir D [--path P --text T]')
+  }
+  const names = await p(cb => drive.readdir('/', { recursive: true }, cb))
+  const entries = {}
+  for (const name of names) {
+    const path = '/' + name
+    const st = await p(cb => drive.lstat(path, cb))
+    const entry = { mode: st.mode, size: st.size, metadata: {} }
+    for (const [k, v] of Object.entries(st.metadata || {})) entry.metadata[k] = v ? Buffer.from(v).toString('hex') : null
+    if (st.isSymbolicLink()) entry.linkname = st.linkname
+    else if (st.isFile()) entry.hex = (await p(cb => drive.readFile(path, cb))).toString('hex')
+    entries[name] = entry
+  }
+  // The content feed is opened lazily, by the first read.
+  const content = await p(cb => drive.getContent(cb))
+  console.log(JSON.stringify({
+    ok: true,
+    key: drive.key.toString('hex'),
+    contentKey: content.key.toString('hex'),
+    version: drive.version,
+    entries
+  }))
+  await p(cb => drive.close(cb))
+}
+
+main().catch(fail)
