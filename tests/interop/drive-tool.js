@@ -5,6 +5,7 @@
 //
 //   node drive-tool.js read --dir D            print every entry of the store's default drive
 //   node drive-tool.js write --dir D --path P --text T   write a file, then print as read
+//   node drive-tool.js populate --dir D        write a fixed set of entries (below), then print
 //
 // Prints one JSON line: {"key", "contentKey", "version", "entries": {path: {...}}}, each
 // entry with mode, size, and the file's bytes as hex (files), its target (symlinks) or
@@ -29,8 +30,10 @@ async function main () {
   await p(cb => drive.ready(cb))
   if (mode === 'write') {
     await p(cb => drive.writeFile(args.path, Buffer.from(args.text), cb))
+  } else if (mode === 'populate') {
+    await populate()
   } else if (mode !== 'read') {
-    throw new Error('usage: drive-tool.js read|write --dir D [--path P --text T]')
+    throw new Error('usage: drive-tool.js read|write|populate --dir D [--path P --text T]')
   }
   const names = await p(cb => drive.readdir('/', { recursive: true }, cb))
   const entries = {}
@@ -53,6 +56,27 @@ async function main () {
     entries
   }))
   await p(cb => drive.close(cb))
+}
+
+// A small drive with every kind of entry: a file, a multi-write stream, a 600 KB file of
+// bytes i % 251, an empty file, an explicit empty directory, a symlink and metadata.
+async function populate () {
+  await p(cb => drive.writeFile('/a.txt', Buffer.from('written by js'), cb))
+  await new Promise((resolve, reject) => {
+    const ws = drive.createWriteStream('/dir/b.txt')
+    ws.on('error', reject)
+    ws.on('finish', resolve)
+    ws.write(Buffer.from('x1 '))
+    ws.write(Buffer.from('x2 '))
+    ws.end(Buffer.from('x3'))
+  })
+  const big = Buffer.alloc(600000)
+  for (let i = 0; i < big.length; i++) big[i] = i % 251
+  await p(cb => drive.writeFile('/big.bin', big, cb))
+  await p(cb => drive.writeFile('/empty', Buffer.alloc(0), cb))
+  await p(cb => drive.mkdir('/empty-dir', cb))
+  await p(cb => drive.symlink('/a.txt', '/ln', cb))
+  await p(cb => drive.writeFile('/m.txt', Buffer.from('m'), { metadata: { k: Buffer.from('v') } }, cb))
 }
 
 main().catch(fail)

@@ -1,6 +1,7 @@
-//! Drives on disk shared with real JS hyperdrive 10.21: a drive Rust writes into a
-//! corestore directory is read entry by entry by JS (files, empty and multi-block files,
-//! a symlink, metadata, directories), JS then writes to it, and Rust reads that back.
+//! Drives on disk shared with real JS hyperdrive 10.21, both ways: a drive one side
+//! writes into a corestore directory (files, empty and multi-block files, multi-write
+//! streams, a symlink, metadata, directories) is read entry by entry by the other, which
+//! then writes to it, and the first reads that back.
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
@@ -108,5 +109,67 @@ async fn a_drive_written_by_rust_is_read_and_written_by_js() {
     assert_eq!(
         hex::decode(again["entries"]["after.txt"]["hex"].as_str().unwrap()).unwrap(),
         b"rust again"
+    );
+}
+
+#[tokio::test]
+async fn a_drive_written_by_js_is_read_and_written_by_rust() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap().to_string();
+    let populated = js(&["populate", "--dir", &path]);
+    let store = Corestore::open(dir.path(), CorestoreOptions::default())
+        .await
+        .unwrap();
+    let drive = Drive::default_drive(&store, DriveOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(drive.key().to_hex(), populated["key"].as_str().unwrap());
+    assert_eq!(
+        drive.content_key().to_hex(),
+        populated["contentKey"].as_str().unwrap()
+    );
+    assert!(
+        drive.writable(),
+        "the store re-derives the drive's secret key from its name"
+    );
+    assert_eq!(drive.read_file("/a.txt").await.unwrap(), b"written by js");
+    assert_eq!(drive.read_file("/dir/b.txt").await.unwrap(), b"x1 x2 x3");
+    let stream = drive.stat("/dir/b.txt").await.unwrap();
+    assert_eq!((stream.blocks, stream.size), (3, 8), "one block per write");
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(drive.read_file("/big.bin").await.unwrap(), big);
+    assert_eq!(drive.read_file("/empty").await.unwrap(), b"");
+    assert!(drive.stat("/empty-dir").await.unwrap().is_dir());
+    assert_eq!(drive.readlink("/ln").await.unwrap(), "/a.txt");
+    assert_eq!(drive.read_file("/ln").await.unwrap(), b"written by js");
+    let meta = drive.stat("/m.txt").await.unwrap();
+    assert_eq!(meta.metadata("k"), Some(&b"v"[..]));
+    let mut names = drive.readdir("/", true).await.unwrap();
+    names.sort();
+    let mut theirs: Vec<String> = populated["entries"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    theirs.sort();
+    assert_eq!(names, theirs);
+
+    // Rust writes to the JS drive; JS reads it with the rest.
+    drive
+        .write_file("/from-rust.txt", b"rust was here", WriteOptions::default())
+        .await
+        .unwrap();
+    drop(drive);
+    store.close().await.unwrap();
+    let read = js(&["read", "--dir", &path]);
+    let entries = &read["entries"];
+    assert_eq!(
+        hex::decode(entries["from-rust.txt"]["hex"].as_str().unwrap()).unwrap(),
+        b"rust was here"
+    );
+    assert_eq!(
+        hex::decode(entries["a.txt"]["hex"].as_str().unwrap()).unwrap(),
+        b"written by js"
     );
 }
