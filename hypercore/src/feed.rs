@@ -68,6 +68,17 @@ pub enum Event {
     Close,
 }
 
+/// Where an appended batch landed ([`Feed::append_batch_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// Index of the batch's first block.
+    pub start: u64,
+    /// Byte offset of that block in the feed.
+    pub start_byte: u64,
+    /// The feed's length after the batch.
+    pub length: u64,
+}
+
 /// Options for [`Feed::get_with`].
 #[derive(Clone, Copy, Debug)]
 pub struct GetOptions {
@@ -351,9 +362,18 @@ impl Feed {
         &self,
         blocks: impl IntoIterator<Item = B>,
     ) -> Result<u64> {
+        Ok(self.append_batch_at(blocks).await?.length)
+    }
+
+    /// Appends blocks atomically, as [`Feed::append_batch`], and says where they landed:
+    /// whoever else appends meanwhile, the batch is contiguous from `start`.
+    pub async fn append_batch_at<B: Into<Bytes>>(
+        &self,
+        blocks: impl IntoIterator<Item = B>,
+    ) -> Result<Appended> {
         let blocks: Vec<Bytes> = blocks.into_iter().map(Into::into).collect();
         self.blocking(move |core, waiting, inner| {
-            let start = core.len();
+            let (start, start_byte) = (core.len(), core.byte_len());
             let refs: Vec<&[u8]> = blocks.iter().map(|b| &b[..]).collect();
             let length = core.append(&refs)?;
             let byte_length = core.byte_len();
@@ -363,7 +383,11 @@ impl Feed {
                 length,
                 byte_length,
             });
-            Ok(length)
+            Ok(Appended {
+                start,
+                start_byte,
+                length,
+            })
         })
         .await
     }

@@ -148,8 +148,6 @@ pub struct Drive {
     /// Keeps the metadata feed open.
     _metadata: Core,
     options: DriveOptions,
-    /// One writer at a time on the content feed, so that a file's blocks are contiguous.
-    content_lock: Arc<tokio::sync::Mutex<()>>,
     /// Drives mounted here, opened when a write reaches them.
     mounted: Arc<Mutex<HashMap<PublicKey, Drive>>>,
 }
@@ -209,7 +207,6 @@ impl Drive {
             content,
             _metadata: metadata,
             options,
-            content_lock: Arc::default(),
             mounted: Arc::default(),
         })
     }
@@ -321,8 +318,7 @@ impl Drive {
         chunks: impl IntoIterator<Item = Bytes>,
         options: WriteOptions,
     ) -> Result<Stat, Error> {
-        let (trie, key) = self.trie.owner(&key_of(path)).await?;
-        let owner = self.drive_of(&trie).await?;
+        let (owner, trie, key) = self.owner_of(path).await?;
         owner.write_blocks(&trie, &key, chunks, options).await
     }
 
@@ -381,13 +377,14 @@ impl Drive {
         }
         let size = blocks.iter().map(|b| b.len() as u64).sum();
         let count = blocks.len() as u64;
-        let _guard = self.content_lock.lock().await;
-        let content = self.content_feed();
-        let (offset, byte_offset) = (content.len(), content.byte_len());
-        content
-            .append_batch(blocks)
+        // One atomic append: the file's blocks are contiguous, and where they start is
+        // known exactly, whichever other handle appends to this feed meanwhile.
+        let appended = self
+            .content_feed()
+            .append_batch_at(blocks)
             .await
             .map_err(|source| self.content_error(source))?;
+        let (offset, byte_offset) = (appended.start, appended.start_byte);
         let now = self.now();
         let mut stat = Stat {
             size,
@@ -446,7 +443,9 @@ impl Drive {
                 mount: Some(mount),
                 ..Stat::file(0o644, now)
             };
-            self.put_stat(&at, &stat).await?;
+            let (_, trie, key) = self.owner_of(path).await?;
+            let value = Bytes::from(stat.encode_to_vec());
+            trie.put(&key, value, PutOptions::default()).await?;
             return Ok(stat);
         }
         let stat = Stat {
@@ -706,19 +705,21 @@ impl Drive {
 
     /// Creates a directory at `path` (parents are not created, as in JS).
     pub async fn mkdir(&self, path: &str, mode: Option<u32>) -> Result<Stat, Error> {
-        let content = self.content_feed();
+        let (owner, trie, key) = self.owner_of(path).await?;
+        let content = owner.content_feed();
         let stat = Stat {
             offset: content.len(),
             byte_offset: content.byte_len(),
             ..Stat::directory(mode.unwrap_or(0o755), self.now())
         };
-        self.create(path, stat).await
+        create(&trie, &key, path, stat).await
     }
 
     /// Creates a symlink at `path` pointing to `target` (stored as given, unixified).
     pub async fn symlink(&self, target: &str, path: &str) -> Result<Stat, Error> {
         let stat = Stat::symlink(&unixify(target), self.now());
-        self.create(path, stat).await
+        let (_, trie, key) = self.owner_of(path).await?;
+        create(&trie, &key, path, stat).await
     }
 
     /// The target of the symlink at `path`.
@@ -760,31 +761,11 @@ impl Drive {
     }
 
     /// Puts `stat` at `path` unless something is there.
-    async fn create(&self, path: &str, stat: Stat) -> Result<Stat, Error> {
-        let key = key_of(path);
-        let value = Bytes::from(stat.encode_to_vec());
-        let created = self
-            .trie
-            .trie()
-            .put_if(&key, value, PutOptions::default(), |existing, _| {
-                existing.is_none()
-            })
-            .await?;
-        match created {
-            Some(_) => Ok(stat),
-            None => Err(Error::AlreadyExists {
-                path: path.to_string(),
-            }),
-        }
-    }
-
-    async fn put_stat(&self, key: &str, stat: &Stat) -> Result<(), Error> {
-        let value = Bytes::from(stat.encode_to_vec());
-        self.trie
-            .trie()
-            .put(key, value, PutOptions::default())
-            .await?;
-        Ok(())
+    /// The drive that owns `path` (this one, or one mounted here), its trie (a checkout's
+    /// when this is one) and the path's key there.
+    async fn owner_of(&self, path: &str) -> Result<(Drive, Hypertrie, String), Error> {
+        let (trie, key) = self.trie.owner(&key_of(path)).await?;
+        Ok((self.drive_of(&trie).await?, trie, key))
     }
 
     /// The Stat of the node at `key`, through mounts.
@@ -800,6 +781,21 @@ impl Drive {
             key: self.content_key(),
             source,
         }
+    }
+}
+
+/// Puts `stat` at `key` of `trie` unless something is there (`path` names it in errors).
+async fn create(trie: &Hypertrie, key: &str, path: &str, stat: Stat) -> Result<Stat, Error> {
+    let value = Bytes::from(stat.encode_to_vec());
+    let absent = |existing: Option<&hypertrie::Node>, _: &hypertrie::Node| existing.is_none();
+    match trie
+        .put_if(key, value, PutOptions::default(), absent)
+        .await?
+    {
+        Some(_) => Ok(stat),
+        None => Err(Error::AlreadyExists {
+            path: path.to_string(),
+        }),
     }
 }
 
