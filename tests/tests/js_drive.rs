@@ -56,7 +56,7 @@ async fn a_drive_written_by_rust_is_read_and_written_by_js() {
             ..w()
         };
         drive.write_file("/meta.txt", b"m", meta).await.unwrap();
-        let keys = (drive.key().to_hex(), drive.content_key().to_hex());
+        let keys = (drive.key().to_hex(), drive.content_key().unwrap().to_hex());
         drop(drive);
         store.close().await.unwrap();
         keys
@@ -121,7 +121,7 @@ async fn a_drive_written_by_js_is_read_and_written_by_rust() {
     let (store, drive) = open_drive(dir.path()).await;
     assert_eq!(drive.key().to_hex(), populated["key"].as_str().unwrap());
     assert_eq!(
-        drive.content_key().to_hex(),
+        drive.content_key().unwrap().to_hex(),
         populated["contentKey"].as_str().unwrap()
     );
     assert!(
