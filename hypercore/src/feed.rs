@@ -192,6 +192,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     /// Bumped whenever [`Demand`] changes.
     demand: watch::Sender<u64>,
+    /// See [`Feed::lock_writer`].
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// An open hypercore: a signed, append-only log of blocks. Cheap to clone; all clones
@@ -250,6 +252,7 @@ impl Feed {
                 status: watch::Sender::new(status),
                 events,
                 demand: watch::Sender::new(0),
+                writer: Arc::default(),
             }),
         })
     }
@@ -390,6 +393,14 @@ impl Feed {
             })
         })
         .await
+    }
+
+    /// Takes the feed's writer lock: an advisory lock for writers whose several appends
+    /// must land one after the other with nothing in between (a hyperdrive file is one
+    /// contiguous run of content blocks). Appends do not take it themselves; writers that
+    /// need contiguity all do, as JS hyperdrive's content-feed mutex.
+    pub async fn lock_writer(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.inner.writer.clone().lock_owned().await
     }
 
     /// Block `index`, waiting for it to be downloaded if it is not stored.
@@ -533,13 +544,9 @@ impl Feed {
     }
 
     /// The stored blocks from `start` on, as many as are consecutive, up to `end` and about
-    /// `max_bytes` (used by read streams).
-    pub(crate) async fn read_run(
-        &self,
-        start: u64,
-        end: u64,
-        max_bytes: u64,
-    ) -> Result<Vec<Bytes>> {
+    /// `max_bytes`, read with one call (read streams use it); empty if block `start` is not
+    /// stored.
+    pub async fn read_run(&self, start: u64, end: u64, max_bytes: u64) -> Result<Vec<Bytes>> {
         self.blocking(move |core, _, _| {
             let (data, sizes) = core.read_run(start, end, max_bytes)?;
             let data = Bytes::from(data);

@@ -137,7 +137,8 @@ impl Feed {
         })
     }
 
-    /// A sink that appends blocks, batching them (up to 1024 blocks or 4 MiB per append).
+    /// A sink that appends blocks, batching them (up to 1024 blocks or 4 MiB per append);
+    /// a batch appends while the next one fills.
     pub fn write_sink(&self) -> WriteSink {
         WriteSink {
             feed: self.clone(),
@@ -184,10 +185,14 @@ impl futures::Sink<Bytes> for WriteSink {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_pending(cx))?;
         if this.buffer.len() >= Self::MAX_BLOCKS || this.buffered >= Self::MAX_BYTES {
-            this.start_append();
+            // One batch appends (hashing and signing on the blocking pool) while the next
+            // fills: wait only for the one before it.
             ready!(this.poll_pending(cx))?;
+            this.start_append();
+            if let Poll::Ready(result) = this.poll_pending(cx) {
+                result?;
+            }
         }
         Poll::Ready(Ok(()))
     }

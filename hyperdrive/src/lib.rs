@@ -8,19 +8,21 @@
 
 mod dir;
 mod drive;
-mod file;
 mod mount;
 mod path;
+mod read;
 mod stat;
 mod tags;
+mod write;
 
 use hypercore::PublicKey;
 
 pub use drive::{Drive, DriveOptions};
-pub use file::WriteOptions;
 pub use mount::MountOptions;
 pub use path::key_of;
+pub use read::FileReader;
 pub use stat::{MetadataEntry, Stat, StatMount, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+pub use write::{FileWriter, WriteOptions, WRITE_BLOCK};
 
 /// Largest content block: bigger buffers are cut (JS `hypercore-byte-stream`'s limit).
 pub const MAX_BLOCK: usize = 512 << 10;

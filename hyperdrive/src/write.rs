@@ -1,0 +1,342 @@
+//! Write streams (spec drive.md §4): a file's bytes go straight into the content feed as
+//! they are written, one block per write (cut at [`MAX_BLOCK`]), batched into signed
+//! appends; its Stat is put when the stream finishes, so readers see the old file (or none)
+//! until then. The content feed's writer lock is held meanwhile: a file is one contiguous
+//! run of blocks.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::Sink;
+use hypercore::WriteSink;
+use hypertrie::{Hypertrie, PutOptions};
+use prost::Message;
+use tokio::io::AsyncWrite;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::{Drive, Error, Stat, MAX_BLOCK};
+
+/// The block size of bytes written through [`AsyncWrite`], gathered from small writes (a
+/// JS file read stream's chunk size).
+pub const WRITE_BLOCK: usize = 64 << 10;
+
+/// Attributes of a file being written; unset ones take JS's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    /// Permission bits (default 0o644).
+    pub mode: Option<u32>,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modified, ms (default now).
+    pub mtime: Option<u64>,
+    /// Changed, ms (default now).
+    pub ctime: Option<u64>,
+    /// Per-file metadata.
+    pub metadata: Vec<(String, Vec<u8>)>,
+}
+
+/// A file being written: a [`Sink`] of byte chunks (one block each, as JS write streams
+/// make them) and an [`AsyncWrite`] (writes gathered into blocks of [`WRITE_BLOCK`]
+/// bytes). Finish it with
+/// [`FileWriter::finish`] (or `shutdown`/`close`) to put its Stat; dropped unfinished, the
+/// file is not written (its blocks stay in the content feed, unreferenced).
+pub struct FileWriter {
+    /// What the finished file's Stat needs.
+    target: Target,
+    sink: WriteSink,
+    /// Bytes from [`AsyncWrite`] not yet a full block.
+    gathered: BytesMut,
+    /// Held from the first block to the last.
+    lock: Option<OwnedMutexGuard<()>>,
+    closing: Option<BoxFuture<'static, Result<Stat, Error>>>,
+    finished: Option<Stat>,
+}
+
+/// Where a file being written goes, and what it has so far.
+struct Target {
+    /// The drive that owns the path (this one or a mounted one).
+    drive: Drive,
+    /// That drive's trie, and the path's key in it.
+    trie: Hypertrie,
+    key: String,
+    options: WriteOptions,
+    /// The first block and its byte position in the content feed.
+    offset: u64,
+    byte_offset: u64,
+    blocks: u64,
+    size: u64,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("path", &self.target.key)
+            .field("size", &self.target.size)
+            .field("blocks", &self.target.blocks)
+            .finish()
+    }
+}
+
+impl Drive {
+    /// Starts writing the file at `path` (into the drive that owns it, mounted or not),
+    /// replacing what is there when it finishes. Waits for other writers of the same
+    /// content feed to finish first.
+    pub async fn write_stream(
+        &self,
+        path: &str,
+        options: WriteOptions,
+    ) -> Result<FileWriter, Error> {
+        let (owner, trie, key) = self.owner_of(path).await?;
+        if !trie.writable() {
+            return Err(Error::NotWritable {
+                path: path.to_string(),
+            });
+        }
+        if owner
+            .node_stat(&crate::key_of(path))
+            .await?
+            .is_some_and(|s| s.is_dir())
+        {
+            return Err(Error::WrongType {
+                path: path.to_string(),
+                reason: "is a directory",
+            });
+        }
+        let feed = owner.content_feed().await?.clone();
+        let lock = feed.lock_writer().await;
+        let target = Target {
+            drive: owner,
+            trie,
+            key,
+            options,
+            offset: feed.len(),
+            byte_offset: feed.byte_len(),
+            blocks: 0,
+            size: 0,
+        };
+        Ok(FileWriter {
+            target,
+            sink: feed.write_sink(),
+            gathered: BytesMut::new(),
+            lock: Some(lock),
+            closing: None,
+            finished: None,
+        })
+    }
+
+    /// Writes `data` to `path` as one file (blocks of at most [`MAX_BLOCK`]; an empty file
+    /// is one empty block, as in JS).
+    pub async fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        options: WriteOptions,
+    ) -> Result<Stat, Error> {
+        self.write_chunks(path, [Bytes::copy_from_slice(data)], options)
+            .await
+    }
+
+    /// Writes `chunks` to `path` as one file, each chunk its own content block (cut at
+    /// [`MAX_BLOCK`]), as a JS write stream does with each `write()`.
+    pub async fn write_chunks(
+        &self,
+        path: &str,
+        chunks: impl IntoIterator<Item = Bytes>,
+        options: WriteOptions,
+    ) -> Result<Stat, Error> {
+        let mut writer = self.write_stream(path, options).await?;
+        for chunk in chunks {
+            writer.write(chunk).await?;
+        }
+        writer.finish().await
+    }
+}
+
+impl FileWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.target.size
+    }
+
+    /// Writes `chunk` (one content block, cut at [`MAX_BLOCK`]).
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), Error> {
+        futures::SinkExt::feed(self, chunk).await
+    }
+
+    /// Appends what is buffered, puts the file's Stat and returns it.
+    pub async fn finish(mut self) -> Result<Stat, Error> {
+        futures::future::poll_fn(|cx| self.poll_finish(cx)).await
+    }
+
+    fn finished_error(&self) -> Error {
+        Error::WrongType {
+            path: format!("/{}", self.target.key),
+            reason: "the write stream is finished",
+        }
+    }
+
+    fn content_error(&self, source: hypercore::Error) -> Error {
+        self.target.drive.content_error(source)
+    }
+
+    fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.lock.is_none() {
+            return Poll::Ready(Err(self.finished_error()));
+        }
+        Pin::new(&mut self.sink)
+            .poll_ready(cx)
+            .map_err(|e| self.content_error(e))
+    }
+
+    fn send(&mut self, chunk: Bytes) -> Result<(), Error> {
+        let mut at = 0;
+        while at < chunk.len() {
+            let end = (at + MAX_BLOCK).min(chunk.len());
+            self.push(chunk.slice(at..end))?;
+            at = end;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, block: Bytes) -> Result<(), Error> {
+        self.target.blocks += 1;
+        self.target.size += block.len() as u64;
+        Pin::new(&mut self.sink)
+            .start_send(block)
+            .map_err(|e| self.content_error(e))
+    }
+
+    fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if !self.gathered.is_empty() {
+            ready!(self.poll_ready_inner(cx))?;
+            let block = self.gathered.split().freeze();
+            self.push(block)?;
+        }
+        Pin::new(&mut self.sink)
+            .poll_flush(cx)
+            .map_err(|e| self.content_error(e))
+    }
+
+    /// Flushes the blocks (one empty block for an empty file, as JS), releases the writer
+    /// lock, then puts the Stat.
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<Stat, Error>> {
+        if let Some(stat) = &self.finished {
+            return Poll::Ready(Ok(stat.clone()));
+        }
+        if self.closing.is_none() {
+            if self.target.blocks == 0 && self.gathered.is_empty() {
+                ready!(self.poll_ready_inner(cx))?;
+                self.push(Bytes::new())?;
+            }
+            ready!(self.poll_flush_inner(cx))?;
+            self.lock = None;
+            self.closing = Some(Box::pin(put_stat(self.target.snapshot())));
+        }
+        let closing = self.closing.as_mut().map(|c| c.as_mut().poll(cx));
+        let stat = ready!(closing.unwrap_or(Poll::Ready(Err(Error::NotWritable {
+            path: format!("/{}", self.target.key),
+        }))));
+        self.closing = None;
+        let stat = stat?;
+        self.finished = Some(stat.clone());
+        Poll::Ready(Ok(stat))
+    }
+}
+
+impl Target {
+    fn snapshot(&self) -> Target {
+        Target {
+            drive: self.drive.clone(),
+            trie: self.trie.clone(),
+            key: self.key.clone(),
+            options: self.options.clone(),
+            ..*self
+        }
+    }
+}
+
+/// Puts the Stat of the finished file `target`.
+async fn put_stat(target: Target) -> Result<Stat, Error> {
+    let now = target.drive.now();
+    let options = target.options;
+    let mut stat = Stat {
+        size: target.size,
+        blocks: target.blocks,
+        offset: target.offset,
+        byte_offset: target.byte_offset,
+        uid: options.uid,
+        gid: options.gid,
+        mtime: options.mtime.unwrap_or(now),
+        ctime: options.ctime.unwrap_or(now),
+        ..Stat::file(options.mode.unwrap_or(0o644), now)
+    };
+    for (k, v) in options.metadata {
+        stat.set_metadata(&k, Some(v));
+    }
+    let value = Bytes::from(stat.encode_to_vec());
+    target
+        .trie
+        .put(&target.key, value, PutOptions::default())
+        .await?;
+    Ok(stat)
+}
+
+impl Sink<Bytes> for FileWriter {
+    type Error = Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().poll_ready_inner(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, chunk: Bytes) -> Result<(), Error> {
+        self.get_mut().send(chunk)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().poll_flush_inner(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.get_mut().poll_finish(cx).map_ok(|_| ())
+    }
+}
+
+impl AsyncWrite for FileWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.lock.is_none() {
+            return Poll::Ready(Err(std::io::Error::other(this.finished_error())));
+        }
+        if this.gathered.len() == WRITE_BLOCK {
+            ready!(this.poll_ready_inner(cx)).map_err(std::io::Error::other)?;
+            let block = this.gathered.split().freeze();
+            this.push(block).map_err(std::io::Error::other)?;
+        }
+        if this.gathered.capacity() < WRITE_BLOCK {
+            this.gathered.reserve(WRITE_BLOCK - this.gathered.len());
+        }
+        let n = buf.len().min(WRITE_BLOCK - this.gathered.len());
+        this.gathered.extend_from_slice(&buf[..n]);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut()
+            .poll_flush_inner(cx)
+            .map_err(std::io::Error::other)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.get_mut()
+            .poll_finish(cx)
+            .map(|r| r.map(|_| ()).map_err(std::io::Error::other))
+    }
+}
