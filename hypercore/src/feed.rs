@@ -403,6 +403,11 @@ impl Feed {
         self.inner.writer.clone().lock_owned().await
     }
 
+    /// The writer lock if nobody holds it (see [`Feed::lock_writer`]).
+    pub fn try_lock_writer(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.inner.writer.clone().try_lock_owned().ok()
+    }
+
     /// Block `index`, waiting for it to be downloaded if it is not stored.
     pub async fn get(&self, index: u64) -> Result<Bytes> {
         self.get_with(index, GetOptions::default()).await

@@ -226,6 +226,17 @@ impl Drive {
             .transpose()
     }
 
+    /// The Stat at `key` of `trie` (one of this drive's tries), not through mounts.
+    pub(crate) async fn node_stat_in(
+        &self,
+        trie: &Hypertrie,
+        key: &str,
+    ) -> Result<Option<Stat>, Error> {
+        let node = trie.get(key, hypertrie::GetOptions::default()).await?;
+        node.map(|n| crate::dir::decode_stat(key, n.value.as_deref()))
+            .transpose()
+    }
+
     pub(crate) fn content_error(&self, source: hypercore::Error) -> Error {
         Error::Content {
             drive: self.key(),

@@ -8,6 +8,7 @@
 
 mod dir;
 mod drive;
+mod handle;
 mod mount;
 mod path;
 mod read;
@@ -18,6 +19,7 @@ mod write;
 use hypercore::PublicKey;
 
 pub use drive::{Drive, DriveOptions};
+pub use handle::{FileHandle, OpenFlags};
 pub use mount::MountOptions;
 pub use path::key_of;
 pub use read::FileReader;
@@ -93,6 +95,24 @@ pub enum Error {
         /// Why (boxed: the variant would be large).
         #[source]
         source: Box<hypercore::Error>,
+    },
+    /// Reading or writing a file's bytes failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spill file that holds a file handle's changes failed (a full disk, say).
+    #[error("{path}: the spill file of its changes: {source}")]
+    Spill {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The corestore could not open a feed of the drive.
     #[error("opening {what}: {source}")]

@@ -84,7 +84,7 @@ type Fetch = BoxFuture<'static, Result<Fetched, Error>>;
 /// of the file's bytes (block slices) from the position to the end of its range.
 pub struct FileReader {
     /// The path it was opened by, for errors.
-    path: String,
+    pub(crate) path: String,
     core: Core,
     origin: Origin,
     stat: Stat,
@@ -163,44 +163,38 @@ impl Drive {
                 reason: "is a directory",
             });
         }
-        let (core, origin, extent) = match stat.mount.as_ref().filter(|m| m.hypercore == Some(true))
-        {
-            Some(mount) => self.mounted_core(path, &mount.key, mount.version).await?,
+        let reader = match stat.mount.as_ref().filter(|m| m.hypercore == Some(true)) {
+            Some(mount) => {
+                let (core, origin, extent) =
+                    self.mounted_core(path, &mount.key, mount.version).await?;
+                FileReader::new(path, core, origin, stat, extent, linear)
+            }
             None => {
                 let owner = self.drive_of(&trie).await?;
-                let core = owner.content().await?.clone();
-                let extent = Extent {
-                    offset: stat.offset,
-                    blocks: stat.blocks,
-                    byte_offset: stat.byte_offset,
-                    size: stat.size,
-                };
-                let origin = Origin::Content { drive: owner.key() };
-                check_extent(path, core.feed(), &extent, &origin).await?;
-                (core, origin, extent)
+                owner.content_reader(path, stat, linear).await?
             }
         };
-        let start = start.min(extent.size);
-        let end = match length {
-            Some(n) => start.saturating_add(n).min(extent.size),
-            None => extent.size,
+        Ok(reader.range(start, length))
+    }
+
+    /// A cursor over the bytes `stat` points to in this drive's content feed (`path`
+    /// names it in errors).
+    pub(crate) async fn content_reader(
+        &self,
+        path: &str,
+        stat: Stat,
+        linear: bool,
+    ) -> Result<FileReader, Error> {
+        let core = self.content().await?.clone();
+        let extent = Extent {
+            offset: stat.offset,
+            blocks: stat.blocks,
+            byte_offset: stat.byte_offset,
+            size: stat.size,
         };
-        Ok(FileReader {
-            path: path.to_string(),
-            core,
-            origin,
-            stat,
-            extent,
-            end,
-            pos: start,
-            blocks: VecDeque::new(),
-            next: (start == 0).then_some((extent.offset, 0)),
-            fetch: None,
-            sequential: false,
-            linear,
-            prefetch: None,
-            end_block: (end == extent.size).then_some(extent.end_block()),
-        })
+        let origin = Origin::Content { drive: self.key() };
+        check_extent(path, core.feed(), &extent, &origin).await?;
+        Ok(FileReader::new(path, core, origin, stat, extent, linear))
     }
 
     /// The core mounted at `path` as a file: all its blocks (up to `version` when
@@ -279,6 +273,46 @@ async fn check_extent(
 }
 
 impl FileReader {
+    fn new(
+        path: &str,
+        core: Core,
+        origin: Origin,
+        stat: Stat,
+        extent: Extent,
+        linear: bool,
+    ) -> FileReader {
+        FileReader {
+            path: path.to_string(),
+            core,
+            origin,
+            stat,
+            extent,
+            end: extent.size,
+            pos: 0,
+            blocks: VecDeque::new(),
+            next: Some((extent.offset, 0)),
+            fetch: None,
+            sequential: false,
+            linear,
+            prefetch: None,
+            end_block: Some(extent.end_block()),
+        }
+    }
+
+    /// Limits reading to `length` bytes (all, with `None`) from byte `start`.
+    fn range(mut self, start: u64, length: Option<u64>) -> FileReader {
+        let size = self.extent.size;
+        self.pos = start.min(size);
+        self.end = match length {
+            Some(n) => self.pos.saturating_add(n).min(size),
+            None => size,
+        };
+        if self.end < size {
+            self.end_block = None;
+        }
+        self
+    }
+
     /// The file's Stat.
     pub fn stat(&self) -> &Stat {
         &self.stat

@@ -39,6 +39,25 @@ pub struct WriteOptions {
     pub metadata: Vec<(String, Vec<u8>)>,
 }
 
+impl WriteOptions {
+    /// The attributes a new version of the file `stat` keeps: mode, owner, group and
+    /// metadata (its times become now).
+    pub fn keeping(stat: &Stat) -> WriteOptions {
+        WriteOptions {
+            mode: Some(stat.mode & !crate::S_IFMT),
+            uid: stat.uid,
+            gid: stat.gid,
+            mtime: None,
+            ctime: None,
+            metadata: stat
+                .metadata
+                .iter()
+                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
+                .collect(),
+        }
+    }
+}
+
 /// A file being written: a [`Sink`] of byte chunks (one block each, as JS write streams
 /// make them) and an [`AsyncWrite`] (writes gathered into blocks of [`WRITE_BLOCK`]
 /// bytes). Finish it with
@@ -96,7 +115,7 @@ impl Drive {
                 path: path.to_string(),
             });
         }
-        if owner
+        if self
             .node_stat(&crate::key_of(path))
             .await?
             .is_some_and(|s| s.is_dir())
@@ -108,24 +127,9 @@ impl Drive {
         }
         let feed = owner.content_feed().await?.clone();
         let lock = feed.lock_writer().await;
-        let target = Target {
-            drive: owner,
-            trie,
-            key,
-            options,
-            offset: feed.len(),
-            byte_offset: feed.byte_len(),
-            blocks: 0,
-            size: 0,
-        };
-        Ok(FileWriter {
-            target,
-            sink: feed.write_sink(),
-            gathered: BytesMut::new(),
-            lock: Some(lock),
-            closing: None,
-            finished: None,
-        })
+        Ok(FileWriter::new(
+            owner, trie, key, options, &feed, lock, None,
+        ))
     }
 
     /// Writes `data` to `path` as one file (blocks of at most [`MAX_BLOCK`]; an empty file
@@ -157,9 +161,64 @@ impl Drive {
 }
 
 impl FileWriter {
+    /// A writer of the file at `key` of `owner`'s `trie`, holding `lock`, the writer lock of
+    /// `owner`'s content feed `feed`. Continuing `stat`, a file whose blocks end the feed,
+    /// it writes on after them.
+    pub(crate) fn new(
+        owner: Drive,
+        trie: Hypertrie,
+        key: String,
+        options: WriteOptions,
+        feed: &hypercore::Feed,
+        lock: OwnedMutexGuard<()>,
+        continuing: Option<&Stat>,
+    ) -> FileWriter {
+        let (offset, byte_offset, blocks, size) = match continuing {
+            Some(s) => (s.offset, s.byte_offset, s.blocks, s.size),
+            None => (feed.len(), feed.byte_len(), 0, 0),
+        };
+        let target = Target {
+            drive: owner,
+            trie,
+            key,
+            options,
+            offset,
+            byte_offset,
+            blocks,
+            size,
+        };
+        FileWriter {
+            target,
+            sink: feed.write_sink(),
+            gathered: BytesMut::new(),
+            lock: Some(lock),
+            closing: None,
+            finished: None,
+        }
+    }
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
-        self.target.size
+        self.target.size + self.gathered.len() as u64
+    }
+
+    /// Appends what is buffered to the content feed (the file stays unseen until it
+    /// finishes).
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        futures::future::poll_fn(|cx| self.poll_flush_inner(cx)).await
+    }
+
+    /// The file as written so far (what is flushed is readable through it), as a Stat put
+    /// nowhere.
+    pub(crate) fn written(&self) -> Stat {
+        let t = &self.target;
+        Stat {
+            size: t.size,
+            blocks: t.blocks,
+            offset: t.offset,
+            byte_offset: t.byte_offset,
+            ..Stat::file(t.options.mode.unwrap_or(0o644), 0)
+        }
     }
 
     /// Writes `chunk` (one content block, cut at [`MAX_BLOCK`]).
@@ -261,13 +320,39 @@ impl Target {
 
 /// Puts the Stat of the finished file `target`.
 async fn put_stat(target: Target) -> Result<Stat, Error> {
-    let now = target.drive.now();
-    let options = target.options;
-    let mut stat = Stat {
+    let run = Stat {
         size: target.size,
         blocks: target.blocks,
         offset: target.offset,
         byte_offset: target.byte_offset,
+        ..Stat::default()
+    };
+    put_file(
+        &target.drive,
+        &target.trie,
+        &target.key,
+        target.options,
+        &run,
+    )
+    .await
+}
+
+/// Puts at `key` of `trie` (of `drive`) the Stat of a file whose bytes are the run of
+/// content blocks `run` names (offset, blocks, byte offset, size), with the attributes of
+/// `options`.
+pub(crate) async fn put_file(
+    drive: &Drive,
+    trie: &Hypertrie,
+    key: &str,
+    options: WriteOptions,
+    run: &Stat,
+) -> Result<Stat, Error> {
+    let now = drive.now();
+    let mut stat = Stat {
+        size: run.size,
+        blocks: run.blocks,
+        offset: run.offset,
+        byte_offset: run.byte_offset,
         uid: options.uid,
         gid: options.gid,
         mtime: options.mtime.unwrap_or(now),
@@ -278,10 +363,7 @@ async fn put_stat(target: Target) -> Result<Stat, Error> {
         stat.set_metadata(&k, Some(v));
     }
     let value = Bytes::from(stat.encode_to_vec());
-    target
-        .trie
-        .put(&target.key, value, PutOptions::default())
-        .await?;
+    trie.put(key, value, PutOptions::default()).await?;
     Ok(stat)
 }
 
