@@ -11,18 +11,54 @@ use crate::{Drive, Error, Stat, S_IFDIR};
 /// Symlinks followed at most when resolving a path.
 const MAX_SYMLINKS: usize = 40;
 
+/// Options of [`Drive::readdir_stats`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReaddirOptions {
+    /// Every entry below, by its path relative to the directory; else each direct child.
+    pub recursive: bool,
+    /// Do not list inside mounted drives (their mount points are listed).
+    pub no_mounts: bool,
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The name (with `recursive`, the path relative to the directory listed).
+    pub name: String,
+    /// Its Stat.
+    pub stat: Stat,
+}
+
 impl Drive {
     /// The names under the directory `path`, in trie hash order (not sorted): each direct
     /// child once (implicit directories included), or with `recursive` every entry's path
     /// relative to `path`, into mounted drives.
     pub async fn readdir(&self, path: &str, recursive: bool) -> Result<Vec<String>, Error> {
-        let key = key_of(path);
-        let options = MountListOptions {
+        let options = ReaddirOptions {
             recursive,
+            no_mounts: false,
+        };
+        let entries = self.readdir_stats(path, options).await?;
+        Ok(entries.into_iter().map(|e| e.name).collect())
+    }
+
+    /// [`Self::readdir`] with each entry's Stat (JS `includeStats`). A child known only
+    /// through deeper keys (an implicit directory) gets a directory Stat made as `lstat`
+    /// makes it.
+    pub async fn readdir_stats(
+        &self,
+        path: &str,
+        options: ReaddirOptions,
+    ) -> Result<Vec<DirEntry>, Error> {
+        let key = key_of(path);
+        let list = MountListOptions {
+            recursive: options.recursive,
+            no_mounts: options.no_mounts,
             ..MountListOptions::default()
         };
-        let mut names: Vec<String> = Vec::new();
-        for entry in self.trie.list(&key, options).await? {
+        let mut entries: Vec<DirEntry> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for entry in self.trie.list(&key, list).await? {
             let full = entry.node.key();
             let relative = if key.is_empty() {
                 full
@@ -35,20 +71,85 @@ impl Drive {
                     None => continue,
                 }
             };
-            let name = if recursive {
-                relative
+            let (name, deeper) = if options.recursive {
+                (relative, false)
             } else {
-                relative.split('/').next().unwrap_or(relative)
+                match relative.split_once('/') {
+                    Some((first, _)) => (first, true),
+                    None => (relative, false),
+                }
             };
-            if !name.is_empty() && !names.iter().any(|n| n == name) {
-                names.push(name.to_string());
+            if name.is_empty() || !seen.insert(name.to_string()) {
+                continue;
             }
+            let node_stat = decode_stat(full, entry.node.value.as_deref())?;
+            let stat = if deeper {
+                // The child itself may have a node of its own (an explicit directory
+                // with newer keys below it).
+                let child = join(&key, name);
+                match self.node_stat(&child).await? {
+                    Some(stat) => stat,
+                    None => implicit_directory(node_stat),
+                }
+            } else {
+                node_stat
+            };
+            entries.push(DirEntry {
+                name: name.to_string(),
+                stat,
+            });
         }
-        Ok(names)
+        Ok(entries)
     }
+
+    /// Removes the empty directory at `path`.
+    pub async fn rmdir(&self, path: &str) -> Result<(), Error> {
+        let (_, trie, key) = self.writable_owner(path).await?;
+        let stat = self.lstat(path).await?;
+        if !stat.is_dir() {
+            return Err(Error::WrongType {
+                path: path.to_string(),
+                reason: "is not a directory",
+            });
+        }
+        if stat.mount.is_some() {
+            return Err(Error::WrongType {
+                path: path.to_string(),
+                reason: "is a mount point (unmount it)",
+            });
+        }
+        if !self.readdir(path, false).await?.is_empty() {
+            return Err(Error::NotEmpty {
+                path: path.to_string(),
+            });
+        }
+        match trie.del(&key, false).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound {
+                path: path.to_string(),
+            }),
+        }
+    }
+
+    /// Cuts or extends (with zeros) the file at `path` to `size` bytes, as a new version
+    /// of it (JS makes a truncate to 0 of an existing file a no-op; here it empties it).
+    pub async fn truncate(&self, path: &str, size: u64) -> Result<Stat, Error> {
+        let flags = crate::OpenFlags {
+            write: true,
+            ..crate::OpenFlags::default()
+        };
+        let mut handle = self.open_file(path, flags).await?;
+        handle.truncate(size).await?;
+        let stat = handle.close().await?;
+        stat.ok_or_else(|| Error::NotFound {
+            path: path.to_string(),
+        })
+    }
+
     /// Removes the entry at `path` (any kind; JS rewrites a neighbour, see the trie).
     pub async fn unlink(&self, path: &str) -> Result<(), Error> {
-        match self.trie.del(&key_of(path)).await? {
+        let (_, trie, key) = self.writable_owner(path).await?;
+        match trie.del(&key, false).await? {
             Some(_) => Ok(()),
             None => Err(Error::NotFound {
                 path: path.to_string(),
@@ -78,14 +179,7 @@ impl Drive {
         match below.into_iter().find(|n| n.key() != inner) {
             Some(node) => {
                 let child = decode_stat(&key, node.value.as_deref())?;
-                let stat = Stat {
-                    mode: S_IFDIR | 0o755,
-                    linkname: None,
-                    mount: None,
-                    metadata: Vec::new(),
-                    ..child
-                };
-                Ok((stat, trie))
+                Ok((implicit_directory(child), trie))
             }
             None => Err(Error::NotFound {
                 path: path.to_string(),
@@ -115,7 +209,7 @@ impl Drive {
 
     /// Creates a directory at `path` (parents are not created, as in JS).
     pub async fn mkdir(&self, path: &str, mode: Option<u32>) -> Result<Stat, Error> {
-        let (owner, trie, key) = self.owner_of(path).await?;
+        let (owner, trie, key) = self.writable_owner(path).await?;
         let content = owner.content_feed().await?;
         let stat = Stat {
             offset: content.len(),
@@ -128,7 +222,7 @@ impl Drive {
     /// Creates a symlink at `path` pointing to `target` (stored as given, unixified).
     pub async fn symlink(&self, target: &str, path: &str) -> Result<Stat, Error> {
         let stat = Stat::symlink(&unixify(target), self.now());
-        let (_, trie, key) = self.owner_of(path).await?;
+        let (_, trie, key) = self.writable_owner(path).await?;
         create(&trie, &key, path, stat).await
     }
 
@@ -168,6 +262,26 @@ impl Drive {
         };
         trie.put(&key, value, options).await?;
         Ok(stat)
+    }
+}
+
+/// The Stat of a directory that has no node, made from a descendant's (JS copies its
+/// numbers and times).
+fn implicit_directory(descendant: Stat) -> Stat {
+    Stat {
+        mode: S_IFDIR | 0o755,
+        linkname: None,
+        mount: None,
+        metadata: Vec::new(),
+        ..descendant
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
     }
 }
 

@@ -193,7 +193,11 @@ impl Drive {
 
     /// The drive whose metadata trie is `trie`: this one, or one mounted here.
     pub(crate) async fn drive_of(&self, trie: &Hypertrie) -> Result<Drive, Error> {
-        let key = trie.feed().key();
+        self.drive_of_key(trie.feed().key()).await
+    }
+
+    /// The drive `key`: this one, or one mounted here (opened once).
+    pub(crate) async fn drive_of_key(&self, key: PublicKey) -> Result<Drive, Error> {
         if key == self.key() {
             return Ok(self.clone());
         }
@@ -216,6 +220,22 @@ impl Drive {
     pub(crate) async fn owner_of(&self, path: &str) -> Result<(Drive, Hypertrie, String), Error> {
         let (trie, key) = self.trie.owner(&key_of(path)).await?;
         Ok((self.drive_of(&trie).await?, trie, key))
+    }
+
+    /// [`Self::owner_of`] for a write: the path must be one a write accepts and the
+    /// owning trie writable.
+    pub(crate) async fn writable_owner(
+        &self,
+        path: &str,
+    ) -> Result<(Drive, Hypertrie, String), Error> {
+        crate::path::write_key(path)?;
+        let owner = self.owner_of(path).await?;
+        if !owner.1.writable() {
+            return Err(Error::NotWritable {
+                path: path.to_string(),
+            });
+        }
+        Ok(owner)
     }
 
     /// The Stat of the node at `key`, through mounts.

@@ -94,7 +94,11 @@ struct Patch {
 impl Drive {
     /// Opens the file at `path` (through mounts, not through symlinks).
     pub async fn open_file(&self, path: &str, flags: OpenFlags) -> Result<FileHandle, Error> {
-        let (owner, trie, key) = self.owner_of(path).await?;
+        let (owner, trie, key) = if flags.write {
+            self.writable_owner(path).await?
+        } else {
+            self.owner_of(path).await?
+        };
         let existing = match self.node_stat(&key_of(path)).await? {
             Some(stat) if stat.is_dir() => {
                 return Err(Error::WrongType {
@@ -110,11 +114,6 @@ impl Drive {
             }
             other => other,
         };
-        if flags.write && !trie.writable() {
-            return Err(Error::NotWritable {
-                path: path.to_string(),
-            });
-        }
         let stat = match existing {
             Some(_) if flags.create && flags.exclusive => {
                 return Err(Error::AlreadyExists {

@@ -12,15 +12,17 @@ mod handle;
 mod mount;
 mod path;
 mod read;
+mod rename;
 mod stat;
 mod tags;
 mod write;
 
 use hypercore::PublicKey;
 
+pub use dir::{DirEntry, ReaddirOptions};
 pub use drive::{Drive, DriveOptions};
 pub use handle::{FileHandle, OpenFlags};
-pub use mount::MountOptions;
+pub use mount::{MountInfo, MountOptions, PathInfo};
 pub use path::key_of;
 pub use read::FileReader;
 pub use stat::{MetadataEntry, Stat, StatMount, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
@@ -30,29 +32,46 @@ pub use write::{FileWriter, WriteOptions, WRITE_BLOCK};
 pub const MAX_BLOCK: usize = 512 << 10;
 /// Header subtype of a drive's metadata trie.
 pub const SUBTYPE: &str = "hyperdrive";
+
+/// A path as errors show it: whole up to 200 bytes, longer ones cut (a peer may send
+/// paths of any length).
+fn short(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= 200 {
+        return path.into();
+    }
+    let mut end = 100;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &path[..end], path.len()).into()
+}
+
 /// What failed in a drive operation, naming the path.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Nothing at the path.
-    #[error("{path}: no such file or directory")]
+    #[error("{}: no such file or directory", short(path))]
     NotFound {
         /// The path.
         path: String,
     },
     /// Writing to a drive we cannot sign, or to a checkout.
-    #[error("{path}: the drive is not writable here (not ours, or a checkout)")]
+    #[error(
+        "{}: the drive is not writable here (not ours, or a checkout)",
+        short(path)
+    )]
     NotWritable {
         /// The path.
         path: String,
     },
     /// Something is already at the path.
-    #[error("{path}: already exists")]
+    #[error("{}: already exists", short(path))]
     AlreadyExists {
         /// The path.
         path: String,
     },
     /// A file operation on a directory, or the reverse.
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", short(path))]
     WrongType {
         /// The path.
         path: String,
@@ -60,15 +79,38 @@ pub enum Error {
         reason: &'static str,
     },
     /// A Stat that does not decode, or points outside the content feed.
-    #[error("{path}: bad metadata: {reason}")]
+    #[error("{}: bad metadata: {reason}", short(path))]
     BadStat {
         /// The path.
         path: String,
         /// Why.
         reason: String,
     },
+    /// A path no write accepts.
+    #[error("{}: {reason}", short(path))]
+    InvalidPath {
+        /// The path.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A directory that is not empty where an empty one is needed.
+    #[error("{}: directory not empty", short(path))]
+    NotEmpty {
+        /// The path.
+        path: String,
+    },
+    /// A rename from one drive to another (a file's blocks live in its drive's content
+    /// feed).
+    #[error("{}: cannot move to {} in another drive", short(from), short(to))]
+    CrossDrive {
+        /// The source.
+        from: String,
+        /// The destination.
+        to: String,
+    },
     /// Symlinks that lead round in circles.
-    #[error("{path}: too many levels of symbolic links")]
+    #[error("{}: too many levels of symbolic links", short(path))]
     SymlinkLoop {
         /// The path.
         path: String,
@@ -97,7 +139,7 @@ pub enum Error {
         source: Box<hypercore::Error>,
     },
     /// Reading or writing a file's bytes failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", short(path))]
     Io {
         /// The file.
         path: String,
@@ -106,7 +148,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The spill file that holds a file handle's changes failed (a full disk, say).
-    #[error("{path}: the spill file of its changes: {source}")]
+    #[error("{}: the spill file of its changes: {source}", short(path))]
     Spill {
         /// The file.
         path: String,

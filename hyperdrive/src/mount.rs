@@ -21,23 +21,51 @@ pub struct MountOptions {
     pub gid: u32,
 }
 
+/// A drive mounted in a drive (JS `getAllMounts`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountInfo {
+    /// Where it is mounted, from the root of the drive asked.
+    pub path: String,
+    /// The mounted drive.
+    pub key: PublicKey,
+    /// The version it is pinned at, if it is.
+    pub version: Option<u64>,
+}
+
+/// Which drive serves a path (JS `info(path)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathInfo {
+    /// The drive whose trie holds the path.
+    pub drive: PublicKey,
+    /// Where that drive is mounted, from the root of the drive asked (`""`: the root,
+    /// it is the drive asked).
+    pub mount_path: String,
+    /// The path's key inside that drive.
+    pub inner_path: String,
+    /// Whether writes to the path are possible.
+    pub writable: bool,
+}
+
+/// Mounts followed at most when listing mounts.
+const MAX_MOUNT_DEPTH: usize = 16;
+
 impl Drive {
-    /// Mounts the drive (or with `options.hypercore`, the raw core) `key` at `path`. A
-    /// drive mount is a directory whose Stat names it, stored as mountable-hypertrie
-    /// mounts; a core mount is a file of the core's blocks.
+    /// Mounts the drive (or with `options.hypercore`, the raw core) `key` at `path`, in
+    /// the drive that owns `path`. A drive mount is a directory whose Stat names it,
+    /// stored as mountable-hypertrie mounts; a core mount is a file of the core's blocks.
     pub async fn mount(
         &self,
         path: &str,
         key: PublicKey,
         options: MountOptions,
     ) -> Result<Stat, Error> {
-        let at = key_of(path);
-        if self.node_stat(&at).await?.is_some() {
+        let (owner, trie, inner) = self.writable_owner(path).await?;
+        if self.node_stat(&key_of(path)).await?.is_some() {
             return Err(Error::AlreadyExists {
                 path: path.to_string(),
             });
         }
-        let content = self.content_feed().await?;
+        let content = owner.content_feed().await?;
         let mount = StatMount {
             key: key.as_bytes().to_vec(),
             version: options.version,
@@ -60,9 +88,8 @@ impl Drive {
                 mount: Some(mount),
                 ..Stat::file(0o644, now)
             };
-            let (_, trie, key) = self.owner_of(path).await?;
             let value = Bytes::from(stat.encode_to_vec());
-            trie.put(&key, value, PutOptions::default()).await?;
+            trie.put(&inner, value, PutOptions::default()).await?;
             return Ok(stat);
         }
         let stat = Stat {
@@ -80,9 +107,82 @@ impl Drive {
             remote_path: None,
             hash: None,
         };
-        self.trie
-            .mount(&at, record, Bytes::from(stat.encode_to_vec()))
+        trie.mount(&inner, record, Bytes::from(stat.encode_to_vec()))
             .await?;
         Ok(stat)
+    }
+
+    /// Removes the mount at `path` (a drive's both nodes, or a core's file).
+    pub async fn unmount(&self, path: &str) -> Result<(), Error> {
+        let (_, trie, inner) = self.writable_owner(path).await?;
+        let stat = self.lstat(path).await?;
+        match &stat.mount {
+            Some(m) if m.hypercore == Some(true) => self.unlink(path).await,
+            Some(_) => {
+                trie.unmount(&inner).await?;
+                Ok(())
+            }
+            None => Err(Error::WrongType {
+                path: path.to_string(),
+                reason: "is not a mount",
+            }),
+        }
+    }
+
+    /// The drives mounted in this drive, and with `recursive` in those, with their paths
+    /// from this drive's root (hypercore mounts are plain files: not listed, as in JS).
+    pub async fn mounts(&self, recursive: bool) -> Result<Vec<MountInfo>, Error> {
+        let mut out = Vec::new();
+        let mut todo = vec![(self.clone(), String::new(), 0)];
+        while let Some((drive, prefix, depth)) = todo.pop() {
+            if depth > MAX_MOUNT_DEPTH {
+                return Err(hypertrie::Error::MountLoop {
+                    path: prefix,
+                    depth,
+                }
+                .into());
+            }
+            for record in drive.trie.trie().mounts().await? {
+                let path = match prefix.as_str() {
+                    "" => record.local_path.clone(),
+                    p => format!("{p}/{}", record.local_path),
+                };
+                let key = PublicKey::from_slice(&record.key).map_err(|_| Error::BadStat {
+                    path: format!("/{path}"),
+                    reason: "its mount record's key is not a public key".into(),
+                })?;
+                let version = record.version.filter(|&v| v != 0);
+                if recursive {
+                    let mounted = drive.drive_of_key(key).await?;
+                    let mounted = match version {
+                        Some(v) => mounted.checkout(v),
+                        None => mounted,
+                    };
+                    todo.push((mounted, path.clone(), depth + 1));
+                }
+                out.push(MountInfo {
+                    path: format!("/{path}"),
+                    key,
+                    version,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Which drive serves `path`, and where it is mounted.
+    pub async fn info(&self, path: &str) -> Result<PathInfo, Error> {
+        let key = key_of(path);
+        let (trie, inner) = self.trie.owner(&key).await?;
+        let mount_path = key
+            .strip_suffix(inner.as_str())
+            .unwrap_or("")
+            .trim_end_matches('/');
+        Ok(PathInfo {
+            drive: trie.feed().key(),
+            mount_path: format!("/{mount_path}"),
+            inner_path: format!("/{inner}"),
+            writable: trie.writable(),
+        })
     }
 }

@@ -39,3 +39,48 @@ pub(crate) fn resolve_link(link: &str, target: &str) -> String {
     }
     format!("/{}", parts.join("/"))
 }
+
+/// Longest path a write accepts (Linux `PATH_MAX`).
+const MAX_PATH: usize = 4096;
+/// Longest name a write accepts (Linux `NAME_MAX`).
+const MAX_NAME: usize = 255;
+
+/// The trie key `path` is written at, refusing what no filesystem could hold or would
+/// read back as written: the root, NUL bytes, `.` and `..` names (JS keeps them, and
+/// readers resolve them to other paths), names over 255 bytes, paths over 4096.
+pub(crate) fn write_key(path: &str) -> Result<String, crate::Error> {
+    let key = key_of(path);
+    let reason = if path.len() > MAX_PATH {
+        "longer than 4096 bytes"
+    } else if path.contains('\0') {
+        "contains a NUL byte"
+    } else if key.is_empty() {
+        "is the root directory"
+    } else if key.split('/').any(|c| c == "." || c == "..") {
+        "has a . or .. component"
+    } else if key.split('/').any(|c| c.len() > MAX_NAME) {
+        "has a name longer than 255 bytes"
+    } else {
+        return Ok(key);
+    };
+    Err(crate::Error::InvalidPath {
+        path: path.to_string(),
+        reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_refuse_paths_that_would_not_read_back() {
+        assert_eq!(write_key("/a/b.txt").ok().as_deref(), Some("a/b.txt"));
+        assert_eq!(write_key("\\x\\\\y/").ok().as_deref(), Some("x/y"));
+        let long_name = format!("/{}", "n".repeat(256));
+        let long_path = "/d".repeat(2049);
+        for bad in ["/", "", "/a/../b", "./.", "/a\0b", &long_name, &long_path] {
+            assert!(write_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}

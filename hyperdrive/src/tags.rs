@@ -1,7 +1,7 @@
 //! Tags (spec drive.md §7): named versions, stored as hidden trie keys.
 
 use bytes::Bytes;
-use hypertrie::{GetOptions, PutOptions};
+use hypertrie::{GetOptions, ListOptions, PutOptions};
 
 use crate::{Drive, Error};
 
@@ -37,5 +37,32 @@ impl Drive {
             .await?;
         let value = node.and_then(|n| n.value);
         Ok(value.and_then(|v| varint::decode(&v).ok().map(|(version, _)| version)))
+    }
+
+    /// Every tag with its version (JS `getAllTags`), in trie order.
+    pub async fn tags(&self) -> Result<Vec<(String, u64)>, Error> {
+        let hidden = ListOptions {
+            hidden: true,
+            ..ListOptions::default()
+        };
+        let nodes = self.trie.trie().list(TAGS, hidden).await?;
+        Ok(nodes
+            .into_iter()
+            .filter_map(|n| {
+                let name = n.key().strip_prefix(TAGS)?.strip_prefix('/')?.to_string();
+                let (version, _) = varint::decode(n.value.as_deref()?).ok()?;
+                Some((name, version))
+            })
+            .collect())
+    }
+
+    /// Removes the tag `name`; false if there was none.
+    pub async fn delete_tag(&self, name: &str) -> Result<bool, Error> {
+        let deleted = self
+            .trie
+            .trie()
+            .del(&format!("{TAGS}/{name}"), true)
+            .await?;
+        Ok(deleted.is_some())
     }
 }

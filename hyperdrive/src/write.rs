@@ -109,12 +109,7 @@ impl Drive {
         path: &str,
         options: WriteOptions,
     ) -> Result<FileWriter, Error> {
-        let (owner, trie, key) = self.owner_of(path).await?;
-        if !trie.writable() {
-            return Err(Error::NotWritable {
-                path: path.to_string(),
-            });
-        }
+        let (owner, trie, key) = self.writable_owner(path).await?;
         if self
             .node_stat(&crate::key_of(path))
             .await?
