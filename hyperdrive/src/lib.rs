@@ -4,9 +4,11 @@
 //!
 //! Drives live in a corestore ([`Drive`]); files are written whole or as streams and read
 //! whole, as byte ranges or through a seekable cursor; directories, symlinks, per-file
-//! metadata, mounts of drives and raw cores, and tags work as in JS.
+//! metadata, mounts of drives and raw cores, and tags work as in JS. Files and trees are
+//! downloaded, cleared and mirrored from peers as JS does.
 
 mod dir;
+mod download;
 mod drive;
 mod file;
 mod mount;
@@ -16,6 +18,9 @@ mod tags;
 
 use hypercore::PublicKey;
 
+pub use download::{
+    Cleared, Downloading, FileStats, Mirror, MirrorStatus, Progress, WalkOptions, MAX_CONCURRENT,
+};
 pub use drive::{Drive, DriveOptions};
 pub use file::WriteOptions;
 pub use mount::MountOptions;
@@ -91,6 +96,15 @@ pub enum Error {
         /// Why (boxed: the variant would be large).
         #[source]
         source: Box<hypercore::Error>,
+    },
+    /// Downloading a file's blocks stopped before they were all stored.
+    #[error("downloading {path}: {source}")]
+    Download {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: hypercore_replication::Error,
     },
     /// The corestore could not open a feed of the drive.
     #[error("opening {what}: {source}")]
