@@ -373,7 +373,8 @@ impl Replicator {
         self.ensure_default_selection();
         let shared = self.shared.clone();
         let downloading = self.downloading();
-        tokio::spawn(peer::run(shared, channel, live, downloading))
+        let registered = peer::register(&shared, channel);
+        tokio::spawn(peer::run(shared, registered, live, downloading))
     }
 
     /// Downloads a range; the returned future resolves when every block of it is stored.

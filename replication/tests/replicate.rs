@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hypercore::storage::MemoryStorage;
 use hypercore::{Feed, FeedOptions};
-use hypercore_protocol::ProtocolOptions;
+use hypercore_protocol::{Protocol, ProtocolOptions};
 use hypercore_replication::{
     replicate, DownloadRange, ReplicateOptions, Replicator, ReplicatorOptions,
 };
@@ -299,6 +299,33 @@ async fn update_if_available_reaches_the_peers_length_without_data() {
     assert_eq!(sparse.downloaded(0, None), 0);
     a.abort();
     b.abort();
+}
+
+#[tokio::test]
+async fn update_if_available_right_after_attaching_waits_for_the_new_peer() {
+    let w = writer(300).await;
+    let sparse = clone_of(&w, true).await;
+    let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
+    let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let options = |initiator| ProtocolOptions {
+        initiator,
+        live: true,
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(
+        Protocol::connect(x, options(true)),
+        Protocol::connect(y, options(false))
+    );
+    let ((pa, _events_a), (pb, _events_b)) = (a.unwrap(), b.unwrap());
+    let _writer_peer = rw.attach(pb.open(w.key()).unwrap(), true);
+    // Asked before the new peer's task has run at all (as a store does when a core is
+    // opened on a running connection): the peer is waited for, not missed.
+    let _reader_peer = rs.attach(pa.open(w.key()).unwrap(), true);
+    let length = tokio::time::timeout(Duration::from_secs(10), rs.update_if_available())
+        .await
+        .expect("update_if_available never returned");
+    assert_eq!(length, 300);
 }
 
 #[tokio::test]
