@@ -483,6 +483,15 @@ async fn file_stats_match_the_bitfield() {
         .iter()
         .all(|s| s.downloaded_blocks == s.blocks && s.downloaded_bytes == s.size));
     assert!(all.iter().any(|s| s.path == "/docs/mnt/m1.bin"));
+    // A mount point named as the path is listed inside, mounts entered or not.
+    let inside = f
+        .writer
+        .file_stats("/docs/mnt", WalkOptions::default())
+        .await
+        .unwrap();
+    let mut names: Vec<&str> = inside.iter().map(|s| s.path.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["/docs/mnt/m1.bin", "/docs/mnt/m2.txt"]);
     // Only direct children.
     let top = WalkOptions {
         recursive: false,
