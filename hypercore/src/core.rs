@@ -644,6 +644,37 @@ impl FeedCore {
         self.bitfield.count_blocks(start, end)
     }
 
+    /// Bytes of the blocks stored in `[start, end)`, from the tree's node sizes (no block
+    /// data is read): a stored run that fills a subtree whose node is stored counts that
+    /// node's size, so a fully stored range costs a few node reads, not one per block.
+    pub fn downloaded_bytes(&mut self, start: u64, end: u64) -> Result<u64> {
+        let end = end.min(self.length);
+        let mut total = 0u64;
+        let mut at = start;
+        while let Some(first) = self.bitfield.next_block(at, end) {
+            // The largest subtree starting at `first` that ends by `end`.
+            let mut depth = 0u32;
+            while depth < 52 && first % (2 << depth) == 0 && first + (2 << depth) <= end {
+                depth += 1;
+            }
+            loop {
+                let span = 1u64 << depth;
+                let node = flat_tree::index(depth, first >> depth);
+                let whole = depth == 0
+                    || (self.bitfield.has_node(node)
+                        && self.bitfield.first_missing(first, first + span).is_none());
+                if whole {
+                    // A stored block's leaf is always stored with it.
+                    total = total.saturating_add(self.required_node(node)?.size);
+                    at = first + span;
+                    break;
+                }
+                depth -= 1;
+            }
+        }
+        Ok(total)
+    }
+
     /// Whether every block in `[start, end)` is stored.
     pub fn has_range(&self, start: u64, end: u64) -> bool {
         end <= start || self.bitfield.first_missing(start, end).is_none()

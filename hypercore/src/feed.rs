@@ -601,6 +601,16 @@ impl Feed {
             .unwrap_or(0)
     }
 
+    /// Bytes of the blocks stored locally in `[start, end)` (`end` = `None` means the
+    /// length), from the merkle tree's sizes: no block is read.
+    pub async fn downloaded_bytes(&self, start: u64, end: Option<u64>) -> Result<u64> {
+        self.blocking(move |core, _, _| {
+            let end = end.unwrap_or(core.len());
+            core.downloaded_bytes(start, end)
+        })
+        .await
+    }
+
     /// Removes blocks `[start, end)` from local storage (they can be downloaded again).
     pub async fn clear(&self, start: u64, end: u64) -> Result<()> {
         let changed = self

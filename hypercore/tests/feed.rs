@@ -808,3 +808,43 @@ async fn large_blocks_read_off_the_runtime() {
     assert_eq!(feed.get(0).await.unwrap(), big);
     assert_eq!(feed.get_batch(0, 2).await.unwrap()[0], big);
 }
+
+#[tokio::test]
+async fn downloaded_bytes_sums_the_stored_blocks_sizes() {
+    // Blocks of distinct sizes, so any wrong node shows in the sum.
+    let blocks: Vec<String> = (0..37).map(|i| "x".repeat(i * 3 + 1)).collect();
+    let refs: Vec<&str> = blocks.iter().map(String::as_str).collect();
+    let writer = writer_with(&refs).await;
+    let size = |range: std::ops::Range<u64>, stored: &dyn Fn(u64) -> bool| -> u64 {
+        range
+            .filter(|&i| stored(i))
+            .map(|i| blocks[i as usize].len() as u64)
+            .sum()
+    };
+    assert_eq!(
+        writer.downloaded_bytes(0, None).await.unwrap(),
+        writer.byte_len()
+    );
+    assert_eq!(
+        writer.downloaded_bytes(5, Some(29)).await.unwrap(),
+        size(5..29, &|_| true)
+    );
+    // A sparse clone holding a scattered selection, then after a clear.
+    let clone = sparse_clone_of(&writer).await;
+    for i in [0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 31, 36] {
+        transfer(&writer, &clone, i).await;
+    }
+    for (start, end) in [(0, 37), (0, 16), (8, 16), (3, 21), (17, 19), (30, 37)] {
+        let expected = size(start..end, &|i| clone.has(i));
+        assert_eq!(
+            clone.downloaded_bytes(start, Some(end)).await.unwrap(),
+            expected,
+            "blocks {start}..{end}"
+        );
+    }
+    clone.clear(9, 13).await.unwrap();
+    assert_eq!(
+        clone.downloaded_bytes(0, None).await.unwrap(),
+        size(0..37, &|i| clone.has(i))
+    );
+}

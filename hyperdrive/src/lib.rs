@@ -4,9 +4,11 @@
 //!
 //! Drives live in a corestore ([`Drive`]); files are written whole or as streams and read
 //! whole, as byte ranges or through a seekable cursor; directories, symlinks, per-file
-//! metadata, mounts of drives and raw cores, and tags work as in JS.
+//! metadata, mounts of drives and raw cores, and tags work as in JS. Files and trees are
+//! downloaded, cleared and mirrored from peers as JS does.
 
 mod dir;
+mod download;
 mod drive;
 mod handle;
 mod mount;
@@ -20,6 +22,9 @@ mod write;
 use hypercore::PublicKey;
 
 pub use dir::{DirEntry, ReaddirOptions};
+pub use download::{
+    Cleared, Downloading, FileStats, Mirror, MirrorStatus, Progress, WalkOptions, MAX_CONCURRENT,
+};
 pub use drive::{Drive, DriveOptions};
 pub use handle::{FileHandle, OpenFlags};
 pub use mount::{MountInfo, MountOptions, PathInfo};
@@ -155,6 +160,15 @@ pub enum Error {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// Downloading a file's blocks stopped before they were all stored.
+    #[error("downloading {}: {source}", short(path))]
+    Download {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: hypercore_replication::Error,
     },
     /// The corestore could not open a feed of the drive.
     #[error("opening {what}: {source}")]

@@ -14,7 +14,7 @@ use hypercore::{Event, Feed, Origin, Proof, ProofRequest, RemoteTree, Signature}
 use hypercore_protocol::message::{
     Data, DataNode, Have, Message, Options, Request, Status, Unhave, Want,
 };
-use hypercore_protocol::{Channel, ChannelEvent, ChannelSender, PeerKey};
+use hypercore_protocol::{Channel, ChannelEvent, ChannelReceiver, ChannelSender, PeerKey};
 use rand::Rng;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -920,15 +920,19 @@ pub enum PeerEnd {
     ClosedEarly,
 }
 
-/// Runs the peer until its channel closes; the error says why the peer was dropped.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    channel: Channel,
-    live: bool,
-    downloading: bool,
-) -> Result<PeerEnd, Error> {
-    let (tx, mut rx) = channel.split();
-    let feed = shared.feed.clone();
+/// A peer on `channel`, known to the feed's shared state from now on (not yet heard
+/// from): what [`run`] runs.
+pub(crate) struct Registered {
+    id: PeerId,
+    tx: ChannelSender,
+    rx: ChannelReceiver,
+    counters: Arc<Counters>,
+}
+
+/// Adds the peer on `channel` to the shared state, before its task first runs, so a
+/// caller waiting for what peers have (`update_if_available`) sees it at once.
+pub(crate) fn register(shared: &Shared, channel: Channel) -> Registered {
+    let (tx, rx) = channel.split();
     let counters = Arc::new(Counters::default());
     let id = {
         let mut state = shared.lock();
@@ -946,6 +950,28 @@ pub(crate) async fn run(
         id
     };
     shared.wake_peers();
+    Registered {
+        id,
+        tx,
+        rx,
+        counters,
+    }
+}
+
+/// Runs the peer until its channel closes; the error says why the peer was dropped.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    registered: Registered,
+    live: bool,
+    downloading: bool,
+) -> Result<PeerEnd, Error> {
+    let Registered {
+        id,
+        tx,
+        mut rx,
+        counters,
+    } = registered;
+    let feed = shared.feed.clone();
     let mut peer = Peer {
         id,
         feed: feed.clone(),

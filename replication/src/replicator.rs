@@ -373,7 +373,8 @@ impl Replicator {
         self.ensure_default_selection();
         let shared = self.shared.clone();
         let downloading = self.downloading();
-        tokio::spawn(peer::run(shared, channel, live, downloading))
+        let registered = peer::register(&shared, channel);
+        tokio::spawn(peer::run(shared, registered, live, downloading))
     }
 
     /// Downloads a range; the returned future resolves when every block of it is stored.
@@ -384,6 +385,47 @@ impl Replicator {
             shared: self.shared.clone(),
             id,
             rx,
+        }
+    }
+
+    /// JS `update({ifAvailable: true})`, which readers of a trie run before each lookup:
+    /// waits until the feed is as long as the longest length its connected peers
+    /// announced (fetching the proof of the new last block, no data), and returns the
+    /// length. Peers connected but not yet heard from are waited for; a peer that leaves
+    /// or stays silent for the request timeout is not. A writable feed returns at once.
+    pub async fn update_if_available(&self) -> u64 {
+        let feed = &self.shared.feed;
+        if feed.writable() {
+            return feed.len();
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.options.request_timeout;
+        let mut wake = self.shared.wake.subscribe();
+        loop {
+            wake.borrow_and_update();
+            let (silent, target) = {
+                let state = self.shared.lock();
+                let silent = state.peers.values().any(|p| p.remote_length.is_none());
+                (silent, Shared::max_remote_length(&state).unwrap_or(0))
+            };
+            let len = feed.len();
+            if !silent && target <= len {
+                return len;
+            }
+            let grow = async {
+                if target <= len {
+                    return std::future::pending().await;
+                }
+                feed.update(Some(target), None).await.is_ok()
+            };
+            tokio::select! {
+                grown = grow => if !grown {
+                    return feed.len(); // closed
+                },
+                changed = wake.changed() => if changed.is_err() {
+                    return feed.len();
+                },
+                _ = tokio::time::sleep_until(deadline) => return feed.len(),
+            }
         }
     }
 

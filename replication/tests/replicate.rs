@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hypercore::storage::MemoryStorage;
 use hypercore::{Feed, FeedOptions};
-use hypercore_protocol::ProtocolOptions;
+use hypercore_protocol::{Protocol, ProtocolOptions};
 use hypercore_replication::{
     replicate, DownloadRange, ReplicateOptions, Replicator, ReplicatorOptions,
 };
@@ -258,6 +258,110 @@ async fn without_follow_length_a_sparse_clone_learns_nothing_unasked() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sparse.len(), 0);
     assert_eq!(probe.stats().peers[0].remote_length, 100);
+    a.abort();
+    b.abort();
+}
+
+#[tokio::test]
+async fn update_if_available_reaches_the_peers_length_without_data() {
+    let w = writer(300).await;
+    let sparse = clone_of(&w, true).await;
+    let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
+    let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
+    // No peer: nothing to wait for.
+    assert_eq!(rs.update_if_available().await, 0);
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = tokio::spawn(async move { replicate(&rw, x, opts(true, true)).await });
+    let probe = rs.clone();
+    let b = tokio::spawn(async move { replicate(&rs, y, opts(false, true)).await });
+    let update = || {
+        let probe = probe.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), probe.update_if_available())
+                .await
+                .expect("update_if_available never returned")
+        }
+    };
+    probe.wait_for_peers(1).await;
+    assert_eq!(update().await, 300);
+    assert_eq!(sparse.downloaded(0, None), 0, "only the proof was fetched");
+    w.append_batch(["one more", "and another"]).await.unwrap();
+    // The writer's Have for the new blocks arrives on its own; then an update reaches it.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while probe.stats().peers[0].remote_length < 302 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the writer never announced its new blocks");
+    assert_eq!(update().await, 302);
+    assert_eq!(sparse.byte_len(), w.byte_len());
+    assert_eq!(sparse.downloaded(0, None), 0);
+    a.abort();
+    b.abort();
+}
+
+#[tokio::test]
+async fn update_if_available_right_after_attaching_waits_for_the_new_peer() {
+    let w = writer(300).await;
+    let sparse = clone_of(&w, true).await;
+    let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
+    let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let options = |initiator| ProtocolOptions {
+        initiator,
+        live: true,
+        ..Default::default()
+    };
+    let (a, b) = tokio::join!(
+        Protocol::connect(x, options(true)),
+        Protocol::connect(y, options(false))
+    );
+    let ((pa, _events_a), (pb, _events_b)) = (a.unwrap(), b.unwrap());
+    let _writer_peer = rw.attach(pb.open(w.key()).unwrap(), true);
+    // Asked before the new peer's task has run at all (as a store does when a core is
+    // opened on a running connection): the peer is waited for, not missed.
+    let _reader_peer = rs.attach(pa.open(w.key()).unwrap(), true);
+    let length = tokio::time::timeout(Duration::from_secs(10), rs.update_if_available())
+        .await
+        .expect("update_if_available never returned");
+    assert_eq!(length, 300);
+}
+
+#[tokio::test]
+async fn update_if_available_waits_for_a_silent_peer_at_most_the_request_timeout() {
+    let w = writer(10).await;
+    let sparse = clone_of(&w, true).await;
+    // The writer serves nothing, so it never says what it has.
+    let rw = Replicator::new(
+        w.clone(),
+        ReplicatorOptions {
+            upload: false,
+            ..ReplicatorOptions::default()
+        },
+    );
+    let timeout = Duration::from_millis(300);
+    let rs = Replicator::new(
+        sparse.clone(),
+        ReplicatorOptions {
+            request_timeout: timeout,
+            ..ReplicatorOptions::default()
+        },
+    );
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = tokio::spawn(async move { replicate(&rw, x, opts(true, true)).await });
+    let probe = rs.clone();
+    let b = tokio::spawn(async move { replicate(&rs, y, opts(false, true)).await });
+    probe.wait_for_peers(1).await;
+    let started = std::time::Instant::now();
+    let length = tokio::time::timeout(Duration::from_secs(10), probe.update_if_available())
+        .await
+        .expect("update_if_available waited past its bound");
+    assert_eq!(length, 0);
+    assert!(
+        started.elapsed() >= timeout,
+        "the silent peer was not waited for"
+    );
     a.abort();
     b.abort();
 }
