@@ -14,7 +14,7 @@ use hypercore::{Event, Feed, Origin, Proof, ProofRequest, RemoteTree, Signature}
 use hypercore_protocol::message::{
     Data, DataNode, Have, Message, Options, Request, Status, Unhave, Want,
 };
-use hypercore_protocol::{Channel, ChannelEvent, ChannelSender, PeerKey};
+use hypercore_protocol::{Channel, ChannelEvent, ChannelReceiver, ChannelSender, PeerKey};
 use rand::Rng;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -920,15 +920,16 @@ pub enum PeerEnd {
     ClosedEarly,
 }
 
-/// Runs the peer until its channel closes; the error says why the peer was dropped.
-pub(crate) async fn run(
+/// Counts a new peer of the feed on `channel` at once (so a reader asking which peers
+/// have not yet said what they have sees it before its task runs), and returns the task
+/// that runs it until its channel closes; the error says why the peer was dropped.
+pub(crate) fn start(
     shared: Arc<Shared>,
     channel: Channel,
     live: bool,
     downloading: bool,
-) -> Result<PeerEnd, Error> {
-    let (tx, mut rx) = channel.split();
-    let feed = shared.feed.clone();
+) -> impl std::future::Future<Output = Result<PeerEnd, Error>> + Send + 'static {
+    let (tx, rx) = channel.split();
     let counters = Arc::new(Counters::default());
     let id = {
         let mut state = shared.lock();
@@ -946,6 +947,19 @@ pub(crate) async fn run(
         id
     };
     shared.wake_peers();
+    run(shared, tx, rx, id, counters, live, downloading)
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    tx: ChannelSender,
+    mut rx: ChannelReceiver,
+    id: u64,
+    counters: Arc<Counters>,
+    live: bool,
+    downloading: bool,
+) -> Result<PeerEnd, Error> {
+    let feed = shared.feed.clone();
     let mut peer = Peer {
         id,
         feed: feed.clone(),

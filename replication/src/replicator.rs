@@ -373,7 +373,7 @@ impl Replicator {
         self.ensure_default_selection();
         let shared = self.shared.clone();
         let downloading = self.downloading();
-        tokio::spawn(peer::run(shared, channel, live, downloading))
+        tokio::spawn(peer::start(shared, channel, live, downloading))
     }
 
     /// Downloads a range; the returned future resolves when every block of it is stored.
@@ -419,6 +419,36 @@ impl Replicator {
                 return;
             }
         }
+    }
+
+    /// JS `feed.update({ifAvailable: true})`: waits until every peer has said what it has
+    /// (or left), then until the feed is as long as the longest length they announced;
+    /// never longer than `limit` in all. Returns the length then, grown or not: with no
+    /// peers, or none with more, it returns at once.
+    pub async fn update_if_available(&self, limit: Duration) -> u64 {
+        let feed = &self.shared.feed;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut wake = self.shared.wake.subscribe();
+        let announced = loop {
+            let (silent, announced) = {
+                let state = self.shared.lock();
+                let silent = state.peers.values().any(|p| p.remote_length.is_none());
+                (silent, Shared::max_remote_length(&state).unwrap_or(0))
+            };
+            if !silent {
+                break announced;
+            }
+            match tokio::time::timeout_at(deadline, wake.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return feed.len(),
+            }
+        };
+        if announced > feed.len() {
+            let update = feed.update(Some(announced), None);
+            // Not there in time, or the feed closed: what we have is the answer.
+            let _ = tokio::time::timeout_at(deadline, update).await;
+        }
+        feed.len()
     }
 
     /// Registers a feed extension: messages of this name from any peer arrive on the

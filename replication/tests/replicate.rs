@@ -263,6 +263,33 @@ async fn without_follow_length_a_sparse_clone_learns_nothing_unasked() {
 }
 
 #[tokio::test]
+async fn update_if_available_takes_in_the_length_a_new_peer_announces() {
+    let w = writer(100).await;
+    let sparse = clone_of(&w, true).await;
+    let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
+    let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
+    // No peers: nothing to wait for.
+    let alone = tokio::time::timeout(
+        Duration::from_secs(1),
+        rs.update_if_available(Duration::from_secs(30)),
+    );
+    assert_eq!(alone.await.unwrap(), 0);
+    let (x, y) = tokio::io::duplex(1 << 20);
+    let a = tokio::spawn(async move { replicate(&rw, x, opts(true, true)).await });
+    let probe = rs.clone();
+    let b = tokio::spawn(async move { replicate(&rs, y, opts(false, true)).await });
+    probe.wait_for_peers(1).await;
+    // The peer may not have said what it has yet: the update waits for that, then for
+    // the length it announced (a proof, no data).
+    let update = probe.update_if_available(Duration::from_secs(10));
+    assert_eq!(update.await, 100);
+    assert_eq!(sparse.len(), 100);
+    assert_eq!(sparse.downloaded(0, None), 0);
+    a.abort();
+    b.abort();
+}
+
+#[tokio::test]
 async fn cleared_blocks_are_downloaded_again_from_the_same_peer() {
     let w = writer(3000).await;
     let r = clone_of(&w, true).await;
