@@ -220,10 +220,12 @@ impl Drive {
             });
         }
         let content = self.content_feed().await?;
+        // All of a writable feed is here, so a Stat past its end is bad metadata. A remote
+        // feed's length is only what we have fetched of it: the blocks come from peers.
         let end = stat
             .offset
             .checked_add(stat.blocks)
-            .filter(|&e| e <= content.len());
+            .filter(|&e| e <= content.len() || !content.writable());
         let Some(end) = end else {
             return Err(Error::BadStat {
                 path: path.to_string(),

@@ -219,6 +219,11 @@ impl Hypertrie {
         }
     }
 
+    /// Whether this is a checkout (a fixed version).
+    pub fn is_checkout(&self) -> bool {
+        self.version.is_some()
+    }
+
     /// Whether puts and deletes are possible here.
     pub fn writable(&self) -> bool {
         self.version.is_none() && self.feed.writable()
