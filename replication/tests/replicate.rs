@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use hypercore::storage::MemoryStorage;
-use hypercore::{Feed, FeedOptions};
+use hypercore::Feed;
 use hypercore_protocol::ProtocolOptions;
 use hypercore_replication::{
     replicate, DownloadRange, ReplicateOptions, Replicator, ReplicatorOptions,
 };
+use hyperd_testkit::{init_tracing, memory_clone};
 
 async fn writer(blocks: u64) -> Feed {
     let feed = Feed::memory().await.unwrap();
@@ -20,19 +20,6 @@ async fn writer(blocks: u64) -> Feed {
         feed.append_batch(chunk.to_vec()).await.unwrap();
     }
     feed
-}
-
-async fn clone_of(feed: &Feed, sparse: bool) -> Feed {
-    Feed::open(
-        MemoryStorage::new(),
-        FeedOptions {
-            key: Some(feed.key()),
-            sparse,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
 }
 
 fn opts(initiator: bool, live: bool) -> ReplicateOptions {
@@ -65,7 +52,7 @@ async fn sync(
 #[tokio::test]
 async fn one_shot_full_download_ends_on_both_sides() {
     let w = writer(2500).await;
-    let r = clone_of(&w, false).await;
+    let r = memory_clone(w.key(), false).await.unwrap();
     let (rw, rr) = (
         Replicator::new(w.clone(), ReplicatorOptions::default()),
         Replicator::new(r.clone(), ReplicatorOptions::default()),
@@ -92,7 +79,7 @@ async fn one_shot_full_download_ends_on_both_sides() {
 async fn empty_and_single_block_feeds() {
     for n in [0u64, 1] {
         let w = writer(n).await;
-        let r = clone_of(&w, false).await;
+        let r = memory_clone(w.key(), false).await.unwrap();
         let (a, b) = tokio::time::timeout(
             Duration::from_secs(10),
             sync(
@@ -113,7 +100,7 @@ async fn empty_and_single_block_feeds() {
 #[tokio::test]
 async fn sparse_clone_fetches_only_what_is_asked() {
     let w = writer(5000).await;
-    let r = clone_of(&w, true).await;
+    let r = memory_clone(w.key(), true).await.unwrap();
     let (rw, rr) = (
         Replicator::new(w.clone(), Default::default()),
         Replicator::new(r.clone(), Default::default()),
@@ -157,12 +144,9 @@ async fn sparse_clone_fetches_only_what_is_asked() {
 
 #[tokio::test]
 async fn live_replication_follows_appends() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let w = writer(10).await;
-    let r = clone_of(&w, false).await;
+    let r = memory_clone(w.key(), false).await.unwrap();
     let (rw, rr) = (
         Replicator::new(w.clone(), Default::default()),
         Replicator::new(r.clone(), Default::default()),
@@ -211,7 +195,7 @@ async fn live_replication_follows_appends() {
 #[tokio::test]
 async fn follow_length_learns_the_peers_length_without_downloading() {
     let w = writer(4096).await;
-    let sparse = clone_of(&w, true).await;
+    let sparse = memory_clone(w.key(), true).await.unwrap();
     let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
     let rs = Replicator::new(
         sparse.clone(),
@@ -247,7 +231,7 @@ async fn follow_length_learns_the_peers_length_without_downloading() {
 #[tokio::test]
 async fn without_follow_length_a_sparse_clone_learns_nothing_unasked() {
     let w = writer(100).await;
-    let sparse = clone_of(&w, true).await;
+    let sparse = memory_clone(w.key(), true).await.unwrap();
     let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
     let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
     let (x, y) = tokio::io::duplex(1 << 20);
@@ -265,7 +249,7 @@ async fn without_follow_length_a_sparse_clone_learns_nothing_unasked() {
 #[tokio::test]
 async fn update_if_available_takes_in_the_length_a_new_peer_announces() {
     let w = writer(100).await;
-    let sparse = clone_of(&w, true).await;
+    let sparse = memory_clone(w.key(), true).await.unwrap();
     let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
     let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
     // No peers: nothing to wait for.
@@ -292,7 +276,7 @@ async fn update_if_available_takes_in_the_length_a_new_peer_announces() {
 #[tokio::test]
 async fn cleared_blocks_are_downloaded_again_from_the_same_peer() {
     let w = writer(3000).await;
-    let r = clone_of(&w, true).await;
+    let r = memory_clone(w.key(), true).await.unwrap();
     let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
     let rr = Replicator::new(r.clone(), ReplicatorOptions::default());
     let (x, y) = tokio::io::duplex(1 << 20);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use corestore::{Corestore, CorestoreOptions};
 use hypercore::PublicKey;
+use hyperd_testkit::init_tracing;
 use hyperd_tests::js_peer::{connect_store, serve_store, JsPeer};
 use hyperdrive::{Drive, DriveOptions, MountOptions, Stat, WriteOptions};
 use serde_json::{json, Map, Value};
@@ -25,13 +26,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 const MAX_LOOKUP_BLOCKS: usize = 8;
 /// The generated file a sparse test reads: 700000 bytes, two blocks (see `large_size`).
 const SPARSE_FILE: u64 = 27;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 /// Byte `i` of generated file `n` is `(31 n + i) mod 251`, as `drive-peer.js` makes it.
 fn pattern(n: u64, size: usize) -> Vec<u8> {
@@ -409,6 +403,18 @@ async fn a_js_drive_is_cloned_over_tcp_and_read_in_full_by_rust() {
     store.close().await.unwrap();
 }
 
+/// Asserts that `reader`, having read `path` of a drive of `version` metadata blocks,
+/// holds the header and the blocks of one lookup's way only (`stored`), and reports them.
+fn assert_one_lookup(reader: &str, path: &str, stored: &[u64], version: u64) {
+    eprintln!("{reader} read {path}: metadata blocks {stored:?} of {version}");
+    assert!(stored.contains(&0), "the header names the content feed");
+    assert!(
+        stored.len() <= MAX_LOOKUP_BLOCKS,
+        "{reader} fetched {} metadata blocks for one lookup",
+        stored.len()
+    );
+}
+
 /// The blocks of `feed` stored here.
 fn stored(feed: &hypercore::Feed) -> Vec<u64> {
     (0..feed.len()).filter(|&i| feed.has(i)).collect()
@@ -442,18 +448,7 @@ async fn rust_reading_one_file_of_a_large_js_drive_fetches_only_its_blocks() {
     let wanted: Vec<u64> = (stat.offset..stat.offset + stat.blocks).collect();
     assert_eq!(stored(content), wanted, "content blocks stored");
     assert_eq!(content.downloaded(0, None), 2);
-    let metadata = stored(drive.metadata());
-    eprintln!(
-        "sparse read of {path}: content blocks {wanted:?} of {}; metadata blocks {metadata:?} of {version}",
-        content.len()
-    );
-    assert!(metadata.contains(&0), "the header names the content feed");
-    // The header, and the nodes on the lookup's way (4 here).
-    assert!(
-        metadata.len() <= MAX_LOOKUP_BLOCKS,
-        "a lookup fetches its path only, not {} metadata blocks",
-        metadata.len()
-    );
+    assert_one_lookup("Rust", &path, &stored(drive.metadata()), version);
     js.finish().await.unwrap();
     store.close().await.unwrap();
 }
@@ -496,21 +491,8 @@ async fn js_reading_one_file_of_a_large_rust_drive_fetches_only_its_blocks() {
         json!(wanted),
         "content blocks JS stored"
     );
-    let metadata = read["metadata"]["stored"].as_array().unwrap();
-    eprintln!(
-        "JS sparse read of {path}: content blocks {wanted:?}; metadata blocks {} of {}: {metadata:?}",
-        metadata.len(),
-        drive.version()
-    );
-    assert!(
-        metadata.contains(&json!(0)),
-        "the header names the content feed"
-    );
-    assert!(
-        metadata.len() <= MAX_LOOKUP_BLOCKS,
-        "JS fetched {} metadata blocks for one lookup",
-        metadata.len()
-    );
+    let metadata: Vec<u64> = serde_json::from_value(read["metadata"]["stored"].clone()).unwrap();
+    assert_one_lookup("JS", &path, &metadata, drive.version());
     js.finish().await.unwrap();
     store.close().await.unwrap();
 }
