@@ -9,16 +9,10 @@ use std::time::Duration;
 
 use corestore::{Corestore, CorestoreOptions};
 use hypercore::PublicKey;
-use hypercore_protocol::{Protocol, ProtocolOptions};
+use hypercore_protocol::Protocol;
+use hyperd_testkit::{init_tracing, protocol_options, protocol_pair, tcp_pair};
 
 const LIMIT: Duration = Duration::from_secs(10);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 async fn store(dir: &Path, max_open: usize, idle_timeout: Duration) -> Corestore {
     let options = CorestoreOptions {
@@ -171,22 +165,11 @@ async fn list_reports_every_core_without_keeping_them_open() {
 
 /// Connects two stores over TCP (live) and replicates on both sides.
 async fn connect(a: &Corestore, b: &Corestore) -> (Protocol, Protocol) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let options = |initiator| ProtocolOptions {
-        initiator,
-        live: true,
-        ..ProtocolOptions::default()
-    };
-    let (dialed, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), async {
-        listener.accept().await.unwrap().0
-    });
-    let (pa, pb) = tokio::join!(
-        Protocol::connect(dialed.unwrap(), options(true)),
-        Protocol::connect(accepted, options(false))
-    );
-    let (pa, ea) = pa.unwrap();
-    let (pb, eb) = pb.unwrap();
+    let (dialed, accepted) = tcp_pair().await.unwrap();
+    let (a_options, b_options) = (protocol_options(true, true), protocol_options(false, true));
+    let ((pa, ea), (pb, eb)) = protocol_pair(dialed, a_options, accepted, b_options)
+        .await
+        .unwrap();
     let (a, b) = (a.clone(), b.clone());
     let (ra, rb) = (pa.clone(), pb.clone());
     tokio::spawn(async move { a.replicate(ra, ea, true).await });

@@ -10,17 +10,11 @@ use std::time::Duration;
 use corestore::{Core, Corestore, CorestoreOptions, Replicator};
 use hypercore_protocol::{Protocol, ProtocolOptions};
 use hypercore_replication::DownloadRange;
+use hyperd_testkit::{init_tracing, protocol_options, protocol_pair, tcp_pair};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 async fn store(dir: &Path, sparse: bool) -> Corestore {
     let options = CorestoreOptions {
@@ -61,17 +55,10 @@ async fn connect<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let options = |initiator| ProtocolOptions {
-        initiator,
-        live,
-        ..ProtocolOptions::default()
-    };
-    let (pa, pb) = tokio::join!(
-        Protocol::connect(a_io, options(true)),
-        Protocol::connect(b_io, options(false))
-    );
-    let (pa, ea) = pa.unwrap();
-    let (pb, eb) = pb.unwrap();
+    let (a_options, b_options) = (protocol_options(true, live), protocol_options(false, live));
+    let ((pa, ea), (pb, eb)) = protocol_pair(a_io, a_options, b_io, b_options)
+        .await
+        .unwrap();
     let ta = tokio::spawn({
         let (a, pa) = (a.clone(), pa.clone());
         async move { a.replicate(pa, ea, live).await }
@@ -216,10 +203,8 @@ async fn one_shot_full_clone_over_tcp_ends_by_itself() {
     let only_a = filled(&a, 9, 2).await.feed().key();
     let only_b = b.get_named(b"only b").await.unwrap();
     only_b.feed().append("b's").await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (accepted, dialed) = tokio::join!(listener.accept(), tokio::net::TcpStream::connect(addr));
-    let (_pa, _pb, ta, tb) = connect(&a, accepted.unwrap().0, &b, dialed.unwrap(), false).await;
+    let (dialed, accepted) = tcp_pair().await.unwrap();
+    let (_pa, _pb, ta, tb) = connect(&a, accepted, &b, dialed, false).await;
     let ra = tokio::time::timeout(LIMIT, ta).await.unwrap().unwrap();
     let rb = tokio::time::timeout(LIMIT, tb).await.unwrap().unwrap();
     ra.unwrap();
@@ -353,31 +338,15 @@ async fn connect_tcp(
     b: &Corestore,
     b_keys: &hypercore_protocol::NoiseKeyPair,
 ) -> (Protocol, Protocol) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (dialed, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), async {
-        listener.accept().await.unwrap().0
-    });
-    let (pa, pb) = tokio::join!(
-        Protocol::connect(
-            dialed.unwrap(),
-            ProtocolOptions {
-                initiator: true,
-                live: true,
-                ..ProtocolOptions::default()
-            }
-        ),
-        Protocol::connect(
-            accepted,
-            ProtocolOptions {
-                live: true,
-                keypair: Some(b_keys.clone()),
-                ..ProtocolOptions::default()
-            }
-        )
-    );
-    let (pa, ea) = pa.unwrap();
-    let (pb, eb) = pb.unwrap();
+    let (dialed, accepted) = tcp_pair().await.unwrap();
+    let b_options = ProtocolOptions {
+        keypair: Some(b_keys.clone()),
+        ..protocol_options(false, true)
+    };
+    let ((pa, ea), (pb, eb)) =
+        protocol_pair(dialed, protocol_options(true, true), accepted, b_options)
+            .await
+            .unwrap();
     let (a, b) = (a.clone(), b.clone());
     let (ra, rb) = (pa.clone(), pb.clone());
     tokio::spawn(async move { a.replicate(ra, ea, true).await });

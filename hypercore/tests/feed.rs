@@ -12,6 +12,7 @@ use hypercore::{
     Error, Event, Feed, FeedOptions, GetOptions, Json, KeyPair, Origin, Proof, ProofRequest,
     ReadStreamOptions, RemoteTree, Utf8,
 };
+use hyperd_testkit::memory_clone;
 
 async fn writer_with(blocks: &[&str]) -> Feed {
     let feed = Feed::memory().await.unwrap();
@@ -19,19 +20,6 @@ async fn writer_with(blocks: &[&str]) -> Feed {
         .await
         .unwrap();
     feed
-}
-
-async fn sparse_clone_of(writer: &Feed) -> Feed {
-    Feed::open(
-        MemoryStorage::new(),
-        FeedOptions {
-            key: Some(writer.key()),
-            sparse: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
 }
 
 /// Sends block `index` from `from` to `to` the way replication does: digest, proof, put.
@@ -88,7 +76,7 @@ async fn oversized_blocks_and_read_only_appends_are_refused() {
         "{err}"
     );
     assert_eq!(feed.len(), 0, "a refused batch stores nothing");
-    let clone = sparse_clone_of(&feed).await;
+    let clone = memory_clone(feed.key(), true).await.unwrap();
     let err = clone.append("x").await.unwrap_err();
     assert!(matches!(err, Error::NotWritable { .. }));
     assert!(err.to_string().contains(&feed.key().to_hex()));
@@ -97,7 +85,7 @@ async fn oversized_blocks_and_read_only_appends_are_refused() {
 #[tokio::test]
 async fn get_waits_for_a_block_that_arrives_later() {
     let writer = writer_with(&["a", "b", "c"]).await;
-    let clone = sparse_clone_of(&writer).await;
+    let clone = memory_clone(writer.key(), true).await.unwrap();
     let err = clone.get_with(1, GetOptions::no_wait()).await.unwrap_err();
     assert!(matches!(err, Error::NotAvailable { index: 1 }));
     let err = clone
@@ -122,7 +110,7 @@ async fn get_waits_for_a_block_that_arrives_later() {
 #[tokio::test]
 async fn update_resolves_when_a_longer_feed_is_proven() {
     let writer = writer_with(&["a"]).await;
-    let clone = sparse_clone_of(&writer).await;
+    let clone = memory_clone(writer.key(), true).await.unwrap();
     let err = clone
         .update(None, Some(Duration::from_millis(20)))
         .await
@@ -158,7 +146,7 @@ async fn a_sparse_clone_filled_in_random_order_matches_the_writer() {
     for chunk in blocks.chunks(37) {
         writer.append_batch(chunk.to_vec()).await.unwrap();
     }
-    let clone = sparse_clone_of(&writer).await;
+    let clone = memory_clone(writer.key(), true).await.unwrap();
     let mut events = clone.events();
     let mut order: Vec<u64> = (0..300).collect();
     // Deterministic shuffle.
@@ -195,7 +183,7 @@ async fn a_sparse_clone_filled_in_random_order_matches_the_writer() {
 #[tokio::test]
 async fn puts_that_do_not_verify_are_rejected_and_store_nothing() {
     let writer = writer_with(&["zero", "one", "two", "three", "four"]).await;
-    let clone = sparse_clone_of(&writer).await;
+    let clone = memory_clone(writer.key(), true).await.unwrap();
     let proof = |i| {
         writer
             .proof(i, ProofRequest::default(), &mut RemoteTree::default())
@@ -370,7 +358,7 @@ async fn read_streams_snapshot_live_tail_and_ranges() {
 #[tokio::test]
 async fn stream_over_missing_blocks_times_out_or_fails_fast() {
     let writer = writer_with(&["a", "b", "c"]).await;
-    let clone = sparse_clone_of(&writer).await;
+    let clone = memory_clone(writer.key(), true).await.unwrap();
     transfer(&writer, &clone, 0).await;
     let items: Vec<_> = clone
         .read_stream(ReadStreamOptions {
@@ -436,7 +424,7 @@ async fn events_for_append_upload_and_close() {
 #[tokio::test]
 async fn close_wakes_waiters_and_refuses_further_use() {
     let writer = writer_with(&["a"]).await;
-    let clone = sparse_clone_of(&writer).await;
+    let clone = memory_clone(writer.key(), true).await.unwrap();
     let get = tokio::spawn({
         let c = clone.clone();
         async move { c.get(0).await }
@@ -578,7 +566,7 @@ async fn on_write_hook_can_refuse_blocks() {
 #[tokio::test]
 async fn seek_on_a_sparse_clone_waits_for_the_tree() {
     let writer = writer_with(&["aaaa", "bbbb", "cccc", "dddd"]).await;
-    let clone = sparse_clone_of(&writer).await;
+    let clone = memory_clone(writer.key(), true).await.unwrap();
     transfer(&writer, &clone, 3).await;
     // The clone knows the roots (length 4, 16 bytes) but not the inner nodes.
     let err = clone
@@ -830,7 +818,7 @@ async fn downloaded_bytes_sums_the_stored_blocks_sizes() {
         size(5..29, &|_| true)
     );
     // A sparse clone holding a scattered selection, then after a clear.
-    let clone = sparse_clone_of(&writer).await;
+    let clone = memory_clone(writer.key(), true).await.unwrap();
     for i in [0, 1, 2, 3, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 31, 36] {
         transfer(&writer, &clone, i).await;
     }

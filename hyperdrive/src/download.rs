@@ -289,7 +289,9 @@ impl Drive {
     /// Brings a remote drive's metadata up to the length its peers have.
     async fn refresh(&self) {
         if !self.writable() {
-            self.metadata_core().update_if_available().await;
+            self.metadata_core()
+                .update_if_available(hypertrie::CATCH_UP_LIMIT)
+                .await;
         }
     }
 
@@ -424,11 +426,11 @@ impl Walk {
         let end = stat.offset.checked_add(stat.blocks);
         let mut length = match self.lengths.get(&key) {
             Some(&length) => length,
-            None => content.update_if_available().await,
+            None => content.update_if_available(hypertrie::CATCH_UP_LIMIT).await,
         };
         // The writer may have appended since this feed was brought up to date.
         if end.is_some_and(|e| e > length) {
-            length = content.update_if_available().await;
+            length = content.update_if_available(hypertrie::CATCH_UP_LIMIT).await;
         }
         self.lengths.insert(key, length);
         let Some(end) = end.filter(|&e| e <= length) else {

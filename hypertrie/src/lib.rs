@@ -23,7 +23,7 @@ pub use diff::{DiffEntry, DiffOptions};
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
-pub use resolve::{MountListOptions, MountableTrie, Resolved};
+pub use resolve::{MountListOptions, MountableTrie, Resolved, CATCH_UP_LIMIT};
 
 use path::{is_checkpoint, END};
 
@@ -217,6 +217,11 @@ impl Hypertrie {
             version: Some(version.max(1)),
             lock: self.lock.clone(),
         }
+    }
+
+    /// Whether this is a checkout (a fixed version).
+    pub fn is_checkout(&self) -> bool {
+        self.version.is_some()
     }
 
     /// Whether puts and deletes are possible here.

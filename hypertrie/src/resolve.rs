@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use corestore::{Core, Corestore};
@@ -16,6 +17,8 @@ use crate::{Error, GetOptions, Hypertrie, ListOptions, Node, OpenOptions, PutOpt
 
 /// Mounts followed in one lookup at most: deeper is a mount loop.
 const MAX_DEPTH: usize = 16;
+/// Longest wait of a remote trie for what its peers announced before a lookup.
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 
 /// A node found through mounts.
 #[derive(Clone, Debug)]
@@ -93,6 +96,7 @@ impl MountableTrie {
                 closest: true,
                 ..GetOptions::default()
             };
+            self.catch_up(&at.trie).await;
             let Some(node) = at.trie.get(&at.path, closest).await? else {
                 return Ok(None);
             };
@@ -168,6 +172,7 @@ impl MountableTrie {
                 return Err(mount_loop(&prefix));
             }
             let at = self.locate_within(&prefix, true).await?;
+            self.catch_up(&at.trie).await;
             let list = ListOptions {
                 recursive: options.recursive,
                 ..ListOptions::default()
@@ -230,6 +235,7 @@ impl MountableTrie {
             prefix: false,
             closest: true,
         };
+        self.catch_up(&at.trie).await;
         let record_key = format!("mounts/{}", at.path);
         let Some(node) = at.trie.get(&record_key, hidden_closest).await? else {
             return Ok(None);
@@ -261,6 +267,18 @@ impl MountableTrie {
             path: inner.to_string(),
             outer: join(&at.outer, point),
         }))
+    }
+
+    /// Before reading a remote trie (not ours, not a checkout), takes in what its peers
+    /// announced, as mountable-hypertrie's `alwaysUpdate` does: a lookup sees the latest
+    /// version peers have, and a trie just opened waits for its peers to say what that is.
+    async fn catch_up(&self, trie: &Hypertrie) {
+        if trie.writable() || trie.is_checkout() {
+            return;
+        }
+        if let Some(core) = self.store.get_open(&trie.feed().key()) {
+            core.update_if_available(CATCH_UP_LIMIT).await;
+        }
     }
 
     /// The trie a record points to, opened from the store (at its version when pinned).

@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use hypercore::storage::MemoryStorage;
-use hypercore::{Feed, FeedOptions};
-use hypercore_protocol::ProtocolOptions;
+use hypercore::Feed;
 use hypercore_replication::{replicate, ReplicateOptions, Replicator, ReplicatorOptions};
+use hyperd_testkit::{memory_clone, protocol_options};
 use hypertrie::{GetOptions, Hypertrie, ListOptions, Op, OpenOptions, PutOptions};
 
 const KEYS: usize = 2000;
@@ -33,27 +32,14 @@ async fn writer_and_replica() -> (Hypertrie, Hypertrie) {
     for chunk in keys.chunks(100) {
         writer.batch(chunk.to_vec()).await.unwrap();
     }
-    let clone = Feed::open(
-        MemoryStorage::new(),
-        FeedOptions {
-            key: Some(writer.feed().key()),
-            sparse: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let clone = memory_clone(writer.feed().key(), true).await.unwrap();
     let (a, b) = (
         Replicator::new(writer.feed().clone(), ReplicatorOptions::default()),
         Replicator::new(clone.clone(), ReplicatorOptions::default()),
     );
     let (x, y) = tokio::io::duplex(1 << 20);
     let options = |initiator| ReplicateOptions {
-        protocol: ProtocolOptions {
-            initiator,
-            live: true,
-            ..Default::default()
-        },
+        protocol: protocol_options(initiator, true),
     };
     tokio::spawn(async move { replicate(&a, x, options(true)).await });
     tokio::spawn(async move { replicate(&b, y, options(false)).await });

@@ -392,13 +392,14 @@ impl Replicator {
     /// waits until the feed is as long as the longest length its connected peers
     /// announced (fetching the proof of the new last block, no data), and returns the
     /// length. Peers connected but not yet heard from are waited for; a peer that leaves
-    /// or stays silent for the request timeout is not. A writable feed returns at once.
-    pub async fn update_if_available(&self) -> u64 {
+    /// is not, and nothing is waited for longer than `limit` in all. A writable feed
+    /// returns at once.
+    pub async fn update_if_available(&self, limit: Duration) -> u64 {
         let feed = &self.shared.feed;
         if feed.writable() {
             return feed.len();
         }
-        let deadline = tokio::time::Instant::now() + self.shared.options.request_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
         let mut wake = self.shared.wake.subscribe();
         loop {
             wake.borrow_and_update();

@@ -1,8 +1,8 @@
 //! Hostile peers against healthy Rust peers, over real TCP sockets on 127.0.0.1.
 //!
-//! [`Hostile`] is a peer built from the protocol crate's public pieces (the Noise
-//! [`Handshake`], the [`XSalsa20`] stream, [`frame`] and [`message`] types): it completes a
-//! genuine handshake and then sends whatever a test wants, raw bytes or well-formed frames
+//! [`Hostile`] is a peer built from the protocol crate's public pieces (the Noise handshake
+//! run by hand in [`handshake`], the [`XSalsa20`] stream, [`frame`] and [`message`] types):
+//! it completes a genuine handshake and then sends whatever a test wants, raw bytes or well-formed frames
 //! with lying contents. Each test checks that the healthy side drops the connection, stores
 //! nothing that does not verify, stays usable for an honest peer afterwards, and (where an
 //! honest peer is connected at the same time) keeps serving that peer.
@@ -16,19 +16,19 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use hypercore::storage::MemoryStorage;
-use hypercore::{Feed, FeedOptions, KeyPair, Node, ProofRequest, PublicKey, RemoteTree};
+use hypercore::{Feed, KeyPair, Node, ProofRequest, PublicKey, RemoteTree};
 use hypercore_protocol::cipher::XSalsa20;
 use hypercore_protocol::frame::{self, Frame};
 use hypercore_protocol::message::{
     Cancel, Close, Data, DataNode, Have, Message, Open, Options, Request, Status, Unhave, Unwant,
     Want,
 };
-use hypercore_protocol::noise::{Established, Handshake};
-use hypercore_protocol::{NoiseKeyPair, PeerKey, Protocol, ProtocolOptions};
+use hypercore_protocol::noise::Established;
+use hypercore_protocol::{PeerKey, Protocol, ProtocolOptions};
 use hypercore_replication::{
     replicate, Error as ReplError, ReplicateOptions, Replicator, ReplicatorOptions,
 };
+use hyperd_testkit::{handshake, memory_clone};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -102,29 +102,6 @@ async fn assert_logged(peer: &PeerKey, words: &[&str]) {
 
 // ---- the hostile peer --------------------------------------------------------------------
 
-/// A varint at the front of `buf`: `(value, bytes)`, if complete.
-fn varint(buf: &[u8]) -> Option<(u64, usize)> {
-    varint::decode(buf).ok()
-}
-
-/// Reads one varint-length-prefixed handshake message.
-async fn read_handshake_message<R: AsyncRead + Unpin>(
-    io: &mut R,
-    buf: &mut BytesMut,
-) -> std::io::Result<Vec<u8>> {
-    loop {
-        if let Some((len, n)) = varint(buf) {
-            if buf.len() >= n + len as usize {
-                let _ = buf.split_to(n);
-                return Ok(buf.split_to(len as usize).to_vec());
-            }
-        }
-        if io.read_buf(buf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
-}
-
 /// A peer that completes a real handshake and then says whatever it likes.
 struct Hostile<S> {
     io: S,
@@ -153,40 +130,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Hostile<S> {
     /// As [`Hostile::handshake`]; an initiator sends `piggyback` (plaintext, encrypted here)
     /// in the same write as the last handshake message.
     async fn handshake_with(mut io: S, initiator: bool, piggyback: Option<Vec<u8>>) -> Self {
-        let keypair = NoiseKeyPair::generate();
-        let mut hs = Handshake::new(initiator, &keypair).unwrap();
-        let mut buf = BytesMut::new();
-        let mut last = None;
-        while !hs.is_finished() {
-            if hs.is_my_turn() {
-                let msg = hs.write().unwrap();
-                if hs.is_finished() && piggyback.is_some() {
-                    last = Some(msg);
-                } else {
-                    io.write_all(&msg).await.unwrap();
-                }
-            } else {
-                let m = read_handshake_message(&mut io, &mut buf).await.unwrap();
-                hs.read(&m).unwrap();
-            }
-        }
-        let established = hs.finish().unwrap();
-        let mut tx = XSalsa20::new(&established.tx_key, &established.tx_nonce);
-        if let (Some(mut msg), Some(mut plain)) = (last, piggyback) {
-            tx.apply(&mut plain);
-            msg.extend_from_slice(&plain);
-            io.write_all(&msg).await.unwrap();
-        }
-        let mut rx = XSalsa20::new(&established.rx_key, &established.rx_nonce);
-        // Whatever followed the last handshake message is already ciphertext.
-        rx.apply(&mut buf);
+        let done = handshake::handshake(&mut io, initiator, piggyback)
+            .await
+            .unwrap();
         Hostile {
             io,
-            tx,
-            rx,
-            established,
-            key: keypair.public,
-            inbuf: buf,
+            tx: done.tx,
+            rx: done.rx,
+            established: done.established,
+            key: done.key,
+            inbuf: done.leftover,
         }
     }
 
@@ -361,18 +314,6 @@ async fn writer(blocks: u64, size: usize) -> Feed {
     feed
 }
 
-async fn clone_of(key: PublicKey) -> Feed {
-    Feed::open(
-        MemoryStorage::new(),
-        FeedOptions {
-            key: Some(key),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
 fn opts(initiator: bool, timeout: Option<Duration>) -> ReplicateOptions {
     ReplicateOptions {
         protocol: ProtocolOptions {
@@ -468,7 +409,7 @@ impl Honest {
     async fn dial(addr: SocketAddr, key: PublicKey, feed: Option<Feed>) -> Honest {
         let feed = match feed {
             Some(f) => f,
-            None => clone_of(key).await,
+            None => memory_clone(key, false).await.unwrap(),
         };
         let rep = Replicator::new(feed.clone(), ReplicatorOptions::default());
         let s = TcpStream::connect(addr).await.unwrap();
@@ -528,7 +469,7 @@ struct Victim {
 
 impl Victim {
     async fn new(writer: &Feed, options: ReplicatorOptions) -> Victim {
-        let feed = clone_of(writer.key()).await;
+        let feed = memory_clone(writer.key(), false).await.unwrap();
         Victim {
             rep: Replicator::new(feed.clone(), options),
             feed,
@@ -1870,7 +1811,7 @@ async fn hostile_session(seed_victim: bool, messages: Vec<(u64, Message)>, w: Fe
             Replicator::new(w.clone(), ReplicatorOptions::default()),
         )
     } else {
-        let f = clone_of(w.key()).await;
+        let f = memory_clone(w.key(), false).await.unwrap();
         (f.clone(), Replicator::new(f, ReplicatorOptions::default()))
     };
     let victim = tokio::spawn({
@@ -2011,7 +1952,7 @@ proptest! {
             .build()
             .unwrap()
             .block_on(async move {
-                let clone = clone_of(w.key()).await;
+                let clone = memory_clone(w.key(), false).await.unwrap();
                 let r = Request { index, bytes: None, hash: Some(false), nodes: Some(digest) };
                 let mut d = genuine_data(&w, &r).await;
                 let original = d.clone();

@@ -4,12 +4,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use hypercore::storage::MemoryStorage;
-use hypercore::{Feed, FeedOptions};
+use hypercore::Feed;
 use hypercore_protocol::{Protocol, ProtocolOptions};
 use hypercore_replication::{
     replicate, DownloadRange, ReplicateOptions, Replicator, ReplicatorOptions,
 };
+use hyperd_testkit::{init_tracing, memory_clone};
+
+/// The longest an update waits for peers in these tests.
+const LIMIT: Duration = Duration::from_secs(20);
 
 async fn writer(blocks: u64) -> Feed {
     let feed = Feed::memory().await.unwrap();
@@ -20,19 +23,6 @@ async fn writer(blocks: u64) -> Feed {
         feed.append_batch(chunk.to_vec()).await.unwrap();
     }
     feed
-}
-
-async fn clone_of(feed: &Feed, sparse: bool) -> Feed {
-    Feed::open(
-        MemoryStorage::new(),
-        FeedOptions {
-            key: Some(feed.key()),
-            sparse,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
 }
 
 fn opts(initiator: bool, live: bool) -> ReplicateOptions {
@@ -65,7 +55,7 @@ async fn sync(
 #[tokio::test]
 async fn one_shot_full_download_ends_on_both_sides() {
     let w = writer(2500).await;
-    let r = clone_of(&w, false).await;
+    let r = memory_clone(w.key(), false).await.unwrap();
     let (rw, rr) = (
         Replicator::new(w.clone(), ReplicatorOptions::default()),
         Replicator::new(r.clone(), ReplicatorOptions::default()),
@@ -92,7 +82,7 @@ async fn one_shot_full_download_ends_on_both_sides() {
 async fn empty_and_single_block_feeds() {
     for n in [0u64, 1] {
         let w = writer(n).await;
-        let r = clone_of(&w, false).await;
+        let r = memory_clone(w.key(), false).await.unwrap();
         let (a, b) = tokio::time::timeout(
             Duration::from_secs(10),
             sync(
@@ -113,7 +103,7 @@ async fn empty_and_single_block_feeds() {
 #[tokio::test]
 async fn sparse_clone_fetches_only_what_is_asked() {
     let w = writer(5000).await;
-    let r = clone_of(&w, true).await;
+    let r = memory_clone(w.key(), true).await.unwrap();
     let (rw, rr) = (
         Replicator::new(w.clone(), Default::default()),
         Replicator::new(r.clone(), Default::default()),
@@ -157,12 +147,9 @@ async fn sparse_clone_fetches_only_what_is_asked() {
 
 #[tokio::test]
 async fn live_replication_follows_appends() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let w = writer(10).await;
-    let r = clone_of(&w, false).await;
+    let r = memory_clone(w.key(), false).await.unwrap();
     let (rw, rr) = (
         Replicator::new(w.clone(), Default::default()),
         Replicator::new(r.clone(), Default::default()),
@@ -211,7 +198,7 @@ async fn live_replication_follows_appends() {
 #[tokio::test]
 async fn follow_length_learns_the_peers_length_without_downloading() {
     let w = writer(4096).await;
-    let sparse = clone_of(&w, true).await;
+    let sparse = memory_clone(w.key(), true).await.unwrap();
     let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
     let rs = Replicator::new(
         sparse.clone(),
@@ -247,7 +234,7 @@ async fn follow_length_learns_the_peers_length_without_downloading() {
 #[tokio::test]
 async fn without_follow_length_a_sparse_clone_learns_nothing_unasked() {
     let w = writer(100).await;
-    let sparse = clone_of(&w, true).await;
+    let sparse = memory_clone(w.key(), true).await.unwrap();
     let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
     let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
     let (x, y) = tokio::io::duplex(1 << 20);
@@ -265,11 +252,11 @@ async fn without_follow_length_a_sparse_clone_learns_nothing_unasked() {
 #[tokio::test]
 async fn update_if_available_reaches_the_peers_length_without_data() {
     let w = writer(300).await;
-    let sparse = clone_of(&w, true).await;
+    let sparse = memory_clone(w.key(), true).await.unwrap();
     let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
     let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
     // No peer: nothing to wait for.
-    assert_eq!(rs.update_if_available().await, 0);
+    assert_eq!(rs.update_if_available(LIMIT).await, 0);
     let (x, y) = tokio::io::duplex(1 << 20);
     let a = tokio::spawn(async move { replicate(&rw, x, opts(true, true)).await });
     let probe = rs.clone();
@@ -277,7 +264,7 @@ async fn update_if_available_reaches_the_peers_length_without_data() {
     let update = || {
         let probe = probe.clone();
         async move {
-            tokio::time::timeout(Duration::from_secs(10), probe.update_if_available())
+            tokio::time::timeout(Duration::from_secs(10), probe.update_if_available(LIMIT))
                 .await
                 .expect("update_if_available never returned")
         }
@@ -304,7 +291,7 @@ async fn update_if_available_reaches_the_peers_length_without_data() {
 #[tokio::test]
 async fn update_if_available_right_after_attaching_waits_for_the_new_peer() {
     let w = writer(300).await;
-    let sparse = clone_of(&w, true).await;
+    let sparse = memory_clone(w.key(), true).await.unwrap();
     let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
     let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
     let (x, y) = tokio::io::duplex(1 << 20);
@@ -322,16 +309,16 @@ async fn update_if_available_right_after_attaching_waits_for_the_new_peer() {
     // Asked before the new peer's task has run at all (as a store does when a core is
     // opened on a running connection): the peer is waited for, not missed.
     let _reader_peer = rs.attach(pa.open(w.key()).unwrap(), true);
-    let length = tokio::time::timeout(Duration::from_secs(10), rs.update_if_available())
+    let length = tokio::time::timeout(Duration::from_secs(10), rs.update_if_available(LIMIT))
         .await
         .expect("update_if_available never returned");
     assert_eq!(length, 300);
 }
 
 #[tokio::test]
-async fn update_if_available_waits_for_a_silent_peer_at_most_the_request_timeout() {
+async fn update_if_available_waits_for_a_silent_peer_at_most_its_limit() {
     let w = writer(10).await;
-    let sparse = clone_of(&w, true).await;
+    let sparse = memory_clone(w.key(), true).await.unwrap();
     // The writer serves nothing, so it never says what it has.
     let rw = Replicator::new(
         w.clone(),
@@ -341,20 +328,14 @@ async fn update_if_available_waits_for_a_silent_peer_at_most_the_request_timeout
         },
     );
     let timeout = Duration::from_millis(300);
-    let rs = Replicator::new(
-        sparse.clone(),
-        ReplicatorOptions {
-            request_timeout: timeout,
-            ..ReplicatorOptions::default()
-        },
-    );
+    let rs = Replicator::new(sparse.clone(), ReplicatorOptions::default());
     let (x, y) = tokio::io::duplex(1 << 20);
     let a = tokio::spawn(async move { replicate(&rw, x, opts(true, true)).await });
     let probe = rs.clone();
     let b = tokio::spawn(async move { replicate(&rs, y, opts(false, true)).await });
     probe.wait_for_peers(1).await;
     let started = std::time::Instant::now();
-    let length = tokio::time::timeout(Duration::from_secs(10), probe.update_if_available())
+    let length = tokio::time::timeout(Duration::from_secs(10), probe.update_if_available(timeout))
         .await
         .expect("update_if_available waited past its bound");
     assert_eq!(length, 0);
@@ -369,7 +350,7 @@ async fn update_if_available_waits_for_a_silent_peer_at_most_the_request_timeout
 #[tokio::test]
 async fn cleared_blocks_are_downloaded_again_from_the_same_peer() {
     let w = writer(3000).await;
-    let r = clone_of(&w, true).await;
+    let r = memory_clone(w.key(), true).await.unwrap();
     let rw = Replicator::new(w.clone(), ReplicatorOptions::default());
     let rr = Replicator::new(r.clone(), ReplicatorOptions::default());
     let (x, y) = tokio::io::duplex(1 << 20);

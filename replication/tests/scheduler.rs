@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use hypercore::storage::MemoryStorage;
-use hypercore::{Event, Feed, FeedOptions};
-use hypercore_protocol::{Protocol, ProtocolOptions};
+use hypercore::{Event, Feed};
+use hypercore_protocol::Protocol;
 use hypercore_replication::{DownloadRange, Replicator, ReplicatorOptions};
+use hyperd_testkit::{init_tracing, memory_clone, protocol_options, protocol_pair};
 
 async fn writer(blocks: u64, size: usize) -> Feed {
     let feed = Feed::memory().await.unwrap();
@@ -21,32 +21,11 @@ async fn writer(blocks: u64, size: usize) -> Feed {
     feed
 }
 
-async fn clone_of(feed: &Feed, sparse: bool) -> Feed {
-    Feed::open(
-        MemoryStorage::new(),
-        FeedOptions {
-            key: Some(feed.key()),
-            sparse,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
 /// Connects two replicators over an in-memory stream (live), returning both protocols.
 async fn connect(a: &Replicator, b: &Replicator) -> (Protocol, Protocol) {
     let (x, y) = tokio::io::duplex(1 << 20);
-    let opts = |initiator| ProtocolOptions {
-        initiator,
-        live: true,
-        ..Default::default()
-    };
-    let (pa, pb) = tokio::join!(
-        Protocol::connect(x, opts(true)),
-        Protocol::connect(y, opts(false))
-    );
-    let ((pa, _), (pb, _)) = (pa.unwrap(), pb.unwrap());
+    let (a_options, b_options) = (protocol_options(true, true), protocol_options(false, true));
+    let ((pa, _), (pb, _)) = protocol_pair(x, a_options, y, b_options).await.unwrap();
     a.attach(pa.open(a.feed().key()).unwrap(), true);
     b.attach(pb.open(b.feed().key()).unwrap(), true);
     (pa, pb)
@@ -54,12 +33,9 @@ async fn connect(a: &Replicator, b: &Replicator) -> (Protocol, Protocol) {
 
 #[tokio::test]
 async fn a_download_is_shared_between_seeders() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let w = writer(3000, 2048).await;
-    let mirror = clone_of(&w, false).await;
+    let mirror = memory_clone(w.key(), false).await.unwrap();
     let (rw, rm) = (
         Replicator::new(w.clone(), Default::default()),
         Replicator::new(mirror.clone(), Default::default()),
@@ -74,7 +50,7 @@ async fn a_download_is_shared_between_seeders() {
     .unwrap();
 
     // A sparse reader downloads from both the writer and the mirror.
-    let reader = clone_of(&w, true).await;
+    let reader = memory_clone(w.key(), true).await.unwrap();
     let rr = Replicator::new(reader.clone(), Default::default());
     let _a = connect(&rw, &rr).await;
     let _b = connect(&rm, &rr).await;
@@ -101,7 +77,7 @@ async fn a_download_is_shared_between_seeders() {
 #[tokio::test]
 async fn a_vanished_seeders_blocks_come_from_another() {
     let w = writer(4000, 4096).await;
-    let mirror = clone_of(&w, false).await;
+    let mirror = memory_clone(w.key(), false).await.unwrap();
     let (rw, rm) = (
         Replicator::new(w.clone(), Default::default()),
         Replicator::new(mirror.clone(), Default::default()),
@@ -115,7 +91,7 @@ async fn a_vanished_seeders_blocks_come_from_another() {
     .await
     .unwrap();
 
-    let reader = clone_of(&w, true).await;
+    let reader = memory_clone(w.key(), true).await.unwrap();
     let rr = Replicator::new(reader.clone(), Default::default());
     let (_pa, _) = connect(&rw, &rr).await;
     let (pb, _) = connect(&rm, &rr).await;
@@ -141,7 +117,7 @@ async fn a_vanished_seeders_blocks_come_from_another() {
 #[tokio::test]
 async fn higher_priority_ranges_first_and_linear_in_order() {
     let w = writer(2000, 100).await;
-    let reader = clone_of(&w, true).await;
+    let reader = memory_clone(w.key(), true).await.unwrap();
     let (rw, rr) = (
         Replicator::new(w.clone(), Default::default()),
         Replicator::new(
@@ -204,7 +180,7 @@ async fn higher_priority_ranges_first_and_linear_in_order() {
 #[tokio::test]
 async fn dropping_a_download_cancels_it() {
     let w = writer(5000, 10_000).await;
-    let reader = clone_of(&w, true).await;
+    let reader = memory_clone(w.key(), true).await.unwrap();
     let (rw, rr) = (
         Replicator::new(w.clone(), Default::default()),
         Replicator::new(
@@ -257,7 +233,7 @@ async fn a_range_already_stored_resolves_at_once() {
     .await
     .unwrap()
     .unwrap();
-    let r = clone_of(&w, false).await;
+    let r = memory_clone(w.key(), false).await.unwrap();
     let rr = Replicator::new(r.clone(), Default::default());
     let _c = connect(&rw, &rr).await;
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -279,7 +255,7 @@ async fn a_range_already_stored_resolves_at_once() {
 #[tokio::test]
 async fn feed_extensions_reach_the_other_side() {
     let w = writer(10, 10).await;
-    let r = clone_of(&w, false).await;
+    let r = memory_clone(w.key(), false).await.unwrap();
     let (rw, rr) = (
         Replicator::new(w.clone(), Default::default()),
         Replicator::new(r.clone(), Default::default()),

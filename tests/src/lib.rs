@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod daemon;
+pub mod js_peer;
 pub mod raw_peer;
 
 use std::path::PathBuf;

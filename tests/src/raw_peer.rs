@@ -4,12 +4,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::{bail, Context, Result};
-use bytes::BytesMut;
+use anyhow::{Context, Result};
 use hypercore_protocol::cipher::XSalsa20;
-use hypercore_protocol::noise::Handshake;
-use hypercore_protocol::NoiseKeyPair;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hyperd_testkit::handshake::handshake;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 /// A TCP connection to `to` from `from` (any address of the loopback network, say
@@ -35,21 +33,8 @@ impl RawPeer {
     /// Connects from `from` to `to` and runs the initiator half of the handshake.
     pub async fn connect(from: IpAddr, to: SocketAddr) -> Result<RawPeer> {
         let mut io = connect_from(from, to).await?;
-        let mut hs = Handshake::new(true, &NoiseKeyPair::generate())?;
-        let mut buf = BytesMut::new();
-        while !hs.is_finished() {
-            if hs.is_my_turn() {
-                io.write_all(&hs.write()?).await?;
-            } else {
-                let message = read_message(&mut io, &mut buf).await?;
-                hs.read(&message)?;
-            }
-        }
-        let established = hs.finish()?;
-        Ok(RawPeer {
-            io,
-            tx: XSalsa20::new(&established.tx_key, &established.tx_nonce),
-        })
+        let done = handshake(&mut io, true, None).await?;
+        Ok(RawPeer { io, tx: done.tx })
     }
 
     /// Encrypts and sends `bytes` as they are.
@@ -58,25 +43,5 @@ impl RawPeer {
         self.tx.apply(&mut data);
         self.io.write_all(&data).await?;
         Ok(())
-    }
-}
-
-/// Reads one varint-length-prefixed handshake message.
-async fn read_message(io: &mut TcpStream, buf: &mut BytesMut) -> Result<Vec<u8>> {
-    loop {
-        match varint::decode_within(buf, 3) {
-            Ok((len, n)) => {
-                let len = len as usize;
-                if buf.len() >= n + len {
-                    let _ = buf.split_to(n);
-                    return Ok(buf.split_to(len).to_vec());
-                }
-            }
-            Err(varint::Error::Incomplete) => {}
-            Err(e) => bail!("handshake message length: {e}"),
-        }
-        if io.read_buf(buf).await? == 0 {
-            bail!("the daemon closed the connection during the handshake");
-        }
     }
 }

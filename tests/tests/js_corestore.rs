@@ -21,19 +21,13 @@ use std::time::Duration;
 use corestore::{Corestore, CorestoreOptions, MasterKey, Replicator};
 use hypercore::crypto::{from_hex, to_hex};
 use hypercore::{KeyPair, PublicKey};
-use hypercore_protocol::{Protocol, ProtocolOptions};
+use hyperd_testkit::init_tracing;
+use hyperd_tests::js_peer::{connect_store, serve_store};
 use hyperd_tests::{node, run_node_json};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
 
 fn tool(args: &[&str]) -> Value {
     let out = run_node_json("store-tool.js", args).unwrap();
@@ -341,36 +335,11 @@ async fn same_names_and_appends_give_identical_files() {
     }
 }
 
-/// Accepts connections and replicates `store` on each (live), until the test ends.
-async fn serve(
-    store: Corestore,
-) -> (
-    u16,
-    tokio::sync::mpsc::UnboundedReceiver<Result<(), corestore::Error>>,
-) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            socket.set_nodelay(true).unwrap();
-            let store = store.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let options = ProtocolOptions {
-                    initiator: false,
-                    live: true,
-                    ..ProtocolOptions::default()
-                };
-                let result = match Protocol::connect(socket, options).await {
-                    Ok((protocol, events)) => store.replicate(protocol, events, true).await,
-                    Err(e) => panic!("handshake with the JS clone failed: {e}"),
-                };
-                let _ = tx.send(result);
-            });
-        }
-    });
-    (port, rx)
+/// Whether a replication connection ended by a reset (how a hang-up may arrive).
+fn is_reset(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<corestore::Error>().is_some_and(|e| {
+        matches!(e, corestore::Error::Connection { .. }) && e.to_string().contains("reset")
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +359,7 @@ async fn rust_serves_several_cores_to_a_js_store() {
     // refuses it).
     store.close_core(&keys[2]).await.unwrap();
     let missing = KeyPair::generate().public;
-    let (port, mut ended) = serve(store.clone()).await;
+    let (port, mut ended) = serve_store(store.clone()).await.unwrap();
 
     let clone_dir = tmp.path().join("js");
     let (port, cores, late) = (
@@ -439,10 +408,7 @@ async fn rust_serves_several_cores_to_a_js_store() {
         .unwrap();
     if let Err(e) = &result {
         // A hang-up may arrive as a reset; nothing else is acceptable.
-        assert!(
-            matches!(e, corestore::Error::Connection { .. }) && e.to_string().contains("reset"),
-            "{e}"
-        );
+        assert!(is_reset(e), "{e:#}");
     }
     store.close().await.unwrap();
 }
@@ -508,21 +474,8 @@ async fn js_serves_several_cores_to_a_rust_store() {
     let mine = store.get_named(b"rust only").await.unwrap();
     mine.feed().append("private").await.unwrap();
 
-    let socket =
-        tokio::net::TcpStream::connect(("127.0.0.1", ready["port"].as_u64().unwrap() as u16))
-            .await
-            .unwrap();
-    socket.set_nodelay(true).unwrap();
-    let options = ProtocolOptions {
-        initiator: true,
-        live: true,
-        ..ProtocolOptions::default()
-    };
-    let (protocol, events) = Protocol::connect(socket, options).await.unwrap();
-    let task = tokio::spawn({
-        let (store, protocol) = (store.clone(), protocol.clone());
-        async move { store.replicate(protocol, events, true).await }
-    });
+    let port = ready["port"].as_u64().unwrap() as u16;
+    let task = connect_store(store.clone(), port).await.unwrap();
     let c = store.get_by_key(js[2].1).await.unwrap();
     for (core, (name, _, len)) in [(&a, &js[0]), (&b, &js[1]), (&c, &js[2])] {
         tokio::time::timeout(LIMIT, core.feed().update(Some(*len), None))
@@ -558,10 +511,7 @@ async fn js_serves_several_cores_to_a_rust_store() {
     );
     let result = tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
     if let Err(e) = &result {
-        assert!(
-            matches!(e, corestore::Error::Connection { .. }) && e.to_string().contains("reset"),
-            "{e}"
-        );
+        assert!(is_reset(e), "{e:#}");
     }
     store.close().await.unwrap();
 }

@@ -38,6 +38,7 @@ use hypercore::storage::DiskStorage;
 use hypercore::{Feed, FeedOptions, PublicKey};
 use hypercore_protocol::{NoiseKeyPair, PeerKey, ProtocolOptions};
 use hypercore_replication::{replicate, ReplicateOptions, Replicator};
+use hyperd_testkit::init_tracing;
 use hyperd_tests::cli::hash_range;
 use hyperd_tests::{blake2b_concat, make_block};
 use serde_json::Value;
@@ -72,13 +73,6 @@ fn feed_key() -> PublicKey {
 fn expected_hash(range: std::ops::Range<u64>, size: usize) -> String {
     let blocks: Vec<Vec<u8>> = range.map(|i| make_block(i, size)).collect();
     blake2b_concat(blocks.iter().map(|b| &b[..]))
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
 }
 
 // ---------------------------------------------------------------------------------------
