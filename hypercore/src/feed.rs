@@ -192,6 +192,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     /// Bumped whenever [`Demand`] changes.
     demand: watch::Sender<u64>,
+    /// See [`Feed::lock_writer`].
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// An open hypercore: a signed, append-only log of blocks. Cheap to clone; all clones
@@ -250,6 +252,7 @@ impl Feed {
                 status: watch::Sender::new(status),
                 events,
                 demand: watch::Sender::new(0),
+                writer: Arc::default(),
             }),
         })
     }
@@ -390,6 +393,14 @@ impl Feed {
             })
         })
         .await
+    }
+
+    /// Takes the feed's writer lock: an advisory lock for writers whose several appends
+    /// must land one after the other with nothing in between (a hyperdrive file is one
+    /// contiguous run of content blocks). Appends do not take it themselves; writers that
+    /// need contiguity all do, as JS hyperdrive's content-feed mutex.
+    pub async fn lock_writer(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.inner.writer.clone().lock_owned().await
     }
 
     /// Block `index`, waiting for it to be downloaded if it is not stored.
@@ -686,6 +697,14 @@ impl Feed {
     /// The tree roots for length `index + 1`.
     pub fn root_hashes(&self, index: u64) -> Result<Vec<Node>> {
         self.with_core(|c| c.root_hashes(index))
+    }
+
+    /// The leaf nodes (hash and size) of blocks `[start, end)`, from the tree file (the
+    /// blocks' data is not read): equal leaf hashes mean equal blocks. Fails with
+    /// [`Error::NotAvailable`] if a leaf is not stored. Reads `80 * (end - start)` bytes
+    /// inline: call it from a blocking thread for long ranges.
+    pub fn leaves(&self, start: u64, end: u64) -> Result<Vec<Node>> {
+        self.with_core(|c| c.leaves(start, end))
     }
 
     /// Re-hashes every stored block; blocks that do not match their hash are cleared.
