@@ -81,15 +81,9 @@ impl Drive {
         }
         let size = blocks.iter().map(|b| b.len() as u64).sum();
         let count = blocks.len() as u64;
-        // One atomic append: the file's blocks are contiguous, and where they start is
-        // known exactly, whichever other handle appends to this feed meanwhile.
-        let appended = self
-            .content_feed()
-            .await?
-            .append_batch_at(blocks)
-            .await
-            .map_err(|source| self.content_error(source))?;
-        let (offset, byte_offset) = (appended.start, appended.start_byte);
+        // Appended, or found already in the content feed (dedup.rs).
+        let run = self.store_content(blocks).await?;
+        let (offset, byte_offset) = (run.offset, run.byte_offset);
         let now = self.now();
         let mut stat = Stat {
             size,

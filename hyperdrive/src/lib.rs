@@ -6,6 +6,7 @@
 //! whole, as byte ranges or through a seekable cursor; directories, symlinks, per-file
 //! metadata, mounts of drives and raw cores, and tags work as in JS.
 
+mod dedup;
 mod dir;
 mod drive;
 mod file;
@@ -91,6 +92,12 @@ pub enum Error {
         /// Why (boxed: the variant would be large).
         #[source]
         source: Box<hypercore::Error>,
+    },
+    /// A task on the blocking pool panicked (a bug).
+    #[error("a blocking task failed: {reason}")]
+    Task {
+        /// Why.
+        reason: String,
     },
     /// The corestore could not open a feed of the drive.
     #[error("opening {what}: {source}")]
