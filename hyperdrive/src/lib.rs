@@ -10,6 +10,7 @@ mod dedup;
 mod dir;
 mod drive;
 mod file;
+mod import;
 mod mount;
 mod path;
 mod stat;
@@ -19,6 +20,7 @@ use hypercore::PublicKey;
 
 pub use drive::{Drive, DriveOptions};
 pub use file::WriteOptions;
+pub use import::{ExportOptions, ImportOptions, Progress, Skipped, TransferSummary};
 pub use mount::MountOptions;
 pub use path::key_of;
 pub use stat::{MetadataEntry, Stat, StatMount, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
@@ -92,6 +94,24 @@ pub enum Error {
         /// Why (boxed: the variant would be large).
         #[source]
         source: Box<hypercore::Error>,
+    },
+    /// A local file or directory could not be read or written (import, export).
+    #[error("{}: {source}", path.display())]
+    Local {
+        /// The local path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A drive entry export will not write: it would land outside the target directory or
+    /// through a symlink, or cannot be a local name.
+    #[error("{path}: refusing to export: {reason}")]
+    Refused {
+        /// The drive path.
+        path: String,
+        /// Why.
+        reason: String,
     },
     /// A task on the blocking pool panicked (a bug).
     #[error("a blocking task failed: {reason}")]
