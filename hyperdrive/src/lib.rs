@@ -4,7 +4,9 @@
 //!
 //! Drives live in a corestore ([`Drive`]); files are written whole or as streams and read
 //! whole, as byte ranges or through a seekable cursor; directories, symlinks, per-file
-//! metadata, mounts of drives and raw cores, and tags work as in JS.
+//! metadata, mounts of drives and raw cores, and tags work as in JS. Beyond JS, a file
+//! whose blocks are already in the content feed points at them instead of appending them
+//! again, and local folders are imported into and exported from a drive.
 
 mod dedup;
 mod dir;
