@@ -808,6 +808,27 @@ impl FeedCore {
             .collect()
     }
 
+    /// The leaf nodes of blocks `[start, end)` (see [`crate::Feed::leaves`]).
+    pub fn leaves(&mut self, start: u64, end: u64) -> Result<Vec<Node>> {
+        if start > end || end > self.length {
+            return Err(out_of_range(
+                end,
+                format!("leaves {start}..{end} of a feed of {} blocks", self.length),
+            ));
+        }
+        if let Some(missing) = (start..end).find(|&i| !self.bitfield.has_node(2 * i)) {
+            return Err(Error::NotAvailable { index: missing });
+        }
+        let leaves = self.store.leaves(start, end)?;
+        if (leaves.len() as u64) < end - start {
+            return Err(self.corrupt(
+                FileKind::Tree,
+                format!("leaf nodes of blocks {start}..{end} are missing"),
+            ));
+        }
+        Ok(leaves)
+    }
+
     /// Whether `signature` signs the feed up to and including block `index`.
     pub fn verify(&mut self, index: u64, signature: &Signature) -> Result<bool> {
         let roots = self.root_hashes(index)?;

@@ -710,6 +710,14 @@ impl Feed {
         self.with_core(|c| c.root_hashes(index))
     }
 
+    /// The leaf nodes (hash and size) of blocks `[start, end)`, from the tree file (the
+    /// blocks' data is not read): equal leaf hashes mean equal blocks. Fails with
+    /// [`Error::NotAvailable`] if a leaf is not stored. Reads `80 * (end - start)` bytes
+    /// inline: call it from a blocking thread for long ranges.
+    pub fn leaves(&self, start: u64, end: u64) -> Result<Vec<Node>> {
+        self.with_core(|c| c.leaves(start, end))
+    }
+
     /// Re-hashes every stored block; blocks that do not match their hash are cleared.
     pub async fn audit(&self) -> Result<AuditReport> {
         let report = self.blocking(|core, _, _| core.audit()).await?;

@@ -360,12 +360,19 @@ impl FeedStore {
 
     /// Sizes of the leaves of blocks `[start, end)`, read with one call.
     pub fn leaf_sizes(&mut self, start: u64, end: u64) -> Result<Vec<u64>> {
-        let count = (end - start) as usize;
-        if count == 1 {
-            return Ok(self
-                .node(2 * start)?
-                .map(|n| vec![n.size])
-                .unwrap_or_default());
+        Ok(self.leaves(start, end)?.iter().map(|n| n.size).collect())
+    }
+
+    /// The leaves of blocks `[start, end)`, read with one call; stops at the first one
+    /// not stored.
+    pub fn leaves(&mut self, start: u64, end: u64) -> Result<Vec<Node>> {
+        let count = end.saturating_sub(start) as usize;
+        if count <= 1 {
+            return Ok(if count == 0 {
+                Vec::new()
+            } else {
+                self.node(2 * start)?.into_iter().collect()
+            });
         }
         let span = 2 * NODE_RECORD_SIZE * count - NODE_RECORD_SIZE;
         let mut buf = vec![0u8; span];
@@ -374,21 +381,16 @@ impl FeedStore {
             HEADER_SIZE + 2 * NODE_RECORD_SIZE as u64 * start,
             &mut buf,
         )?;
-        let mut sizes = Vec::with_capacity(count);
+        let mut leaves = Vec::with_capacity(count);
         for i in 0..count {
             let at = 2 * NODE_RECORD_SIZE * i;
-            if at + NODE_RECORD_SIZE > got {
-                break;
+            let record = buf.get(at..(at + NODE_RECORD_SIZE).min(got));
+            match record.and_then(|r| Node::from_record(2 * (start + i as u64), r)) {
+                Some(node) => leaves.push(node),
+                None => break,
             }
-            let rec = &buf[at..at + NODE_RECORD_SIZE];
-            if rec.iter().all(|&b| b == 0) {
-                break;
-            }
-            sizes.push(u64::from_be_bytes(
-                rec[32..40].try_into().unwrap_or_default(),
-            ));
         }
-        Ok(sizes)
+        Ok(leaves)
     }
 
     /// Writes nodes, coalescing consecutive indexes into one write each.

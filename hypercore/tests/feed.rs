@@ -836,3 +836,30 @@ async fn downloaded_bytes_sums_the_stored_blocks_sizes() {
         size(0..37, &|i| clone.has(i))
     );
 }
+
+#[tokio::test]
+async fn leaves_are_the_blocks_hashes_without_their_data() {
+    let writer = writer_with(&["a", "", "ccc", "dddd"]).await;
+    let leaves = writer.leaves(1, 4).unwrap();
+    let hashes: Vec<_> = ["", "ccc", "dddd"]
+        .iter()
+        .map(|b| hypercore::crypto::leaf_hash(b.as_bytes()))
+        .collect();
+    assert_eq!(leaves.iter().map(|l| l.hash).collect::<Vec<_>>(), hashes);
+    assert_eq!(leaves.iter().map(|l| l.size).collect::<Vec<_>>(), [0, 3, 4]);
+    assert_eq!(
+        leaves.iter().map(|l| l.index).collect::<Vec<_>>(),
+        [2, 4, 6]
+    );
+    assert!(writer.leaves(2, 2).unwrap().is_empty());
+    assert!(matches!(writer.leaves(3, 5), Err(Error::OutOfRange { .. })));
+
+    // A sparse clone has the leaves of the blocks it verified, and says which it lacks.
+    let clone = memory_clone(writer.key(), true).await.unwrap();
+    transfer(&writer, &clone, 2).await;
+    assert_eq!(clone.leaves(2, 3).unwrap(), writer.leaves(2, 3).unwrap());
+    assert!(matches!(
+        clone.leaves(0, 3),
+        Err(Error::NotAvailable { index: 0 })
+    ));
+}

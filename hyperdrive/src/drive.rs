@@ -19,6 +19,9 @@ use crate::{Error, Stat, SUBTYPE};
 pub struct DriveOptions {
     /// A frozen clock (ms since the epoch) for the times of new Stats; `None`: now.
     pub now: Option<u64>,
+    /// Append a file's content even when the same blocks are already in the content
+    /// feed, as JS does, instead of pointing its Stat at them (see `dedup`).
+    pub no_dedup: bool,
 }
 
 /// A hyperdrive: its metadata trie and content feed, in a corestore. Cheap to clone.
@@ -34,6 +37,8 @@ pub struct Drive {
     pub(crate) options: DriveOptions,
     /// Drives mounted here, opened when a write reaches them.
     mounted: Arc<Mutex<HashMap<PublicKey, Drive>>>,
+    /// Where the content feed's files are, to find content already written.
+    pub(crate) dedup: Arc<crate::dedup::ContentIndex>,
 }
 
 impl std::fmt::Debug for Drive {
@@ -104,6 +109,7 @@ impl Drive {
             metadata,
             options,
             mounted: Arc::default(),
+            dedup: Arc::default(),
         };
         if drive.metadata().has(0) {
             drive.content().await?;

@@ -5,12 +5,16 @@
 //! Drives live in a corestore ([`Drive`]); files are written whole or as streams and read
 //! whole, as byte ranges or through a seekable cursor; directories, symlinks, per-file
 //! metadata, mounts of drives and raw cores, and tags work as in JS. Files and trees are
-//! downloaded, cleared and mirrored from peers as JS does.
+//! downloaded, cleared and mirrored from peers as JS does. Beyond JS, a file whose blocks
+//! are already in the content feed points at them instead of appending them again, and
+//! local folders are imported into and exported from a drive.
 
+mod dedup;
 mod dir;
 mod download;
 mod drive;
 mod handle;
+mod import;
 mod mount;
 mod path;
 mod read;
@@ -27,6 +31,7 @@ pub use download::{
 };
 pub use drive::{Drive, DriveOptions};
 pub use handle::{FileHandle, OpenFlags};
+pub use import::{ExportOptions, ImportOptions, Skipped, TransferProgress, TransferSummary};
 pub use mount::{MountInfo, MountOptions, PathInfo};
 pub use path::key_of;
 pub use read::FileReader;
@@ -152,6 +157,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A local file or directory could not be read or written (import, export).
+    #[error("{}: {source}", path.display())]
+    Local {
+        /// The local path.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The spill file that holds a file handle's changes failed (a full disk, say).
     #[error("{}: the spill file of its changes: {source}", short(path))]
     Spill {
@@ -169,6 +183,21 @@ pub enum Error {
         /// Why.
         #[source]
         source: hypercore_replication::Error,
+    },
+    /// A drive entry export will not write: it would land outside the target directory or
+    /// through a symlink, or cannot be a local name.
+    #[error("{}: refusing to export: {reason}", short(path))]
+    Refused {
+        /// The drive path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A task on the blocking pool panicked (a bug).
+    #[error("a blocking task failed: {reason}")]
+    Task {
+        /// Why.
+        reason: String,
     },
     /// The corestore could not open a feed of the drive.
     #[error("opening {what}: {source}")]

@@ -140,18 +140,47 @@ impl Drive {
     }
 
     /// Writes `chunks` to `path` as one file, each chunk its own content block (cut at
-    /// [`MAX_BLOCK`]), as a JS write stream does with each `write()`.
+    /// [`MAX_BLOCK`]), as a JS write stream does with each `write()`. Content the feed
+    /// already holds, cut into the same blocks, is pointed at rather than appended again.
     pub async fn write_chunks(
         &self,
         path: &str,
         chunks: impl IntoIterator<Item = Bytes>,
         options: WriteOptions,
     ) -> Result<Stat, Error> {
-        let mut writer = self.write_stream(path, options).await?;
-        for chunk in chunks {
-            writer.write(chunk).await?;
+        let (owner, trie, key) = self.writable_owner(path).await?;
+        if self
+            .node_stat(&crate::key_of(path))
+            .await?
+            .is_some_and(|s| s.is_dir())
+        {
+            return Err(Error::WrongType {
+                path: path.to_string(),
+                reason: "is a directory",
+            });
         }
-        writer.finish().await
+        let mut blocks = Vec::new();
+        for chunk in chunks {
+            let mut at = 0;
+            while at < chunk.len() {
+                let end = (at + MAX_BLOCK).min(chunk.len());
+                blocks.push(chunk.slice(at..end));
+                at = end;
+            }
+        }
+        if blocks.is_empty() {
+            blocks.push(Bytes::new());
+        }
+        let size = blocks.iter().map(|b| b.len() as u64).sum();
+        let run = owner.store_content(blocks).await?;
+        let run = Stat {
+            size,
+            blocks: run.blocks,
+            offset: run.offset,
+            byte_offset: run.byte_offset,
+            ..Stat::default()
+        };
+        put_file(&owner, &trie, &key, options, &run).await
     }
 }
 

@@ -52,7 +52,10 @@ async fn the_js_calls_give_the_js_drive() {
     let store = Corestore::open_with_master_key(dir.path(), master, CorestoreOptions::default())
         .await
         .unwrap();
-    let options = DriveOptions { now: Some(NOW) };
+    let options = DriveOptions {
+        now: Some(NOW),
+        ..DriveOptions::default()
+    };
     // The sub drive (the store's namespace "sub") and a raw core come first, as in JS.
     let sub_metadata = store.namespace("sub").default_core().await.unwrap();
     let sub = Drive::open(&store, sub_metadata, options).await.unwrap();

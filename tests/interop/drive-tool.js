@@ -1,15 +1,16 @@
 #!/usr/bin/env node
 'use strict'
 // Real JS hyperdrive@10.21.0 on a corestore directory, for hyperd's drive compatibility
-// test (tests/tests/js_drive.rs).
+// tests (tests/tests/js_drive.rs, js_import.rs).
 //
 //   node drive-tool.js read --dir D            print every entry of the store's default drive
 //   node drive-tool.js write --dir D --path P --text T   write a file, then print as read
 //   node drive-tool.js populate --dir D        write a fixed set of entries (below), then print
 //
 // Prints one JSON line: {"key", "contentKey", "version", "entries": {path: {...}}}, each
-// entry with mode, size, and the file's bytes as hex (files), its target (symlinks) or
-// nothing (directories), and its metadata as hex.
+// entry with mode, size, offset, blocks, byteOffset, mtime (ms), and the file's bytes as
+// hex (files, with `tailHex` from the middle on through a ranged read stream), its target
+// (symlinks) or nothing (directories), and its metadata as hex.
 const Corestore = require('corestore')
 const hyperdrive = require('hyperdrive')
 const { parseArgs } = require('./common')
@@ -40,10 +41,22 @@ async function main () {
   for (const name of names) {
     const path = '/' + name
     const st = await p(cb => drive.lstat(path, cb))
-    const entry = { mode: st.mode, size: st.size, metadata: {} }
+    const entry = {
+      mode: st.mode,
+      size: st.size,
+      offset: st.offset,
+      blocks: st.blocks,
+      byteOffset: st.byteOffset,
+      mtime: st.mtime.getTime(),
+      metadata: {}
+    }
     for (const [k, v] of Object.entries(st.metadata || {})) entry.metadata[k] = v ? Buffer.from(v).toString('hex') : null
     if (st.isSymbolicLink()) entry.linkname = st.linkname
-    else if (st.isFile()) entry.hex = (await p(cb => drive.readFile(path, cb))).toString('hex')
+    else if (st.isFile()) {
+      entry.hex = (await p(cb => drive.readFile(path, cb))).toString('hex')
+      // From the middle: the read stream seeks by the Stat's byteOffset.
+      if (st.size > 1) entry.tailHex = (await readFrom(path, Math.floor(st.size / 2))).toString('hex')
+    }
     entries[name] = entry
   }
   // The content feed is opened lazily, by the first read.
@@ -56,6 +69,17 @@ async function main () {
     entries
   }))
   await p(cb => drive.close(cb))
+}
+
+// The bytes of the file at `path` from byte `start` on, through a read stream.
+function readFrom (path, start) {
+  return new Promise((resolve, reject) => {
+    const chunks = []
+    drive.createReadStream(path, { start })
+      .on('data', (c) => chunks.push(c))
+      .on('error', reject)
+      .on('end', () => resolve(Buffer.concat(chunks)))
+  })
 }
 
 // A small drive with every kind of entry: a file, a multi-write stream, a 600 KB file of

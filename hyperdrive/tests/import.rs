@@ -1,0 +1,496 @@
+//! Import of a local folder into a drive and export back to disk: a generated tree comes
+//! back byte for byte and attribute for attribute; what is equal is left alone and appends
+//! nothing; what changed is rewritten alone; names and links that would escape the target
+//! are refused.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use bytes::Bytes;
+use corestore::{Corestore, CorestoreOptions};
+use hyperdrive::{
+    Drive, DriveOptions, Error, ExportOptions, ImportOptions, TransferProgress, TransferSummary,
+    WriteOptions,
+};
+use hypertrie::PutOptions;
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+
+async fn open(dir: &Path) -> (Corestore, Drive) {
+    let store = Corestore::open(dir, CorestoreOptions::default())
+        .await
+        .unwrap();
+    let drive = Drive::default_drive(&store, DriveOptions::default())
+        .await
+        .unwrap();
+    (store, drive)
+}
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8)
+        .collect()
+}
+
+/// Sets the mtime of `path` (a symlink itself, not its target) to `ms`.
+fn set_mtime(path: &Path, ms: u64) {
+    let time = TimeSpec::new((ms / 1000) as i64, ((ms % 1000) * 1_000_000) as i64);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &time,
+        &time,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Entries of the tree `make_tree` makes.
+const ENTRIES: u64 = 16;
+
+/// Nested and empty directories, empty, small, multi-block and duplicate files, symlinks
+/// absolute, relative and dangling, odd modes, unicode names, and distinct mtimes.
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("a/b/c")).unwrap();
+    fs::create_dir(root.join("empty-dir")).unwrap();
+    fs::create_dir(root.join("ünïcødé ✓")).unwrap();
+    let files: [(&str, Vec<u8>, u32); 8] = [
+        ("empty", Vec::new(), 0o644),
+        ("small.txt", b"hello, drive".to_vec(), 0o600),
+        ("a/big.bin", data(1_600_000, 1), 0o755),
+        ("a/b/c/deep.txt", b"deep down".to_vec(), 0o640),
+        (
+            "ünïcødé ✓/файл.txt",
+            "содержимое".as_bytes().to_vec(),
+            0o644,
+        ),
+        ("dup1.bin", data(700_000, 2), 0o644),
+        ("a/dup2.bin", data(700_000, 2), 0o444),
+        ("exactly-one-block", data(512 * 1024, 3), 0o664),
+    ];
+    for (name, bytes, mode) in &files {
+        fs::write(root.join(name), bytes).unwrap();
+        chmod(&root.join(name), *mode);
+    }
+    symlink("/etc/hostname", root.join("abs-link")).unwrap();
+    symlink("../small.txt", root.join("a/rel-link")).unwrap();
+    symlink("nowhere/at/all", root.join("dangling")).unwrap();
+    chmod(&root.join("empty-dir"), 0o700);
+    chmod(&root.join("a/b"), 0o750);
+    // Children first: setting a child's time does not touch its directory's mtime, but
+    // creating one does.
+    let mut ms = 1_500_000_000_123;
+    for name in [
+        "empty",
+        "small.txt",
+        "a/big.bin",
+        "a/b/c/deep.txt",
+        "ünïcødé ✓/файл.txt",
+        "dup1.bin",
+        "a/dup2.bin",
+        "exactly-one-block",
+        "abs-link",
+        "a/rel-link",
+        "dangling",
+        "a/b/c",
+        "a/b",
+        "a",
+        "empty-dir",
+        "ünïcødé ✓",
+    ] {
+        set_mtime(&root.join(name), ms);
+        ms += 86_400_017;
+    }
+}
+
+/// Everything about a tree that export must reproduce: per path, its kind, permission
+/// bits (not for links), mtime in ms, and content or target.
+fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, u64, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let mtime = (meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000) as u64;
+            let mode = meta.mode() & 0o7777;
+            let value = if meta.is_symlink() {
+                let target = fs::read_link(&path).unwrap();
+                ('l', 0, mtime, target.as_os_str().as_bytes().to_vec())
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                ('d', mode, mtime, Vec::new())
+            } else {
+                ('f', mode, mtime, fs::read(&path).unwrap())
+            };
+            out.insert(rel, value);
+        }
+    }
+    out
+}
+
+async fn feeds(drive: &Drive) -> (u64, u64) {
+    (
+        drive.metadata().len(),
+        drive.content_feed().await.unwrap().len(),
+    )
+}
+
+fn import_options() -> ImportOptions {
+    ImportOptions::default()
+}
+
+#[tokio::test]
+async fn a_tree_goes_in_and_comes_back_out_the_same() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+    make_tree(&src);
+    let (_store, drive) = open(&tmp.path().join("store")).await;
+
+    let (sender, progress) = tokio::sync::watch::channel(TransferProgress::default());
+    let options = ImportOptions {
+        progress: Some(sender),
+        ..ImportOptions::default()
+    };
+    let summary = drive.import(&src, "/", options).await.unwrap();
+    let expected = TransferSummary {
+        added: ENTRIES,
+        deduplicated: 1,
+        // Every file's bytes once, but dup2's.
+        bytes_written: 12 + 1_600_000 + 9 + 20 + 700_000 + 512 * 1024,
+        ..TransferSummary::default()
+    };
+    assert_eq!(summary, expected);
+    let done = *progress.borrow();
+    assert_eq!(done.entries_done, done.entries_total);
+    assert_eq!(done.entries_total, ENTRIES + 1, "the folder itself counts");
+    assert_eq!(done.bytes_done, done.bytes_total);
+    assert_eq!(done.bytes_total, expected.bytes_written + 700_000);
+
+    // What JS sees: Stats with the local modes, mtimes and targets.
+    let big = drive.stat("/a/big.bin").await.unwrap();
+    assert_eq!((big.mode, big.size, big.blocks), (0o100755, 1_600_000, 4));
+    assert_eq!(drive.lstat("/empty-dir").await.unwrap().mode, 0o40700);
+    assert_eq!(drive.readlink("/a/rel-link").await.unwrap(), "../small.txt");
+    assert_eq!(
+        drive.read_file("/a/rel-link").await.unwrap(),
+        b"hello, drive"
+    );
+    assert_eq!(drive.read_file("/empty").await.unwrap(), b"");
+    let (dup1, dup2) = (
+        drive.stat("/dup1.bin").await.unwrap(),
+        drive.stat("/a/dup2.bin").await.unwrap(),
+    );
+    assert_eq!((dup1.offset, dup1.blocks), (dup2.offset, dup2.blocks));
+    assert_eq!(dup2.mode, 0o100444);
+
+    let summary = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(summary.added, ENTRIES);
+    assert_eq!(summary.bytes_written, expected.bytes_written + 700_000);
+    assert_eq!(snapshot(&out), snapshot(&src));
+    assert_eq!(snapshot(&src).len() as u64, ENTRIES);
+
+    // Again: nothing to do either way, and nothing appended.
+    let before = feeds(&drive).await;
+    let again = drive.import(&src, "/", import_options()).await.unwrap();
+    assert_eq!(
+        again,
+        TransferSummary {
+            unchanged: ENTRIES,
+            ..TransferSummary::default()
+        }
+    );
+    assert_eq!(feeds(&drive).await, before);
+    let again = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        TransferSummary {
+            unchanged: ENTRIES,
+            ..TransferSummary::default()
+        }
+    );
+    // The exported tree is as good a source as the original.
+    let from_out = drive.import(&out, "/", import_options()).await.unwrap();
+    assert_eq!(from_out.unchanged, ENTRIES);
+    assert_eq!(feeds(&drive).await, before);
+}
+
+#[tokio::test]
+async fn only_what_changed_is_rewritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+    make_tree(&src);
+    let (_store, drive) = open(&tmp.path().join("store")).await;
+    drive.import(&src, "/", import_options()).await.unwrap();
+    drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
+
+    // Touched: a new Stat, its content found in the feed.
+    set_mtime(&src.join("a/big.bin"), 1_700_000_000_000);
+    let (metadata, content) = feeds(&drive).await;
+    let summary = drive.import(&src, "/", import_options()).await.unwrap();
+    let touched = TransferSummary {
+        changed: 1,
+        unchanged: ENTRIES - 1,
+        deduplicated: 1,
+        ..TransferSummary::default()
+    };
+    assert_eq!(summary, touched);
+    assert_eq!(feeds(&drive).await, (metadata + 1, content));
+    assert_eq!(
+        drive.stat("/a/big.bin").await.unwrap().mtime,
+        1_700_000_000_000
+    );
+
+    // Same size, one byte different: its blocks are appended.
+    let small = src.join("small.txt");
+    let mtime = fs::metadata(&small).unwrap().mtime() as u64 * 1000 + 123;
+    let mut bytes = fs::read(&small).unwrap();
+    bytes[0] = b'J';
+    fs::write(&small, &bytes).unwrap();
+    set_mtime(&small, mtime);
+    let summary = drive.import(&src, "/", import_options()).await.unwrap();
+    assert_eq!((summary.changed, summary.bytes_written), (1, 12));
+    assert_eq!(drive.read_file("/small.txt").await.unwrap(), bytes);
+    // A mode alone.
+    chmod(&src.join("a/b/c/deep.txt"), 0o600);
+    let summary = drive.import(&src, "/", import_options()).await.unwrap();
+    assert_eq!((summary.changed, summary.unchanged), (1, ENTRIES - 1));
+    assert_eq!(drive.stat("/a/b/c/deep.txt").await.unwrap().mode, 0o100600);
+
+    // Export rewrites those three: two contents, one by its attributes only.
+    let summary = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.changed, summary.unchanged, summary.bytes_written),
+        (3, ENTRIES - 3, 12)
+    );
+    assert_eq!(snapshot(&out), snapshot(&src));
+
+    // A local file changed behind the export's back is put back; one only touched too.
+    fs::write(out.join("a/big.bin"), b"scribbled over").unwrap();
+    set_mtime(&out.join("dup1.bin"), 1_000);
+    let summary = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.changed, summary.bytes_written),
+        (2, 1_600_000),
+        "{summary:?}"
+    );
+    assert_eq!(snapshot(&out), snapshot(&src));
+}
+
+#[tokio::test]
+async fn removal_of_what_is_gone_locally_is_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let (_store, drive) = open(&tmp.path().join("store")).await;
+    drive.import(&src, "/", import_options()).await.unwrap();
+    drive
+        .write_file("/outside-the-import", b"x", WriteOptions::default())
+        .await
+        .unwrap();
+    fs::remove_dir_all(src.join("a/b")).unwrap();
+    fs::remove_file(src.join("empty")).unwrap();
+
+    let kept = drive.import(&src, "/", import_options()).await.unwrap();
+    // /a changed: its mtime, with a/b gone.
+    assert_eq!((kept.removed, kept.changed), (0, 1));
+    assert!(drive.stat("/a/b/c/deep.txt").await.is_ok());
+    let options = ImportOptions {
+        remove_missing: true,
+        ..ImportOptions::default()
+    };
+    let summary = drive.import(&src, "/", options).await.unwrap();
+    // a/b, a/b/c, a/b/c/deep.txt, empty, outside-the-import.
+    assert_eq!((summary.removed, summary.changed), (5, 0), "{summary:?}");
+    assert!(matches!(
+        drive.stat("/a/b/c/deep.txt").await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(drive.stat("/empty").await.is_err());
+    assert!(drive.stat("/outside-the-import").await.is_err());
+    assert_eq!(
+        drive.read_file("/a/dup2.bin").await.unwrap(),
+        data(700_000, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_big_file_streams_in_as_one_run_and_out_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+    fs::create_dir(&src).unwrap();
+    // 20 MiB + 1: three batches of blocks, the last one short.
+    let big = data(20 * 1024 * 1024 + 1, 7);
+    fs::write(src.join("big"), &big).unwrap();
+    let (_store, drive) = open(&tmp.path().join("store")).await;
+    drive
+        .write_file("/first", b"one block before", WriteOptions::default())
+        .await
+        .unwrap();
+
+    let summary = drive
+        .import(&src, "/backup", import_options())
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.added, summary.bytes_written),
+        (2, big.len() as u64)
+    );
+    let stat = drive.stat("/backup/big").await.unwrap();
+    assert_eq!((stat.offset, stat.byte_offset), (1, 16));
+    assert_eq!((stat.blocks, stat.size), (41, big.len() as u64));
+    assert_eq!(drive.content_feed().await.unwrap().len(), 42);
+    assert_eq!(drive.read_file("/backup/big").await.unwrap(), big);
+
+    drive
+        .export("/backup", &out, ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(fs::read(out.join("big")).unwrap(), big);
+    assert_eq!(
+        fs::metadata(&out).unwrap().mode() & 0o777,
+        fs::metadata(&src).unwrap().mode() & 0o777
+    );
+    assert!(matches!(
+        drive
+            .export("/backup/big", &out, ExportOptions::default())
+            .await,
+        Err(Error::WrongType { .. })
+    ));
+}
+
+#[tokio::test]
+async fn what_a_drive_cannot_hold_is_skipped_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("fine"), b"fine").unwrap();
+    fs::write(src.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9")), b"x").unwrap();
+    fs::write(src.join("back\\slash"), b"x").unwrap();
+    nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (_store, drive) = open(&tmp.path().join("store")).await;
+
+    let summary = drive.import(&src, "/", import_options()).await.unwrap();
+    assert_eq!(summary.added, 1);
+    let mut skipped: Vec<String> = summary
+        .skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.path.rsplit('/').next().unwrap(), s.reason))
+        .collect();
+    skipped.sort();
+    assert_eq!(
+        skipped,
+        [
+            "back\\slash: a drive reads '\\' in a name as a separator",
+            "fifo: not a regular file, directory or symlink",
+            "latin1-\u{fffd}: its name is not UTF-8",
+        ]
+    );
+
+    let missing = tmp.path().join("missing");
+    let err = drive
+        .import(&missing, "/", import_options())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Local { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with(missing.to_str().unwrap()),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn export_never_writes_outside_its_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_store, drive) = open(&tmp.path().join("store")).await;
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let trie = hypertrie::Hypertrie::open(drive.metadata().clone(), Default::default())
+        .await
+        .unwrap();
+    let file = drive
+        .write_file("/ok", b"fine", WriteOptions::default())
+        .await
+        .unwrap();
+    let value = Bytes::from(prost::Message::encode_to_vec(&file));
+
+    // Links pointing out are written as links, never followed.
+    drive
+        .symlink(outside.to_str().unwrap(), "/abs")
+        .await
+        .unwrap();
+    drive.symlink("../../outside", "/rel").await.unwrap();
+    let out = tmp.path().join("out");
+    let summary = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(summary.added, 3);
+    assert_eq!(fs::read_link(out.join("abs")).unwrap(), outside);
+    assert_eq!(
+        fs::read_link(out.join("rel")).unwrap(),
+        Path::new("../../outside")
+    );
+
+    // A file below a link: refused, nothing lands where the link points.
+    trie.put("abs/evil", value.clone(), PutOptions::default())
+        .await
+        .unwrap();
+    let err = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Refused { path, .. } if path == "/abs/evil"),
+        "{err}"
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    trie.del("abs/evil", false).await.unwrap();
+
+    // Keys a hostile writer could put in a trie.
+    for key in ["up/../../../outside/evil", "nul\0byte", "dot/./x"] {
+        trie.put(key, value.clone(), PutOptions::default())
+            .await
+            .unwrap();
+        let err = drive
+            .export("/", &tmp.path().join("out2"), ExportOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { path, .. } if path == &format!("/{key}")),
+            "{key}: {err}"
+        );
+        trie.del(key, false).await.unwrap();
+    }
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(!tmp.path().join("out2").exists(), "refused before writing");
+}
