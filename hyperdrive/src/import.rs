@@ -21,8 +21,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use futures::{FutureExt, TryStreamExt};
 use hypercore::crypto::{leaf_hash, leaf_hashes, Hash};
-use hypercore::{Feed, Node, PublicKey};
+use hypercore::Node;
 use hypertrie::{GetOptions, Hypertrie, MountListOptions, PutOptions};
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -32,10 +33,12 @@ use tokio::sync::watch;
 use crate::dedup::{blocking, Run};
 use crate::dir::decode_stat;
 use crate::path::key_of;
-use crate::{Drive, Error, Stat, MAX_BLOCK};
+use crate::{Drive, Error, FileReader, Stat, MAX_BLOCK};
 
 /// Blocks read, hashed, appended or written at a time (8 MiB of 512 KiB blocks).
 const BATCH_BLOCKS: usize = 16;
+/// Bytes an export writes to a local file per hop to the blocking pool.
+const BATCH_BYTES: usize = 8 << 20;
 
 /// Options of [`Drive::import`].
 #[derive(Clone, Debug, Default)]
@@ -540,8 +543,8 @@ impl Drive {
                     blocking(move || make_symlink(&local, &target, stat.mtime)).await??
                 }
                 Item::File(stat, trie) => {
-                    let source = self.source(&path, &stat, &trie).await?;
-                    let (outcome, written) = export_file(&source, &local, &stat, &mut tracker)
+                    let source = self.reader_of(&path, stat.clone(), &trie, true).await?;
+                    let (outcome, written) = export_file(source, &local, &stat, &mut tracker)
                         .await
                         .inspect_err(|_| {
                             // Best effort: the temporary file is not the user's.
@@ -565,69 +568,6 @@ impl Drive {
         .await??;
         Ok(summary)
     }
-
-    /// Where the bytes of the file `stat` at drive path `path` (held by `trie`) are.
-    async fn source(&self, path: &str, stat: &Stat, trie: &Hypertrie) -> Result<Source, Error> {
-        if let Some(mount) = stat.mount.as_ref().filter(|m| m.hypercore == Some(true)) {
-            // A hypercore mount reads as its core's blocks, from 0 (its offsets are unused).
-            let key = PublicKey::from_slice(&mount.key).map_err(|_| Error::BadStat {
-                path: path.to_string(),
-                reason: "its mount's key is not a public key".into(),
-            })?;
-            let core = self.store.get_by_key(key).await.map_err(|e| Error::Store {
-                what: format!("the core mounted at {path}"),
-                source: Box::new(e),
-            })?;
-            let feed = core.feed().clone();
-            let end = mount
-                .version
-                .filter(|&v| v != 0)
-                .unwrap_or(feed.len())
-                .min(feed.len());
-            let size = match end {
-                0 => 0,
-                _ => feed
-                    .root_hashes(end - 1)
-                    .map_err(|source| Error::MountedCore {
-                        key,
-                        path: path.to_string(),
-                        source: Box::new(source),
-                    })?
-                    .iter()
-                    .map(|r| r.size)
-                    .sum(),
-            };
-            return Ok(Source {
-                feed,
-                start: 0,
-                end,
-                size,
-                owner: Owner::Core(key, path.to_string()),
-            });
-        }
-        let owner = self.drive_of(trie).await?;
-        let feed = owner.content_feed().await?.clone();
-        let end = stat
-            .offset
-            .checked_add(stat.blocks)
-            .filter(|&e| e <= feed.len())
-            .ok_or_else(|| Error::BadStat {
-                path: path.to_string(),
-                reason: format!(
-                    "blocks {}..+{} are past the content feed's {} blocks",
-                    stat.offset,
-                    stat.blocks,
-                    feed.len()
-                ),
-            })?;
-        Ok(Source {
-            feed,
-            start: stat.offset,
-            end,
-            size: stat.size,
-            owner: Owner::Drive(owner.key()),
-        })
-    }
 }
 
 /// A drive entry to export.
@@ -638,42 +578,11 @@ enum Item {
     File(Stat, Hypertrie),
 }
 
-/// The blocks holding a file's bytes: `[start, end)` of `feed`, `size` bytes of them.
-struct Source {
-    feed: Feed,
-    start: u64,
-    end: u64,
-    size: u64,
-    owner: Owner,
-}
-
-/// Whose feed a [`Source`] reads, for errors.
-enum Owner {
-    Drive(PublicKey),
-    Core(PublicKey, String),
-}
-
-impl Source {
-    fn error(&self, source: hypercore::Error) -> Error {
-        match &self.owner {
-            Owner::Drive(drive) => Error::Content {
-                drive: *drive,
-                source,
-            },
-            Owner::Core(key, path) => Error::MountedCore {
-                key: *key,
-                path: path.clone(),
-                source: Box::new(source),
-            },
-        }
-    }
-}
-
 /// Writes one file: left alone if the local file's blocks hash to the drive file's leaves
 /// (attributes fixed if they differ); else streamed to a temporary name beside it, given
 /// its mode and mtime, and renamed over it. Returns the bytes written.
 async fn export_file(
-    source: &Source,
+    mut source: FileReader,
     path: &Path,
     stat: &Stat,
     tracker: &mut Tracker,
@@ -690,8 +599,9 @@ async fn export_file(
         if meta.is_dir() {
             return Err(is_a_directory(path));
         }
-        if meta.is_file() && meta.len() == source.size {
-            let (feed, start, end) = (source.feed.clone(), source.start, source.end);
+        if meta.is_file() && meta.len() == source.len() {
+            let (feed, start, end) = source.blocks();
+            let feed = feed.clone();
             let p = path.to_path_buf();
             let same = blocking(move || match feed.leaves(start, end) {
                 Ok(leaves) => same_as_leaves(&p, &leaves),
@@ -699,7 +609,7 @@ async fn export_file(
             })
             .await??;
             if same {
-                tracker.bytes(source.size);
+                tracker.bytes(source.len());
                 if meta.mode() & 0o777 == mode && mtime_ms(meta) == mtime {
                     return Ok((Outcome::Unchanged, 0));
                 }
@@ -724,29 +634,31 @@ async fn export_file(
             .map_err(local(&t))
     })
     .await??;
-    let (mut at, mut left) = (source.start, source.size);
-    while at < source.end && left > 0 {
-        let to = source.end.min(at + BATCH_BLOCKS as u64);
-        let mut blocks = source
-            .feed
-            .get_batch(at, to)
-            .await
-            .map_err(|e| source.error(e))?;
-        at = to;
-        for block in &mut blocks {
-            block.truncate(left.min(block.len() as u64) as usize);
-            left -= block.len() as u64;
+    let mut written = 0;
+    while let Some(chunk) = source.try_next().await? {
+        // Gathered into batches, so the blocking pool is not hopped to for each block.
+        let mut batch = vec![chunk];
+        let mut size = batch[0].len();
+        while size < BATCH_BYTES {
+            match source.try_next().now_or_never() {
+                Some(Ok(Some(chunk))) => {
+                    size += chunk.len();
+                    batch.push(chunk);
+                }
+                Some(Err(e)) => return Err(e),
+                Some(Ok(None)) | None => break,
+            }
         }
-        let written: u64 = blocks.iter().map(|b| b.len() as u64).sum();
         let t = temp.clone();
         file = blocking(move || {
-            for block in &blocks {
-                file.write_all(block).map_err(local(&t))?;
+            for chunk in &batch {
+                file.write_all(chunk).map_err(local(&t))?;
             }
             Ok::<_, Error>(file)
         })
         .await??;
-        tracker.bytes(written);
+        written += size as u64;
+        tracker.bytes(size as u64);
     }
     let (t, p) = (temp.clone(), path.to_path_buf());
     blocking(move || {
@@ -759,7 +671,7 @@ async fn export_file(
         None => Outcome::Added,
         Some(_) => Outcome::Changed,
     };
-    Ok((outcome, source.size - left))
+    Ok((outcome, written))
 }
 
 /// The temporary name a file is exported to before it is renamed to `path`.

@@ -157,24 +157,36 @@ impl Drive {
         linear: bool,
     ) -> Result<FileReader, Error> {
         let (stat, trie) = self.stat_located(path).await?;
+        let reader = self.reader_of(path, stat, &trie, linear).await?;
+        Ok(reader.range(start, length))
+    }
+
+    /// A cursor over the file `stat` at `path`, held by `trie` (this drive's or a mounted
+    /// one's): its content blocks, or a mounted hypercore's.
+    pub(crate) async fn reader_of(
+        &self,
+        path: &str,
+        stat: Stat,
+        trie: &hypertrie::Hypertrie,
+        linear: bool,
+    ) -> Result<FileReader, Error> {
         if stat.is_dir() {
             return Err(Error::WrongType {
                 path: path.to_string(),
                 reason: "is a directory",
             });
         }
-        let reader = match stat.mount.as_ref().filter(|m| m.hypercore == Some(true)) {
+        match stat.mount.as_ref().filter(|m| m.hypercore == Some(true)) {
             Some(mount) => {
                 let (core, origin, extent) =
                     self.mounted_core(path, &mount.key, mount.version).await?;
-                FileReader::new(path, core, origin, stat, extent, linear)
+                Ok(FileReader::new(path, core, origin, stat, extent, linear))
             }
             None => {
-                let owner = self.drive_of(&trie).await?;
-                owner.content_reader(path, stat, linear).await?
+                let owner = self.drive_of(trie).await?;
+                owner.content_reader(path, stat, linear).await
             }
-        };
-        Ok(reader.range(start, length))
+        }
     }
 
     /// A cursor over the bytes `stat` points to in this drive's content feed (`path`
@@ -326,6 +338,15 @@ impl FileReader {
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
         self.extent.size == 0
+    }
+
+    /// The feed the file's bytes are in and its blocks there, `[start, end)`.
+    pub(crate) fn blocks(&self) -> (&Feed, u64, u64) {
+        (
+            self.core.feed(),
+            self.extent.offset,
+            self.extent.end_block(),
+        )
     }
 
     /// The byte the next read starts at.

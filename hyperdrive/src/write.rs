@@ -109,17 +109,7 @@ impl Drive {
         path: &str,
         options: WriteOptions,
     ) -> Result<FileWriter, Error> {
-        let (owner, trie, key) = self.writable_owner(path).await?;
-        if self
-            .node_stat(&crate::key_of(path))
-            .await?
-            .is_some_and(|s| s.is_dir())
-        {
-            return Err(Error::WrongType {
-                path: path.to_string(),
-                reason: "is a directory",
-            });
-        }
+        let (owner, trie, key) = self.file_owner(path).await?;
         let feed = owner.content_feed().await?.clone();
         let lock = feed.lock_writer().await;
         Ok(FileWriter::new(
@@ -148,17 +138,7 @@ impl Drive {
         chunks: impl IntoIterator<Item = Bytes>,
         options: WriteOptions,
     ) -> Result<Stat, Error> {
-        let (owner, trie, key) = self.writable_owner(path).await?;
-        if self
-            .node_stat(&crate::key_of(path))
-            .await?
-            .is_some_and(|s| s.is_dir())
-        {
-            return Err(Error::WrongType {
-                path: path.to_string(),
-                reason: "is a directory",
-            });
-        }
+        let (owner, trie, key) = self.file_owner(path).await?;
         let mut blocks = Vec::new();
         for chunk in chunks {
             let mut at = 0;
@@ -181,6 +161,24 @@ impl Drive {
             ..Stat::default()
         };
         put_file(&owner, &trie, &key, options, &run).await
+    }
+}
+
+impl Drive {
+    /// [`Self::writable_owner`] of a file to write: refuses a directory at `path`.
+    async fn file_owner(&self, path: &str) -> Result<(Drive, Hypertrie, String), Error> {
+        let owner = self.writable_owner(path).await?;
+        if self
+            .node_stat(&crate::key_of(path))
+            .await?
+            .is_some_and(|s| s.is_dir())
+        {
+            return Err(Error::WrongType {
+                path: path.to_string(),
+                reason: "is a directory",
+            });
+        }
+        Ok(owner)
     }
 }
 

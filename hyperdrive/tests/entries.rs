@@ -2,23 +2,13 @@
 //! below them), truncate, mounts and path info, tags, and paths a write refuses.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{another_drive, new_drive};
+
 use std::collections::BTreeMap;
 
-use corestore::{Corestore, CorestoreOptions};
-use hyperdrive::{
-    Drive, DriveOptions, Error, MountInfo, MountOptions, ReaddirOptions, WriteOptions,
-};
-
-async fn new_drive() -> (tempfile::TempDir, Corestore, Drive) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Corestore::open(dir.path(), CorestoreOptions::default())
-        .await
-        .unwrap();
-    let drive = Drive::default_drive(&store, DriveOptions::default())
-        .await
-        .unwrap();
-    (dir, store, drive)
-}
+use hyperdrive::{Drive, Error, MountInfo, MountOptions, ReaddirOptions, WriteOptions};
 
 async fn write(drive: &Drive, path: &str, data: &str) {
     drive
@@ -120,13 +110,7 @@ async fn rename_moves_files_and_whole_trees_in_one_batch() {
     write(&drive, "/dir/one", "1").await;
     write(&drive, "/dir/sub/two", "2").await;
     drive.symlink("one", "/dir/link").await.unwrap();
-    let sub = Drive::open(
-        &store,
-        store.create().await.unwrap(),
-        DriveOptions::default(),
-    )
-    .await
-    .unwrap();
+    let sub = another_drive(&store).await;
     write(&sub, "/inside", "mounted").await;
     drive
         .mount("/dir/m", sub.key(), MountOptions::default())
@@ -207,13 +191,7 @@ async fn rename_follows_posix_rules() {
     drive.rename("/full", "/e").await.unwrap();
     assert_eq!(drive.read_file("/e/x").await.unwrap(), b"x");
     // Into a mounted drive is another drive.
-    let sub = Drive::open(
-        &store,
-        store.create().await.unwrap(),
-        DriveOptions::default(),
-    )
-    .await
-    .unwrap();
+    let sub = another_drive(&store).await;
     drive
         .mount("/m", sub.key(), MountOptions::default())
         .await
@@ -248,20 +226,8 @@ async fn truncate_makes_a_new_version_of_the_file() {
 #[tokio::test]
 async fn mounts_info_and_unmount() {
     let (_dir, store, drive) = new_drive().await;
-    let sub = Drive::open(
-        &store,
-        store.create().await.unwrap(),
-        DriveOptions::default(),
-    )
-    .await
-    .unwrap();
-    let deeper = Drive::open(
-        &store,
-        store.create().await.unwrap(),
-        DriveOptions::default(),
-    )
-    .await
-    .unwrap();
+    let sub = another_drive(&store).await;
+    let deeper = another_drive(&store).await;
     let core = store.create().await.unwrap();
     core.feed().append(&b"raw"[..]).await.unwrap();
     drive

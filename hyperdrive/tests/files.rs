@@ -3,53 +3,20 @@
 //! sparse replica, fetch only the blocks they read.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{connect, new_drive, store};
+
 use std::io::SeekFrom;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corestore::{Corestore, CorestoreOptions};
 use futures::{SinkExt, TryStreamExt};
-use hypercore_protocol::{Protocol, ProtocolOptions};
 use hyperdrive::{Drive, DriveOptions, Error, WriteOptions, WRITE_BLOCK};
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(20);
-
-async fn store(dir: &std::path::Path, sparse: bool) -> Corestore {
-    let options = CorestoreOptions {
-        sparse,
-        ..CorestoreOptions::default()
-    };
-    Corestore::open(dir, options).await.unwrap()
-}
-
-async fn new_drive() -> (tempfile::TempDir, Corestore, Drive) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path(), false).await;
-    let drive = Drive::default_drive(&store, DriveOptions::default())
-        .await
-        .unwrap();
-    (dir, store, drive)
-}
-
-/// Replicates two stores over an in-memory connection, live.
-async fn connect(a: &Corestore, b: &Corestore) {
-    let (x, y) = tokio::io::duplex(1 << 20);
-    let options = |initiator| ProtocolOptions {
-        initiator,
-        live: true,
-        ..ProtocolOptions::default()
-    };
-    let (pa, pb) = tokio::join!(
-        Protocol::connect(x, options(true)),
-        Protocol::connect(y, options(false))
-    );
-    let ((pa, ea), (pb, eb)) = (pa.unwrap(), pb.unwrap());
-    let (a, b) = (a.clone(), b.clone());
-    tokio::spawn(async move { a.replicate(pa, ea, true).await });
-    tokio::spawn(async move { b.replicate(pb, eb, true).await });
-}
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

@@ -3,20 +3,12 @@
 //! drive that never shows a half-written file.
 #![allow(clippy::unwrap_used)]
 
-use corestore::{Corestore, CorestoreOptions};
-use hyperdrive::{Drive, DriveOptions, Error, MountOptions, OpenFlags, WriteOptions};
-use rand::{Rng, SeedableRng};
+mod common;
 
-async fn new_drive() -> (tempfile::TempDir, Corestore, Drive) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Corestore::open(dir.path(), CorestoreOptions::default())
-        .await
-        .unwrap();
-    let drive = Drive::default_drive(&store, DriveOptions::default())
-        .await
-        .unwrap();
-    (dir, store, drive)
-}
+use common::{another_drive, new_drive};
+
+use hyperdrive::{Error, MountOptions, OpenFlags, WriteOptions};
+use rand::{Rng, SeedableRng};
 
 const CREATE: OpenFlags = OpenFlags {
     write: true,
@@ -227,13 +219,7 @@ async fn open_flags_and_refusals() {
 #[tokio::test]
 async fn handles_write_through_mounts() {
     let (_dir, store, drive) = new_drive().await;
-    let sub = Drive::open(
-        &store,
-        store.create().await.unwrap(),
-        DriveOptions::default(),
-    )
-    .await
-    .unwrap();
+    let sub = another_drive(&store).await;
     drive
         .mount("/sub", sub.key(), MountOptions::default())
         .await
