@@ -2,7 +2,7 @@
 //! listings, directories, symlinks, unlink and per-file metadata.
 
 use bytes::Bytes;
-use hypertrie::{GetOptions, Hypertrie, ListOptions, MountListOptions, PutOptions};
+use hypertrie::{GetOptions, Hypertrie, MountListOptions, PutOptions};
 use prost::Message;
 
 use crate::path::{key_of, resolve_link, unixify};
@@ -174,9 +174,14 @@ impl Drive {
         if key.is_empty() {
             return Ok((Stat::directory(0o755, now), root));
         }
+        // Any key below makes it a directory: a prefix lookup finds one along a single
+        // path of the trie, where listing would read the whole subtree.
         let (trie, inner) = self.trie.owner(&key).await?;
-        let below = trie.list(&inner, ListOptions::default()).await?;
-        match below.into_iter().find(|n| n.key() != inner) {
+        let below = GetOptions {
+            prefix: true,
+            ..GetOptions::default()
+        };
+        match trie.get(&inner, below).await?.filter(|n| n.key() != inner) {
             Some(node) => {
                 let child = decode_stat(&key, node.value.as_deref())?;
                 Ok((implicit_directory(child), trie))

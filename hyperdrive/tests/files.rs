@@ -305,3 +305,29 @@ async fn a_sparse_reader_fetches_only_what_it_reads() {
     assert_eq!(content.downloaded(0, None), 6);
     assert!(content.has_range(base + 10, base + 15));
 }
+
+#[tokio::test]
+async fn an_implicit_directory_is_stated_without_listing_it() {
+    let (_dir, writer_store, drive) = new_drive().await;
+    for i in 0..300 {
+        drive
+            .write_file(&format!("/dir/f{i}"), b"x", WriteOptions::default())
+            .await
+            .unwrap();
+    }
+    let reader_dir = tempfile::tempdir().unwrap();
+    let reader_store = store(reader_dir.path(), true).await;
+    let remote = Drive::open_key(&reader_store, drive.key(), DriveOptions::default())
+        .await
+        .unwrap();
+    connect(&writer_store, &reader_store).await;
+    remote.metadata_core().wait_for_peers(1).await;
+    let stat = tokio::time::timeout(LIMIT, remote.lstat("/dir"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(stat.is_dir());
+    // The header, the head and a few nodes on the way: not the 300 entries.
+    let fetched = remote.metadata().downloaded(0, None);
+    assert!(fetched < 10, "{fetched} metadata blocks fetched");
+}
