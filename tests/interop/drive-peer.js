@@ -27,7 +27,7 @@ const net = require('net')
 const readline = require('readline')
 const Corestore = require('corestore')
 const hyperdrive = require('hyperdrive')
-const { parseArgs, emit, log } = require('./common')
+const { parseArgs, emit, storeReplication } = require('./common')
 
 const args = parseArgs(process.argv.slice(2), ['listen'])
 const p = (fn) => new Promise((resolve, reject) => fn((err, v) => err ? reject(err) : resolve(v)))
@@ -35,18 +35,7 @@ const hex = b => Buffer.from(b).toString('hex')
 
 const store = new Corestore(args.dir)
 const drive = hyperdrive(store, args.key ? Buffer.from(args.key, 'hex') : null)
-const sockets = new Set()
-
-function replicate (socket, initiator) {
-  sockets.add(socket)
-  socket.setNoDelay(true)
-  const stream = store.replicate(initiator, { live: true })
-  socket.pipe(stream).pipe(socket)
-  stream.on('error', err => log({ event: 'stream-error', error: err.message }))
-  socket.on('error', err => log({ event: 'socket-error', error: err.message }))
-  socket.on('close', () => { sockets.delete(socket); stream.destroy() })
-  stream.on('close', () => socket.destroy())
-}
+const replication = storeReplication(store)
 
 // Bytes i of generated file n: (31 n + i) mod 251 (tests/tests/js_drive_net.rs makes the same).
 function pattern (n, size) {
@@ -193,14 +182,9 @@ async function main () {
   }
   const ready = { event: 'ready', key: hex(drive.key), version: drive.version }
   if (args.listen) {
-    const server = net.createServer(socket => replicate(socket, false))
-    await new Promise((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(0, '127.0.0.1', resolve)
-    })
-    ready.port = server.address().port
+    ready.port = await replication.listen(0)
   } else if (args.connect) {
-    replicate(net.connect(Number(args.connect), '127.0.0.1'), true)
+    replication.replicate(net.connect(Number(args.connect), '127.0.0.1'), true)
   }
   emit(ready)
 
@@ -221,7 +205,7 @@ async function main () {
 }
 
 function shutdown () {
-  for (const s of sockets) s.destroy()
+  replication.close()
   drive.close(() => process.exit(0))
   setTimeout(() => process.exit(0), 2000).unref()
 }

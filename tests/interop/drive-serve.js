@@ -12,10 +12,9 @@
 //    "stats": {path: {"blocks", "size", "downloadedBlocks"}}}   JS drive.stats('/docs')
 // then serves every core of the store until stdin ends. On failure it prints
 // {"ok": false, "error"} and exits 1.
-const net = require('net')
 const Corestore = require('corestore')
 const hyperdrive = require('hyperdrive')
-const { parseArgs, promisify, emit, log, stdinIsPipe } = require('./common')
+const { parseArgs, promisify, emit, stdinIsPipe, storeReplication } = require('./common')
 
 const p = promisify
 
@@ -79,24 +78,11 @@ async function main () {
   // readdir enters the mount: its entries there have the mounted drive's offsets.
   for (const path of Object.keys(files)) if (path.startsWith('/docs/mnt/docs')) delete files[path]
 
-  const sockets = new Set()
-  const server = net.createServer(socket => {
-    sockets.add(socket)
-    socket.setNoDelay(true)
-    const stream = store.replicate(false, { live: true })
-    socket.pipe(stream).pipe(socket)
-    stream.on('error', err => log({ event: 'stream-error', error: err.message }))
-    socket.on('error', err => log({ event: 'socket-error', error: err.message }))
-    socket.on('close', () => { sockets.delete(socket); stream.destroy() })
-    stream.on('close', () => socket.destroy())
-  })
-  await new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(Number(args.port || 0), '127.0.0.1', resolve)
-  })
+  const replication = storeReplication(store)
+  const port = await replication.listen(args.port)
   emit({
     event: 'ready',
-    port: server.address().port,
+    port,
     key: drive.key.toString('hex'),
     contentKey: content.key.toString('hex'),
     mountKey: mounted.key.toString('hex'),
@@ -109,8 +95,7 @@ async function main () {
   function shutdown () {
     if (done) return
     done = true
-    for (const s of sockets) s.destroy()
-    server.close()
+    replication.close()
     store.close(() => process.exit(0))
     setTimeout(() => process.exit(0), 2000).unref()
   }

@@ -14,7 +14,7 @@ const net = require('net')
 const path = require('path')
 const Corestore = require('corestore')
 const crypto = require('hypercore-crypto')
-const { parseArgs, promisify, emit, log, stdinIsPipe } = require('./common')
+const { parseArgs, promisify, emit, stdinIsPipe, storeReplication } = require('./common')
 
 const USAGE = `usage:
   node store-tool.js write --dir D [--master-key HEX32] --cores NAME:COUNT,..
@@ -144,29 +144,15 @@ async function serve (args) {
     // Stored but not loaded: opened again only when a peer asks for it.
     if (unload.has(name)) await promisify(cb => core.close(cb))
   }
-  const sockets = new Set()
-  const server = net.createServer(socket => {
-    sockets.add(socket)
-    socket.setNoDelay(true)
-    const stream = store.replicate(false, { live: true })
-    socket.pipe(stream).pipe(socket)
-    stream.on('error', err => log({ event: 'stream-error', error: err.message }))
-    socket.on('error', err => log({ event: 'socket-error', error: err.message }))
-    socket.on('close', () => { sockets.delete(socket); stream.destroy() })
-    stream.on('close', () => socket.destroy())
-  })
-  await new Promise((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(Number(args.port || 0), '127.0.0.1', resolve)
-  })
-  emit({ event: 'ready', port: server.address().port, masterKey: hex(store.inner._masterKey), cores })
+  const replication = storeReplication(store)
+  const port = await replication.listen(args.port)
+  emit({ event: 'ready', port, masterKey: hex(store.inner._masterKey), cores })
 
   let done = false
   function shutdown () {
     if (done) return
     done = true
-    for (const s of sockets) s.destroy()
-    server.close()
+    replication.close()
     store.close(() => process.exit(0))
     setTimeout(() => process.exit(0), 2000).unref()
   }
