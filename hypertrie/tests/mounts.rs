@@ -1,5 +1,5 @@
 //! Mount records and mount nodes as mountable-hypertrie 2.8 writes them: the records and
-//! flags of `vectors/drive.json` (a JS hyperdrive with a latest and a pinned mount).
+//! flags of `testkit/vectors/drive.json` (a JS hyperdrive with a latest and a pinned mount).
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
@@ -9,7 +9,7 @@ use prost::Message;
 use serde_json::Value;
 
 fn js_block(seq: u64) -> Node {
-    let v: Value = serde_json::from_str(include_str!("vectors/drive.json")).unwrap();
+    let v: Value = serde_json::from_str(hyperd_testkit::DRIVE_VECTORS).unwrap();
     let block = &v["metadataFeed"]["blocks"][seq as usize];
     assert_eq!(block["seq"], seq);
     Node::decode(seq, &hex::decode(block["hex"].as_str().unwrap()).unwrap()).unwrap()
