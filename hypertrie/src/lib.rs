@@ -6,6 +6,7 @@
 
 mod buckets;
 mod diff;
+mod history;
 mod mounts;
 mod node;
 mod path;
@@ -20,6 +21,7 @@ use hypercore::Feed;
 
 pub use buckets::Buckets;
 pub use diff::{DiffEntry, DiffOptions};
+pub use history::HistoryOptions;
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
@@ -322,18 +324,6 @@ impl Hypertrie {
     /// The nodes under `prefix`, in hash order (a key before its descendants).
     pub async fn list(&self, prefix: &str, options: ListOptions) -> Result<Vec<Node>, Error> {
         View::new(self, self.version()).list(prefix, options).await
-    }
-
-    /// The nodes of blocks `start..end` (clamped to this version), in order; reset nodes
-    /// are left out.
-    pub async fn history(&self, start: u64, end: u64) -> Result<Vec<Node>, Error> {
-        let mut out = Vec::new();
-        for seq in start.max(1)..end.min(self.version()) {
-            if let Some(node) = self.node(seq).await? {
-                out.push(node);
-            }
-        }
-        Ok(out)
     }
 
     fn check_writable(&self) -> Result<(), Error> {

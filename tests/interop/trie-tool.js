@@ -12,9 +12,10 @@
 //   {"op": "list", "prefix": P, "recursive": B, "reverse": B, "gt": B, "hidden": B}
 //   {"op": "get", "key": K, "hidden": B}
 //   {"op": "diff", "version": V, "prefix": P, "hidden": B}  (current against checkout(V))
+//   {"op": "history", "gte"|"gt": N, "lte"|"lt": N, "reverse": B}  (each bound optional)
 // It prints one JSON line: {"blocks": [HEX, ...], "results": [...]}, a result per step
 // (the seqs a write returned, the keys a list returned, the seq a get found or null, the
-// [key, left seq, right seq] of each diff entry, 0 for none).
+// [key, left seq, right seq] of each diff entry, 0 for none, the seqs a history read).
 const fs = require('fs')
 const hypertrie = require('hypertrie')
 const ram = require('random-access-memory')
@@ -50,6 +51,19 @@ function run (step, cb) {
         if (err) return cb(err)
         if (!e) return cb(null, out)
         out.push([e.key, e.left ? e.left.seq : 0, e.right ? e.right.seq : 0])
+        next()
+      })
+      return next()
+    }
+    case 'history': {
+      const opts = { reverse: step.reverse }
+      for (const bound of ['gte', 'gt', 'lte', 'lt']) if (typeof step[bound] === 'number') opts[bound] = step[bound]
+      const out = []
+      const ite = db.history(opts)
+      const next = () => ite.next((err, node) => {
+        if (err) return cb(err)
+        if (!node) return cb(null, out)
+        out.push(node.seq)
         next()
       })
       return next()
