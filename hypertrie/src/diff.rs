@@ -1,10 +1,13 @@
 //! Differences between two versions of a trie (spec trie.md §6.7, JS `lib/diff.js`): both
 //! are walked in lockstep from the prefix, skipping a sub-trie as soon as both sides point
 //! at the same node, so the cost follows the size of the change. The walk order, and
-//! which node pairs up with which, are JS's.
+//! which node pairs up with which, are JS's. A [`Diff`] yields one entry at a time, so a
+//! large diff is never held whole.
+
+use futures::Stream;
 
 use crate::path::{is_checkpoint, END};
-use crate::{Error, GetOptions, Hypertrie, Node, View};
+use crate::{Error, GetOptions, Hypertrie, Node};
 
 /// Options of [`Hypertrie::diff`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -139,59 +142,121 @@ fn untangle(stack: &mut Vec<Pair>, start: usize, end: usize) {
     }
 }
 
+/// A diff between two versions of a trie, walked one entry at a time
+/// ([`Hypertrie::diff`]).
+#[derive(Debug)]
+pub struct Diff {
+    trie: Hypertrie,
+    options: DiffOptions,
+    /// Nodes are loaded from blocks below this (both versions' blocks).
+    len: u64,
+    /// Set until the walk starts: the prefix and the other version.
+    start: Option<(String, u64)>,
+    stack: Vec<Pair>,
+}
+
 impl Hypertrie {
     /// The keys under `prefix` whose nodes differ between this version (left) and version
     /// `version` (right), in JS's walk order: left only = added since, right only = gone
     /// since, both = changed (or rewritten by a neighbour's delete).
-    pub async fn diff(
-        &self,
-        version: u64,
-        prefix: &str,
-        options: DiffOptions,
-    ) -> Result<Vec<DiffEntry>, Error> {
+    pub fn diff(&self, version: u64, prefix: &str, options: DiffOptions) -> Diff {
         let other = self.checkout(version);
+        Diff {
+            trie: self.clone(),
+            options,
+            // Both versions' nodes are blocks of the same feed.
+            len: self.version().max(other.version()),
+            start: Some((prefix.to_string(), other.version())),
+            stack: Vec::new(),
+        }
+    }
+}
+
+impl Diff {
+    /// The node at `seq`, `None` for a reset node.
+    async fn load(&self, seq: u64) -> Result<Option<Node>, Error> {
+        if seq == 0 || seq >= self.len {
+            return Err(Error::Decode {
+                seq,
+                reason: format!("a pointer past the diffed versions' length {}", self.len),
+            });
+        }
+        let node = self.trie.load(seq).await?;
+        Ok(Some(node).filter(|n| !n.is_reset()))
+    }
+
+    async fn open(&mut self, prefix: &str, version: u64) -> Result<(), Error> {
         let get = GetOptions {
-            hidden: options.hidden,
+            hidden: self.options.hidden,
             prefix: true,
             closest: false,
         };
-        let left = self.get(prefix, get).await?;
-        let right = other.get(prefix, get).await?;
-        // Both versions' nodes are blocks of the same feed.
-        let mut view = View::new(self, self.version().max(other.version()));
-        let start = crate::Path::new(prefix, options.hidden).len() - 1;
-        let mut stack = vec![Pair {
-            i: start,
+        let left = self.trie.get(prefix, get).await?;
+        let right = self.trie.checkout(version).get(prefix, get).await?;
+        self.stack.push(Pair {
+            i: crate::Path::new(prefix, self.options.hidden).len() - 1,
             left,
             right,
             skip: false,
-        }];
+        });
+        Ok(())
+    }
+
+    /// The next differing key, `None` when the walk is done. After an error the diff is
+    /// over.
+    pub async fn next(&mut self) -> Result<Option<DiffEntry>, Error> {
+        let result = self.step().await;
+        if result.is_err() {
+            self.stack.clear();
+        }
+        result
+    }
+
+    /// The remaining entries as a stream (it ends after an error).
+    pub fn into_stream(self) -> impl Stream<Item = Result<DiffEntry, Error>> {
+        futures::stream::try_unfold(self, |mut diff| async move {
+            Ok(diff.next().await?.map(|entry| (entry, diff)))
+        })
+    }
+
+    /// All remaining entries.
+    pub async fn collect(mut self) -> Result<Vec<DiffEntry>, Error> {
         let mut out = Vec::new();
-        let emit = |out: &mut Vec<DiffEntry>, left: Option<Node>, right: Option<Node>| {
+        while let Some(entry) = self.next().await? {
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    async fn step(&mut self) -> Result<Option<DiffEntry>, Error> {
+        if let Some((prefix, version)) = self.start.take() {
+            self.open(&prefix, version).await?;
+        }
+        let options = self.options;
+        let entry = |left: Option<Node>, right: Option<Node>| {
             let key = left
                 .as_ref()
                 .or(right.as_ref())
                 .map(|n| n.key().to_string());
-            out.push(DiffEntry {
+            DiffEntry {
                 key: key.unwrap_or_default(),
                 left,
                 right,
-            });
+            }
         };
         while let Some(Pair {
             i,
             left,
             right,
             skip,
-        }) = stack.pop()
+        }) = self.stack.pop()
         {
             if skip || seq(&left) == seq(&right) {
                 continue;
             }
             let (done_left, done_right) = (done(&left, i), done(&right, i));
             if done_left && done_right {
-                emit(&mut out, left, right);
-                continue;
+                return Ok(Some(entry(left, right)));
             }
             if right.is_none() && left.is_some() && options.skip_right_null {
                 continue;
@@ -199,6 +264,7 @@ impl Hypertrie {
             if right.is_some() && left.is_none() && options.skip_left_null {
                 continue;
             }
+            let stack = &mut self.stack;
             let left_val = left.as_ref().map_or(5, |n| n.path.symbol(i) as usize);
             let right_val = right.as_ref().map_or(6, |n| n.path.symbol(i) as usize);
             let (left_bucket, right_bucket) = (bucket(&left, i), bucket(&right, i));
@@ -212,11 +278,11 @@ impl Hypertrie {
                 let (mut left_len, mut right_len) = (len, len);
                 if left_seq != right_seq {
                     if !done_left && left_seq != 0 && not_in_bucket(j, left_seq, &right_bucket) {
-                        pair_at(&mut stack, left_len, i + 1).left = left.clone();
+                        pair_at(stack, left_len, i + 1).left = left.clone();
                         left_len += 1;
                     }
                     if !done_right && right_seq != 0 && not_in_bucket(j, right_seq, &left_bucket) {
-                        pair_at(&mut stack, right_len, i + 1).right = right.clone();
+                        pair_at(stack, right_len, i + 1).right = right.clone();
                         right_len += 1;
                     }
                 }
@@ -231,7 +297,7 @@ impl Hypertrie {
                         if seq != right_seq && not_in_bucket(j, seq, &right_bucket) {
                             let at = left_len;
                             left_len += 1;
-                            let top = pair_at(&mut stack, at, i + 1);
+                            let top = pair_at(stack, at, i + 1);
                             if push_left || top.right.is_some() {
                                 loads.push(Load {
                                     at,
@@ -255,7 +321,7 @@ impl Hypertrie {
                         if seq != left_seq && not_in_bucket(j, seq, &left_bucket) {
                             let at = right_len;
                             right_len += 1;
-                            let top = pair_at(&mut stack, at, i + 1);
+                            let top = pair_at(stack, at, i + 1);
                             if push_right || top.left.is_some() {
                                 loads.push(Load {
                                     at,
@@ -271,15 +337,15 @@ impl Hypertrie {
                 let end = stack.len();
                 if is_checkpoint(i) && end > len {
                     if loads.is_empty() {
-                        untangle(&mut stack, len, end);
+                        untangle(stack, len, end);
                     } else {
                         checks.push((len, end));
                     }
                 }
             }
             for load in loads {
-                if let Some(node) = view.load(load.seq).await? {
-                    let pair = &mut stack[load.at];
+                if let Some(node) = self.load(load.seq).await? {
+                    let pair = &mut self.stack[load.at];
                     if load.left {
                         pair.left = Some(node);
                     } else {
@@ -288,14 +354,14 @@ impl Hypertrie {
                 }
             }
             while let Some((start, end)) = checks.pop() {
-                untangle(&mut stack, start, end);
+                untangle(&mut self.stack, start, end);
             }
             if done_left {
-                emit(&mut out, left, None);
+                return Ok(Some(entry(left, None)));
             } else if done_right {
-                emit(&mut out, None, right);
+                return Ok(Some(entry(None, right)));
             }
         }
-        Ok(out)
+        Ok(None)
     }
 }

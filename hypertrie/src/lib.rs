@@ -7,6 +7,7 @@
 mod buckets;
 mod diff;
 mod history;
+mod mount_versions;
 mod mounts;
 mod node;
 mod path;
@@ -20,8 +21,9 @@ use bytes::Bytes;
 use hypercore::Feed;
 
 pub use buckets::Buckets;
-pub use diff::{DiffEntry, DiffOptions};
+pub use diff::{Diff, DiffEntry, DiffOptions};
 pub use history::HistoryOptions;
+pub use mount_versions::{ChangeKind, MountDiffEntry, MountHistoryEntry, MountPoint};
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;

@@ -236,6 +236,7 @@ async fn the_js_operations_give_the_js_blocks() {
 
     let diff: Vec<Value> = trie
         .diff(5, "", hypertrie::DiffOptions::default())
+        .collect()
         .await
         .unwrap()
         .iter()

@@ -233,6 +233,7 @@ async fn run_rust(steps: &[Value]) -> (Vec<String>, Vec<Value>) {
                         step["prefix"].as_str().unwrap(),
                         options,
                     )
+                    .collect()
                     .await
                     .unwrap();
                 let seq = |n: &Option<hypertrie::Node>| n.as_ref().map_or(0, |n| n.seq);
