@@ -142,6 +142,51 @@ fn untangle(stack: &mut Vec<Pair>, start: usize, end: usize) {
     }
 }
 
+/// Where a diff resumes: the pairs of nodes it has still to compare, encoded as JS's
+/// `diff.checkpoint()` encodes them (per pair, from the bottom of the stack: varints of
+/// the path position and the left and right seqs, 0 for none), so the bytes of either
+/// side resume on the other.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DiffCheckpoint(Vec<u8>);
+
+impl DiffCheckpoint {
+    /// A checkpoint from its bytes (checked when a diff resumes from it).
+    pub fn from_bytes(bytes: Vec<u8>) -> DiffCheckpoint {
+        DiffCheckpoint(bytes)
+    }
+
+    /// The encoded checkpoint.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The `(position, left seq, right seq)` triples.
+    fn decode(&self) -> Result<Vec<(u64, u64, u64)>, Error> {
+        let next = |at: &mut usize, what: &str| -> Result<u64, Error> {
+            let (v, n) = varint::decode(&self.0[*at..]).map_err(|e| Error::Checkpoint {
+                reason: format!("the {what} at byte {at}: {e}"),
+            })?;
+            *at += n;
+            Ok(v)
+        };
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < self.0.len() {
+            let i = next(&mut at, "position")?;
+            let left = next(&mut at, "left seq")?;
+            out.push((i, left, next(&mut at, "right seq")?));
+        }
+        Ok(out)
+    }
+}
+
+/// How a diff starts: from a prefix, or from a checkpoint.
+#[derive(Debug)]
+enum Start {
+    Prefix { prefix: String, version: u64 },
+    Checkpoint(DiffCheckpoint),
+}
+
 /// A diff between two versions of a trie, walked one entry at a time
 /// ([`Hypertrie::diff`]).
 #[derive(Debug)]
@@ -150,8 +195,8 @@ pub struct Diff {
     options: DiffOptions,
     /// Nodes are loaded from blocks below this (both versions' blocks).
     len: u64,
-    /// Set until the walk starts: the prefix and the other version.
-    start: Option<(String, u64)>,
+    /// Set until the walk starts.
+    start: Option<Start>,
     stack: Vec<Pair>,
 }
 
@@ -166,7 +211,23 @@ impl Hypertrie {
             options,
             // Both versions' nodes are blocks of the same feed.
             len: self.version().max(other.version()),
-            start: Some((prefix.to_string(), other.version())),
+            start: Some(Start::Prefix {
+                prefix: prefix.to_string(),
+                version: other.version(),
+            }),
+            stack: Vec::new(),
+        }
+    }
+
+    /// The rest of a diff from `checkpoint` ([`Diff::checkpoint`], here or in JS:
+    /// `trie.diff(checkpointBuffer)`). Its nodes are read from this trie's feed, up to this
+    /// version; the options should be the ones the diff was started with.
+    pub fn diff_from_checkpoint(&self, checkpoint: DiffCheckpoint, options: DiffOptions) -> Diff {
+        Diff {
+            trie: self.clone(),
+            options,
+            len: self.version(),
+            start: Some(Start::Checkpoint(checkpoint)),
             stack: Vec::new(),
         }
     }
@@ -185,21 +246,61 @@ impl Diff {
         Ok(Some(node).filter(|n| !n.is_reset()))
     }
 
-    async fn open(&mut self, prefix: &str, version: u64) -> Result<(), Error> {
+    async fn open(&mut self, start: Start) -> Result<(), Error> {
+        let (prefix, version) = match start {
+            Start::Prefix { prefix, version } => (prefix, version),
+            Start::Checkpoint(checkpoint) => {
+                for (i, left, right) in checkpoint.decode()? {
+                    let i = usize::try_from(i).map_err(|_| Error::Checkpoint {
+                        reason: format!("path position {i}"),
+                    })?;
+                    let left = self.load_or_none(left).await?;
+                    let right = self.load_or_none(right).await?;
+                    self.stack.push(Pair {
+                        i,
+                        left,
+                        right,
+                        skip: false,
+                    });
+                }
+                return Ok(());
+            }
+        };
         let get = GetOptions {
             hidden: self.options.hidden,
             prefix: true,
             closest: false,
         };
-        let left = self.trie.get(prefix, get).await?;
-        let right = self.trie.checkout(version).get(prefix, get).await?;
+        let left = self.trie.get(&prefix, get).await?;
+        let right = self.trie.checkout(version).get(&prefix, get).await?;
         self.stack.push(Pair {
-            i: crate::Path::new(prefix, self.options.hidden).len() - 1,
+            i: crate::Path::new(&prefix, self.options.hidden).len() - 1,
             left,
             right,
             skip: false,
         });
         Ok(())
+    }
+
+    /// The node at `seq`; none for 0 (JS `getBySeq`).
+    async fn load_or_none(&self, seq: u64) -> Result<Option<Node>, Error> {
+        match seq {
+            0 => Ok(None),
+            seq => self.load(seq).await,
+        }
+    }
+
+    /// Where the diff stands: [`Hypertrie::diff_from_checkpoint`] resumes from it and
+    /// yields the entries this diff has not yet yielded. Before the first
+    /// [`Diff::next`] it is empty (nothing to resume), as in JS.
+    pub fn checkpoint(&self) -> DiffCheckpoint {
+        let mut out = Vec::new();
+        for pair in self.stack.iter().filter(|p| !p.skip) {
+            out.extend_from_slice(&varint::encode(pair.i as u64));
+            out.extend_from_slice(&varint::encode(seq(&pair.left)));
+            out.extend_from_slice(&varint::encode(seq(&pair.right)));
+        }
+        DiffCheckpoint(out)
     }
 
     /// The next differing key, `None` when the walk is done. After an error the diff is
@@ -229,8 +330,8 @@ impl Diff {
     }
 
     async fn step(&mut self) -> Result<Option<DiffEntry>, Error> {
-        if let Some((prefix, version)) = self.start.take() {
-            self.open(&prefix, version).await?;
+        if let Some(start) = self.start.take() {
+            self.open(start).await?;
         }
         let options = self.options;
         let entry = |left: Option<Node>, right: Option<Node>| {

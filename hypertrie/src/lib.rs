@@ -21,7 +21,7 @@ use bytes::Bytes;
 use hypercore::Feed;
 
 pub use buckets::Buckets;
-pub use diff::{Diff, DiffEntry, DiffOptions};
+pub use diff::{Diff, DiffCheckpoint, DiffEntry, DiffOptions};
 pub use history::HistoryOptions;
 pub use mount_versions::{ChangeKind, MountDiffEntry, MountHistoryEntry, MountPoint};
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
@@ -67,6 +67,12 @@ pub enum Error {
         path: String,
         /// Mounts followed.
         depth: usize,
+    },
+    /// A diff checkpoint that does not decode.
+    #[error("a diff checkpoint does not decode: {reason}")]
+    Checkpoint {
+        /// Why.
+        reason: String,
     },
     /// A key that cannot be written.
     #[error("cannot put the key {key:?}: {reason}")]

@@ -13,9 +13,12 @@
 //   {"op": "get", "key": K, "hidden": B}
 //   {"op": "diff", "version": V, "prefix": P, "hidden": B}  (current against checkout(V))
 //   {"op": "history", "gte"|"gt": N, "lte"|"lt": N, "reverse": B}  (each bound optional)
+//   {"op": "diffResume", "version": V, "prefix": P, "hidden": B, "after": N}  (a diff's
+//      checkpoint after N entries, and the diff resumed from it)
 // It prints one JSON line: {"blocks": [HEX, ...], "results": [...]}, a result per step
 // (the seqs a write returned, the keys a list returned, the seq a get found or null, the
-// [key, left seq, right seq] of each diff entry, 0 for none, the seqs a history read).
+// [key, left seq, right seq] of each diff entry, 0 for none, the seqs a history read,
+// [checkpoint hex, entries before it, entries resumed from it] for diffResume).
 const fs = require('fs')
 const hypertrie = require('hypertrie')
 const ram = require('random-access-memory')
@@ -54,6 +57,36 @@ function run (step, cb) {
         next()
       })
       return next()
+    }
+    case 'diffResume': {
+      const opts = () => ({ hidden: step.hidden })
+      const entry = e => [e.key, e.left ? e.left.seq : 0, e.right ? e.right.seq : 0]
+      const first = []
+      const ite = db.diff(step.version, step.prefix, opts())
+      const take = () => {
+        if (first.length >= step.after) return settled()
+        ite.next((err, e) => {
+          if (err) return cb(err)
+          if (!e) return settled()
+          first.push(entry(e))
+          take()
+        })
+      }
+      // The checkpoint is taken once the nodes the last step asked for have loaded.
+      const settled = () => {
+        if (ite._pending) return setImmediate(settled)
+        const checkpoint = ite.checkpoint()
+        const rest = []
+        const resumed = db.diff(checkpoint, step.prefix, opts())
+        const next = () => resumed.next((err, e) => {
+          if (err) return cb(err)
+          if (!e) return cb(null, [checkpoint.toString('hex'), first, rest])
+          rest.push(entry(e))
+          next()
+        })
+        next()
+      }
+      return take()
     }
     case 'history': {
       const opts = { reverse: step.reverse }
