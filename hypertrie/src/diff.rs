@@ -74,13 +74,6 @@ fn not_in_bucket(j: usize, seq: u64, bucket: &[u64]) -> bool {
     !(j..bucket.len()).step_by(5).any(|s| bucket[s] == seq)
 }
 
-fn collides(pair: &Pair) -> bool {
-    match (&pair.left, &pair.right) {
-        (Some(l), Some(r)) if is_checkpoint(pair.i) => l.path.differs(&r.path, pair.i),
-        _ => false,
-    }
-}
-
 /// The pair at `at`, pushed if the stack ends there.
 fn pair_at(stack: &mut Vec<Pair>, at: usize, i: usize) -> &mut Pair {
     if stack.len() == at {
@@ -94,52 +87,44 @@ fn pair_at(stack: &mut Vec<Pair>, at: usize, i: usize) -> &mut Pair {
     &mut stack[at]
 }
 
-/// Pairs `start..end`, pushed for one symbol at checkpoint `i`, share a hash: make sure
-/// no pair joins nodes whose strings differ.
-fn untangle(stack: &mut Vec<Pair>, start: usize, end: usize) {
-    if end - start == 1 {
-        // One pair: by far the usual case (more need a 64-bit SipHash collision).
-        if collides(&stack[start]) {
-            let top = &mut stack[start];
-            let split = Pair {
-                i: top.i,
-                left: None,
-                right: top.right.take(),
-                skip: top.skip,
-            };
-            stack.push(split);
-        }
+/// Pairs `start..end`, pushed for one symbol at checkpoint `i`, hold nodes whose hashes
+/// agree up to `i`: pairs them again so that each pair joins nodes with the same component
+/// string there, the unmatched ones in pairs of their own. Without a 64-bit SipHash
+/// collision there is at most one pair, already right, and nothing moves.
+///
+/// JS means to do this, but compares at position `i + 1`, never a checkpoint: it never
+/// splits a pair of different strings (they are then reported as one key, or a node as
+/// both added and removed), and with several pairs its reshuffle may loop forever.
+fn untangle(stack: &mut Vec<Pair>, start: usize, end: usize, i: usize) {
+    let differs = |a: &Node, b: &Node| a.path.differs(&b.path, i);
+    let tangled = match &stack[start..end] {
+        [pair] => matches!((&pair.left, &pair.right), (Some(l), Some(r)) if differs(l, r)),
+        _ => true,
+    };
+    if !tangled {
         return;
     }
-    // Several: pair each right node with the left node of the same string, and give the
-    // unmatched ones pairs of their own. (JS shuffles them in place, in a loop that need
-    // not end; the pairs it aims for are these.)
-    let rights: Vec<Option<Node>> = stack[start..end]
-        .iter_mut()
-        .map(|p| p.right.take())
-        .collect();
-    let mut unmatched = Vec::new();
-    for right in rights.into_iter().flatten() {
-        let slot = stack[start..end].iter_mut().find(|p| {
-            p.right.is_none()
-                && p.left
-                    .as_ref()
-                    .is_some_and(|l| !l.path.differs(&right.path, p.i))
-        });
-        match slot {
-            Some(pair) => pair.right = Some(right),
-            None => unmatched.push(right),
-        }
+    // Pairs marked skip hold no node: they are dropped.
+    let next_i = stack[start].i;
+    let old: Vec<Pair> = stack.drain(start..end).collect();
+    let (lefts, mut rights): (Vec<Option<Node>>, Vec<Option<Node>>) =
+        old.into_iter().map(|p| (p.left, p.right)).unzip();
+    let pair = |left, right| Pair {
+        i: next_i,
+        left,
+        right,
+        skip: false,
+    };
+    let mut pairs = Vec::new();
+    for left in lefts.into_iter().flatten() {
+        let matched = rights
+            .iter_mut()
+            .find(|r| r.as_ref().is_some_and(|r| !differs(&left, r)))
+            .and_then(Option::take);
+        pairs.push(pair(Some(left), matched));
     }
-    let (i, skip) = (stack[start].i, stack[start].skip);
-    for right in unmatched {
-        stack.push(Pair {
-            i,
-            left: None,
-            right: Some(right),
-            skip,
-        });
-    }
+    pairs.extend(rights.into_iter().flatten().map(|r| pair(None, Some(r))));
+    stack.splice(start..start, pairs);
 }
 
 /// Where a diff resumes: the pairs of nodes it has still to compare, encoded as JS's
@@ -370,7 +355,7 @@ impl Diff {
             let right_val = right.as_ref().map_or(6, |n| n.path.symbol(i) as usize);
             let (left_bucket, right_bucket) = (bucket(&left, i), bucket(&right, i));
             let mut loads: Vec<Load> = Vec::new();
-            // Collision checks wait for the loads issued before them, as in JS.
+            // Pair ranges to check for collisions once their nodes have loaded.
             let mut checks: Vec<(usize, usize)> = Vec::new();
             for j in 0..=END as usize {
                 let left_seq = if left_val == j { seq(&left) } else { 0 };
@@ -437,11 +422,7 @@ impl Diff {
                 }
                 let end = stack.len();
                 if is_checkpoint(i) && end > len {
-                    if loads.is_empty() {
-                        untangle(stack, len, end);
-                    } else {
-                        checks.push((len, end));
-                    }
+                    checks.push((len, end));
                 }
             }
             for load in loads {
@@ -454,8 +435,9 @@ impl Diff {
                     }
                 }
             }
+            // From the last range: re-pairing one moves only the pairs above it.
             while let Some((start, end)) = checks.pop() {
-                untangle(&mut self.stack, start, end);
+                untangle(&mut self.stack, start, end, i);
             }
             if done_left {
                 return Ok(Some(entry(left, None)));

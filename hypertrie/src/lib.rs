@@ -5,6 +5,8 @@
 //! blocks on its way.
 
 mod buckets;
+#[cfg(test)]
+mod collisions;
 mod diff;
 mod history;
 mod mount_versions;
@@ -530,26 +532,34 @@ impl<'a> View<'a> {
             let v = path.symbol(i) as usize;
             let hv = h.path.symbol(i) as usize;
             let slots: Vec<(usize, u64)> = h.buckets.slots(i).collect();
+            // At a checkpoint, only branches whose strings differ from ours (the others
+            // are our own path, rebuilt below). JS pushes these once they have loaded,
+            // after the head's own push below: in a collision chain the head comes first.
+            let mut colliding = Vec::new();
             for (j, seq) in slots {
                 if j == v && !cp {
                     continue;
                 }
-                // At a checkpoint, only branches whose strings differ from ours (the
-                // others are our own path, rebuilt below).
                 if !cp {
                     push(&mut buckets, i, j, seq);
                 } else if seq != deleted {
                     let other = self.load(seq).await?;
                     if other.is_some_and(|o| o.path.differs(&path, i)) {
-                        push(&mut buckets, i, j, seq);
+                        colliding.push((j, seq));
                     }
                 }
             }
-            if hv == v && !(cp && path.differs(&h.path, i)) {
+            let on_path = hv == v && !(cp && path.differs(&h.path, i));
+            if !on_path {
+                push(&mut buckets, i, hv, h.seq);
+            }
+            for (j, seq) in colliding {
+                push(&mut buckets, i, j, seq);
+            }
+            if on_path {
                 i += 1;
                 continue;
             }
-            push(&mut buckets, i, hv, h.seq);
             if cp {
                 head = self.follow_chain(&h, i, v, &path).await?;
                 i += 1;
@@ -571,6 +581,13 @@ impl<'a> View<'a> {
         Ok((node, head))
     }
 
+    /// The node a delete of `key` appends (spec §6.4): a copy of the deepest other branch
+    /// along the key's path that no longer links the key, or a reset node.
+    ///
+    /// Where hashes collide this departs from JS, which ignores collision chains here: a
+    /// delete there is a no-op for a key behind a colliding one, and drops both keys
+    /// when deleting the other. This walk follows the chains as `get` does, and counts
+    /// colliding keys in them as neighbours; without collisions both are the same.
     async fn del(&mut self, key: &str, hidden: bool) -> Result<Option<Node>, Error> {
         let target = Path::new(key, hidden);
         let Some(mut h) = self.head().await? else {
@@ -579,19 +596,28 @@ impl<'a> View<'a> {
         let mut closest = 0;
         for i in 0..target.len() {
             let v = target.symbol(i) as usize;
-            if h.path.symbol(i) as usize == v {
-                if let Some((_, seq)) = h.buckets.slots(i).find(|&(j, _)| j != v) {
+            let cp = is_checkpoint(i);
+            if h.path.symbol(i) as usize == v && !(cp && target.differs(&h.path, i)) {
+                // At a checkpoint, slots of our own symbol hold keys whose hashes collide
+                // with ours (always empty without collisions): neighbours too.
+                let neighbour = h.buckets.slots(i).find(|&(j, _)| j != v || cp);
+                if let Some((_, seq)) = neighbour {
                     closest = seq;
                 }
                 continue;
             }
-            match h.buckets.get(i, v) {
-                Some(seq) => {
+            let next = if cp {
+                self.follow_chain(&h.clone(), i, v, &target).await?
+            } else {
+                match h.buckets.get(i, v) {
+                    Some(seq) => self.load(seq).await?,
+                    None => return Ok(None),
+                }
+            };
+            match next {
+                Some(next) => {
                     closest = h.seq;
-                    match self.load(seq).await? {
-                        Some(next) => h = next,
-                        None => return Ok(None),
-                    }
+                    h = next;
                 }
                 None => return Ok(None),
             }

@@ -3,7 +3,10 @@
 // Runs a workload against real JS hypertrie@5.1.3 on a RAM feed and prints what it wrote,
 // for hyperd's trie compatibility test (tests/tests/js_trie.rs).
 //
-//   node trie-tool.js WORKLOAD.json
+//   node trie-tool.js WORKLOAD.json [--collide]
+//
+// --collide hashes a key component `#collide:<group>:<name>` as `#collide:<group>`, as
+// hyperd's test builds do (hypertrie/src/path.rs), to force 64-bit hash collisions.
 //
 // The workload is a JSON array of steps:
 //   {"op": "put", "key": K, "value": HEX, "hidden": B, "flags": N}
@@ -22,6 +25,7 @@
 const fs = require('fs')
 const hypertrie = require('hypertrie')
 const ram = require('random-access-memory')
+const siphash24 = require('siphash24-universal')
 
 function fail (err) {
   console.log(JSON.stringify({ ok: false, error: String(err && err.stack ? err.stack : err) }))
@@ -29,7 +33,22 @@ function fail (err) {
 }
 
 const steps = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'))
-const db = hypertrie(ram, { valueEncoding: 'binary', extension: false })
+const collide = process.argv.includes('--collide')
+const db = hypertrie(ram, { valueEncoding: 'binary', extension: false, hash: collide ? collidingHash : null })
+
+// hypertrie's own hash (lib/node.js), but `#collide:<group>:<name>` hashes as
+// `#collide:<group>`.
+function collidingHash (key) {
+  const parts = key.split('/')
+  if (parts[0] === '') parts.shift()
+  if (parts[parts.length - 1] === '') parts.pop()
+  const out = Buffer.alloc(8 * parts.length)
+  parts.forEach((part, i) => {
+    const forced = /^(#collide:[^:]*):/.exec(part)
+    siphash24(out.subarray(8 * i, 8 * i + 8), Buffer.from(forced ? forced[1] : part), Buffer.alloc(16))
+  })
+  return out
+}
 
 function value (hex) { return Buffer.from(hex, 'hex') }
 function seqs (nodes) { return (Array.isArray(nodes) ? nodes : [nodes]).filter(Boolean).map(n => n.seq) }
