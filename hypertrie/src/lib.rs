@@ -8,6 +8,7 @@ mod buckets;
 #[cfg(test)]
 mod collisions;
 mod diff;
+mod extension;
 mod history;
 mod mount_versions;
 mod mounts;
@@ -24,6 +25,7 @@ use hypercore::Feed;
 
 pub use buckets::Buckets;
 pub use diff::{Diff, DiffCheckpoint, DiffEntry, DiffOptions};
+pub use extension::{ExtensionStats, EXTENSION};
 pub use history::HistoryOptions;
 pub use mount_versions::{ChangeKind, MountDiffEntry, MountHistoryEntry, MountPoint};
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
@@ -177,6 +179,8 @@ pub struct Hypertrie {
     version: Option<u64>,
     /// Writers hold it from reading the head to appending (spec §6.2).
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// The feed's `hypertrie` extension, when opened with a replicator.
+    extension: Option<Arc<extension::Service>>,
 }
 
 impl std::fmt::Debug for Hypertrie {
@@ -196,6 +200,7 @@ impl Hypertrie {
             feed,
             version: None,
             lock: Arc::new(tokio::sync::Mutex::new(())),
+            extension: None,
         };
         if trie.feed.writable() && trie.feed.is_empty() {
             let _guard = trie.lock.lock().await;
@@ -225,9 +230,8 @@ impl Hypertrie {
     /// A read-only view of version `version` (0 counts as 1, the empty trie).
     pub fn checkout(&self, version: u64) -> Hypertrie {
         Hypertrie {
-            feed: self.feed.clone(),
             version: Some(version.max(1)),
-            lock: self.lock.clone(),
+            ..self.clone()
         }
     }
 
@@ -252,7 +256,9 @@ impl Hypertrie {
 
     /// The node for `key`.
     pub async fn get(&self, key: &str, options: GetOptions) -> Result<Option<Node>, Error> {
-        View::new(self, self.version()).get(key, options).await
+        let mut view = View::new(self, self.version());
+        view.asking = extension::Asking::get(self, view.version, key, options.hidden);
+        view.get(key, options).await
     }
 
     /// Puts `value` at `key`; returns the appended node.
@@ -333,7 +339,9 @@ impl Hypertrie {
 
     /// The nodes under `prefix`, in hash order (a key before its descendants).
     pub async fn list(&self, prefix: &str, options: ListOptions) -> Result<Vec<Node>, Error> {
-        View::new(self, self.version()).list(prefix, options).await
+        let mut view = View::new(self, self.version());
+        view.asking = extension::Asking::iterator(self, view.version, prefix, options);
+        view.list(prefix, options).await
     }
 
     fn check_writable(&self) -> Result<(), Error> {
@@ -367,6 +375,16 @@ impl Hypertrie {
 
     async fn load(&self, seq: u64) -> Result<Node, Error> {
         Node::decode(seq, &self.block(seq).await?)
+    }
+
+    /// The node at `seq` if its block is stored here; never waits for peers.
+    async fn load_stored(&self, seq: u64) -> Result<Node, Error> {
+        let block = self
+            .feed
+            .get_with(seq, hypercore::GetOptions::no_wait())
+            .await
+            .map_err(|source| self.feed_error(source))?;
+        Node::decode(seq, &block)
     }
 
     fn feed_error(&self, source: hypercore::Error) -> Error {
@@ -403,6 +421,11 @@ struct View<'a> {
     pending: Vec<Node>,
     /// Nodes loaded during this operation.
     cache: HashMap<u64, Node>,
+    /// Answering a peer's lookup: read stored blocks only, and note every seq the lookup
+    /// touches where JS's `onseq` would (JS `{wait: false, onseq}`).
+    touched: Option<Vec<u64>>,
+    /// What to ask peers for when a block has to come from the network.
+    asking: Option<extension::Asking>,
 }
 
 impl<'a> View<'a> {
@@ -412,6 +435,15 @@ impl<'a> View<'a> {
             version,
             pending: Vec::new(),
             cache: HashMap::new(),
+            touched: None,
+            asking: None,
+        }
+    }
+
+    /// Notes `seq` as touched, when answering a peer.
+    fn touch(&mut self, seq: u64) {
+        if let Some(touched) = &mut self.touched {
+            touched.push(seq);
         }
     }
 
@@ -438,7 +470,10 @@ impl<'a> View<'a> {
                 reason: format!("a pointer past the trie's version {}", self.len()),
             });
         }
-        let node = self.trie.load(seq).await?;
+        let node = match self.touched {
+            Some(_) => self.trie.load_stored(seq).await?,
+            None => self.trie.load(seq).await?,
+        };
         self.cache.insert(seq, node.clone());
         Ok(Some(node).filter(|n| !n.is_reset()))
     }
@@ -464,6 +499,8 @@ impl<'a> View<'a> {
         let mut found = None;
         let chain: Vec<u64> = node.buckets.chain(i, v).collect();
         for seq in chain {
+            self.touch(seq);
+            self.ask_before(seq, None);
             if let Some(candidate) = self.load(seq).await? {
                 if !candidate.path.differs(target, i) {
                     found = Some(candidate);
@@ -475,7 +512,12 @@ impl<'a> View<'a> {
 
     async fn get(&mut self, key: &str, options: GetOptions) -> Result<Option<Node>, Error> {
         let target = Path::new(key, options.hidden);
-        let Some(mut h) = self.head().await? else {
+        let Some(head) = self.len().checked_sub(1).filter(|&h| h > 0) else {
+            return Ok(None);
+        };
+        self.touch(head);
+        self.ask_before(head, None);
+        let Some(mut h) = self.load(head).await? else {
             return Ok(None);
         };
         let len = target.len() - usize::from(options.prefix);
@@ -496,7 +538,7 @@ impl<'a> View<'a> {
                 continue;
             }
             match h.buckets.get(i, v as usize) {
-                Some(seq) => match self.load(seq).await? {
+                Some(seq) => match self.step(seq).await? {
                     Some(next) => h = next,
                     None => return Ok(None),
                 },
@@ -647,62 +689,170 @@ impl<'a> View<'a> {
         Ok(Some(node))
     }
 
+    /// Loads `seq`, the next node of a lookup: touched, and asked for if missing.
+    async fn step(&mut self, seq: u64) -> Result<Option<Node>, Error> {
+        self.touch(seq);
+        self.ask_before(seq, None);
+        self.load(seq).await
+    }
+
     async fn list(&mut self, prefix: &str, options: ListOptions) -> Result<Vec<Node>, Error> {
-        // Pushed in this order onto a stack, so visited in the reverse.
-        let order: [u8; 5] = if options.reverse {
-            [END, 0, 1, 2, 3]
-        } else {
-            [3, 2, 1, 0, END]
-        };
-        let target = Path::new(prefix, options.hidden);
-        let start = target.len() - 1;
-        let end = if options.recursive {
-            usize::MAX
-        } else {
-            start + 32
-        };
-        let first = self
-            .get(
-                prefix,
-                GetOptions {
-                    hidden: options.hidden,
-                    prefix: true,
-                    closest: false,
-                },
-            )
-            .await?;
+        let mut walk = Walk::open(self, prefix, options, None).await?;
         let mut out = Vec::new();
-        let mut stack: Vec<(usize, Node)> = first.into_iter().map(|n| (start, n)).collect();
-        while let Some((i, node)) = stack.pop() {
-            if i >= node.path.len().min(end) {
-                if !node.is_reset() {
-                    out.push(node);
-                }
-                continue;
-            }
-            for &s in &order {
-                if s == END && options.gt && i == start {
-                    continue;
-                }
-                let before = stack.len();
-                if node.path.symbol(i) == s {
-                    stack.push((i + 1, node.clone()));
-                }
-                let chain: Vec<u64> = (s as usize..)
-                    .step_by(5)
-                    .take_while(|&slot| slot < 64)
-                    .filter_map(|slot| node.buckets.get(i, slot))
-                    .collect();
-                for seq in chain {
-                    // A reset node stands for nothing here (JS would fail on it).
-                    if let Some(next) = self.load(seq).await? {
-                        stack.push((i + 1, next));
-                    }
-                }
-                // Keys whose hashes collide here pop in ascending key order.
-                stack[before..].sort_by(|a, b| b.1.key().cmp(a.1.key()));
-            }
+        while let Some(node) = walk.next(self).await? {
+            out.push(node);
         }
         Ok(out)
+    }
+}
+
+/// A node on a listing's stack, and the path position it continues from. Its node loads
+/// after the step that pushed it.
+#[derive(Debug)]
+struct Entry {
+    i: usize,
+    seq: u64,
+    node: Option<Node>,
+}
+
+/// The stack as JS's iterator checkpoint encodes it: varints of each entry's position and
+/// seq, from the bottom.
+fn encode_checkpoint(stack: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in stack {
+        out.extend_from_slice(&varint::encode(entry.i as u64));
+        out.extend_from_slice(&varint::encode(entry.seq));
+    }
+    out
+}
+
+/// A listing in progress (spec §6.5, JS `lib/iterator.js`).
+struct Walk {
+    /// The prefix's position: where `gt` leaves out the prefix key.
+    start: usize,
+    /// Nodes are emitted at this position (or their end).
+    end: usize,
+    gt: bool,
+    /// Pushed in this order onto the stack, so visited in the reverse.
+    order: [u8; 5],
+    stack: Vec<Entry>,
+}
+
+impl Walk {
+    /// A listing of `prefix`, from the newest node under it, or from the stack of a
+    /// `checkpoint` (JS iterator checkpoints: varint pairs of position and seq).
+    async fn open(
+        view: &mut View<'_>,
+        prefix: &str,
+        options: ListOptions,
+        checkpoint: Option<&[(u64, u64)]>,
+    ) -> Result<Walk, Error> {
+        let start = Path::new(prefix, options.hidden).len() - 1;
+        let get = GetOptions {
+            hidden: options.hidden,
+            prefix: true,
+            closest: false,
+        };
+        let first = view.get(prefix, get).await?;
+        if let Some(extension::Asking::Iterator { opened, .. }) = &mut view.asking {
+            *opened = true;
+        }
+        let mut walk = Walk {
+            start,
+            end: if options.recursive {
+                usize::MAX
+            } else {
+                start + 32
+            },
+            gt: options.gt,
+            order: if options.reverse {
+                [END, 0, 1, 2, 3]
+            } else {
+                [3, 2, 1, 0, END]
+            },
+            stack: Vec::new(),
+        };
+        match checkpoint {
+            None => walk.stack.extend(first.map(|node| Entry {
+                i: start,
+                seq: node.seq,
+                node: Some(node),
+            })),
+            Some(entries) => {
+                for &(i, seq) in entries {
+                    let i = usize::try_from(i).unwrap_or(usize::MAX);
+                    walk.push(view, i, seq);
+                }
+                walk.load(view, 0).await?;
+            }
+        }
+        Ok(walk)
+    }
+
+    /// Pushes `seq` to be loaded, as JS's `_push` does: touched, and asked for if
+    /// missing (with the stack as it is now).
+    fn push(&mut self, view: &mut View<'_>, i: usize, seq: u64) {
+        self.stack.push(Entry { i, seq, node: None });
+        view.touch(seq);
+        if let Some(extension::Asking::Iterator { missing, .. }) = &mut view.asking {
+            *missing = missing.saturating_sub(1);
+        }
+        view.ask_before(seq, Some(&self.stack));
+    }
+
+    /// Loads the entries from `from` up; reset nodes stand for nothing and go (JS would
+    /// fail on them).
+    async fn load(&mut self, view: &mut View<'_>, from: usize) -> Result<(), Error> {
+        for at in from..self.stack.len() {
+            if self.stack[at].node.is_none() {
+                self.stack[at].node = view.load(self.stack[at].seq).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next node, in hash order (a key before its descendants).
+    async fn next(&mut self, view: &mut View<'_>) -> Result<Option<Node>, Error> {
+        while let Some(top) = self.stack.pop() {
+            // Entries without a node were dropped when their step's loads finished.
+            let Some(node) = top.node else { continue };
+            let i = top.i;
+            if i >= node.path.len().min(self.end) {
+                return Ok(Some(node));
+            }
+            let base = self.stack.len();
+            let mut collisions = Vec::new();
+            for s in self.order {
+                if s == END && self.gt && i == self.start {
+                    continue;
+                }
+                let before = self.stack.len();
+                if node.path.symbol(i) == s {
+                    self.stack.push(Entry {
+                        i: i + 1,
+                        seq: node.seq,
+                        node: Some(node.clone()),
+                    });
+                }
+                for slot in (s as usize..64).step_by(5) {
+                    if let Some(seq) = node.buckets.get(i, slot) {
+                        self.push(view, i + 1, seq);
+                    }
+                }
+                if self.stack.len() - before > 1 {
+                    collisions.push((before, self.stack.len()));
+                }
+            }
+            self.load(view, base).await?;
+            // Keys whose hashes collide here pop in ascending key order.
+            for (from, to) in collisions {
+                let key = |e: &Entry| e.node.as_ref().map(|n| n.key().to_string());
+                self.stack[from..to].sort_by_key(|e| std::cmp::Reverse(key(e)));
+            }
+            let pushed = self.stack.split_off(base);
+            self.stack
+                .extend(pushed.into_iter().filter(|e| e.node.is_some()));
+        }
+        Ok(None)
     }
 }
