@@ -291,7 +291,7 @@ impl MountableTrie {
                         key,
                         source: Box::new(source),
                     })?;
-                let trie = Hypertrie::open(core.feed().clone(), OpenOptions::default()).await?;
+                let trie = Hypertrie::open_replicated(&core, OpenOptions::default()).await?;
                 let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
                 open.insert(key, (core, trie.clone()));
                 trie
