@@ -13,6 +13,7 @@ mod mount;
 mod path;
 mod stat;
 mod tags;
+mod versions;
 
 use hypercore::PublicKey;
 
@@ -21,6 +22,7 @@ pub use file::WriteOptions;
 pub use mount::MountOptions;
 pub use path::key_of;
 pub use stat::{MetadataEntry, Stat, StatMount, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+pub use versions::{DriveChange, HistoryEntry, HistoryOptions};
 
 /// Largest content block: bigger buffers are cut (JS `hypercore-byte-stream`'s limit).
 pub const MAX_BLOCK: usize = 512 << 10;
