@@ -1,8 +1,12 @@
 //! Hypertrie 5 (spec trie.md): a single-writer key/value trie stored as a hypercore, one
 //! node per block, byte-compatible with JS hypertrie 5.1. Each put or delete appends a
 //! node that is the root of a new immutable version, so every past version stays
-//! readable ([`Hypertrie::checkout`]). Works on sparse feeds: a lookup fetches only the
-//! blocks on its way.
+//! readable ([`Hypertrie::checkout`], [`Hypertrie::snapshot`]), and versions can be
+//! compared ([`Hypertrie::diff`], resumable from checkpoints), replayed
+//! ([`Hypertrie::history`]) and watched ([`Hypertrie::watch`]). Works on sparse feeds: a
+//! lookup fetches only the blocks on its way, in one go when peers speak the `hypertrie`
+//! extension ([`Hypertrie::open_replicated`]). [`MountableTrie`] follows mounts of other
+//! tries (mountable-hypertrie 2.8), for lookups, listings, diffs, history and watches.
 
 mod buckets;
 #[cfg(test)]
