@@ -69,7 +69,7 @@ impl Path {
         false
     }
 
-    /// The symbol at position `i` (0–3 from the hash, [`END`] past it).
+    /// The symbol at position `i` (0–3 from the hash, 4 past it: `END`).
     pub fn symbol(&self, i: usize) -> u8 {
         if i == 0 {
             return u8::from(self.hidden);
