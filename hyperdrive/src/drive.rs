@@ -96,11 +96,11 @@ impl Drive {
                 metadata: Some(core.feed().key().as_bytes().to_vec()),
                 subtype: Some(SUBTYPE.to_string()),
             };
-            let trie = Hypertrie::open(feed, header).await?;
+            let trie = Hypertrie::open_replicated(&metadata, header).await?;
             let _ = content.set(core);
             trie
         } else {
-            Hypertrie::open(feed, OpenOptions::default()).await?
+            Hypertrie::open_replicated(&metadata, OpenOptions::default()).await?
         };
         let drive = Drive {
             trie: MountableTrie::new(trie, store.clone()),

@@ -21,6 +21,7 @@ mod read;
 mod rename;
 mod stat;
 mod tags;
+mod versions;
 mod write;
 
 use hypercore::PublicKey;
@@ -36,6 +37,7 @@ pub use mount::{MountInfo, MountOptions, PathInfo};
 pub use path::key_of;
 pub use read::FileReader;
 pub use stat::{MetadataEntry, Stat, StatMount, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
+pub use versions::{DriveChange, HistoryEntry, HistoryOptions};
 pub use write::{FileWriter, WriteOptions, WRITE_BLOCK};
 
 /// Largest content block: bigger buffers are cut (JS `hypercore-byte-stream`'s limit).

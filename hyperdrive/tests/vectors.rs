@@ -5,7 +5,8 @@
 
 use bytes::Bytes;
 use corestore::{Corestore, CorestoreOptions, MasterKey};
-use hyperdrive::{Drive, DriveOptions, Error, MountOptions, Stat, WriteOptions};
+use futures::TryStreamExt;
+use hyperdrive::{Drive, DriveChange, DriveOptions, Error, MountOptions, Stat, WriteOptions};
 use serde_json::Value;
 
 const NOW: u64 = 1_600_000_000_000;
@@ -162,6 +163,33 @@ async fn the_js_calls_give_the_js_drive() {
         );
     }
     assert_eq!(drive.tagged_version("release").await.unwrap(), Some(15));
+
+    // What changed since version 6, as JS's createDiffStream(6) reports it, in order.
+    let changes: Vec<DriveChange> = drive.diff(6, "/").try_collect().await.unwrap();
+    let described: Vec<Value> = changes
+        .iter()
+        .map(|change| match change {
+            DriveChange::Put {
+                path, stat, seq, ..
+            } => serde_json::json!({
+                "type": "put",
+                "name": path,
+                "seq": seq,
+                "value": { "mode": format!("0o{:o}", stat.mode), "size": stat.size },
+            }),
+            DriveChange::Del { path, previous } => {
+                serde_json::json!({ "type": "del", "name": path, "previousSeq": previous })
+            }
+            DriveChange::Mount { path, key, .. } => {
+                assert_eq!(*key, sub.key(), "{path}");
+                serde_json::json!({ "type": "mount", "name": path })
+            }
+            DriveChange::Unmount { path, .. } => {
+                serde_json::json!({ "type": "unmount", "name": path })
+            }
+        })
+        .collect();
+    assert_eq!(Value::Array(described), v["queries"]["createDiffStream(6)"]);
     let js_content = v["contentFeed"]["blocks"].as_array().unwrap();
     let content_feed = drive.content_feed().await.unwrap();
     let content = hexes(content_feed, content_feed.len()).await;

@@ -1,11 +1,20 @@
 //! Hypertrie 5 (spec trie.md): a single-writer key/value trie stored as a hypercore, one
 //! node per block, byte-compatible with JS hypertrie 5.1. Each put or delete appends a
 //! node that is the root of a new immutable version, so every past version stays
-//! readable ([`Hypertrie::checkout`]). Works on sparse feeds: a lookup fetches only the
-//! blocks on its way.
+//! readable ([`Hypertrie::checkout`], [`Hypertrie::snapshot`]), and versions can be
+//! compared ([`Hypertrie::diff`], resumable from checkpoints), replayed
+//! ([`Hypertrie::history`]) and watched ([`Hypertrie::watch`]). Works on sparse feeds: a
+//! lookup fetches only the blocks on its way, in one go when peers speak the `hypertrie`
+//! extension ([`Hypertrie::open_replicated`]). [`MountableTrie`] follows mounts of other
+//! tries (mountable-hypertrie 2.8), for lookups, listings, diffs, history and watches.
 
 mod buckets;
+#[cfg(test)]
+mod collisions;
 mod diff;
+mod extension;
+mod history;
+mod mount_versions;
 mod mounts;
 mod node;
 mod path;
@@ -19,7 +28,10 @@ use bytes::Bytes;
 use hypercore::Feed;
 
 pub use buckets::Buckets;
-pub use diff::{DiffEntry, DiffOptions};
+pub use diff::{Diff, DiffCheckpoint, DiffEntry, DiffOptions};
+pub use extension::{ExtensionStats, EXTENSION};
+pub use history::HistoryOptions;
+pub use mount_versions::{ChangeKind, MountDiffEntry, MountHistoryEntry, MountPoint};
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
@@ -63,6 +75,12 @@ pub enum Error {
         path: String,
         /// Mounts followed.
         depth: usize,
+    },
+    /// A diff checkpoint that does not decode.
+    #[error("a diff checkpoint does not decode: {reason}")]
+    Checkpoint {
+        /// Why.
+        reason: String,
     },
     /// A key that cannot be written.
     #[error("cannot put the key {key:?}: {reason}")]
@@ -165,6 +183,8 @@ pub struct Hypertrie {
     version: Option<u64>,
     /// Writers hold it from reading the head to appending (spec §6.2).
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// The feed's `hypertrie` extension, when opened with a replicator.
+    extension: Option<Arc<extension::Service>>,
 }
 
 impl std::fmt::Debug for Hypertrie {
@@ -184,6 +204,7 @@ impl Hypertrie {
             feed,
             version: None,
             lock: Arc::new(tokio::sync::Mutex::new(())),
+            extension: None,
         };
         if trie.feed.writable() && trie.feed.is_empty() {
             let _guard = trie.lock.lock().await;
@@ -213,9 +234,8 @@ impl Hypertrie {
     /// A read-only view of version `version` (0 counts as 1, the empty trie).
     pub fn checkout(&self, version: u64) -> Hypertrie {
         Hypertrie {
-            feed: self.feed.clone(),
             version: Some(version.max(1)),
-            lock: self.lock.clone(),
+            ..self.clone()
         }
     }
 
@@ -245,7 +265,9 @@ impl Hypertrie {
 
     /// The node for `key`.
     pub async fn get(&self, key: &str, options: GetOptions) -> Result<Option<Node>, Error> {
-        View::new(self, self.version()).get(key, options).await
+        let mut view = View::new(self, self.version());
+        view.asking = extension::Asking::get(self, view.version, key, options.hidden);
+        view.get(key, options).await
     }
 
     /// Puts `value` at `key`; returns the appended node.
@@ -326,19 +348,9 @@ impl Hypertrie {
 
     /// The nodes under `prefix`, in hash order (a key before its descendants).
     pub async fn list(&self, prefix: &str, options: ListOptions) -> Result<Vec<Node>, Error> {
-        View::new(self, self.version()).list(prefix, options).await
-    }
-
-    /// The nodes of blocks `start..end` (clamped to this version), in order; reset nodes
-    /// are left out.
-    pub async fn history(&self, start: u64, end: u64) -> Result<Vec<Node>, Error> {
-        let mut out = Vec::new();
-        for seq in start.max(1)..end.min(self.version()) {
-            if let Some(node) = self.node(seq).await? {
-                out.push(node);
-            }
-        }
-        Ok(out)
+        let mut view = View::new(self, self.version());
+        view.asking = extension::Asking::iterator(self, view.version, prefix, options);
+        view.list(prefix, options).await
     }
 
     fn check_writable(&self) -> Result<(), Error> {
@@ -372,6 +384,16 @@ impl Hypertrie {
 
     async fn load(&self, seq: u64) -> Result<Node, Error> {
         Node::decode(seq, &self.block(seq).await?)
+    }
+
+    /// The node at `seq` if its block is stored here; never waits for peers.
+    async fn load_stored(&self, seq: u64) -> Result<Node, Error> {
+        let block = self
+            .feed
+            .get_with(seq, hypercore::GetOptions::no_wait())
+            .await
+            .map_err(|source| self.feed_error(source))?;
+        Node::decode(seq, &block)
     }
 
     fn feed_error(&self, source: hypercore::Error) -> Error {
@@ -408,6 +430,11 @@ struct View<'a> {
     pending: Vec<Node>,
     /// Nodes loaded during this operation.
     cache: HashMap<u64, Node>,
+    /// Answering a peer's lookup: read stored blocks only, and note every seq the lookup
+    /// touches where JS's `onseq` would (JS `{wait: false, onseq}`).
+    touched: Option<Vec<u64>>,
+    /// What to ask peers for when a block has to come from the network.
+    asking: Option<extension::Asking>,
 }
 
 impl<'a> View<'a> {
@@ -417,6 +444,15 @@ impl<'a> View<'a> {
             version,
             pending: Vec::new(),
             cache: HashMap::new(),
+            touched: None,
+            asking: None,
+        }
+    }
+
+    /// Notes `seq` as touched, when answering a peer.
+    fn touch(&mut self, seq: u64) {
+        if let Some(touched) = &mut self.touched {
+            touched.push(seq);
         }
     }
 
@@ -443,7 +479,10 @@ impl<'a> View<'a> {
                 reason: format!("a pointer past the trie's version {}", self.len()),
             });
         }
-        let node = self.trie.load(seq).await?;
+        let node = match self.touched {
+            Some(_) => self.trie.load_stored(seq).await?,
+            None => self.trie.load(seq).await?,
+        };
         self.cache.insert(seq, node.clone());
         Ok(Some(node).filter(|n| !n.is_reset()))
     }
@@ -469,6 +508,8 @@ impl<'a> View<'a> {
         let mut found = None;
         let chain: Vec<u64> = node.buckets.chain(i, v).collect();
         for seq in chain {
+            self.touch(seq);
+            self.ask_before(seq, None);
             if let Some(candidate) = self.load(seq).await? {
                 if !candidate.path.differs(target, i) {
                     found = Some(candidate);
@@ -480,7 +521,12 @@ impl<'a> View<'a> {
 
     async fn get(&mut self, key: &str, options: GetOptions) -> Result<Option<Node>, Error> {
         let target = Path::new(key, options.hidden);
-        let Some(mut h) = self.head().await? else {
+        let Some(head) = self.len().checked_sub(1).filter(|&h| h > 0) else {
+            return Ok(None);
+        };
+        self.touch(head);
+        self.ask_before(head, None);
+        let Some(mut h) = self.load(head).await? else {
             return Ok(None);
         };
         let len = target.len() - usize::from(options.prefix);
@@ -501,7 +547,7 @@ impl<'a> View<'a> {
                 continue;
             }
             match h.buckets.get(i, v as usize) {
-                Some(seq) => match self.load(seq).await? {
+                Some(seq) => match self.step(seq).await? {
                     Some(next) => h = next,
                     None => return Ok(None),
                 },
@@ -537,26 +583,34 @@ impl<'a> View<'a> {
             let v = path.symbol(i) as usize;
             let hv = h.path.symbol(i) as usize;
             let slots: Vec<(usize, u64)> = h.buckets.slots(i).collect();
+            // At a checkpoint, only branches whose strings differ from ours (the others
+            // are our own path, rebuilt below). JS pushes these once they have loaded,
+            // after the head's own push below: in a collision chain the head comes first.
+            let mut colliding = Vec::new();
             for (j, seq) in slots {
                 if j == v && !cp {
                     continue;
                 }
-                // At a checkpoint, only branches whose strings differ from ours (the
-                // others are our own path, rebuilt below).
                 if !cp {
                     push(&mut buckets, i, j, seq);
                 } else if seq != deleted {
                     let other = self.load(seq).await?;
                     if other.is_some_and(|o| o.path.differs(&path, i)) {
-                        push(&mut buckets, i, j, seq);
+                        colliding.push((j, seq));
                     }
                 }
             }
-            if hv == v && !(cp && path.differs(&h.path, i)) {
+            let on_path = hv == v && !(cp && path.differs(&h.path, i));
+            if !on_path {
+                push(&mut buckets, i, hv, h.seq);
+            }
+            for (j, seq) in colliding {
+                push(&mut buckets, i, j, seq);
+            }
+            if on_path {
                 i += 1;
                 continue;
             }
-            push(&mut buckets, i, hv, h.seq);
             if cp {
                 head = self.follow_chain(&h, i, v, &path).await?;
                 i += 1;
@@ -578,6 +632,13 @@ impl<'a> View<'a> {
         Ok((node, head))
     }
 
+    /// The node a delete of `key` appends (spec §6.4): a copy of the deepest other branch
+    /// along the key's path that no longer links the key, or a reset node.
+    ///
+    /// Where hashes collide this departs from JS, which ignores collision chains here: a
+    /// delete there is a no-op for a key behind a colliding one, and drops both keys
+    /// when deleting the other. This walk follows the chains as `get` does, and counts
+    /// colliding keys in them as neighbours; without collisions both are the same.
     async fn del(&mut self, key: &str, hidden: bool) -> Result<Option<Node>, Error> {
         let target = Path::new(key, hidden);
         let Some(mut h) = self.head().await? else {
@@ -586,19 +647,28 @@ impl<'a> View<'a> {
         let mut closest = 0;
         for i in 0..target.len() {
             let v = target.symbol(i) as usize;
-            if h.path.symbol(i) as usize == v {
-                if let Some((_, seq)) = h.buckets.slots(i).find(|&(j, _)| j != v) {
+            let cp = is_checkpoint(i);
+            if h.path.symbol(i) as usize == v && !(cp && target.differs(&h.path, i)) {
+                // At a checkpoint, slots of our own symbol hold keys whose hashes collide
+                // with ours (always empty without collisions): neighbours too.
+                let neighbour = h.buckets.slots(i).find(|&(j, _)| j != v || cp);
+                if let Some((_, seq)) = neighbour {
                     closest = seq;
                 }
                 continue;
             }
-            match h.buckets.get(i, v) {
-                Some(seq) => {
+            let next = if cp {
+                self.follow_chain(&h.clone(), i, v, &target).await?
+            } else {
+                match h.buckets.get(i, v) {
+                    Some(seq) => self.load(seq).await?,
+                    None => return Ok(None),
+                }
+            };
+            match next {
+                Some(next) => {
                     closest = h.seq;
-                    match self.load(seq).await? {
-                        Some(next) => h = next,
-                        None => return Ok(None),
-                    }
+                    h = next;
                 }
                 None => return Ok(None),
             }
@@ -628,62 +698,170 @@ impl<'a> View<'a> {
         Ok(Some(node))
     }
 
+    /// Loads `seq`, the next node of a lookup: touched, and asked for if missing.
+    async fn step(&mut self, seq: u64) -> Result<Option<Node>, Error> {
+        self.touch(seq);
+        self.ask_before(seq, None);
+        self.load(seq).await
+    }
+
     async fn list(&mut self, prefix: &str, options: ListOptions) -> Result<Vec<Node>, Error> {
-        // Pushed in this order onto a stack, so visited in the reverse.
-        let order: [u8; 5] = if options.reverse {
-            [END, 0, 1, 2, 3]
-        } else {
-            [3, 2, 1, 0, END]
-        };
-        let target = Path::new(prefix, options.hidden);
-        let start = target.len() - 1;
-        let end = if options.recursive {
-            usize::MAX
-        } else {
-            start + 32
-        };
-        let first = self
-            .get(
-                prefix,
-                GetOptions {
-                    hidden: options.hidden,
-                    prefix: true,
-                    closest: false,
-                },
-            )
-            .await?;
+        let mut walk = Walk::open(self, prefix, options, None).await?;
         let mut out = Vec::new();
-        let mut stack: Vec<(usize, Node)> = first.into_iter().map(|n| (start, n)).collect();
-        while let Some((i, node)) = stack.pop() {
-            if i >= node.path.len().min(end) {
-                if !node.is_reset() {
-                    out.push(node);
-                }
-                continue;
-            }
-            for &s in &order {
-                if s == END && options.gt && i == start {
-                    continue;
-                }
-                let before = stack.len();
-                if node.path.symbol(i) == s {
-                    stack.push((i + 1, node.clone()));
-                }
-                let chain: Vec<u64> = (s as usize..)
-                    .step_by(5)
-                    .take_while(|&slot| slot < 64)
-                    .filter_map(|slot| node.buckets.get(i, slot))
-                    .collect();
-                for seq in chain {
-                    // A reset node stands for nothing here (JS would fail on it).
-                    if let Some(next) = self.load(seq).await? {
-                        stack.push((i + 1, next));
-                    }
-                }
-                // Keys whose hashes collide here pop in ascending key order.
-                stack[before..].sort_by(|a, b| b.1.key().cmp(a.1.key()));
-            }
+        while let Some(node) = walk.next(self).await? {
+            out.push(node);
         }
         Ok(out)
+    }
+}
+
+/// A node on a listing's stack, and the path position it continues from. Its node loads
+/// after the step that pushed it.
+#[derive(Debug)]
+struct Entry {
+    i: usize,
+    seq: u64,
+    node: Option<Node>,
+}
+
+/// The stack as JS's iterator checkpoint encodes it: varints of each entry's position and
+/// seq, from the bottom.
+fn encode_checkpoint(stack: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in stack {
+        out.extend_from_slice(&varint::encode(entry.i as u64));
+        out.extend_from_slice(&varint::encode(entry.seq));
+    }
+    out
+}
+
+/// A listing in progress (spec §6.5, JS `lib/iterator.js`).
+struct Walk {
+    /// The prefix's position: where `gt` leaves out the prefix key.
+    start: usize,
+    /// Nodes are emitted at this position (or their end).
+    end: usize,
+    gt: bool,
+    /// Pushed in this order onto the stack, so visited in the reverse.
+    order: [u8; 5],
+    stack: Vec<Entry>,
+}
+
+impl Walk {
+    /// A listing of `prefix`, from the newest node under it, or from the stack of a
+    /// `checkpoint` (JS iterator checkpoints: varint pairs of position and seq).
+    async fn open(
+        view: &mut View<'_>,
+        prefix: &str,
+        options: ListOptions,
+        checkpoint: Option<&[(u64, u64)]>,
+    ) -> Result<Walk, Error> {
+        let start = Path::new(prefix, options.hidden).len() - 1;
+        let get = GetOptions {
+            hidden: options.hidden,
+            prefix: true,
+            closest: false,
+        };
+        let first = view.get(prefix, get).await?;
+        if let Some(extension::Asking::Iterator { opened, .. }) = &mut view.asking {
+            *opened = true;
+        }
+        let mut walk = Walk {
+            start,
+            end: if options.recursive {
+                usize::MAX
+            } else {
+                start + 32
+            },
+            gt: options.gt,
+            order: if options.reverse {
+                [END, 0, 1, 2, 3]
+            } else {
+                [3, 2, 1, 0, END]
+            },
+            stack: Vec::new(),
+        };
+        match checkpoint {
+            None => walk.stack.extend(first.map(|node| Entry {
+                i: start,
+                seq: node.seq,
+                node: Some(node),
+            })),
+            Some(entries) => {
+                for &(i, seq) in entries {
+                    let i = usize::try_from(i).unwrap_or(usize::MAX);
+                    walk.push(view, i, seq);
+                }
+                walk.load(view, 0).await?;
+            }
+        }
+        Ok(walk)
+    }
+
+    /// Pushes `seq` to be loaded, as JS's `_push` does: touched, and asked for if
+    /// missing (with the stack as it is now).
+    fn push(&mut self, view: &mut View<'_>, i: usize, seq: u64) {
+        self.stack.push(Entry { i, seq, node: None });
+        view.touch(seq);
+        if let Some(extension::Asking::Iterator { missing, .. }) = &mut view.asking {
+            *missing = missing.saturating_sub(1);
+        }
+        view.ask_before(seq, Some(&self.stack));
+    }
+
+    /// Loads the entries from `from` up; reset nodes stand for nothing and go (JS would
+    /// fail on them).
+    async fn load(&mut self, view: &mut View<'_>, from: usize) -> Result<(), Error> {
+        for at in from..self.stack.len() {
+            if self.stack[at].node.is_none() {
+                self.stack[at].node = view.load(self.stack[at].seq).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next node, in hash order (a key before its descendants).
+    async fn next(&mut self, view: &mut View<'_>) -> Result<Option<Node>, Error> {
+        while let Some(top) = self.stack.pop() {
+            // Entries without a node were dropped when their step's loads finished.
+            let Some(node) = top.node else { continue };
+            let i = top.i;
+            if i >= node.path.len().min(self.end) {
+                return Ok(Some(node));
+            }
+            let base = self.stack.len();
+            let mut collisions = Vec::new();
+            for s in self.order {
+                if s == END && self.gt && i == self.start {
+                    continue;
+                }
+                let before = self.stack.len();
+                if node.path.symbol(i) == s {
+                    self.stack.push(Entry {
+                        i: i + 1,
+                        seq: node.seq,
+                        node: Some(node.clone()),
+                    });
+                }
+                for slot in (s as usize..64).step_by(5) {
+                    if let Some(seq) = node.buckets.get(i, slot) {
+                        self.push(view, i + 1, seq);
+                    }
+                }
+                if self.stack.len() - before > 1 {
+                    collisions.push((before, self.stack.len()));
+                }
+            }
+            self.load(view, base).await?;
+            // Keys whose hashes collide here pop in ascending key order.
+            for (from, to) in collisions {
+                let key = |e: &Entry| e.node.as_ref().map(|n| n.key().to_string());
+                self.stack[from..to].sort_by_key(|e| std::cmp::Reverse(key(e)));
+            }
+            let pushed = self.stack.split_off(base);
+            self.stack
+                .extend(pushed.into_iter().filter(|e| e.node.is_some()));
+        }
+        Ok(None)
     }
 }

@@ -11,7 +11,7 @@ use crate::{Error, Hypertrie, ListOptions, Node, Op, PutOptions};
 /// The user flag of both nodes of a mount.
 pub const MOUNT_FLAG: u64 = 1;
 /// Where mount records live among the hidden keys.
-const MOUNTS: &str = "mounts";
+pub(crate) const MOUNTS: &str = "mounts";
 
 /// What a mount points to (mountable-hypertrie's `Mount` message).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -127,18 +127,21 @@ impl Hypertrie {
         };
         let mut out = Vec::new();
         for node in self.list(MOUNTS, options).await? {
-            if !node.is_mount() {
-                continue;
+            if node.is_mount() {
+                out.push(record_of(&node)?);
             }
-            let value = node.value.as_deref().unwrap_or_default();
-            let record = MountRecord::decode(value).map_err(|e| Error::Decode {
-                seq: node.seq,
-                reason: format!("the mount record of {:?}: {e}", node.key()),
-            })?;
-            out.push(record);
         }
         Ok(out)
     }
+}
+
+/// The record a hidden mount node holds.
+pub(crate) fn record_of(node: &Node) -> Result<MountRecord, Error> {
+    let value = node.value.as_deref().unwrap_or_default();
+    MountRecord::decode(value).map_err(|e| Error::Decode {
+        seq: node.seq,
+        reason: format!("the mount record of {:?}: {e}", node.key()),
+    })
 }
 
 /// A normalized mount point, refusing the root and `.`/`..` components (JS joins them

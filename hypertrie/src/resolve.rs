@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use corestore::{Core, Corestore};
 use hypercore::PublicKey;
-use prost::Message;
 
 use futures::future::BoxFuture;
 
@@ -16,7 +15,7 @@ use crate::mounts::{normalize_path, MountRecord};
 use crate::{Error, GetOptions, Hypertrie, ListOptions, Node, OpenOptions, PutOptions};
 
 /// Mounts followed in one lookup at most: deeper is a mount loop.
-const MAX_DEPTH: usize = 16;
+pub(crate) const MAX_DEPTH: usize = 16;
 /// Longest wait of a remote trie for what its peers announced before a lookup.
 pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 
@@ -46,17 +45,17 @@ pub struct MountListOptions {
 /// A trie together with the tries mounted in it. Cheap to clone.
 #[derive(Clone)]
 pub struct MountableTrie {
-    trie: Hypertrie,
+    pub(crate) trie: Hypertrie,
     store: Corestore,
     /// Mounted tries opened so far, with the cores that keep them open.
     open: Arc<Mutex<HashMap<PublicKey, (Core, Hypertrie)>>>,
 }
 
 /// Where a path lives: the trie that holds it, its key there, and the outer prefix.
-struct Location {
-    trie: Hypertrie,
-    path: String,
-    outer: String,
+pub(crate) struct Location {
+    pub(crate) trie: Hypertrie,
+    pub(crate) path: String,
+    pub(crate) outer: String,
 }
 
 impl MountableTrie {
@@ -212,7 +211,11 @@ impl MountableTrie {
 
     /// As [`Self::locate`], also entering a mount whose point is `path` itself when
     /// `at_point` (listings do).
-    async fn locate_within(&self, path: &str, at_point: bool) -> Result<Location, Error> {
+    pub(crate) async fn locate_within(
+        &self,
+        path: &str,
+        at_point: bool,
+    ) -> Result<Location, Error> {
         let mut at = Location {
             trie: self.trie.clone(),
             path: normalize_path(path),
@@ -229,7 +232,11 @@ impl MountableTrie {
 
     /// The location of `at.path` inside the mount above it in `at.trie` (or at it, with
     /// `at_point`), if any.
-    async fn descend(&self, at: &Location, at_point: bool) -> Result<Option<Location>, Error> {
+    pub(crate) async fn descend(
+        &self,
+        at: &Location,
+        at_point: bool,
+    ) -> Result<Option<Location>, Error> {
         let hidden_closest = GetOptions {
             hidden: true,
             prefix: false,
@@ -254,13 +261,7 @@ impl MountableTrie {
         if !node.is_mount() {
             return Ok(None);
         }
-        let record =
-            MountRecord::decode(node.value.as_deref().unwrap_or_default()).map_err(|e| {
-                Error::Decode {
-                    seq: node.seq,
-                    reason: format!("the mount record of {point:?}: {e}"),
-                }
-            })?;
+        let record = crate::mounts::record_of(&node)?;
         let trie = self.mounted(&record, point).await?;
         Ok(Some(Location {
             trie,
@@ -282,7 +283,11 @@ impl MountableTrie {
     }
 
     /// The trie a record points to, opened from the store (at its version when pinned).
-    async fn mounted(&self, record: &MountRecord, point: &str) -> Result<Hypertrie, Error> {
+    pub(crate) async fn mounted(
+        &self,
+        record: &MountRecord,
+        point: &str,
+    ) -> Result<Hypertrie, Error> {
         let key = PublicKey::from_slice(&record.key).map_err(|_| Error::InvalidKey {
             key: point.to_string(),
             reason: "its mount record's key is not a public key",
@@ -304,7 +309,7 @@ impl MountableTrie {
                         key,
                         source: Box::new(source),
                     })?;
-                let trie = Hypertrie::open(core.feed().clone(), OpenOptions::default()).await?;
+                let trie = Hypertrie::open_replicated(&core, OpenOptions::default()).await?;
                 let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
                 open.insert(key, (core, trie.clone()));
                 trie
@@ -329,7 +334,7 @@ fn found(mut node: Node, at: Location) -> Resolved {
     }
 }
 
-fn join(outer: &str, inner: &str) -> String {
+pub(crate) fn join(outer: &str, inner: &str) -> String {
     match (outer.is_empty(), inner.is_empty()) {
         (true, _) => inner.to_string(),
         (_, true) => outer.to_string(),
@@ -337,7 +342,7 @@ fn join(outer: &str, inner: &str) -> String {
     }
 }
 
-fn mount_loop(path: &str) -> Error {
+pub(crate) fn mount_loop(path: &str) -> Error {
     Error::MountLoop {
         path: path.to_string(),
         depth: MAX_DEPTH,

@@ -27,28 +27,27 @@ impl Hypertrie {
             if failed {
                 return None;
             }
-            let newest = |trie: &Hypertrie| {
-                let (trie, prefix) = (trie.clone(), prefix.clone());
-                async move { trie.get(&prefix, options).await }
-            };
-            if last.is_none() {
-                match newest(&trie).await {
-                    Ok(node) => last = Some(node.map_or(0, |n| n.seq)),
+            loop {
+                // The length before looking: an append while we look ends the wait below.
+                let looked_at = trie.feed.len();
+                match trie.get(&prefix, options).await {
+                    Ok(node) => {
+                        let seq = node.as_ref().map_or(0, |n| n.seq);
+                        match (last, node) {
+                            // The first look only says where we start from.
+                            (None, _) => last = Some(seq),
+                            (Some(seen), Some(node)) if seq > seen => {
+                                last = Some(seq);
+                                return Some((Ok(node), (trie, prefix, last, false)));
+                            }
+                            _ => {}
+                        }
+                    }
                     Err(e) => return Some((Err(e), (trie, prefix, last, true))),
                 }
-            }
-            loop {
-                if let Err(source) = trie.feed.update(None, None).await {
+                if let Err(source) = trie.feed.update(Some(looked_at + 1), None).await {
                     let error = trie.feed_error(source);
                     return Some((Err(error), (trie, prefix, last, true)));
-                }
-                match newest(&trie).await {
-                    Ok(Some(node)) if Some(node.seq) > last => {
-                        last = Some(node.seq);
-                        return Some((Ok(node), (trie, prefix, last, false)));
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Some((Err(e), (trie, prefix, last, true))),
                 }
             }
         })

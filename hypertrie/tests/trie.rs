@@ -1,4 +1,5 @@
-//! Behaviour beyond the JS vectors: reset nodes inside a trie, refused keys, checkouts.
+//! Behaviour beyond the JS vectors: reset nodes inside a trie, refused keys, checkouts,
+//! watches.
 #![allow(clippy::unwrap_used)]
 
 use hypercore::storage::MemoryStorage;
@@ -82,4 +83,30 @@ async fn empty_keys_are_refused_and_checkouts_are_read_only() {
         "{err}"
     );
     assert!(err.to_string().contains("checkout"), "{err}");
+}
+
+#[tokio::test]
+async fn a_watch_sees_changes_made_between_polls() {
+    use futures::StreamExt;
+    let trie = new_trie().await;
+    let mut changes = Box::pin(trie.watch("news", false));
+    // The first poll takes its look and waits.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), changes.next())
+            .await
+            .is_err()
+    );
+    for key in ["news/a", "news/b", "news/c"] {
+        // Written while nobody polls: the next poll still sees it.
+        let put = trie
+            .put(key, "x".into(), PutOptions::default())
+            .await
+            .unwrap();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), changes.next())
+            .await
+            .expect("a change went unseen")
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.seq, put.seq);
+    }
 }

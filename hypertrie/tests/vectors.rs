@@ -3,7 +3,10 @@
 //! blocks, and the same queries the same answers.
 #![allow(clippy::unwrap_used)]
 
+use std::ops::Bound;
+
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use hypercore::storage::MemoryStorage;
 use hypercore::{Feed, FeedOptions};
 use hypertrie::{GetOptions, Hypertrie, ListOptions, Op, OpenOptions, Path, PutOptions};
@@ -233,6 +236,7 @@ async fn the_js_operations_give_the_js_blocks() {
 
     let diff: Vec<Value> = trie
         .diff(5, "", hypertrie::DiffOptions::default())
+        .collect()
         .await
         .unwrap()
         .iter()
@@ -249,13 +253,17 @@ async fn the_js_operations_give_the_js_blocks() {
         q["diff(5)  (left = current, right = version 5)"]
     );
 
+    let options = hypertrie::HistoryOptions {
+        start: Bound::Included(6),
+        end: Bound::Included(9),
+        ..Default::default()
+    };
     let history: Vec<(u64, String)> = trie
-        .history(6, 10)
+        .history(options)
+        .map(|n| n.map(|n| (n.seq, n.key().to_string())))
+        .try_collect()
         .await
-        .unwrap()
-        .iter()
-        .map(|n| (n.seq, n.key().to_string()))
-        .collect();
+        .unwrap();
     let expected: Vec<(u64, String)> = q["history({ gte: 6, lte: 9 })"]
         .as_array()
         .unwrap()

@@ -19,8 +19,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use remote_bitfield::RemoteBitfield;
 pub use replicator::{
-    Download, DownloadRange, FeedExtension, PeerStats, Replicator, ReplicatorOptions, Stats,
-    Traffic, DEFAULT_MAX_REQUESTS, MIN_WINDOW, WINDOW_BYTES,
+    Download, DownloadRange, ExtensionSender, FeedExtension, PeerStats, Replicator,
+    ReplicatorOptions, Stats, Traffic, DEFAULT_MAX_REQUESTS, MIN_WINDOW, WINDOW_BYTES,
 };
 
 /// Why replication with a peer stopped.

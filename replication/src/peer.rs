@@ -779,20 +779,39 @@ impl Peer {
             let mut state = self.shared.lock();
             let mut room = max - self.inflight.len();
             let remote_length = self.remote_length;
-            let ranges: Vec<(u64, u64, bool)> = state
+            let ranges: Vec<(usize, u64, u64, bool)> = state
                 .selections
                 .iter()
-                .map(|s| {
+                .enumerate()
+                .map(|(at, s)| {
                     let end = self
                         .shared
                         .selection_end(&state, s)
                         .unwrap_or(remote_length)
                         .min(remote_length);
-                    (s.range.start, end, s.range.linear)
+                    (at, s.range.start, end, s.range.linear)
                 })
                 .collect();
             let mut rng = rand::thread_rng();
-            for (start, end, linear) in ranges {
+            for (at, start, end, linear) in ranges {
+                let state = &mut *state;
+                if let Some(blocks) = &state.selections[at].blocks {
+                    // Just these blocks: those the remote has and nobody asked for yet.
+                    for &i in blocks {
+                        if room == 0 {
+                            break;
+                        }
+                        if self.remote.get(i)
+                            && !state.reserved.contains_key(&i)
+                            && !self.feed.has(i)
+                        {
+                            state.reserved.insert(i, self.id);
+                            picks.push(i);
+                            room -= 1;
+                        }
+                    }
+                    continue;
+                }
                 while room > 0 && start < end {
                     let from = if linear {
                         start

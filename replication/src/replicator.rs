@@ -155,6 +155,8 @@ pub struct Stats {
 pub(crate) struct Selection {
     pub id: u64,
     pub range: DownloadRange,
+    /// Only these blocks of the range (sorted, distinct), not all of it.
+    pub blocks: Option<Vec<u64>>,
     /// The "download everything" selection of a non-sparse feed.
     pub is_default: bool,
     pub done: Vec<oneshot::Sender<()>>,
@@ -254,10 +256,13 @@ impl Shared {
         while i < state.selections.len() {
             let sel = &state.selections[i];
             let end = self.selection_end(state, sel);
-            let done = match end {
+            let done = match (&sel.blocks, end) {
+                (Some(blocks), _) => blocks.iter().all(|&b| self.feed.has(b)),
                 _ if live && sel.range.end.is_none() => false,
-                Some(end) => self.feed.len() >= end && self.feed.has_range(sel.range.start, end),
-                None => false,
+                (None, Some(end)) => {
+                    self.feed.len() >= end && self.feed.has_range(sel.range.start, end)
+                }
+                (None, None) => false,
             };
             if done {
                 let sel = state.selections.remove(i);
@@ -277,6 +282,7 @@ impl Shared {
     fn add_selection(
         &self,
         range: DownloadRange,
+        blocks: Option<Vec<u64>>,
         is_default: bool,
     ) -> (u64, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
@@ -285,6 +291,7 @@ impl Shared {
         state.selections.push(Selection {
             id,
             range,
+            blocks,
             is_default,
             done: vec![tx],
         });
@@ -359,7 +366,7 @@ impl Replicator {
             linear: false,
             priority: 0,
         };
-        let (_, rx) = self.shared.add_selection(range, true);
+        let (_, rx) = self.shared.add_selection(range, None, true);
         drop(rx);
     }
 
@@ -380,7 +387,26 @@ impl Replicator {
     /// Downloads a range; the returned future resolves when every block of it is stored.
     /// Dropping it cancels the range (blocks already requested still arrive).
     pub fn download(&self, range: DownloadRange) -> Download {
-        let (id, rx) = self.shared.add_selection(range, false);
+        let (id, rx) = self.shared.add_selection(range, None, false);
+        Download {
+            shared: self.shared.clone(),
+            id,
+            rx,
+        }
+    }
+
+    /// Downloads just `blocks` (JS `feed.download({blocks})`), as a range of priority 0
+    /// fetched in order; resolves when all are stored (at once if there are none).
+    pub fn download_blocks(&self, mut blocks: Vec<u64>) -> Download {
+        blocks.sort_unstable();
+        blocks.dedup();
+        let range = DownloadRange {
+            start: blocks.first().copied().unwrap_or(0),
+            end: Some(blocks.last().map_or(0, |&b| b.saturating_add(1))),
+            linear: true,
+            priority: 0,
+        };
+        let (id, rx) = self.shared.add_selection(range, Some(blocks), false);
         Download {
             shared: self.shared.clone(),
             id,
@@ -464,6 +490,16 @@ impl Replicator {
         }
     }
 
+    /// A sender for the extension `name`, if it is registered (by whoever holds its
+    /// [`FeedExtension`]).
+    pub fn extension_sender(&self, name: &str) -> Option<ExtensionSender> {
+        let registered = self.shared.lock().extensions.iter().any(|(n, _)| n == name);
+        registered.then(|| ExtensionSender {
+            shared: self.shared.clone(),
+            name: name.to_string(),
+        })
+    }
+
     /// Registers a feed extension: messages of this name from any peer arrive on the
     /// returned handle, which also sends them.
     pub fn register_extension(&self, name: &str) -> Result<FeedExtension, crate::Error> {
@@ -480,8 +516,10 @@ impl Replicator {
         }
         self.shared.extensions_version.send_modify(|v| *v += 1);
         Ok(FeedExtension {
-            shared: self.shared.clone(),
-            name: name.to_string(),
+            sender: ExtensionSender {
+                shared: self.shared.clone(),
+                name: name.to_string(),
+            },
             inbox: rx,
         })
     }
@@ -512,20 +550,43 @@ impl Drop for Download {
 
 /// A feed extension registered with [`Replicator::register_extension`].
 pub struct FeedExtension {
-    shared: Arc<Shared>,
-    name: String,
+    sender: ExtensionSender,
     inbox: mpsc::Receiver<(PeerKey, Bytes)>,
 }
 
 impl std::fmt::Debug for FeedExtension {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FeedExtension")
+            .field("name", &self.sender.name)
+            .finish()
+    }
+}
+
+/// Sends the messages of a registered feed extension; cheap to clone. Two senders are
+/// equal when they send for the same extension of the same replicator.
+#[derive(Clone)]
+pub struct ExtensionSender {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl std::fmt::Debug for ExtensionSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtensionSender")
             .field("name", &self.name)
             .finish()
     }
 }
 
-impl FeedExtension {
+impl PartialEq for ExtensionSender {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared) && self.name == other.name
+    }
+}
+
+impl Eq for ExtensionSender {}
+
+impl ExtensionSender {
     fn id(&self, state: &State) -> Option<u64> {
         state
             .extensions
@@ -579,6 +640,28 @@ impl FeedExtension {
             .peers
             .values()
             .any(|p| p.remote_key == *peer && p.remote_extensions.contains(&self.name))
+    }
+}
+
+impl FeedExtension {
+    /// A sender for this extension, for other tasks.
+    pub fn sender(&self) -> ExtensionSender {
+        self.sender.clone()
+    }
+
+    /// Sends a message to one peer; false if that peer is not connected.
+    pub fn send(&self, peer: &PeerKey, payload: Bytes) -> bool {
+        self.sender.send(peer, payload)
+    }
+
+    /// Sends a message to every connected peer; returns how many it went to.
+    pub fn broadcast(&self, payload: Bytes) -> usize {
+        self.sender.broadcast(payload)
+    }
+
+    /// Whether `peer` announced this extension.
+    pub fn remote_supports(&self, peer: &PeerKey) -> bool {
+        self.sender.remote_supports(peer)
     }
 
     /// The next message: who sent it and its payload.

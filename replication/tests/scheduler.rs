@@ -287,4 +287,44 @@ async fn feed_extensions_reach_the_other_side() {
         .unwrap();
     assert_eq!(&back.1[..], b"hi back");
     assert!(ew.remote_supports(&back.0));
+
+    // Other tasks send through a sender of the registered extension.
+    let sender = rr.extension_sender("chat").unwrap();
+    assert!(sender == er.sender() && sender != rr.extension_sender("another").unwrap());
+    assert!(rr.extension_sender("unknown").is_none());
+    assert_eq!(sender.broadcast(Bytes::from_static(b"from a sender")), 1);
+    let third = tokio::time::timeout(Duration::from_secs(5), ew.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&third.1[..], b"from a sender");
+}
+
+#[tokio::test]
+async fn a_block_list_downloads_just_those_blocks() {
+    let w = writer(2000, 100).await;
+    let reader = memory_clone(w.key(), true).await.unwrap();
+    let (rw, rr) = (
+        Replicator::new(w.clone(), Default::default()),
+        Replicator::new(reader.clone(), Default::default()),
+    );
+    let _c = connect(&rw, &rr).await;
+    let blocks = vec![1500, 7, 900, 7, 1999, 3];
+    tokio::time::timeout(Duration::from_secs(10), rr.download_blocks(blocks))
+        .await
+        .unwrap()
+        .unwrap();
+    for b in [3, 7, 900, 1500, 1999] {
+        assert!(reader.has(b), "block {b}");
+    }
+    assert_eq!(reader.downloaded(0, None), 5, "only the listed blocks");
+    // Blocks already stored (or none at all) are done at once.
+    tokio::time::timeout(Duration::from_secs(1), rr.download_blocks(vec![7, 3]))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(1), rr.download_blocks(Vec::new()))
+        .await
+        .unwrap()
+        .unwrap();
 }

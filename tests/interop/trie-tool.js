@@ -3,7 +3,10 @@
 // Runs a workload against real JS hypertrie@5.1.3 on a RAM feed and prints what it wrote,
 // for hyperd's trie compatibility test (tests/tests/js_trie.rs).
 //
-//   node trie-tool.js WORKLOAD.json
+//   node trie-tool.js WORKLOAD.json [--collide]
+//
+// --collide hashes a key component `#collide:<group>:<name>` as `#collide:<group>`, as
+// hyperd's test builds do (hypertrie/src/path.rs), to force 64-bit hash collisions.
 //
 // The workload is a JSON array of steps:
 //   {"op": "put", "key": K, "value": HEX, "hidden": B, "flags": N}
@@ -12,12 +15,17 @@
 //   {"op": "list", "prefix": P, "recursive": B, "reverse": B, "gt": B, "hidden": B}
 //   {"op": "get", "key": K, "hidden": B}
 //   {"op": "diff", "version": V, "prefix": P, "hidden": B}  (current against checkout(V))
+//   {"op": "history", "gte"|"gt": N, "lte"|"lt": N, "reverse": B}  (each bound optional)
+//   {"op": "diffResume", "version": V, "prefix": P, "hidden": B, "after": N}  (a diff's
+//      checkpoint after N entries, and the diff resumed from it)
 // It prints one JSON line: {"blocks": [HEX, ...], "results": [...]}, a result per step
 // (the seqs a write returned, the keys a list returned, the seq a get found or null, the
-// [key, left seq, right seq] of each diff entry, 0 for none).
+// [key, left seq, right seq] of each diff entry, 0 for none, the seqs a history read,
+// [checkpoint hex, entries before it, entries resumed from it] for diffResume).
 const fs = require('fs')
 const hypertrie = require('hypertrie')
 const ram = require('random-access-memory')
+const siphash24 = require('siphash24-universal')
 
 function fail (err) {
   console.log(JSON.stringify({ ok: false, error: String(err && err.stack ? err.stack : err) }))
@@ -25,7 +33,22 @@ function fail (err) {
 }
 
 const steps = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'))
-const db = hypertrie(ram, { valueEncoding: 'binary', extension: false })
+const collide = process.argv.includes('--collide')
+const db = hypertrie(ram, { valueEncoding: 'binary', extension: false, hash: collide ? collidingHash : null })
+
+// hypertrie's own hash (lib/node.js), but `#collide:<group>:<name>` hashes as
+// `#collide:<group>`.
+function collidingHash (key) {
+  const parts = key.split('/')
+  if (parts[0] === '') parts.shift()
+  if (parts[parts.length - 1] === '') parts.pop()
+  const out = Buffer.alloc(8 * parts.length)
+  parts.forEach((part, i) => {
+    const forced = /^(#collide:[^:]*):/.exec(part)
+    siphash24(out.subarray(8 * i, 8 * i + 8), Buffer.from(forced ? forced[1] : part), Buffer.alloc(16))
+  })
+  return out
+}
 
 function value (hex) { return Buffer.from(hex, 'hex') }
 function seqs (nodes) { return (Array.isArray(nodes) ? nodes : [nodes]).filter(Boolean).map(n => n.seq) }
@@ -50,6 +73,49 @@ function run (step, cb) {
         if (err) return cb(err)
         if (!e) return cb(null, out)
         out.push([e.key, e.left ? e.left.seq : 0, e.right ? e.right.seq : 0])
+        next()
+      })
+      return next()
+    }
+    case 'diffResume': {
+      const opts = () => ({ hidden: step.hidden })
+      const entry = e => [e.key, e.left ? e.left.seq : 0, e.right ? e.right.seq : 0]
+      const first = []
+      const ite = db.diff(step.version, step.prefix, opts())
+      const take = () => {
+        if (first.length >= step.after) return settled()
+        ite.next((err, e) => {
+          if (err) return cb(err)
+          if (!e) return settled()
+          first.push(entry(e))
+          take()
+        })
+      }
+      // The checkpoint is taken once the nodes the last step asked for have loaded.
+      const settled = () => {
+        if (ite._pending) return setImmediate(settled)
+        const checkpoint = ite.checkpoint()
+        const rest = []
+        const resumed = db.diff(checkpoint, step.prefix, opts())
+        const next = () => resumed.next((err, e) => {
+          if (err) return cb(err)
+          if (!e) return cb(null, [checkpoint.toString('hex'), first, rest])
+          rest.push(entry(e))
+          next()
+        })
+        next()
+      }
+      return take()
+    }
+    case 'history': {
+      const opts = { reverse: step.reverse }
+      for (const bound of ['gte', 'gt', 'lte', 'lt']) if (typeof step[bound] === 'number') opts[bound] = step[bound]
+      const out = []
+      const ite = db.history(opts)
+      const next = () => ite.next((err, node) => {
+        if (err) return cb(err)
+        if (!node) return cb(null, out)
+        out.push(node.seq)
         next()
       })
       return next()

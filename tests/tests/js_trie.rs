@@ -3,10 +3,13 @@
 //! both, which must write byte-identical feeds and answer every list and get alike.
 #![allow(clippy::unwrap_used)]
 
+use std::ops::Bound;
+
 use bytes::Bytes;
+use futures::TryStreamExt;
 use hypercore::storage::MemoryStorage;
 use hypercore::{Feed, FeedOptions};
-use hypertrie::{GetOptions, Hypertrie, ListOptions, Op, OpenOptions, PutOptions};
+use hypertrie::{GetOptions, HistoryOptions, Hypertrie, ListOptions, Op, OpenOptions, PutOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -103,7 +106,7 @@ fn workload(seed: u64) -> Vec<Value> {
     let keep = json!({ "op": "put", "key": "keep", "value": "", "hidden": false, "flags": 0 });
     let mut steps = vec![keep];
     for _ in 0..STEPS {
-        let step = match rng.gen_range(0..20) {
+        let step = match rng.gen_range(0..22) {
             0..=11 => write(&mut rng, &mut known, "op"),
             12 => {
                 let n = rng.gen_range(1..6);
@@ -119,6 +122,30 @@ fn workload(seed: u64) -> Vec<Value> {
                 "prefix": if rng.gen_bool(0.5) { String::new() } else { component(&mut rng) },
                 "hidden": rng.gen_bool(0.1),
             }),
+            21 => json!({
+                "op": "diffResume",
+                "version": rng.gen_range(0..=puts(&steps)),
+                "prefix": if rng.gen_bool(0.7) { String::new() } else { component(&mut rng) },
+                "hidden": rng.gen_bool(0.1),
+                "after": rng.gen_range(0..6),
+            }),
+            20 => {
+                // JS reads `gte: 0` as "nothing" and `lt: 0` as "no bound" (spec
+                // history quirks); the Rust trie starts at 1 and ends before 0.
+                let len = puts(&steps);
+                let mut step = json!({ "op": "history", "reverse": rng.gen_bool(0.3) });
+                match rng.gen_range(0..3) {
+                    0 => step["gte"] = json!(rng.gen_range(1..=len + 1)),
+                    1 => step["gt"] = json!(rng.gen_range(0..=len)),
+                    _ => {}
+                }
+                match rng.gen_range(0..3) {
+                    0 => step["lte"] = json!(rng.gen_range(0..=len + 1)),
+                    1 => step["lt"] = json!(rng.gen_range(1..=len + 1)),
+                    _ => {}
+                }
+                step
+            }
             14..=16 => {
                 let prefix = if rng.gen_bool(0.3) {
                     String::new()
@@ -163,6 +190,12 @@ fn op(step: &Value, tag: &str) -> Op {
     }
 }
 
+/// A diff entry as `trie-tool.js` prints it: key, left seq, right seq (0 for none).
+fn entry(e: &hypertrie::DiffEntry) -> Value {
+    let seq = |n: &Option<hypertrie::Node>| n.as_ref().map_or(0, |n| n.seq);
+    json!([e.key, seq(&e.left), seq(&e.right)])
+}
+
 fn seqs(nodes: &[hypertrie::Node]) -> Value {
     json!(nodes.iter().map(|n| n.seq).collect::<Vec<_>>())
 }
@@ -202,6 +235,31 @@ async fn run_rust(steps: &[Value]) -> (Vec<String>, Vec<Value>) {
                     .unwrap();
                 json!(nodes.iter().map(|n| n.key()).collect::<Vec<_>>())
             }
+            "diffResume" => {
+                let options = hypertrie::DiffOptions {
+                    hidden: step["hidden"].as_bool().unwrap(),
+                    ..hypertrie::DiffOptions::default()
+                };
+                let prefix = step["prefix"].as_str().unwrap();
+                let mut diff = trie.diff(step["version"].as_u64().unwrap(), prefix, options);
+                let mut first = Vec::new();
+                while first.len() < step["after"].as_u64().unwrap() as usize {
+                    match diff.next().await.unwrap() {
+                        Some(e) => first.push(entry(&e)),
+                        None => break,
+                    }
+                }
+                let checkpoint = diff.checkpoint();
+                let rest: Vec<Value> = trie
+                    .diff_from_checkpoint(checkpoint.clone(), options)
+                    .collect()
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(entry)
+                    .collect();
+                json!([hex::encode(checkpoint.as_bytes()), first, rest])
+            }
             "diff" => {
                 let options = hypertrie::DiffOptions {
                     hidden: step["hidden"].as_bool().unwrap(),
@@ -213,13 +271,33 @@ async fn run_rust(steps: &[Value]) -> (Vec<String>, Vec<Value>) {
                         step["prefix"].as_str().unwrap(),
                         options,
                     )
+                    .collect()
                     .await
                     .unwrap();
-                let seq = |n: &Option<hypertrie::Node>| n.as_ref().map_or(0, |n| n.seq);
-                json!(entries
-                    .iter()
-                    .map(|e| json!([e.key, seq(&e.left), seq(&e.right)]))
-                    .collect::<Vec<_>>())
+                json!(entries.iter().map(entry).collect::<Vec<_>>())
+            }
+            "history" => {
+                let bound = |included: &str, excluded: &str| match (
+                    step[included].as_u64(),
+                    step[excluded].as_u64(),
+                ) {
+                    (Some(n), _) => Bound::Included(n),
+                    (_, Some(n)) => Bound::Excluded(n),
+                    _ => Bound::Unbounded,
+                };
+                let options = HistoryOptions {
+                    start: bound("gte", "gt"),
+                    end: bound("lte", "lt"),
+                    reverse: step["reverse"].as_bool().unwrap(),
+                    live: false,
+                };
+                let seqs: Vec<u64> = trie
+                    .history(options)
+                    .map_ok(|n| n.seq)
+                    .try_collect()
+                    .await
+                    .unwrap();
+                json!(seqs)
             }
             "get" => {
                 let options = GetOptions {
@@ -286,6 +364,22 @@ async fn same_as_js(seed: u64) {
         nonempty("diff") >= 5,
         "seed {seed}: {} non-empty diffs",
         nonempty("diff")
+    );
+    // Checkpoints taken mid-diff, with entries left to resume.
+    let resumed = steps
+        .iter()
+        .zip(&results)
+        .filter(|(s, r)| {
+            s["op"] == "diffResume"
+                && r[0].as_str().is_some_and(|c| !c.is_empty())
+                && r[2].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .count();
+    assert!(resumed >= 3, "seed {seed}: {resumed} resumed diffs");
+    assert!(
+        nonempty("history") >= 5,
+        "seed {seed}: {} non-empty histories",
+        nonempty("history")
     );
     assert!(
         nonempty("list") >= 20,
