@@ -493,7 +493,12 @@ impl Replicator {
     /// A sender for the extension `name`, if it is registered (by whoever holds its
     /// [`FeedExtension`]).
     pub fn extension_sender(&self, name: &str) -> Option<ExtensionSender> {
-        let registered = self.shared.lock().extensions.iter().any(|(n, _)| n == name);
+        let registered = self
+            .shared
+            .lock()
+            .extensions
+            .iter()
+            .any(|(n, inbox)| n == name && !inbox.is_closed());
         registered.then(|| ExtensionSender {
             shared: self.shared.clone(),
             name: name.to_string(),
@@ -501,11 +506,15 @@ impl Replicator {
     }
 
     /// Registers a feed extension: messages of this name from any peer arrive on the
-    /// returned handle, which also sends them.
+    /// returned handle, which also sends them. A name is free again once its handle is
+    /// dropped.
     pub fn register_extension(&self, name: &str) -> Result<FeedExtension, crate::Error> {
         let (tx, rx) = mpsc::channel(256);
         {
             let mut state = self.shared.lock();
+            state
+                .extensions
+                .retain(|(n, inbox)| n != name || !inbox.is_closed());
             if state.extensions.iter().any(|(n, _)| n == name) {
                 return Err(crate::Error::Extension(format!(
                     "{name} is already registered"

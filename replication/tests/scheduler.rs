@@ -264,6 +264,12 @@ async fn feed_extensions_reach_the_other_side() {
     let mut er = rr.register_extension("chat").unwrap();
     let _other = rr.register_extension("another").unwrap();
     assert!(rr.register_extension("chat").is_err());
+    // A dropped handle frees its name.
+    let dropped = rr.register_extension("dropped").unwrap();
+    assert!(rr.extension_sender("dropped").is_some());
+    drop(dropped);
+    assert!(rr.extension_sender("dropped").is_none());
+    let _again = rr.register_extension("dropped").unwrap();
     let (pw, _pr) = connect(&rw, &rr).await;
     rr.wait_for_peers(1).await;
     rw.wait_for_peers(1).await;
