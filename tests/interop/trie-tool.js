@@ -18,6 +18,10 @@
 //   {"op": "history", "gte"|"gt": N, "lte"|"lt": N, "reverse": B}  (each bound optional)
 //   {"op": "diffResume", "version": V, "prefix": P, "hidden": B, "after": N}  (a diff's
 //      checkpoint after N entries, and the diff resumed from it)
+//   {"op": "mount", "path": P, "key": HEX, "version": N?, "value": HEX}  (the batch
+//      mountable-hypertrie 2.8's mount() writes for a mount outside other mounts, its
+//      record encoded by mountable-hypertrie's own schema)
+//   {"op": "unmount", "path": P}
 // It prints one JSON line: {"blocks": [HEX, ...], "results": [...]}, a result per step
 // (the seqs a write returned, the keys a list returned, the seq a get found or null, the
 // [key, left seq, right seq] of each diff entry, 0 for none, the seqs a history read,
@@ -26,6 +30,9 @@ const fs = require('fs')
 const hypertrie = require('hypertrie')
 const ram = require('random-access-memory')
 const siphash24 = require('siphash24-universal')
+const unixify = require('unixify')
+const posix = require('path').posix
+const { Mount } = require('mountable-hypertrie/lib/messages')
 
 function fail (err) {
   console.log(JSON.stringify({ ok: false, error: String(err && err.stack ? err.stack : err) }))
@@ -51,6 +58,10 @@ function collidingHash (key) {
 }
 
 function value (hex) { return Buffer.from(hex, 'hex') }
+function mountPath (path) {
+  path = unixify(path)
+  return path.startsWith('/') ? path.slice(1) : path
+}
 function seqs (nodes) { return (Array.isArray(nodes) ? nodes : [nodes]).filter(Boolean).map(n => n.seq) }
 
 function run (step, cb) {
@@ -63,6 +74,23 @@ function run (step, cb) {
       return db.batch(step.ops.map(o => o.type === 'put'
         ? { type: 'put', key: o.key, value: value(o.value), hidden: o.hidden, flags: o.flags }
         : { type: 'del', key: o.key, hidden: o.hidden }), (err, nodes) => cb(err, seqs(nodes || [])))
+    case 'mount': {
+      // mountable-hypertrie's normalize() and mount() (index.js), minus the subtrie lookup
+      // (which would open the mounted key from a corestore).
+      const path = mountPath(step.path)
+      const record = Mount.encode({ key: value(step.key), localPath: path, version: step.version })
+      return db.batch([
+        { type: 'put', key: posix.join('/mounts', path), flags: 1, hidden: true, value: record },
+        { type: 'put', key: path, flags: 1, value: value(step.value) }
+      ], (err, nodes) => cb(err, seqs(nodes || [])))
+    }
+    case 'unmount': {
+      const path = mountPath(step.path)
+      return db.batch([
+        { type: 'del', key: posix.join('/mounts', path), hidden: true },
+        { type: 'del', key: path }
+      ], (err, nodes) => cb(err, seqs(nodes || [])))
+    }
     case 'list':
       return db.list(step.prefix, { recursive: step.recursive, reverse: step.reverse, gt: step.gt, hidden: step.hidden },
         (err, nodes) => cb(err, (nodes || []).map(n => n.key)))

@@ -1,6 +1,7 @@
 //! Hypertrie against real JS hypertrie 5.1.3: random workloads (puts, deletes, batches,
-//! hidden keys, flags, empty values, unicode and long names, odd slashes) run through
-//! both, which must write byte-identical feeds and answer every list and get alike.
+//! mounts and unmounts as mountable-hypertrie 2.8 writes them, hidden keys, flags, empty
+//! values, unicode and long names, odd slashes) run through both, which must write
+//! byte-identical feeds and answer every list, get, diff and history alike.
 #![allow(clippy::unwrap_used)]
 
 use std::ops::Bound;
@@ -14,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-const STEPS: usize = 600;
+const STEPS: usize = 1200;
 
 /// Components keys are made of: short ones collide on prefixes of each other, and a few
 /// are unicode, long, or empty (a `//` in the middle of a key).
@@ -95,6 +96,7 @@ fn puts(steps: &[Value]) -> u64 {
             Some("batch") => s["ops"]
                 .as_array()
                 .map_or(0, |ops| ops.iter().map(|o| put(o, "type")).sum()),
+            Some("mount") => 2,
             _ => put(s, "op"),
         })
         .sum::<u64>()
@@ -105,8 +107,32 @@ fn workload(seed: u64) -> Vec<Value> {
     let mut known = Vec::new();
     let keep = json!({ "op": "put", "key": "keep", "value": "", "hidden": false, "flags": 0 });
     let mut steps = vec![keep];
+    let mut mounts: Vec<String> = Vec::new();
     for _ in 0..STEPS {
-        let step = match rng.gen_range(0..22) {
+        let step = match rng.gen_range(0..24) {
+            22 => {
+                let path = key(&mut rng);
+                mounts.push(path.clone());
+                let value: Vec<u8> = (0..rng.gen_range(0..20)).map(|_| rng.gen()).collect();
+                let mut step = json!({
+                    "op": "mount",
+                    "path": path,
+                    "key": hex::encode(rng.gen::<[u8; 32]>()),
+                    "value": hex::encode(value),
+                });
+                if rng.gen_bool(0.3) {
+                    step["version"] = json!(rng.gen_range(1..100));
+                }
+                step
+            }
+            23 => {
+                // Mostly a mount made before, sometimes a path never mounted.
+                let path = match mounts.is_empty() || rng.gen_bool(0.2) {
+                    true => key(&mut rng),
+                    false => mounts.swap_remove(rng.gen_range(0..mounts.len())),
+                };
+                json!({ "op": "unmount", "path": path })
+            }
             0..=11 => write(&mut rng, &mut known, "op"),
             12 => {
                 let n = rng.gen_range(1..6);
@@ -222,6 +248,19 @@ async fn run_rust(steps: &[Value]) -> (Vec<String>, Vec<Value>) {
                     .map(|o| op(o, "type"));
                 seqs(&trie.batch(ops.collect()).await.unwrap())
             }
+            "mount" => {
+                let record = hypertrie::MountRecord {
+                    key: hex::decode(step["key"].as_str().unwrap()).unwrap(),
+                    local_path: String::new(),
+                    version: step["version"].as_u64(),
+                    remote_path: None,
+                    hash: None,
+                };
+                let value = Bytes::from(hex::decode(step["value"].as_str().unwrap()).unwrap());
+                let path = step["path"].as_str().unwrap();
+                seqs(&trie.mount(path, record, value).await.unwrap())
+            }
+            "unmount" => seqs(&trie.unmount(step["path"].as_str().unwrap()).await.unwrap()),
             "list" => {
                 let options = ListOptions {
                     recursive: step["recursive"].as_bool().unwrap(),
@@ -385,6 +424,17 @@ async fn same_as_js(seed: u64) {
         nonempty("list") >= 20,
         "seed {seed}: {} non-empty lists",
         nonempty("list")
+    );
+    // Mounts written, and unmounts that removed one.
+    assert!(
+        nonempty("mount") >= 10,
+        "seed {seed}: {} mounts",
+        nonempty("mount")
+    );
+    assert!(
+        nonempty("unmount") >= 3,
+        "seed {seed}: {} unmounts",
+        nonempty("unmount")
     );
 }
 
