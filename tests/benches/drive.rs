@@ -361,6 +361,43 @@ fn child_main(argv: &[String]) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
+// What bounds S: the signatures
+
+/// Ed25519 signatures of a feed's 40-byte signable per second, on one thread.
+fn signs_per_s(count: u32) -> f64 {
+    let pair = hypercore::crypto::KeyPair::generate();
+    let mut message = [0u8; 40];
+    let t0 = Instant::now();
+    for i in 0..count {
+        message[..4].copy_from_slice(&i.to_le_bytes());
+        std::hint::black_box(pair.secret.sign(&message));
+    }
+    f64::from(count) / t0.elapsed().as_secs_f64()
+}
+
+/// Appends of one 1 KiB block each, awaited one by one, to a new feed in `dir`, per
+/// second: what a signed append costs through the feed.
+fn appends_per_s(dir: &Path, count: u64) -> Result<f64> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let storage = hypercore::storage::DiskStorage::new(dir);
+        let feed = hypercore::Feed::open(storage, hypercore::FeedOptions::default()).await?;
+        let blocks: Vec<Bytes> = (0..count)
+            .map(|i| Bytes::from(make_block(i, SMALL_SIZE)))
+            .collect();
+        let t0 = Instant::now();
+        for b in blocks {
+            feed.append(b).await?;
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        feed.close().await?;
+        Ok(count as f64 / seconds)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
 // Running both sides
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -725,6 +762,39 @@ impl Bench {
             Some((15.0, ">= 15x JS")),
         ));
         self.memory_row("S", "S small files", &pair);
+
+        // Each file is two signed appends (its content, then its Stat): what they cost
+        // alone bounds S.
+        let (mut signs, mut appends) = (Figure::new("/s"), Figure::new("/s"));
+        for run in 0..self.args.runs {
+            signs.runs.push(signs_per_s(20_000));
+            let dir = self.run_dir(Side::Rust, "appends", run);
+            appends.runs.push(appends_per_s(&dir, 10_000)?);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        progress(&format!(
+            "Ed25519 signs {:.0}/s, single 1 KiB appends {:.0}/s",
+            signs.median(),
+            appends.median()
+        ));
+        let half = |f: &Figure| Figure {
+            runs: f.runs.iter().map(|v| v / 2.0).collect(),
+            unit: "files/s",
+        };
+        self.rows.push(Row::new(
+            "S-sign",
+            "  bound: Ed25519 signs/s / 2 (one thread)",
+            half(&signs),
+            ("JS", pair.js.clone()),
+            None,
+        ));
+        self.rows.push(Row::new(
+            "S-append",
+            "  bound: single 1 KiB Feed::append /s / 2",
+            half(&appends),
+            ("JS", pair.js),
+            None,
+        ));
         Ok(())
     }
 
