@@ -13,7 +13,7 @@ mod resolve;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hypercore::Feed;
@@ -156,8 +156,13 @@ pub enum Op {
     },
 }
 
+/// Decoded nodes kept per trie (shared by its clones and checkouts: a seq's node never
+/// changes). Every lookup walks down from the head through the same upper nodes; reading
+/// and decoding them again each time was most of a `stat`'s cost.
+const NODE_CACHE: usize = 1024;
+
 /// A hypertrie on a feed, at its latest version or checked out at an older one. Cheap to
-/// clone; clones share the writer's lock.
+/// clone; clones share the writer's lock and the cache of decoded nodes.
 #[derive(Clone)]
 pub struct Hypertrie {
     feed: Feed,
@@ -165,6 +170,7 @@ pub struct Hypertrie {
     version: Option<u64>,
     /// Writers hold it from reading the head to appending (spec §6.2).
     lock: Arc<tokio::sync::Mutex<()>>,
+    nodes: Arc<Mutex<lru::LruCache<u64, Arc<Node>>>>,
 }
 
 impl std::fmt::Debug for Hypertrie {
@@ -184,6 +190,7 @@ impl Hypertrie {
             feed,
             version: None,
             lock: Arc::new(tokio::sync::Mutex::new(())),
+            nodes: Arc::new(Mutex::new(lru::LruCache::unbounded())),
         };
         if trie.feed.writable() && trie.feed.is_empty() {
             let _guard = trie.lock.lock().await;
@@ -216,6 +223,7 @@ impl Hypertrie {
             feed: self.feed.clone(),
             version: Some(version.max(1)),
             lock: self.lock.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 
@@ -240,7 +248,7 @@ impl Hypertrie {
             return Ok(None);
         }
         let node = self.load(seq).await?;
-        Ok((!node.is_reset()).then_some(node))
+        Ok((!node.is_reset()).then(|| Node::clone(&node)))
     }
 
     /// The node for `key`.
@@ -370,8 +378,23 @@ impl Hypertrie {
             .map_err(|source| self.feed_error(source))
     }
 
-    async fn load(&self, seq: u64) -> Result<Node, Error> {
-        Node::decode(seq, &self.block(seq).await?)
+    /// The node at `seq`, from the cache or decoded from its block.
+    async fn load(&self, seq: u64) -> Result<Arc<Node>, Error> {
+        if let Some(node) = self.cached(seq) {
+            return Ok(node);
+        }
+        let node = Arc::new(Node::decode(seq, &self.block(seq).await?)?);
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.put(seq, node.clone());
+        if nodes.len() > NODE_CACHE {
+            nodes.pop_lru();
+        }
+        Ok(node)
+    }
+
+    fn cached(&self, seq: u64) -> Option<Arc<Node>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.get(&seq).cloned()
     }
 
     fn feed_error(&self, source: hypercore::Error) -> Error {
@@ -407,7 +430,7 @@ struct View<'a> {
     version: u64,
     pending: Vec<Node>,
     /// Nodes loaded during this operation.
-    cache: HashMap<u64, Node>,
+    cache: HashMap<u64, Arc<Node>>,
 }
 
 impl<'a> View<'a> {
@@ -428,11 +451,16 @@ impl<'a> View<'a> {
     /// The node at `seq`: one of the batch's as it is, a stored one unless it is a reset
     /// node (JS `getBySeq`, which yields nothing for every stored node with an empty key).
     async fn load(&mut self, seq: u64) -> Result<Option<Node>, Error> {
+        Ok(self.shared(seq).await?.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`Self::load`] without copying the node: walks hold and stack nodes by reference.
+    async fn shared(&mut self, seq: u64) -> Result<Option<Arc<Node>>, Error> {
         if let Some(node) = seq
             .checked_sub(self.version)
             .and_then(|k| self.pending.get(k as usize))
         {
-            return Ok(Some(node.clone()));
+            return Ok(Some(Arc::new(node.clone())));
         }
         if let Some(node) = self.cache.get(&seq) {
             return Ok(Some(node.clone()).filter(|n| !n.is_reset()));
@@ -449,12 +477,12 @@ impl<'a> View<'a> {
     }
 
     /// The newest node: the batch's last, else the stored head.
-    async fn head(&mut self) -> Result<Option<Node>, Error> {
+    async fn head(&mut self) -> Result<Option<Arc<Node>>, Error> {
         let len = self.len();
         if len < 2 {
             return Ok(None);
         }
-        self.load(len - 1).await
+        self.shared(len - 1).await
     }
 
     /// Among the chain at `(i, v)` of `node`'s buckets, the last node that does not differ
@@ -465,11 +493,11 @@ impl<'a> View<'a> {
         i: usize,
         v: usize,
         target: &Path,
-    ) -> Result<Option<Node>, Error> {
+    ) -> Result<Option<Arc<Node>>, Error> {
         let mut found = None;
         let chain: Vec<u64> = node.buckets.chain(i, v).collect();
         for seq in chain {
-            if let Some(candidate) = self.load(seq).await? {
+            if let Some(candidate) = self.shared(seq).await? {
                 if !candidate.path.differs(target, i) {
                     found = Some(candidate);
                 }
@@ -501,14 +529,14 @@ impl<'a> View<'a> {
                 continue;
             }
             match h.buckets.get(i, v as usize) {
-                Some(seq) => match self.load(seq).await? {
+                Some(seq) => match self.shared(seq).await? {
                     Some(next) => h = next,
                     None => return Ok(None),
                 },
-                None => return Ok(options.closest.then_some(h)),
+                None => return Ok(options.closest.then(|| Arc::unwrap_or_clone(h))),
             }
         }
-        Ok(Some(h))
+        Ok(Some(Arc::unwrap_or_clone(h)))
     }
 
     /// The node a put of `key` would append next (seq = the current length), with its
@@ -546,7 +574,7 @@ impl<'a> View<'a> {
                 if !cp {
                     push(&mut buckets, i, j, seq);
                 } else if seq != deleted {
-                    let other = self.load(seq).await?;
+                    let other = self.shared(seq).await?;
                     if other.is_some_and(|o| o.path.differs(&path, i)) {
                         push(&mut buckets, i, j, seq);
                     }
@@ -563,7 +591,7 @@ impl<'a> View<'a> {
                 continue;
             }
             match h.buckets.get(i, v) {
-                Some(seq) => head = self.load(seq).await?,
+                Some(seq) => head = self.shared(seq).await?,
                 None => break,
             }
             i += 1;
@@ -575,7 +603,7 @@ impl<'a> View<'a> {
             flags: options.flags,
             buckets,
         };
-        Ok((node, head))
+        Ok((node, head.map(Arc::unwrap_or_clone)))
     }
 
     async fn del(&mut self, key: &str, hidden: bool) -> Result<Option<Node>, Error> {
@@ -595,7 +623,7 @@ impl<'a> View<'a> {
             match h.buckets.get(i, v) {
                 Some(seq) => {
                     closest = h.seq;
-                    match self.load(seq).await? {
+                    match self.shared(seq).await? {
                         Some(next) => h = next,
                         None => return Ok(None),
                     }
@@ -653,11 +681,13 @@ impl<'a> View<'a> {
             )
             .await?;
         let mut out = Vec::new();
-        let mut stack: Vec<(usize, Node)> = first.into_iter().map(|n| (start, n)).collect();
+        // Nodes are stacked once per position they are walked at: by reference.
+        let mut stack: Vec<(usize, Arc<Node>)> =
+            first.into_iter().map(|n| (start, Arc::new(n))).collect();
         while let Some((i, node)) = stack.pop() {
             if i >= node.path.len().min(end) {
                 if !node.is_reset() {
-                    out.push(node);
+                    out.push(Arc::unwrap_or_clone(node));
                 }
                 continue;
             }
@@ -676,7 +706,7 @@ impl<'a> View<'a> {
                     .collect();
                 for seq in chain {
                     // A reset node stands for nothing here (JS would fail on it).
-                    if let Some(next) = self.load(seq).await? {
+                    if let Some(next) = self.shared(seq).await? {
                         stack.push((i + 1, next));
                     }
                 }
