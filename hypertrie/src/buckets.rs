@@ -9,17 +9,28 @@ const MAX_SLOTS: usize = 64;
 /// Most positions a decoded trie may claim (hypertrie keys with 4,000 components).
 const MAX_POSITIONS: u64 = 1 << 17;
 
-/// The buckets of one node.
+/// The buckets of one node: the non-empty ones only, by position (a node's path has
+/// dozens of positions, few of which point anywhere; decoding, copying and caching nodes
+/// costs what they hold).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Buckets {
-    buckets: Vec<Vec<u64>>,
+    /// Positions, as encoded (trailing empty buckets included).
+    len: usize,
+    /// `(position, slots)` in position order, each with a non-empty slot.
+    buckets: Vec<(usize, Vec<u64>)>,
 }
 
 impl Buckets {
+    fn bucket(&self, i: usize) -> Option<&[u64]> {
+        self.buckets
+            .binary_search_by_key(&i, |(p, _)| *p)
+            .ok()
+            .map(|k| &self.buckets[k].1[..])
+    }
+
     /// The occupied slots of the bucket at `i`, as `(slot, seq)`.
     pub fn slots(&self, i: usize) -> impl Iterator<Item = (usize, u64)> + '_ {
-        self.buckets
-            .get(i)
+        self.bucket(i)
             .into_iter()
             .flat_map(|b| b.iter().copied().enumerate())
             .filter(|&(_, seq)| seq != EMPTY)
@@ -27,8 +38,7 @@ impl Buckets {
 
     /// The seq in slot `s` of the bucket at `i`, if any.
     pub fn get(&self, i: usize, s: usize) -> Option<u64> {
-        self.buckets
-            .get(i)
+        self.bucket(i)
             .and_then(|b| b.get(s))
             .copied()
             .filter(|&seq| seq != EMPTY)
@@ -36,9 +46,10 @@ impl Buckets {
 
     /// The seqs of the chain `v, v + 5, …` at `i`, up to its first empty slot.
     pub fn chain(&self, i: usize, v: usize) -> impl Iterator<Item = u64> + '_ {
+        let bucket = self.bucket(i).unwrap_or_default();
         (v..)
             .step_by(5)
-            .map(move |s| self.get(i, s))
+            .map(move |s| bucket.get(s).copied().filter(|&seq| seq != EMPTY))
             .take_while(Option::is_some)
             .flatten()
     }
@@ -46,10 +57,15 @@ impl Buckets {
     /// Points symbol `s` at position `i` to `seq`: in the first free slot of its chain,
     /// unless the bucket already holds `seq`.
     pub fn push(&mut self, i: usize, s: usize, seq: u64) {
-        if self.buckets.len() <= i {
-            self.buckets.resize_with(i + 1, Vec::new);
-        }
-        let bucket = &mut self.buckets[i];
+        self.len = self.len.max(i + 1);
+        let k = match self.buckets.binary_search_by_key(&i, |(p, _)| *p) {
+            Ok(k) => k,
+            Err(k) => {
+                self.buckets.insert(k, (i, Vec::new()));
+                k
+            }
+        };
+        let bucket = &mut self.buckets[k].1;
         let mut s = s % 5;
         while bucket.get(s).is_some_and(|&x| x != EMPTY) {
             s += 5;
@@ -66,8 +82,8 @@ impl Buckets {
     /// The encoding JS writes: length, then `position bitmap seq…` per non-empty bucket.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        out.extend_from_slice(&varint::encode(self.buckets.len() as u64));
-        for (i, bucket) in self.buckets.iter().enumerate() {
+        out.extend_from_slice(&varint::encode(self.len as u64));
+        for &(i, ref bucket) in &self.buckets {
             let bits = bucket
                 .iter()
                 .enumerate()
@@ -119,12 +135,17 @@ impl Buckets {
                 bits >>= 1;
             }
             let i = i as usize;
-            if buckets.buckets.len() <= i {
-                buckets.buckets.resize_with(i + 1, Vec::new);
+            // JS writes positions in order; a repeated one replaces the earlier.
+            match buckets.buckets.binary_search_by_key(&i, |(p, _)| *p) {
+                Ok(k) if slots.is_empty() => {
+                    buckets.buckets.remove(k);
+                }
+                Ok(k) => buckets.buckets[k].1 = slots,
+                Err(_) if slots.is_empty() => {}
+                Err(k) => buckets.buckets.insert(k, (i, slots)),
             }
-            buckets.buckets[i] = slots;
         }
-        buckets.buckets.resize_with(length as usize, Vec::new);
+        buckets.len = length as usize;
         Ok(buckets)
     }
 }
