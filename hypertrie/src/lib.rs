@@ -684,13 +684,20 @@ impl<'a> View<'a> {
         // Nodes are stacked once per position they are walked at: by reference.
         let mut stack: Vec<(usize, Arc<Node>)> =
             first.into_iter().map(|n| (start, Arc::new(n))).collect();
-        while let Some((i, node)) = stack.pop() {
-            if i >= node.path.len().min(end) {
+        while let Some((mut i, node)) = stack.pop() {
+            let limit = node.path.len().min(end);
+            // Where no bucket branches off, the walk goes on along the node's own path.
+            while i < limit && !(options.gt && i == start) && node.buckets.slots(i).next().is_none()
+            {
+                i += 1;
+            }
+            if i >= limit {
                 if !node.is_reset() {
                     out.push(Arc::unwrap_or_clone(node));
                 }
                 continue;
             }
+            let bucket: Vec<(usize, u64)> = node.buckets.slots(i).collect();
             for &s in &order {
                 if s == END && options.gt && i == start {
                     continue;
@@ -699,11 +706,10 @@ impl<'a> View<'a> {
                 if node.path.symbol(i) == s {
                     stack.push((i + 1, node.clone()));
                 }
-                let chain: Vec<u64> = (s as usize..)
-                    .step_by(5)
-                    .take_while(|&slot| slot < 64)
-                    .filter_map(|slot| node.buckets.get(i, slot))
-                    .collect();
+                let chain = bucket
+                    .iter()
+                    .filter(|&&(slot, _)| slot % 5 == s as usize && slot < 64)
+                    .map(|&(_, seq)| seq);
                 for seq in chain {
                     // A reset node stands for nothing here (JS would fail on it).
                     if let Some(next) = self.shared(seq).await? {
