@@ -117,6 +117,7 @@ impl Buckets {
         if length > MAX_POSITIONS {
             return Err(format!("{length} positions"));
         }
+        let mut ordered = true;
         while pos < buf.len() {
             let i = next(&mut pos)?;
             if i >= length {
@@ -135,17 +136,78 @@ impl Buckets {
                 bits >>= 1;
             }
             let i = i as usize;
-            // JS writes positions in order; a repeated one replaces the earlier.
-            match buckets.buckets.binary_search_by_key(&i, |(p, _)| *p) {
-                Ok(k) if slots.is_empty() => {
-                    buckets.buckets.remove(k);
-                }
-                Ok(k) => buckets.buckets[k].1 = slots,
-                Err(_) if slots.is_empty() => {}
-                Err(k) => buckets.buckets.insert(k, (i, slots)),
-            }
+            ordered &= buckets.buckets.last().is_none_or(|&(p, _)| p < i);
+            buckets.buckets.push((i, slots));
         }
+        if !ordered {
+            // JS writes positions in order. Otherwise a repeated position replaces the
+            // earlier one: reversed, sorted stably and deduplicated keeps the last.
+            buckets.buckets.reverse();
+            buckets.buckets.sort_by_key(|&(p, _)| p);
+            buckets.buckets.dedup_by_key(|&mut (p, _)| p);
+        }
+        buckets.buckets.retain(|(_, slots)| !slots.is_empty());
         buckets.len = length as usize;
         Ok(buckets)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trie buffer of `length` positions with `(position, bits, seqs)` as given.
+    fn buffer(length: u64, buckets: &[(u64, u64, &[u64])]) -> Vec<u8> {
+        let mut out = varint::encode(length).to_vec();
+        for &(i, bits, seqs) in buckets {
+            out.extend_from_slice(&varint::encode(i));
+            out.extend_from_slice(&varint::encode(bits));
+            for &seq in seqs {
+                out.extend_from_slice(&varint::encode(seq));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn positions_out_of_order_or_repeated_decode_as_written_in_order() {
+        // JS writes ascending positions; a repeated one replaces the earlier, and a
+        // bucket whose bits are all clear is no bucket.
+        let buf = buffer(
+            40,
+            &[
+                (30, 0b1, &[7]),
+                (2, 0b10, &[5]),
+                (30, 0b100, &[9]),
+                (17, 0, &[]),
+            ],
+        );
+        let decoded = Buckets::decode(&buf).unwrap();
+        let mut expected = Buckets::default();
+        expected.push(2, 1, 5);
+        expected.push(30, 2, 9);
+        expected.len = 40;
+        assert_eq!(decoded, expected);
+        assert_eq!(decoded.get(30, 0), None);
+        assert_eq!(decoded.get(30, 2), Some(9));
+        assert_eq!(decoded.slots(17).count(), 0);
+        // Written back in order, with every position counted.
+        assert_eq!(
+            decoded.encode(),
+            buffer(40, &[(2, 0b10, &[5]), (30, 0b100, &[9])])
+        );
+    }
+
+    #[test]
+    fn many_positions_in_reverse_order_decode() {
+        let seqs: Vec<[u64; 1]> = (0..20_000u64).map(|i| [i + 1]).collect();
+        let buckets: Vec<(u64, u64, &[u64])> = (0..20_000u64)
+            .rev()
+            .map(|i| (i, 1, &seqs[i as usize][..]))
+            .collect();
+        let decoded = Buckets::decode(&buffer(20_000, &buckets)).unwrap();
+        assert_eq!(decoded.get(0, 0), Some(1));
+        assert_eq!(decoded.get(19_999, 0), Some(20_000));
+        assert_eq!(decoded.buckets.len(), 20_000);
     }
 }
