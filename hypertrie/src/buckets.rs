@@ -54,6 +54,14 @@ impl Buckets {
             .flatten()
     }
 
+    /// About how much memory the buckets hold.
+    pub(crate) fn heap_size(&self) -> usize {
+        self.buckets
+            .iter()
+            .map(|(_, slots)| std::mem::size_of::<(usize, Vec<u64>)>() + 8 * slots.len())
+            .sum()
+    }
+
     /// Points symbol `s` at position `i` to `seq`: in the first free slot of its chain,
     /// unless the bucket already holds `seq`.
     pub fn push(&mut self, i: usize, s: usize, seq: u64) {

@@ -160,6 +160,46 @@ pub enum Op {
 /// changes). Every lookup walks down from the head through the same upper nodes; reading
 /// and decoding them again each time was most of a `stat`'s cost.
 const NODE_CACHE: usize = 1024;
+/// And at most about this much memory: nodes are a few hundred bytes, but a trie from a
+/// peer may have nodes of up to 8 MiB (large values, buckets that decode larger than
+/// they are stored).
+const NODE_CACHE_BYTES: usize = 4 << 20;
+
+/// Recently used decoded nodes, with their approximate sizes.
+struct NodeCache {
+    lru: lru::LruCache<u64, (Arc<Node>, usize)>,
+    bytes: usize,
+}
+
+impl NodeCache {
+    fn new() -> NodeCache {
+        NodeCache {
+            lru: lru::LruCache::unbounded(),
+            bytes: 0,
+        }
+    }
+
+    fn get(&mut self, seq: u64) -> Option<Arc<Node>> {
+        self.lru.get(&seq).map(|(node, _)| node.clone())
+    }
+
+    fn put(&mut self, node: Arc<Node>) {
+        let size = node.heap_size();
+        if size > NODE_CACHE_BYTES / 16 {
+            return;
+        }
+        if let Some((_, old)) = self.lru.put(node.seq, (node, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.lru.len() > NODE_CACHE || self.bytes > NODE_CACHE_BYTES {
+            match self.lru.pop_lru() {
+                Some((_, (_, size))) => self.bytes -= size,
+                None => break,
+            }
+        }
+    }
+}
 
 /// A hypertrie on a feed, at its latest version or checked out at an older one. Cheap to
 /// clone; clones share the writer's lock and the cache of decoded nodes.
@@ -170,7 +210,7 @@ pub struct Hypertrie {
     version: Option<u64>,
     /// Writers hold it from reading the head to appending (spec §6.2).
     lock: Arc<tokio::sync::Mutex<()>>,
-    nodes: Arc<Mutex<lru::LruCache<u64, Arc<Node>>>>,
+    nodes: Arc<Mutex<NodeCache>>,
 }
 
 impl std::fmt::Debug for Hypertrie {
@@ -190,7 +230,7 @@ impl Hypertrie {
             feed,
             version: None,
             lock: Arc::new(tokio::sync::Mutex::new(())),
-            nodes: Arc::new(Mutex::new(lru::LruCache::unbounded())),
+            nodes: Arc::new(Mutex::new(NodeCache::new())),
         };
         if trie.feed.writable() && trie.feed.is_empty() {
             let _guard = trie.lock.lock().await;
@@ -385,16 +425,13 @@ impl Hypertrie {
         }
         let node = Arc::new(Node::decode(seq, &self.block(seq).await?)?);
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes.put(seq, node.clone());
-        if nodes.len() > NODE_CACHE {
-            nodes.pop_lru();
-        }
+        nodes.put(node.clone());
         Ok(node)
     }
 
     fn cached(&self, seq: u64) -> Option<Arc<Node>> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes.get(&seq).cloned()
+        nodes.get(seq)
     }
 
     fn feed_error(&self, source: hypercore::Error) -> Error {
@@ -721,5 +758,45 @@ impl<'a> View<'a> {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(seq: u64, value: usize) -> Arc<Node> {
+        Arc::new(Node {
+            seq,
+            path: Path::new(&format!("k{seq}"), false),
+            value: Some(Bytes::from(vec![0u8; value])),
+            flags: 0,
+            buckets: Buckets::default(),
+        })
+    }
+
+    #[test]
+    fn the_node_cache_stays_within_its_count_and_its_bytes() {
+        let mut cache = NodeCache::new();
+        for seq in 1..=3000 {
+            cache.put(node(seq, 10));
+        }
+        assert_eq!(cache.lru.len(), NODE_CACHE);
+        assert!(cache.get(3000).is_some() && cache.get(1).is_none());
+
+        // A node too large to keep is not kept, and evicts nothing.
+        cache.put(node(5000, NODE_CACHE_BYTES));
+        assert!(cache.get(5000).is_none());
+        assert_eq!(cache.lru.len(), NODE_CACHE);
+
+        // Large values fill the byte budget before the count.
+        for seq in 6000..6100 {
+            cache.put(node(seq, NODE_CACHE_BYTES / 20));
+        }
+        assert!(cache.bytes <= NODE_CACHE_BYTES);
+        assert!(cache.lru.len() < 30);
+        assert!(cache.get(6099).is_some());
+        let counted: usize = cache.lru.iter().map(|(_, (_, size))| size).sum();
+        assert_eq!(counted, cache.bytes);
     }
 }
