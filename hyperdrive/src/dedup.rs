@@ -6,11 +6,12 @@
 //! version: the metadata feed is scanned from where the previous lookup stopped, so the
 //! index is built by the first write that looks and kept current by the next ones. It is
 //! keyed by size, so a file of a size no run has costs one map lookup; when sizes match,
-//! the first block is hashed and compared with the run's first leaf hash. Equal blocks have
+//! the first block is hashed and looked up by the runs' first leaf hashes (each run's read
+//! once), so files that share a size cost no more than one that does not. Equal blocks have
 //! equal merkle leaf hashes, which the content feed stores: a candidate is confirmed by
 //! comparing every leaf hash, never by reading its content.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use hypercore::crypto::{leaf_hash, leaf_hashes, Hash};
@@ -46,25 +47,42 @@ pub(crate) struct ContentIndex {
 struct IndexState {
     /// Metadata blocks scanned so far.
     scanned: u64,
-    /// By (size, offset): the run's blocks, and its first leaf hash's first 8 bytes once
-    /// read.
-    runs: BTreeMap<(u64, u64), (u64, Option<u64>)>,
+    /// Runs whose first leaf hash has not been read yet, by (size, blocks, offset).
+    unread: BTreeSet<(u64, u64, u64)>,
+    /// Runs by (size, blocks, the first 8 bytes of their first leaf hash, offset): a
+    /// lookup finds the few that may hold a file without going through every run of its
+    /// size (many files share a size).
+    runs: BTreeSet<(u64, u64, u64, u64)>,
 }
 
-/// Indexed runs of the size and block count looked for, which may hold the content.
+impl IndexState {
+    fn len(&self) -> usize {
+        self.unread.len() + self.runs.len()
+    }
+
+    /// Whether some run has `size` bytes in `blocks` blocks.
+    fn has_size(&self, size: u64, blocks: u64) -> bool {
+        self.unread
+            .range((size, blocks, 0)..=(size, blocks, u64::MAX))
+            .next()
+            .is_some()
+            || self
+                .runs
+                .range((size, blocks, 0, 0)..=(size, blocks, u64::MAX, u64::MAX))
+                .next()
+                .is_some()
+    }
+}
+
+/// Indexed runs of the size, block count and first block looked for, which may hold the
+/// content: their offsets.
 #[derive(Debug, Default)]
-pub(crate) struct Candidates(Vec<(u64, u64)>);
+pub(crate) struct Candidates(Vec<u64>);
 
 impl Candidates {
     /// Whether none is left.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    /// Keeps the runs whose first block hashes to `first`.
-    pub fn retain_first(&mut self, first: &Hash) {
-        let prefix = prefix(first);
-        self.0.retain(|&(_, p)| p == prefix);
     }
 }
 
@@ -74,6 +92,15 @@ fn prefix(hash: &Hash) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+/// First blocks hashed right here rather than on the blocking pool up to this size (a
+/// hop costs more than hashing a few KiB).
+const INLINE_HASH: usize = 16 << 10;
+/// First leaves of new runs read right here rather than on the blocking pool up to this
+/// many (each a small read of the tree file, nearly always in the page cache).
+const INLINE_LEAVES: usize = 4;
+/// Metadata blocks read right here rather than in one blocking call up to this many.
+const INLINE_SCAN: u64 = 16;
+
 impl Drive {
     /// Puts one file's content, `blocks`, in the content feed: finds it there already
     /// (unless [`crate::DriveOptions::no_dedup`]), or appends it as one batch.
@@ -81,20 +108,25 @@ impl Drive {
         let count = blocks.len() as u64;
         if !self.options.no_dedup {
             let size = blocks.iter().map(|b| b.len() as u64).sum();
-            let mut candidates = self.candidates(size, count).await?;
-            if !candidates.is_empty() {
-                let data = blocks.clone();
-                let hashes = blocking(move || {
-                    candidates.retain_first(&leaf_hash(data.first().map_or(&[][..], |b| b)));
-                    let mut hashes = Vec::with_capacity(data.len());
-                    if !candidates.is_empty() {
+            if self.may_hold(size, count).await? {
+                let first = blocks.first().cloned().unwrap_or_default();
+                let first = if first.len() <= INLINE_HASH {
+                    leaf_hash(&first)
+                } else {
+                    blocking(move || leaf_hash(&first)).await?
+                };
+                let candidates = self.candidates(size, count, &first).await?;
+                if !candidates.is_empty() {
+                    let data = blocks.clone();
+                    let hashes = blocking(move || {
+                        let mut hashes = Vec::with_capacity(data.len());
                         leaf_hashes(&data, &mut hashes);
+                        hashes
+                    })
+                    .await?;
+                    if let Some(run) = self.confirm(candidates, hashes).await? {
+                        return Ok(run);
                     }
-                    (candidates, hashes)
-                });
-                let (candidates, hashes) = hashes.await?;
-                if let Some(run) = self.confirm(candidates, hashes).await? {
-                    return Ok(run);
                 }
             }
         }
@@ -113,48 +145,60 @@ impl Drive {
         })
     }
 
-    /// The indexed runs of `size` bytes in `blocks` blocks, after catching the index up
-    /// with the metadata feed.
-    pub(crate) async fn candidates(&self, size: u64, blocks: u64) -> Result<Candidates, Error> {
+    /// Whether some indexed run has `size` bytes in `blocks` blocks (after catching the
+    /// index up with the metadata feed): if not, no run can hold the content.
+    pub(crate) async fn may_hold(&self, size: u64, blocks: u64) -> Result<bool, Error> {
+        let mut state = self.dedup.state.lock().await;
+        self.scan(&mut state).await?;
+        Ok(state.has_size(size, blocks))
+    }
+
+    /// The indexed runs of `size` bytes in `blocks` blocks whose first block hashes to
+    /// `first`, after catching the index up with the metadata feed.
+    pub(crate) async fn candidates(
+        &self,
+        size: u64,
+        blocks: u64,
+        first: &Hash,
+    ) -> Result<Candidates, Error> {
         let content = self.content_feed().await?.clone();
         let mut state = self.dedup.state.lock().await;
         self.scan(&mut state).await?;
-        let runs: Vec<(u64, Option<u64>)> = state
-            .runs
-            .range((size, 0)..=(size, u64::MAX))
-            .filter(|(_, &(b, _))| b == blocks)
-            .map(|(&(_, offset), &(_, first))| (offset, first))
-            .collect();
-        if runs.is_empty() {
-            return Ok(Candidates::default());
-        }
         // First leaves not read yet are read now, once; a run whose first leaf cannot be
         // read (a bad Stat, a cleared block) leaves the index.
-        let firsts = blocking(move || {
-            runs.into_iter()
-                .map(|(offset, first)| {
-                    let first = first.or_else(|| {
-                        let leaves = content.leaves(offset, offset + 1).ok()?;
-                        leaves.first().map(|l| prefix(&l.hash))
-                    });
-                    (offset, first)
+        let unread: Vec<(u64, u64, u64)> = state
+            .unread
+            .range((size, blocks, 0)..=(size, blocks, u64::MAX))
+            .copied()
+            .collect();
+        let read_first = move |unread: Vec<(u64, u64, u64)>| {
+            unread
+                .into_iter()
+                .map(|run| {
+                    let leaves = content.leaves(run.2, run.2 + 1).ok();
+                    (run, leaves.and_then(|l| l.first().map(|l| prefix(&l.hash))))
                 })
                 .collect::<Vec<_>>()
-        })
-        .await?;
-        let mut found = Vec::new();
-        for (offset, first) in firsts {
-            match first {
-                Some(first) => {
-                    state.runs.insert((size, offset), (blocks, Some(first)));
-                    found.push((offset, first));
-                }
-                None => {
-                    state.runs.remove(&(size, offset));
-                }
+        };
+        let firsts = if unread.len() <= INLINE_LEAVES {
+            read_first(unread)
+        } else {
+            blocking(move || read_first(unread)).await?
+        };
+        for ((size, blocks, offset), first) in firsts {
+            state.unread.remove(&(size, blocks, offset));
+            if let Some(first) = first {
+                state.runs.insert((size, blocks, first, offset));
             }
         }
-        Ok(Candidates(found))
+        let p = prefix(first);
+        Ok(Candidates(
+            state
+                .runs
+                .range((size, blocks, p, 0)..=(size, blocks, p, u64::MAX))
+                .map(|&(_, _, _, offset)| offset)
+                .collect(),
+        ))
     }
 
     /// The first of `candidates` whose blocks hash to `hashes` and are stored here, with
@@ -170,7 +214,7 @@ impl Drive {
         let content = self.content_feed().await?.clone();
         blocking(move || {
             let blocks = hashes.len() as u64;
-            candidates.0.iter().find_map(|&(offset, _)| {
+            candidates.0.iter().find_map(|&offset| {
                 let end = offset.checked_add(blocks)?;
                 if !content.has_range(offset, end) {
                     return None;
@@ -214,14 +258,14 @@ impl Drive {
                         drive: self.key(),
                         source,
                     })?;
-            let runs = if blocks.len() > 16 {
+            let runs = if blocks.len() as u64 > INLINE_SCAN {
                 blocking(move || file_runs(&blocks)).await?
             } else {
                 file_runs(&blocks)
             };
-            for (key, blocks) in runs {
-                if state.runs.len() < MAX_INDEXED || state.runs.contains_key(&key) {
-                    state.runs.entry(key).or_insert((blocks, None));
+            for ((size, offset), blocks) in runs {
+                if state.len() < MAX_INDEXED {
+                    state.unread.insert((size, blocks, offset));
                 }
             }
             state.scanned = end;
@@ -236,7 +280,8 @@ async fn read_stored(
     start: u64,
     end: u64,
 ) -> Result<Vec<(u64, Bytes)>, hypercore::Error> {
-    if feed.has_range(start, end) {
+    // A few blocks are read one by one, right here (a blocking call costs more).
+    if end - start > INLINE_SCAN && feed.has_range(start, end) {
         let blocks = feed.get_batch(start, end).await?;
         return Ok((start..end).zip(blocks).collect());
     }

@@ -361,21 +361,17 @@ impl Drive {
     ) -> Result<(Run, u64, bool), Error> {
         if !self.options.no_dedup {
             let blocks = size.div_ceil(MAX_BLOCK as u64).max(1);
-            let mut candidates = self.candidates(size, blocks).await?;
-            if !candidates.is_empty() {
+            if self.may_hold(size, blocks).await? {
                 let p = path.to_path_buf();
-                let (candidates, hashes) = blocking(move || -> Result<_, Error> {
-                    candidates.retain_first(&hash_first(&p)?);
-                    let hashes = match candidates.is_empty() {
-                        true => Vec::new(),
-                        false => hash_file(&p)?,
-                    };
-                    Ok((candidates, hashes))
-                })
-                .await??;
-                if let Some(run) = self.confirm(candidates, hashes).await? {
-                    tracker.bytes(size);
-                    return Ok((run, size, false));
+                let first = blocking(move || hash_first(&p)).await??;
+                let candidates = self.candidates(size, blocks, &first).await?;
+                if !candidates.is_empty() {
+                    let p = path.to_path_buf();
+                    let hashes = blocking(move || hash_file(&p)).await??;
+                    if let Some(run) = self.confirm(candidates, hashes).await? {
+                        tracker.bytes(size);
+                        return Ok((run, size, false));
+                    }
                 }
             }
         }

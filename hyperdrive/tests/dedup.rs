@@ -111,6 +111,55 @@ async fn other_content_or_other_blocks_are_appended() {
 }
 
 #[tokio::test]
+async fn among_many_files_of_one_size_the_equal_one_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, drive) = open(dir.path(), DriveOptions::default()).await;
+    let file = |n: u32| vec![n as u8; 1000];
+    // Indexed as written, one new run per lookup, and then many at once (written through
+    // a second handle on the trie the index does not see until the next write).
+    let mut stats = Vec::new();
+    for n in 0..20 {
+        stats.push(
+            drive
+                .write_file(&format!("/f{n}"), &file(n), w())
+                .await
+                .unwrap(),
+        );
+    }
+    let trie = hypertrie::Hypertrie::open(drive.metadata().clone(), Default::default())
+        .await
+        .unwrap();
+    let content = drive.content_feed().await.unwrap().clone();
+    for n in 20..40 {
+        let appended = content.append_batch_at([file(n)]).await.unwrap();
+        let stat = Stat {
+            size: 1000,
+            blocks: 1,
+            offset: appended.start,
+            byte_offset: appended.start_byte,
+            ..Stat::file(0o644, 0)
+        };
+        let value = Bytes::from(stat.encode_to_vec());
+        trie.put(&format!("f{n}"), value, PutOptions::default())
+            .await
+            .unwrap();
+        stats.push(stat);
+    }
+    let len = content_len(&drive).await;
+    for n in [39, 0, 25, 7] {
+        let copy = drive
+            .write_file(&format!("/copy{n}"), &file(n), w())
+            .await
+            .unwrap();
+        assert_eq!(run(&copy), run(&stats[n as usize]), "file {n}");
+    }
+    assert_eq!(content_len(&drive).await, len, "nothing appended");
+    // Same size, new content: appended.
+    let new = drive.write_file("/new", &file(99), w()).await.unwrap();
+    assert_eq!(new.offset, len.0);
+}
+
+#[tokio::test]
 async fn content_of_older_versions_and_earlier_sessions_is_found() {
     let dir = tempfile::tempdir().unwrap();
     let big = data(700_000, 3);

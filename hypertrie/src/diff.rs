@@ -228,7 +228,7 @@ impl Diff {
             });
         }
         let node = self.trie.load(seq).await?;
-        Ok(Some(node).filter(|n| !n.is_reset()))
+        Ok((!node.is_reset()).then(|| Node::clone(&node)))
     }
 
     async fn open(&mut self, start: Start) -> Result<(), Error> {

@@ -103,7 +103,7 @@ impl Hypertrie {
             };
             // Past the feed's length this waits for the block to be appended or to arrive
             // from a peer (the feed asks its peers for it).
-            let node = cursor.trie.load(seq).await?;
+            let node = Node::clone(&*cursor.trie.load(seq).await?);
             if cursor.reverse {
                 // `high >= low >= 1` here, so this cannot wrap.
                 cursor.high -= 1;

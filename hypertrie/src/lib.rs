@@ -22,7 +22,7 @@ mod resolve;
 mod watch;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hypercore::Feed;
@@ -174,8 +174,53 @@ pub enum Op {
     },
 }
 
+/// Decoded nodes kept per trie (shared by its clones and checkouts: a seq's node never
+/// changes). Every lookup walks down from the head through the same upper nodes; reading
+/// and decoding them again each time was most of a `stat`'s cost.
+const NODE_CACHE: usize = 1024;
+/// And at most about this much memory: nodes are a few hundred bytes, but a trie from a
+/// peer may have nodes of up to 8 MiB (large values, buckets that decode larger than
+/// they are stored).
+const NODE_CACHE_BYTES: usize = 4 << 20;
+
+/// Recently used decoded nodes, with their approximate sizes.
+struct NodeCache {
+    lru: lru::LruCache<u64, (Arc<Node>, usize)>,
+    bytes: usize,
+}
+
+impl NodeCache {
+    fn new() -> NodeCache {
+        NodeCache {
+            lru: lru::LruCache::unbounded(),
+            bytes: 0,
+        }
+    }
+
+    fn get(&mut self, seq: u64) -> Option<Arc<Node>> {
+        self.lru.get(&seq).map(|(node, _)| node.clone())
+    }
+
+    fn put(&mut self, node: Arc<Node>) {
+        let size = node.heap_size();
+        if size > NODE_CACHE_BYTES / 16 {
+            return;
+        }
+        if let Some((_, old)) = self.lru.put(node.seq, (node, size)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.lru.len() > NODE_CACHE || self.bytes > NODE_CACHE_BYTES {
+            match self.lru.pop_lru() {
+                Some((_, (_, size))) => self.bytes -= size,
+                None => break,
+            }
+        }
+    }
+}
+
 /// A hypertrie on a feed, at its latest version or checked out at an older one. Cheap to
-/// clone; clones share the writer's lock.
+/// clone; clones share the writer's lock and the cache of decoded nodes.
 #[derive(Clone)]
 pub struct Hypertrie {
     feed: Feed,
@@ -185,6 +230,7 @@ pub struct Hypertrie {
     lock: Arc<tokio::sync::Mutex<()>>,
     /// The feed's `hypertrie` extension, when opened with a replicator.
     extension: Option<Arc<extension::Service>>,
+    nodes: Arc<Mutex<NodeCache>>,
 }
 
 impl std::fmt::Debug for Hypertrie {
@@ -205,6 +251,7 @@ impl Hypertrie {
             version: None,
             lock: Arc::new(tokio::sync::Mutex::new(())),
             extension: None,
+            nodes: Arc::new(Mutex::new(NodeCache::new())),
         };
         if trie.feed.writable() && trie.feed.is_empty() {
             let _guard = trie.lock.lock().await;
@@ -260,7 +307,7 @@ impl Hypertrie {
             return Ok(None);
         }
         let node = self.load(seq).await?;
-        Ok((!node.is_reset()).then_some(node))
+        Ok((!node.is_reset()).then(|| Node::clone(&node)))
     }
 
     /// The node for `key`.
@@ -382,18 +429,37 @@ impl Hypertrie {
             .map_err(|source| self.feed_error(source))
     }
 
-    async fn load(&self, seq: u64) -> Result<Node, Error> {
-        Node::decode(seq, &self.block(seq).await?)
+    /// The node at `seq`, from the cache or decoded from its block.
+    async fn load(&self, seq: u64) -> Result<Arc<Node>, Error> {
+        if let Some(node) = self.cached(seq) {
+            return Ok(node);
+        }
+        Ok(self.keep(Node::decode(seq, &self.block(seq).await?)?))
     }
 
     /// The node at `seq` if its block is stored here; never waits for peers.
-    async fn load_stored(&self, seq: u64) -> Result<Node, Error> {
+    async fn load_stored(&self, seq: u64) -> Result<Arc<Node>, Error> {
+        if let Some(node) = self.cached(seq) {
+            return Ok(node);
+        }
         let block = self
             .feed
             .get_with(seq, hypercore::GetOptions::no_wait())
             .await
             .map_err(|source| self.feed_error(source))?;
-        Node::decode(seq, &block)
+        Ok(self.keep(Node::decode(seq, &block)?))
+    }
+
+    fn cached(&self, seq: u64) -> Option<Arc<Node>> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.get(seq)
+    }
+
+    fn keep(&self, node: Node) -> Arc<Node> {
+        let node = Arc::new(node);
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes.put(node.clone());
+        node
     }
 
     fn feed_error(&self, source: hypercore::Error) -> Error {
@@ -429,7 +495,7 @@ struct View<'a> {
     version: u64,
     pending: Vec<Node>,
     /// Nodes loaded during this operation.
-    cache: HashMap<u64, Node>,
+    cache: HashMap<u64, Arc<Node>>,
     /// Answering a peer's lookup: read stored blocks only, and note every seq the lookup
     /// touches where JS's `onseq` would (JS `{wait: false, onseq}`).
     touched: Option<Vec<u64>>,
@@ -464,11 +530,16 @@ impl<'a> View<'a> {
     /// The node at `seq`: one of the batch's as it is, a stored one unless it is a reset
     /// node (JS `getBySeq`, which yields nothing for every stored node with an empty key).
     async fn load(&mut self, seq: u64) -> Result<Option<Node>, Error> {
+        Ok(self.shared(seq).await?.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`Self::load`] without copying the node: walks hold and stack nodes by reference.
+    async fn shared(&mut self, seq: u64) -> Result<Option<Arc<Node>>, Error> {
         if let Some(node) = seq
             .checked_sub(self.version)
             .and_then(|k| self.pending.get(k as usize))
         {
-            return Ok(Some(node.clone()));
+            return Ok(Some(Arc::new(node.clone())));
         }
         if let Some(node) = self.cache.get(&seq) {
             return Ok(Some(node.clone()).filter(|n| !n.is_reset()));
@@ -488,12 +559,12 @@ impl<'a> View<'a> {
     }
 
     /// The newest node: the batch's last, else the stored head.
-    async fn head(&mut self) -> Result<Option<Node>, Error> {
+    async fn head(&mut self) -> Result<Option<Arc<Node>>, Error> {
         let len = self.len();
         if len < 2 {
             return Ok(None);
         }
-        self.load(len - 1).await
+        self.shared(len - 1).await
     }
 
     /// Among the chain at `(i, v)` of `node`'s buckets, the last node that does not differ
@@ -504,13 +575,13 @@ impl<'a> View<'a> {
         i: usize,
         v: usize,
         target: &Path,
-    ) -> Result<Option<Node>, Error> {
+    ) -> Result<Option<Arc<Node>>, Error> {
         let mut found = None;
         let chain: Vec<u64> = node.buckets.chain(i, v).collect();
         for seq in chain {
             self.touch(seq);
             self.ask_before(seq, None);
-            if let Some(candidate) = self.load(seq).await? {
+            if let Some(candidate) = self.shared(seq).await? {
                 if !candidate.path.differs(target, i) {
                     found = Some(candidate);
                 }
@@ -526,7 +597,7 @@ impl<'a> View<'a> {
         };
         self.touch(head);
         self.ask_before(head, None);
-        let Some(mut h) = self.load(head).await? else {
+        let Some(mut h) = self.shared(head).await? else {
             return Ok(None);
         };
         let len = target.len() - usize::from(options.prefix);
@@ -551,10 +622,10 @@ impl<'a> View<'a> {
                     Some(next) => h = next,
                     None => return Ok(None),
                 },
-                None => return Ok(options.closest.then_some(h)),
+                None => return Ok(options.closest.then(|| Arc::unwrap_or_clone(h))),
             }
         }
-        Ok(Some(h))
+        Ok(Some(Arc::unwrap_or_clone(h)))
     }
 
     /// The node a put of `key` would append next (seq = the current length), with its
@@ -594,7 +665,7 @@ impl<'a> View<'a> {
                 if !cp {
                     push(&mut buckets, i, j, seq);
                 } else if seq != deleted {
-                    let other = self.load(seq).await?;
+                    let other = self.shared(seq).await?;
                     if other.is_some_and(|o| o.path.differs(&path, i)) {
                         colliding.push((j, seq));
                     }
@@ -617,7 +688,7 @@ impl<'a> View<'a> {
                 continue;
             }
             match h.buckets.get(i, v) {
-                Some(seq) => head = self.load(seq).await?,
+                Some(seq) => head = self.shared(seq).await?,
                 None => break,
             }
             i += 1;
@@ -629,7 +700,7 @@ impl<'a> View<'a> {
             flags: options.flags,
             buckets,
         };
-        Ok((node, head))
+        Ok((node, head.map(Arc::unwrap_or_clone)))
     }
 
     /// The node a delete of `key` appends (spec §6.4): a copy of the deepest other branch
@@ -661,7 +732,7 @@ impl<'a> View<'a> {
                 self.follow_chain(&h.clone(), i, v, &target).await?
             } else {
                 match h.buckets.get(i, v) {
-                    Some(seq) => self.load(seq).await?,
+                    Some(seq) => self.shared(seq).await?,
                     None => return Ok(None),
                 }
             };
@@ -699,10 +770,10 @@ impl<'a> View<'a> {
     }
 
     /// Loads `seq`, the next node of a lookup: touched, and asked for if missing.
-    async fn step(&mut self, seq: u64) -> Result<Option<Node>, Error> {
+    async fn step(&mut self, seq: u64) -> Result<Option<Arc<Node>>, Error> {
         self.touch(seq);
         self.ask_before(seq, None);
-        self.load(seq).await
+        self.shared(seq).await
     }
 
     async fn list(&mut self, prefix: &str, options: ListOptions) -> Result<Vec<Node>, Error> {
@@ -721,7 +792,7 @@ impl<'a> View<'a> {
 struct Entry {
     i: usize,
     seq: u64,
-    node: Option<Node>,
+    node: Option<Arc<Node>>,
 }
 
 /// The stack as JS's iterator checkpoint encodes it: varints of each entry's position and
@@ -785,7 +856,7 @@ impl Walk {
             None => walk.stack.extend(first.map(|node| Entry {
                 i: start,
                 seq: node.seq,
-                node: Some(node),
+                node: Some(Arc::new(node)),
             })),
             Some(entries) => {
                 for &(i, seq) in entries {
@@ -814,7 +885,7 @@ impl Walk {
     async fn load(&mut self, view: &mut View<'_>, from: usize) -> Result<(), Error> {
         for at in from..self.stack.len() {
             if self.stack[at].node.is_none() {
-                self.stack[at].node = view.load(self.stack[at].seq).await?;
+                self.stack[at].node = view.shared(self.stack[at].seq).await?;
             }
         }
         Ok(())
@@ -825,9 +896,17 @@ impl Walk {
         while let Some(top) = self.stack.pop() {
             // Entries without a node were dropped when their step's loads finished.
             let Some(node) = top.node else { continue };
-            let i = top.i;
-            if i >= node.path.len().min(self.end) {
-                return Ok(Some(node));
+            let mut i = top.i;
+            let limit = node.path.len().min(self.end);
+            // Where no bucket branches off, the walk goes on along the node's own path.
+            while i < limit
+                && !(self.gt && i == self.start)
+                && node.buckets.slots(i).next().is_none()
+            {
+                i += 1;
+            }
+            if i >= limit {
+                return Ok(Some(Arc::unwrap_or_clone(node)));
             }
             let base = self.stack.len();
             let mut collisions = Vec::new();
@@ -863,5 +942,45 @@ impl Walk {
                 .extend(pushed.into_iter().filter(|e| e.node.is_some()));
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(seq: u64, value: usize) -> Arc<Node> {
+        Arc::new(Node {
+            seq,
+            path: Path::new(&format!("k{seq}"), false),
+            value: Some(Bytes::from(vec![0u8; value])),
+            flags: 0,
+            buckets: Buckets::default(),
+        })
+    }
+
+    #[test]
+    fn the_node_cache_stays_within_its_count_and_its_bytes() {
+        let mut cache = NodeCache::new();
+        for seq in 1..=3000 {
+            cache.put(node(seq, 10));
+        }
+        assert_eq!(cache.lru.len(), NODE_CACHE);
+        assert!(cache.get(3000).is_some() && cache.get(1).is_none());
+
+        // A node too large to keep is not kept, and evicts nothing.
+        cache.put(node(5000, NODE_CACHE_BYTES));
+        assert!(cache.get(5000).is_none());
+        assert_eq!(cache.lru.len(), NODE_CACHE);
+
+        // Large values fill the byte budget before the count.
+        for seq in 6000..6100 {
+            cache.put(node(seq, NODE_CACHE_BYTES / 20));
+        }
+        assert!(cache.bytes <= NODE_CACHE_BYTES);
+        assert!(cache.lru.len() < 30);
+        assert!(cache.get(6099).is_some());
+        let counted: usize = cache.lru.iter().map(|(_, (_, size))| size).sum();
+        assert_eq!(counted, cache.bytes);
     }
 }

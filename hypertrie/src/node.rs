@@ -101,6 +101,13 @@ impl Node {
         self.flags << 8 | u64::from(self.hidden())
     }
 
+    /// About how much memory the node holds beyond its own struct.
+    pub(crate) fn heap_size(&self) -> usize {
+        // The path keeps its key, a range and 8 hash bytes per component.
+        let path = self.path.key().len() + 24 * (self.path.len() / 32 + 1);
+        path + self.value.as_ref().map_or(0, Bytes::len) + self.buckets.heap_size()
+    }
+
     /// The block's bytes.
     pub fn encode(&self) -> Vec<u8> {
         WireNode {

@@ -75,6 +75,8 @@ impl Figure {
             "MB/s" => format!("{v:.0} MB/s"),
             "us" => format!("{v:.2} us"),
             "s/GiB" => format!("{v:.2} s/GiB"),
+            "files/s" | "reads/s" => format!("{v:.0} {}", self.unit),
+            "MiB" => format!("{v:.1} MiB"),
             u => format!("{v:.3} {u}"),
         }
     }
