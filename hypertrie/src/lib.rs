@@ -370,7 +370,18 @@ impl Hypertrie {
             .map_err(|source| self.feed_error(source))
     }
 
+    /// The node at `seq`. One past the feed's length (a checkout at a later version, a
+    /// mount pinned there, a pointer from a hostile node) is an error, not a wait: on a
+    /// feed we write it would never come, and a remote one was brought up to what its
+    /// peers have before the lookup (see `MountableTrie`).
     async fn load(&self, seq: u64) -> Result<Node, Error> {
+        let length = self.feed.len();
+        if seq >= length {
+            return Err(self.feed_error(hypercore::Error::OutOfRange {
+                index: seq,
+                reason: format!("the feed has {length} blocks"),
+            }));
+        }
         Node::decode(seq, &self.block(seq).await?)
     }
 
@@ -654,6 +665,11 @@ impl<'a> View<'a> {
             .await?;
         let mut out = Vec::new();
         let mut stack: Vec<(usize, Node)> = first.into_iter().map(|n| (start, n)).collect();
+        // Honest pointers lead to each node at most once in a listing (each to an older
+        // node, along one hash prefix); a hostile trie's may lead round in circles, and a
+        // walk that followed them would grow without end. Each node is entered once.
+        let mut entered: std::collections::HashSet<u64> =
+            stack.iter().map(|(_, n)| n.seq).collect();
         while let Some((i, node)) = stack.pop() {
             if i >= node.path.len().min(end) {
                 if !node.is_reset() {
@@ -675,6 +691,9 @@ impl<'a> View<'a> {
                     .filter_map(|slot| node.buckets.get(i, slot))
                     .collect();
                 for seq in chain {
+                    if !entered.insert(seq) {
+                        continue;
+                    }
                     // A reset node stands for nothing here (JS would fail on it).
                     if let Some(next) = self.load(seq).await? {
                         stack.push((i + 1, next));

@@ -97,7 +97,14 @@ impl MountableTrie {
                 ..GetOptions::default()
             };
             self.catch_up(&at.trie).await;
-            let Some(node) = at.trie.get(&at.path, closest).await? else {
+            // The closest node may be a hidden one (the head, when no visible key is
+            // left); JS would return it for a visible key of the same name.
+            let Some(node) = at
+                .trie
+                .get(&at.path, closest)
+                .await?
+                .filter(|n| !n.hidden())
+            else {
                 return Ok(None);
             };
             if !node.is_mount() || node.key() == at.path {
@@ -237,7 +244,13 @@ impl MountableTrie {
         };
         self.catch_up(&at.trie).await;
         let record_key = format!("mounts/{}", at.path);
-        let Some(node) = at.trie.get(&record_key, hidden_closest).await? else {
+        // As in `get`, the closest node may be in the other half of the trie.
+        let Some(node) = at
+            .trie
+            .get(&record_key, hidden_closest)
+            .await?
+            .filter(|n| n.hidden())
+        else {
             return Ok(None);
         };
         let Some(point) = node.key().strip_prefix("mounts/") else {
@@ -261,6 +274,16 @@ impl MountableTrie {
                     reason: format!("the mount record of {point:?}: {e}"),
                 }
             })?;
+        if record.key.len() != 32 {
+            // The peer's block is bad (`mounted` would answer a key that cannot be put).
+            return Err(Error::Decode {
+                seq: node.seq,
+                reason: format!(
+                    "the mount record of {point:?} holds a key of {} bytes, not 32",
+                    record.key.len()
+                ),
+            });
+        }
         let trie = self.mounted(&record, point).await?;
         Ok(Some(Location {
             trie,
@@ -269,11 +292,13 @@ impl MountableTrie {
         }))
     }
 
-    /// Before reading a remote trie (not ours, not a checkout), takes in what its peers
-    /// announced, as mountable-hypertrie's `alwaysUpdate` does: a lookup sees the latest
-    /// version peers have, and a trie just opened waits for its peers to say what that is.
+    /// Before reading a remote trie (not ours, not a checkout of a version we have), takes
+    /// in what its peers announced, as mountable-hypertrie's `alwaysUpdate` does: a lookup
+    /// sees the latest version peers have, and a trie just opened waits for its peers to
+    /// say what that is.
     async fn catch_up(&self, trie: &Hypertrie) {
-        if trie.writable() || trie.is_checkout() {
+        let known = trie.is_checkout() && trie.version() <= trie.feed().len();
+        if trie.writable() || known {
             return;
         }
         if let Some(core) = self.store.get_open(&trie.feed().key()) {
