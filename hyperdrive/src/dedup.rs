@@ -75,9 +75,10 @@ fn prefix(hash: &Hash) -> u64 {
 }
 
 impl Drive {
-    /// Puts one file's content, `blocks`, in the content feed: finds it there already
-    /// (unless [`crate::DriveOptions::no_dedup`]), or appends it as one batch.
-    pub(crate) async fn store_content(&self, blocks: Vec<Bytes>) -> Result<Run, Error> {
+    /// Puts the content of the file at `path`, `blocks`, in the content feed: finds it
+    /// there already (unless [`crate::DriveOptions::no_dedup`]), or appends it as one
+    /// batch.
+    pub(crate) async fn store_content(&self, path: &str, blocks: Vec<Bytes>) -> Result<Run, Error> {
         let count = blocks.len() as u64;
         if !self.options.no_dedup {
             let size = blocks.iter().map(|b| b.len() as u64).sum();
@@ -102,10 +103,14 @@ impl Drive {
         // One atomic append: where the file starts is known exactly whoever else appends.
         // The writer lock keeps it out of the middle of a file written in several batches.
         let _writer = feed.lock_writer().await;
-        let appended = feed
-            .append_batch_at(blocks)
-            .await
-            .map_err(|source| self.content_error(source))?;
+        let appended =
+            feed.append_batch_at(blocks)
+                .await
+                .map_err(|source| Error::ContentWrite {
+                    path: path.to_string(),
+                    drive: self.key(),
+                    source: Box::new(source),
+                })?;
         Ok(Run {
             offset: appended.start,
             byte_offset: appended.start_byte,
@@ -134,7 +139,7 @@ impl Drive {
             runs.into_iter()
                 .map(|(offset, first)| {
                     let first = first.or_else(|| {
-                        let leaves = content.leaves(offset, offset + 1).ok()?;
+                        let leaves = content.leaves(offset, offset.checked_add(1)?).ok()?;
                         leaves.first().map(|l| prefix(&l.hash))
                     });
                     (offset, first)

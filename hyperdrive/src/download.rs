@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::dir::decode_stat;
 use crate::path::key_of;
-use crate::{Drive, Error, Stat};
+use crate::{trie_at, Drive, Error, Stat};
 
 /// Files whose blocks one download requests at a time (JS `maxConcurrent`).
 pub const MAX_CONCURRENT: usize = 50;
@@ -358,7 +358,12 @@ impl Walk {
                 no_mounts: true,
                 gt: true,
             };
-            for entry in drive.trie.list(&prefix, list).await? {
+            let listed = drive
+                .trie
+                .list(&prefix, list)
+                .await
+                .map_err(trie_at(&format!("{outer}/{prefix}")))?;
+            for entry in listed {
                 let key = entry.node.key();
                 let relative = match prefix.as_str() {
                     "" => Some(key),
@@ -442,6 +447,21 @@ impl Walk {
                 ),
             });
         };
+        // Its blocks are within the feed's length, so their bytes within its byte length.
+        let bytes = content.feed().byte_len();
+        if stat
+            .byte_offset
+            .checked_add(stat.size)
+            .is_none_or(|last| last > bytes)
+        {
+            return Err(Error::BadStat {
+                path,
+                reason: format!(
+                    "bytes {}..+{} are past the content feed's {bytes} bytes",
+                    stat.byte_offset, stat.size
+                ),
+            });
+        }
         self.files.push(FileRange {
             path,
             drive: owner.key(),

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::dedup::{blocking, Run};
 use crate::dir::decode_stat;
 use crate::path::key_of;
-use crate::{Drive, Error, Stat, MAX_BLOCK};
+use crate::{trie_at, Drive, Error, Stat, MAX_BLOCK};
 
 /// Blocks read, hashed, appended or written at a time (8 MiB of 512 KiB blocks).
 const BATCH_BLOCKS: usize = 16;
@@ -214,10 +214,18 @@ impl Drive {
                 no_mounts: true,
                 gt: true,
             };
-            for found in self.trie.list(&base, all).await? {
+            let listed = self
+                .trie
+                .list(&base, all)
+                .await
+                .map_err(trie_at(drive_path))?;
+            for found in listed {
                 let key = found.node.key();
                 if !found.node.is_mount() && !keys.contains(key) {
-                    self.trie.del(key).await?;
+                    self.trie
+                        .del(key)
+                        .await
+                        .map_err(trie_at(&format!("/{key}")))?;
                     summary.removed += 1;
                 }
             }
@@ -242,7 +250,8 @@ impl Drive {
         // A Stat that does not decode is replaced like any other.
         let existing = trie
             .get(&key, GetOptions::default())
-            .await?
+            .await
+            .map_err(trie_at(path))?
             .and_then(|node| decode_stat(&key, node.value.as_deref()).ok());
         let same_attrs = |s: &Stat| s.mode & 0o7777 == entry.mode && s.mtime == entry.mtime;
         if let Some(mount) = existing.as_ref().filter(|s| s.mount.is_some()) {
@@ -321,7 +330,9 @@ impl Drive {
             }
         };
         let value = Bytes::from(stat.encode_to_vec());
-        trie.put(&key, value, PutOptions::default()).await?;
+        trie.put(&key, value, PutOptions::default())
+            .await
+            .map_err(trie_at(path))?;
         summary.count(match existing {
             None => Outcome::Added,
             Some(_) => Outcome::Changed,
@@ -464,7 +475,12 @@ impl Drive {
         };
         let mut summary = TransferSummary::default();
         let mut items: BTreeMap<String, Item> = BTreeMap::new();
-        for found in self.trie.list(&base, all).await? {
+        let listed = self
+            .trie
+            .list(&base, all)
+            .await
+            .map_err(trie_at(drive_path))?;
+        for found in listed {
             let key = found.node.key();
             let rel = match base.is_empty() {
                 true => Some(key),
@@ -476,6 +492,14 @@ impl Drive {
             check_name(key, rel)?;
             let stat = decode_stat(key, found.node.value.as_deref())?;
             let item = if stat.is_symlink() {
+                if stat.linkname.as_deref().unwrap_or_default().is_empty() {
+                    // No filesystem holds a link to nothing.
+                    summary.skipped.push(Skipped {
+                        path: format!("/{key}"),
+                        reason: "a symlink with no target".into(),
+                    });
+                    continue;
+                }
                 Item::Symlink(stat)
             } else if stat.is_dir() {
                 Item::Dir(Some(stat))
@@ -498,13 +522,14 @@ impl Drive {
         for parent in parents {
             items.entry(parent).or_insert(Item::Dir(None));
         }
+        // Sizes come from Stats, checked only when each file is exported.
         let bytes = items
             .values()
             .map(|i| match i {
                 Item::File(stat, _) => stat.size,
                 _ => 0,
             })
-            .sum();
+            .fold(0, u64::saturating_add);
         let mut tracker = Tracker::new(options.progress, items.len() as u64, bytes);
 
         let root = local_dir.to_path_buf();
@@ -620,6 +645,20 @@ impl Drive {
                     feed.len()
                 ),
             })?;
+        let bytes = feed.byte_len();
+        if stat
+            .byte_offset
+            .checked_add(stat.size)
+            .is_none_or(|last| last > bytes)
+        {
+            return Err(Error::BadStat {
+                path: path.to_string(),
+                reason: format!(
+                    "bytes {}..+{} are past the content feed's {bytes} bytes",
+                    stat.byte_offset, stat.size
+                ),
+            });
+        }
         Ok(Source {
             feed,
             start: stat.offset,

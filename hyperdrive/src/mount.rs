@@ -6,7 +6,7 @@ use hypertrie::{MountRecord, PutOptions};
 use prost::Message;
 
 use crate::path::key_of;
-use crate::{Drive, Error, Stat, StatMount};
+use crate::{trie_at, Drive, Error, Stat, StatMount};
 
 /// What to mount, and how (JS `mount(path, key, opts)`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,7 +89,9 @@ impl Drive {
                 ..Stat::file(0o644, now)
             };
             let value = Bytes::from(stat.encode_to_vec());
-            trie.put(&inner, value, PutOptions::default()).await?;
+            trie.put(&inner, value, PutOptions::default())
+                .await
+                .map_err(trie_at(path))?;
             return Ok(stat);
         }
         let stat = Stat {
@@ -108,7 +110,8 @@ impl Drive {
             hash: None,
         };
         trie.mount(&inner, record, Bytes::from(stat.encode_to_vec()))
-            .await?;
+            .await
+            .map_err(trie_at(path))?;
         Ok(stat)
     }
 
@@ -119,7 +122,7 @@ impl Drive {
         match &stat.mount {
             Some(m) if m.hypercore == Some(true) => self.unlink(path).await,
             Some(_) => {
-                trie.unmount(&inner).await?;
+                trie.unmount(&inner).await.map_err(trie_at(path))?;
                 Ok(())
             }
             None => Err(Error::WrongType {
@@ -142,7 +145,13 @@ impl Drive {
                 }
                 .into());
             }
-            for record in drive.trie.trie().mounts().await? {
+            let records = drive
+                .trie
+                .trie()
+                .mounts()
+                .await
+                .map_err(trie_at(&format!("/{prefix}")))?;
+            for record in records {
                 let path = match prefix.as_str() {
                     "" => record.local_path.clone(),
                     p => format!("{p}/{}", record.local_path),
@@ -173,7 +182,7 @@ impl Drive {
     /// Which drive serves `path`, and where it is mounted.
     pub async fn info(&self, path: &str) -> Result<PathInfo, Error> {
         let key = key_of(path);
-        let (trie, inner) = self.trie.owner(&key).await?;
+        let (trie, inner) = self.trie.owner(&key).await.map_err(trie_at(path))?;
         let mount_path = key
             .strip_suffix(inner.as_str())
             .unwrap_or("")
