@@ -723,6 +723,37 @@ async fn a_remote_reader_of_lying_stats_gets_errors_naming_the_path() {
             "{path}: a lie that the feed's length already shows is not waited on"
         );
     }
+    // Past the content feed: the reader waits a while for it to grow that long (its
+    // peers may not have told all yet), then calls the Stat bad.
+    let read = tokio::time::timeout(2 * LIMIT, reader.read_file("/past")).await;
+    let err = read.expect("reading /past hung").unwrap_err();
+    assert!(
+        matches!(&err, Error::BadStat { path, .. } if path == "/past"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_remote_reader_of_a_garbage_block_gets_errors_naming_the_path() {
+    let (tmp, store, drive) = new_drive().await;
+    drive.write_file("/a", b"aaa", w()).await.unwrap();
+    drive
+        .metadata()
+        .append(Bytes::from_static(
+            b"\xff\xff\xff\xff sent by a malicious writer",
+        ))
+        .await
+        .unwrap();
+    let reader_store = open_store(&tmp.path().join("reader")).await;
+    connect(&store, &reader_store).await;
+    let reader = Drive::open_key(&reader_store, drive.key(), DriveOptions::default())
+        .await
+        .unwrap();
+    for path in ["/a", "/", "/missing"] {
+        let answers = reads(&reader, path, &tmp.path().join("out")).await;
+        answers.errors_name_the_path();
+        answers.failed_naming_the_path(&["read_file", "readdir recursive", "download"]);
+    }
 }
 
 /// Replicates two stores over an in-memory connection, live.
