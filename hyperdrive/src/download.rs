@@ -312,6 +312,7 @@ impl Drive {
         let mut walk = Walk {
             options,
             empty,
+            mounts_entered: 0,
             lengths: HashMap::new(),
             files: Vec::new(),
         };
@@ -337,6 +338,8 @@ impl Drive {
 struct Walk {
     options: WalkOptions,
     empty: bool,
+    /// Mount points entered so far (see [`hypertrie::MAX_MOUNTS_ENTERED`]).
+    mounts_entered: usize,
     /// Content feed lengths brought up to date, by feed.
     lengths: HashMap<PublicKey, u64>,
     files: Vec<FileRange>,
@@ -390,6 +393,15 @@ impl Walk {
                         // A drive mounted inside itself: its files are listed already.
                         if chain.contains(&key) {
                             continue;
+                        }
+                        self.mounts_entered += 1;
+                        if self.mounts_entered > hypertrie::MAX_MOUNTS_ENTERED {
+                            let limit = hypertrie::MAX_MOUNTS_ENTERED;
+                            let source = hypertrie::Error::TooManyMounts {
+                                path: shown.clone(),
+                                limit,
+                            };
+                            return Err(trie_at(&shown)(source));
                         }
                         if chain.len() > MAX_MOUNT_DEPTH {
                             return Err(Error::Trie(hypertrie::Error::MountLoop {

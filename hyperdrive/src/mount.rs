@@ -137,6 +137,7 @@ impl Drive {
     pub async fn mounts(&self, recursive: bool) -> Result<Vec<MountInfo>, Error> {
         let mut out = Vec::new();
         let mut todo = vec![(self.clone(), String::new(), 0)];
+        let mut entered = 0;
         while let Some((drive, prefix, depth)) = todo.pop() {
             if depth > MAX_MOUNT_DEPTH {
                 return Err(hypertrie::Error::MountLoop {
@@ -162,6 +163,14 @@ impl Drive {
                 })?;
                 let version = record.version.filter(|&v| v != 0);
                 if recursive {
+                    entered += 1;
+                    if entered > hypertrie::MAX_MOUNTS_ENTERED {
+                        let source = hypertrie::Error::TooManyMounts {
+                            path: path.clone(),
+                            limit: hypertrie::MAX_MOUNTS_ENTERED,
+                        };
+                        return Err(trie_at(&format!("/{path}"))(source));
+                    }
                     let mounted = drive.drive_of_key(key).await?;
                     let mounted = match version {
                         Some(v) => mounted.checkout(v),

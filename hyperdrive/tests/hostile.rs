@@ -931,6 +931,53 @@ async fn mount_loops_give_errors_naming_the_path_never_hang() {
 }
 
 #[tokio::test]
+async fn drives_mounted_in_each_other_many_times_over_are_not_walked_for_ever() {
+    let (tmp, store, first) = new_drive().await;
+    // 16 drives, each mounting the next at 3 points: no loop, but 3^15 mount points below
+    // the first, which a walk entering each would take days to list.
+    let mut drives = vec![first];
+    for i in 1..16u8 {
+        let drive = Drive::open(
+            &store,
+            store.get_named(&[i]).await.unwrap(),
+            DriveOptions::default(),
+        )
+        .await
+        .unwrap();
+        drive.write_file("/f", &[i], w()).await.unwrap();
+        drives.push(drive);
+    }
+    for pair in drives.windows(2) {
+        for point in ["/m1", "/m2", "/m3"] {
+            pair[0]
+                .mount(point, pair[1].key(), MountOptions::default())
+                .await
+                .unwrap();
+        }
+    }
+    let first = &drives[0];
+    let too_many = |e: &Error| e.to_string().contains("too many mounts");
+    let err = bounded("readdir", first.readdir("/", true))
+        .await
+        .unwrap_err();
+    assert!(too_many(&err), "{err}");
+    let err = bounded("mounts", first.mounts(true)).await.unwrap_err();
+    assert!(too_many(&err), "{err}");
+    let err = bounded("file_stats", first.file_stats("/", WITH_MOUNTS))
+        .await
+        .unwrap_err();
+    assert!(too_many(&err), "{err}");
+    let out = tmp.path().join("out");
+    let err = bounded("export", first.export("/", &out, ExportOptions::default()))
+        .await
+        .unwrap_err();
+    assert!(too_many(&err), "{err}");
+    // A path through the mounts is found as ever.
+    let deep = format!("{}/f", "/m2".repeat(15));
+    assert_eq!(first.read_file(&deep).await.unwrap(), [15]);
+}
+
+#[tokio::test]
 async fn symlink_loops_give_errors_naming_the_path() {
     let (tmp, _store, drive) = new_drive().await;
     drive.write_file("/file", b"data", w()).await.unwrap();

@@ -23,7 +23,7 @@ pub use diff::{DiffEntry, DiffOptions};
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
-pub use resolve::{MountListOptions, MountableTrie, Resolved, CATCH_UP_LIMIT};
+pub use resolve::{MountListOptions, MountableTrie, Resolved, CATCH_UP_LIMIT, MAX_MOUNTS_ENTERED};
 
 use path::{is_checkpoint, END};
 
@@ -63,6 +63,15 @@ pub enum Error {
         path: String,
         /// Mounts followed.
         depth: usize,
+    },
+    /// A listing would enter more mount points than any sane tree has: drives mounted
+    /// in each other many times over.
+    #[error("listing reached {limit} mount points at {path:?}: too many mounts")]
+    TooManyMounts {
+        /// The mount point where it stopped.
+        path: String,
+        /// The most a listing enters.
+        limit: usize,
     },
     /// A key that cannot be written.
     #[error("cannot put the key {key:?}: {reason}")]

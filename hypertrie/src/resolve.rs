@@ -17,6 +17,10 @@ use crate::{Error, GetOptions, Hypertrie, ListOptions, Node, OpenOptions, PutOpt
 
 /// Mounts followed in one lookup at most: deeper is a mount loop.
 const MAX_DEPTH: usize = 16;
+/// Mount points a listing enters at most. Drives mounted in each other without a loop
+/// still multiply: 16 drives each mounting the next at 3 points make 3^16 mount points
+/// below the first, which no listing should try to walk.
+pub const MAX_MOUNTS_ENTERED: usize = 10_000;
 /// Longest wait of a remote trie for what its peers announced before a lookup.
 pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 
@@ -161,19 +165,23 @@ impl MountableTrie {
         options: MountListOptions,
     ) -> Result<Vec<Resolved>, Error> {
         let prefix = normalize_path(prefix);
-        let mut out = self.list_at(prefix.clone(), options, 0).await?;
+        let mut entered = 0;
+        let mut out = self
+            .list_at(prefix.clone(), options, 0, &mut entered)
+            .await?;
         if options.gt {
             out.retain(|r| r.node.key() != prefix);
         }
         Ok(out)
     }
 
-    fn list_at(
-        &self,
+    fn list_at<'a>(
+        &'a self,
         prefix: String,
         options: MountListOptions,
         depth: usize,
-    ) -> BoxFuture<'_, Result<Vec<Resolved>, Error>> {
+        entered: &'a mut usize,
+    ) -> BoxFuture<'a, Result<Vec<Resolved>, Error>> {
         Box::pin(async move {
             if depth > MAX_DEPTH {
                 return Err(mount_loop(&prefix));
@@ -198,7 +206,14 @@ impl MountableTrie {
                 let point = resolved.node.key().to_string();
                 out.push(resolved);
                 if enter {
-                    out.extend(self.list_at(point, options, depth + 1).await?);
+                    *entered += 1;
+                    if *entered > MAX_MOUNTS_ENTERED {
+                        return Err(Error::TooManyMounts {
+                            path: point,
+                            limit: MAX_MOUNTS_ENTERED,
+                        });
+                    }
+                    out.extend(self.list_at(point, options, depth + 1, entered).await?);
                 }
             }
             Ok(out)
