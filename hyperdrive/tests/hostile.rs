@@ -1344,12 +1344,14 @@ mod properties {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-        /// Whatever bytes a Stat's value holds, decoding answers.
+        /// Whatever bytes a block or a Stat holds, decoding answers.
         #[test]
-        fn stats_of_any_bytes_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+        fn any_bytes_decode_or_fail(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
             let _ = Stat::decode(&bytes[..]);
             let _ = StatMount::decode(&bytes[..]);
             let _ = MountRecord::decode(&bytes[..]);
+            let _ = Node::decode(1, &bytes);
+            let _ = hypertrie::Header::decode_block(&bytes);
         }
 
         /// A drive whose trie is any sequence of nodes and garbage: every operation answers.
