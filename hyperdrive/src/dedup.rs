@@ -102,9 +102,10 @@ const INLINE_LEAVES: usize = 4;
 const INLINE_SCAN: u64 = 16;
 
 impl Drive {
-    /// Puts one file's content, `blocks`, in the content feed: finds it there already
-    /// (unless [`crate::DriveOptions::no_dedup`]), or appends it as one batch.
-    pub(crate) async fn store_content(&self, blocks: Vec<Bytes>) -> Result<Run, Error> {
+    /// Puts the content of the file at `path`, `blocks`, in the content feed: finds it
+    /// there already (unless [`crate::DriveOptions::no_dedup`]), or appends it as one
+    /// batch.
+    pub(crate) async fn store_content(&self, path: &str, blocks: Vec<Bytes>) -> Result<Run, Error> {
         let count = blocks.len() as u64;
         if !self.options.no_dedup {
             let size = blocks.iter().map(|b| b.len() as u64).sum();
@@ -134,10 +135,14 @@ impl Drive {
         // One atomic append: where the file starts is known exactly whoever else appends.
         // The writer lock keeps it out of the middle of a file written in several batches.
         let _writer = feed.lock_writer().await;
-        let appended = feed
-            .append_batch_at(blocks)
-            .await
-            .map_err(|source| self.content_error(source))?;
+        let appended =
+            feed.append_batch_at(blocks)
+                .await
+                .map_err(|source| Error::ContentWrite {
+                    path: path.to_string(),
+                    drive: self.key(),
+                    source: Box::new(source),
+                })?;
         Ok(Run {
             offset: appended.start,
             byte_offset: appended.start_byte,
@@ -175,7 +180,11 @@ impl Drive {
             unread
                 .into_iter()
                 .map(|run| {
-                    let leaves = content.leaves(run.2, run.2 + 1).ok();
+                    // A hostile Stat's offset may sit at the end of the numbers.
+                    let leaves = run
+                        .2
+                        .checked_add(1)
+                        .and_then(|end| content.leaves(run.2, end).ok());
                     (run, leaves.and_then(|l| l.first().map(|l| prefix(&l.hash))))
                 })
                 .collect::<Vec<_>>()

@@ -6,7 +6,7 @@ use hypertrie::{GetOptions, Hypertrie, MountListOptions, PutOptions};
 use prost::Message;
 
 use crate::path::{key_of, resolve_link, unixify};
-use crate::{Drive, Error, Stat, S_IFDIR};
+use crate::{trie_at, Drive, Error, Stat, S_IFDIR};
 
 /// Symlinks followed at most when resolving a path.
 const MAX_SYMLINKS: usize = 40;
@@ -58,7 +58,8 @@ impl Drive {
         };
         let mut entries: Vec<DirEntry> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for entry in self.trie.list(&key, list).await? {
+        let listed = self.trie.list(&key, list).await.map_err(trie_at(path))?;
+        for entry in listed {
             let full = entry.node.key();
             let relative = if key.is_empty() {
                 full
@@ -123,7 +124,7 @@ impl Drive {
                 path: path.to_string(),
             });
         }
-        match trie.del(&key, false).await? {
+        match trie.del(&key, false).await.map_err(trie_at(path))? {
             Some(_) => Ok(()),
             None => Err(Error::NotFound {
                 path: path.to_string(),
@@ -149,7 +150,7 @@ impl Drive {
     /// Removes the entry at `path` (any kind; JS rewrites a neighbour, see the trie).
     pub async fn unlink(&self, path: &str) -> Result<(), Error> {
         let (_, trie, key) = self.writable_owner(path).await?;
-        match trie.del(&key, false).await? {
+        match trie.del(&key, false).await.map_err(trie_at(path))? {
             Some(_) => Ok(()),
             None => Err(Error::NotFound {
                 path: path.to_string(),
@@ -165,7 +166,7 @@ impl Drive {
     /// [`Self::lstat`], with the trie that holds the path (through mounts).
     pub(crate) async fn lstat_located(&self, path: &str) -> Result<(Stat, Hypertrie), Error> {
         let key = key_of(path);
-        if let Some(found) = self.trie.get(&key).await? {
+        if let Some(found) = self.trie.get(&key).await.map_err(trie_at(path))? {
             let stat = decode_stat(&key, found.node.value.as_deref())?;
             return Ok((stat, found.trie));
         }
@@ -176,12 +177,17 @@ impl Drive {
         }
         // Any key below makes it a directory: a prefix lookup finds one along a single
         // path of the trie, where listing would read the whole subtree.
-        let (trie, inner) = self.trie.owner(&key).await?;
+        let (trie, inner) = self.trie.owner(&key).await.map_err(trie_at(path))?;
         let below = GetOptions {
             prefix: true,
             ..GetOptions::default()
         };
-        match trie.get(&inner, below).await?.filter(|n| n.key() != inner) {
+        match trie
+            .get(&inner, below)
+            .await
+            .map_err(trie_at(path))?
+            .filter(|n| n.key() != inner)
+        {
             Some(node) => {
                 let child = decode_stat(&key, node.value.as_deref())?;
                 Ok((implicit_directory(child), trie))
@@ -251,8 +257,15 @@ impl Drive {
         value: Option<Vec<u8>>,
     ) -> Result<Stat, Error> {
         // In the trie that holds the path, mounted or not.
-        let (trie, key) = self.trie.owner(&key_of(path)).await?;
-        let node = trie.get(&key, GetOptions::default()).await?;
+        let (trie, key) = self
+            .trie
+            .owner(&key_of(path))
+            .await
+            .map_err(trie_at(path))?;
+        let node = trie
+            .get(&key, GetOptions::default())
+            .await
+            .map_err(trie_at(path))?;
         let Some(node) = node else {
             return Err(Error::NotFound {
                 path: path.to_string(),
@@ -265,7 +278,9 @@ impl Drive {
             hidden: false,
             flags: node.flags,
         };
-        trie.put(&key, value, options).await?;
+        trie.put(&key, value, options)
+            .await
+            .map_err(trie_at(path))?;
         Ok(stat)
     }
 }
@@ -301,7 +316,8 @@ pub(crate) async fn create(
     let absent = |existing: Option<&hypertrie::Node>, _: &hypertrie::Node| existing.is_none();
     match trie
         .put_if(key, value, PutOptions::default(), absent)
-        .await?
+        .await
+        .map_err(trie_at(path))?
     {
         Some(_) => Ok(stat),
         None => Err(Error::AlreadyExists {

@@ -24,7 +24,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::dir::decode_stat;
 use crate::path::key_of;
-use crate::{Drive, Error, Stat};
+use crate::{trie_at, Drive, Error, Stat};
 
 /// Files whose blocks one download requests at a time (JS `maxConcurrent`).
 pub const MAX_CONCURRENT: usize = 50;
@@ -312,6 +312,7 @@ impl Drive {
         let mut walk = Walk {
             options,
             empty,
+            mounts_entered: 0,
             lengths: HashMap::new(),
             files: Vec::new(),
         };
@@ -337,6 +338,8 @@ impl Drive {
 struct Walk {
     options: WalkOptions,
     empty: bool,
+    /// Mount points entered so far (see [`hypertrie::MAX_MOUNTS_ENTERED`]).
+    mounts_entered: usize,
     /// Content feed lengths brought up to date, by feed.
     lengths: HashMap<PublicKey, u64>,
     files: Vec<FileRange>,
@@ -358,7 +361,12 @@ impl Walk {
                 no_mounts: true,
                 gt: true,
             };
-            for entry in drive.trie.list(&prefix, list).await? {
+            let listed = drive
+                .trie
+                .list(&prefix, list)
+                .await
+                .map_err(trie_at(&format!("{outer}/{prefix}")))?;
+            for entry in listed {
                 let key = entry.node.key();
                 let relative = match prefix.as_str() {
                     "" => Some(key),
@@ -385,6 +393,15 @@ impl Walk {
                         // A drive mounted inside itself: its files are listed already.
                         if chain.contains(&key) {
                             continue;
+                        }
+                        self.mounts_entered += 1;
+                        if self.mounts_entered > hypertrie::MAX_MOUNTS_ENTERED {
+                            let limit = hypertrie::MAX_MOUNTS_ENTERED;
+                            let source = hypertrie::Error::TooManyMounts {
+                                path: shown.clone(),
+                                limit,
+                            };
+                            return Err(trie_at(&shown)(source));
                         }
                         if chain.len() > MAX_MOUNT_DEPTH {
                             return Err(Error::Trie(hypertrie::Error::MountLoop {
@@ -442,6 +459,21 @@ impl Walk {
                 ),
             });
         };
+        // Its blocks are within the feed's length, so their bytes within its byte length.
+        let bytes = content.feed().byte_len();
+        if stat
+            .byte_offset
+            .checked_add(stat.size)
+            .is_none_or(|last| last > bytes)
+        {
+            return Err(Error::BadStat {
+                path,
+                reason: format!(
+                    "bytes {}..+{} are past the content feed's {bytes} bytes",
+                    stat.byte_offset, stat.size
+                ),
+            });
+        }
         self.files.push(FileRange {
             path,
             drive: owner.key(),

@@ -12,7 +12,7 @@ use hypertrie::{Hypertrie, MountableTrie, OpenOptions};
 use tokio::sync::OnceCell;
 
 use crate::path::key_of;
-use crate::{Error, Stat, SUBTYPE};
+use crate::{trie_at, Error, Stat, SUBTYPE};
 
 /// Options of a drive.
 #[derive(Clone, Copy, Debug, Default)]
@@ -167,7 +167,13 @@ impl Drive {
         self.content
             .get_or_try_init(|| async {
                 let key = self.key();
-                let header = self.trie.trie().header().await?;
+                let header = self.trie.trie().header().await.map_err(|e| match e {
+                    hypertrie::Error::Decode { reason, .. } => Error::BadStat {
+                        path: "/".into(),
+                        reason: format!("the header of drive {key} does not decode: {reason}"),
+                    },
+                    e => trie_at("/")(e),
+                })?;
                 let content_key = header
                     .metadata
                     .as_deref()
@@ -224,7 +230,11 @@ impl Drive {
     /// The drive that owns `path` (this one, or one mounted here), its trie (a checkout's
     /// when this is one) and the path's key there.
     pub(crate) async fn owner_of(&self, path: &str) -> Result<(Drive, Hypertrie, String), Error> {
-        let (trie, key) = self.trie.owner(&key_of(path)).await?;
+        let (trie, key) = self
+            .trie
+            .owner(&key_of(path))
+            .await
+            .map_err(trie_at(path))?;
         Ok((self.drive_of(&trie).await?, trie, key))
     }
 
@@ -246,7 +256,11 @@ impl Drive {
 
     /// The Stat of the node at `key`, through mounts.
     pub(crate) async fn node_stat(&self, key: &str) -> Result<Option<Stat>, Error> {
-        let found = self.trie.get(key).await?;
+        let found = self
+            .trie
+            .get(key)
+            .await
+            .map_err(trie_at(&format!("/{key}")))?;
         found
             .map(|f| crate::dir::decode_stat(key, f.node.value.as_deref()))
             .transpose()
@@ -258,7 +272,10 @@ impl Drive {
         trie: &Hypertrie,
         key: &str,
     ) -> Result<Option<Stat>, Error> {
-        let node = trie.get(key, hypertrie::GetOptions::default()).await?;
+        let node = trie
+            .get(key, hypertrie::GetOptions::default())
+            .await
+            .map_err(trie_at(&format!("/{key}")))?;
         node.map(|n| crate::dir::decode_stat(key, n.value.as_deref()))
             .transpose()
     }

@@ -230,7 +230,7 @@ impl FileHandle {
         };
         if run
             .as_ref()
-            .is_some_and(|r| r.offset + r.blocks != feed.len())
+            .is_some_and(|r| r.offset.checked_add(r.blocks) != Some(feed.len()))
         {
             return Ok(false);
         }
@@ -298,7 +298,7 @@ impl FileHandle {
             }),
             State::Clean { stat: None, .. } if self.writable => {
                 // A created file that was never written is an empty file.
-                let writer = self.writer(WriteOptions::default(), None).await?;
+                let writer = self.writer(WriteOptions::default()).await?;
                 writer.finish().await.map(|stat| State::Clean {
                     stat: Some(stat),
                     reader: None,
@@ -315,7 +315,7 @@ impl FileHandle {
             }
             State::Patched(mut patch) => {
                 let options = patch.options.clone();
-                let mut writer = self.writer(options, None).await?;
+                let mut writer = self.writer(options).await?;
                 let mut at = 0;
                 while at < patch.size {
                     let end = (at + WRITE_BLOCK as u64).min(patch.size);
@@ -378,23 +378,21 @@ impl FileHandle {
     }
 
     /// A writer of a new version, waiting for the content feed's writer lock (held by
-    /// other handles only within a call, by write streams until they finish).
-    async fn writer(
+    /// other handles only within a call, by write streams until they finish). The future
+    /// holds no borrow of the handle, which is not `Sync` (its reader is not), so that
+    /// flushing a handle is a `Send` future.
+    fn writer(
         &self,
         options: WriteOptions,
-        continuing: Option<&Stat>,
-    ) -> Result<FileWriter, Error> {
-        let feed = self.owner.content_feed().await?.clone();
-        let lock = feed.lock_writer().await;
-        Ok(FileWriter::new(
-            self.owner.clone(),
-            self.trie.clone(),
-            self.key.clone(),
-            options,
-            &feed,
-            lock,
-            continuing,
-        ))
+    ) -> impl std::future::Future<Output = Result<FileWriter, Error>> + Send + 'static {
+        let (owner, trie, key) = (self.owner.clone(), self.trie.clone(), self.key.clone());
+        async move {
+            let feed = owner.content_feed().await?.clone();
+            let lock = feed.lock_writer().await;
+            Ok(FileWriter::new(
+                owner, trie, key, options, &feed, lock, None,
+            ))
+        }
     }
 
     /// Turns the state into a patch over what the handle has (appended blocks become the

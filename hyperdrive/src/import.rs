@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use crate::dedup::{blocking, Run};
 use crate::dir::decode_stat;
 use crate::path::key_of;
-use crate::{Drive, Error, FileReader, Stat, MAX_BLOCK};
+use crate::{trie_at, Drive, Error, FileReader, Stat, MAX_BLOCK};
 
 /// Blocks read, hashed, appended or written at a time (8 MiB of 512 KiB blocks).
 const BATCH_BLOCKS: usize = 16;
@@ -217,10 +217,18 @@ impl Drive {
                 no_mounts: true,
                 gt: true,
             };
-            for found in self.trie.list(&base, all).await? {
+            let listed = self
+                .trie
+                .list(&base, all)
+                .await
+                .map_err(trie_at(drive_path))?;
+            for found in listed {
                 let key = found.node.key();
                 if !found.node.is_mount() && !keys.contains(key) {
-                    self.trie.del(key).await?;
+                    self.trie
+                        .del(key)
+                        .await
+                        .map_err(trie_at(&format!("/{key}")))?;
                     summary.removed += 1;
                 }
             }
@@ -245,7 +253,8 @@ impl Drive {
         // A Stat that does not decode is replaced like any other.
         let existing = trie
             .get(&key, GetOptions::default())
-            .await?
+            .await
+            .map_err(trie_at(path))?
             .and_then(|node| decode_stat(&key, node.value.as_deref()).ok());
         let same_attrs = |s: &Stat| s.mode & 0o7777 == entry.mode && s.mtime == entry.mtime;
         if let Some(mount) = existing.as_ref().filter(|s| s.mount.is_some()) {
@@ -324,7 +333,9 @@ impl Drive {
             }
         };
         let value = Bytes::from(stat.encode_to_vec());
-        trie.put(&key, value, PutOptions::default()).await?;
+        trie.put(&key, value, PutOptions::default())
+            .await
+            .map_err(trie_at(path))?;
         summary.count(match existing {
             None => Outcome::Added,
             Some(_) => Outcome::Changed,
@@ -463,7 +474,12 @@ impl Drive {
         };
         let mut summary = TransferSummary::default();
         let mut items: BTreeMap<String, Item> = BTreeMap::new();
-        for found in self.trie.list(&base, all).await? {
+        let listed = self
+            .trie
+            .list(&base, all)
+            .await
+            .map_err(trie_at(drive_path))?;
+        for found in listed {
             let key = found.node.key();
             let rel = match base.is_empty() {
                 true => Some(key),
@@ -475,6 +491,14 @@ impl Drive {
             check_name(key, rel)?;
             let stat = decode_stat(key, found.node.value.as_deref())?;
             let item = if stat.is_symlink() {
+                if stat.linkname.as_deref().unwrap_or_default().is_empty() {
+                    // No filesystem holds a link to nothing.
+                    summary.skipped.push(Skipped {
+                        path: format!("/{key}"),
+                        reason: "a symlink with no target".into(),
+                    });
+                    continue;
+                }
                 Item::Symlink(stat)
             } else if stat.is_dir() {
                 Item::Dir(Some(stat))
@@ -497,13 +521,14 @@ impl Drive {
         for parent in parents {
             items.entry(parent).or_insert(Item::Dir(None));
         }
+        // Sizes come from Stats, checked only when each file is exported.
         let bytes = items
             .values()
             .map(|i| match i {
                 Item::File(stat, _) => stat.size,
                 _ => 0,
             })
-            .sum();
+            .fold(0, u64::saturating_add);
         let mut tracker = Tracker::new(options.progress, items.len() as u64, bytes);
 
         let root = local_dir.to_path_buf();

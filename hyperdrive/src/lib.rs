@@ -58,6 +58,14 @@ fn short(path: &str) -> std::borrow::Cow<'_, str> {
     format!("{}…({} bytes)", &path[..end], path.len()).into()
 }
 
+/// Names `path` in an error of the metadata trie, which names only blocks and keys.
+fn trie_at(path: &str) -> impl FnOnce(hypertrie::Error) -> Error + '_ {
+    move |source| Error::Metadata {
+        path: path.to_string(),
+        source: Box::new(source),
+    }
+}
+
 /// What failed in a drive operation, naming the path.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -130,6 +138,16 @@ pub enum Error {
     /// The metadata trie failed.
     #[error(transparent)]
     Trie(#[from] hypertrie::Error),
+    /// The metadata trie failed on the way to a path: a block that does not decode, a
+    /// mount loop, a feed that failed.
+    #[error("{}: {source}", short(path))]
+    Metadata {
+        /// The path.
+        path: String,
+        /// Why (boxed: the variant would be large).
+        #[source]
+        source: Box<hypertrie::Error>,
+    },
     /// The content feed failed.
     #[error("the content feed of drive {drive}: {source}")]
     Content {
@@ -138,6 +156,21 @@ pub enum Error {
         /// Why.
         #[source]
         source: hypercore::Error,
+    },
+    /// Appending a file's bytes to the content feed failed (a full disk, say); the file
+    /// keeps its previous version.
+    #[error(
+        "{}: appending to the content feed of drive {drive}: {source}",
+        short(path)
+    )]
+    ContentWrite {
+        /// The file.
+        path: String,
+        /// The drive.
+        drive: PublicKey,
+        /// Why (boxed: the variant would be large).
+        #[source]
+        source: Box<hypercore::Error>,
     },
     /// A hypercore mounted in the drive failed.
     #[error("the core {key} mounted at {path}: {source}")]

@@ -6,7 +6,7 @@ use hypertrie::{MountRecord, PutOptions};
 use prost::Message;
 
 use crate::path::key_of;
-use crate::{Drive, Error, Stat, StatMount};
+use crate::{trie_at, Drive, Error, Stat, StatMount};
 
 /// What to mount, and how (JS `mount(path, key, opts)`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,7 +89,9 @@ impl Drive {
                 ..Stat::file(0o644, now)
             };
             let value = Bytes::from(stat.encode_to_vec());
-            trie.put(&inner, value, PutOptions::default()).await?;
+            trie.put(&inner, value, PutOptions::default())
+                .await
+                .map_err(trie_at(path))?;
             return Ok(stat);
         }
         let stat = Stat {
@@ -108,7 +110,8 @@ impl Drive {
             hash: None,
         };
         trie.mount(&inner, record, Bytes::from(stat.encode_to_vec()))
-            .await?;
+            .await
+            .map_err(trie_at(path))?;
         Ok(stat)
     }
 
@@ -119,7 +122,7 @@ impl Drive {
         match &stat.mount {
             Some(m) if m.hypercore == Some(true) => self.unlink(path).await,
             Some(_) => {
-                trie.unmount(&inner).await?;
+                trie.unmount(&inner).await.map_err(trie_at(path))?;
                 Ok(())
             }
             None => Err(Error::WrongType {
@@ -134,6 +137,7 @@ impl Drive {
     pub async fn mounts(&self, recursive: bool) -> Result<Vec<MountInfo>, Error> {
         let mut out = Vec::new();
         let mut todo = vec![(self.clone(), String::new(), 0)];
+        let mut entered = 0;
         while let Some((drive, prefix, depth)) = todo.pop() {
             if depth > MAX_MOUNT_DEPTH {
                 return Err(hypertrie::Error::MountLoop {
@@ -142,7 +146,13 @@ impl Drive {
                 }
                 .into());
             }
-            for record in drive.trie.trie().mounts().await? {
+            let records = drive
+                .trie
+                .trie()
+                .mounts()
+                .await
+                .map_err(trie_at(&format!("/{prefix}")))?;
+            for record in records {
                 let path = match prefix.as_str() {
                     "" => record.local_path.clone(),
                     p => format!("{p}/{}", record.local_path),
@@ -153,6 +163,14 @@ impl Drive {
                 })?;
                 let version = record.version.filter(|&v| v != 0);
                 if recursive {
+                    entered += 1;
+                    if entered > hypertrie::MAX_MOUNTS_ENTERED {
+                        let source = hypertrie::Error::TooManyMounts {
+                            path: path.clone(),
+                            limit: hypertrie::MAX_MOUNTS_ENTERED,
+                        };
+                        return Err(trie_at(&format!("/{path}"))(source));
+                    }
                     let mounted = drive.drive_of_key(key).await?;
                     let mounted = match version {
                         Some(v) => mounted.checkout(v),
@@ -173,7 +191,7 @@ impl Drive {
     /// Which drive serves `path`, and where it is mounted.
     pub async fn info(&self, path: &str) -> Result<PathInfo, Error> {
         let key = key_of(path);
-        let (trie, inner) = self.trie.owner(&key).await?;
+        let (trie, inner) = self.trie.owner(&key).await.map_err(trie_at(path))?;
         let mount_path = key
             .strip_suffix(inner.as_str())
             .unwrap_or("")

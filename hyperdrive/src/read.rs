@@ -22,6 +22,8 @@ use crate::{Drive, Error, Stat};
 
 /// Stored blocks read with one call when reading on sequentially.
 const RUN_BYTES: u64 = 1 << 20;
+/// Most bytes [`Drive::read_file`] allocates before reading them.
+const PREALLOCATE: u64 = 16 << 20;
 /// How long a reader of a remote drive waits for the content feed to reach the blocks a
 /// Stat names before calling the Stat bad.
 const CONTENT_WAIT: Duration = Duration::from_secs(30);
@@ -141,7 +143,8 @@ impl Drive {
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
         use futures::TryStreamExt;
         let reader = self.read_range(path, 0, None).await?;
-        let mut out = Vec::with_capacity(reader.len() as usize);
+        // The size comes from a Stat: allocate by it only up to a bound.
+        let mut out = Vec::with_capacity(reader.len().min(PREALLOCATE) as usize);
         let mut chunks = reader;
         while let Some(chunk) = chunks.try_next().await? {
             out.extend_from_slice(&chunk);
@@ -253,7 +256,7 @@ impl Drive {
 }
 
 /// Refuses a Stat that points past the content feed (waiting a while for a remote feed
-/// to grow that long first).
+/// to grow that long first), or whose bytes do not fit in it.
 async fn check_extent(
     path: &str,
     feed: &Feed,
@@ -271,17 +274,32 @@ async fn check_extent(
     let Some(end) = extent.offset.checked_add(extent.blocks) else {
         return Err(bad(feed.len()));
     };
-    if end <= feed.len() {
-        return Ok(());
+    if end > feed.len() {
+        if feed.writable() {
+            return Err(bad(feed.len()));
+        }
+        match feed.update(Some(end), Some(CONTENT_WAIT)).await {
+            Ok(_) => {}
+            Err(hypercore::Error::Timeout { .. }) => return Err(bad(feed.len())),
+            Err(e) => return Err(origin.error(e)),
+        }
     }
-    if feed.writable() {
-        return Err(bad(feed.len()));
+    // The feed's byte length counts at least its first `end` blocks now.
+    let bytes = feed.byte_len();
+    if extent
+        .byte_offset
+        .checked_add(extent.size)
+        .is_none_or(|last| last > bytes)
+    {
+        return Err(Error::BadStat {
+            path: path.to_string(),
+            reason: format!(
+                "bytes {}..+{} are past the content feed's {bytes} bytes",
+                extent.byte_offset, extent.size
+            ),
+        });
     }
-    match feed.update(Some(end), Some(CONTENT_WAIT)).await {
-        Ok(_) => Ok(()),
-        Err(hypercore::Error::Timeout { .. }) => Err(bad(feed.len())),
-        Err(e) => Err(origin.error(e)),
-    }
+    Ok(())
 }
 
 impl FileReader {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use hypertrie::{ListOptions, Op, PutOptions};
 use prost::Message;
 
-use crate::{Drive, Error};
+use crate::{trie_at, Drive, Error};
 
 /// Where mount records live among a trie's hidden keys.
 const MOUNTS: &str = "mounts";
@@ -71,19 +71,29 @@ impl Drive {
         let mut dels = Vec::new();
         // The entry and, for a directory (not a mount point: its keys live in the mounted
         // drive), every key below it, in this trie.
-        let mut nodes = match trie.get(&from_key, Default::default()).await? {
+        let mut nodes = match trie
+            .get(&from_key, Default::default())
+            .await
+            .map_err(trie_at(from))?
+        {
             Some(node) => vec![node],
             None => Vec::new(),
         };
         if stat.is_dir() && stat.mount.is_none() {
-            let below = trie.list(&from_key, ListOptions::default()).await?;
+            let below = trie
+                .list(&from_key, ListOptions::default())
+                .await
+                .map_err(trie_at(from))?;
             nodes.extend(below.into_iter().filter(|n| is_below(n.key(), &from_key)));
         }
         let hidden = ListOptions {
             hidden: true,
             ..ListOptions::default()
         };
-        let records = trie.list(&format!("{MOUNTS}/{from_key}"), hidden).await?;
+        let records = trie
+            .list(&format!("{MOUNTS}/{from_key}"), hidden)
+            .await
+            .map_err(trie_at(from))?;
         for node in nodes {
             puts.push(Op::Put {
                 key: moved(node.key()),
@@ -134,7 +144,7 @@ impl Drive {
         }
         // An empty directory at `to` is replaced by the puts; a file or link too.
         puts.extend(dels);
-        trie.batch(puts).await?;
+        trie.batch(puts).await.map_err(trie_at(to))?;
         Ok(())
     }
 }

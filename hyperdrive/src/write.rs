@@ -16,7 +16,7 @@ use prost::Message;
 use tokio::io::AsyncWrite;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::{Drive, Error, Stat, MAX_BLOCK};
+use crate::{trie_at, Drive, Error, Stat, MAX_BLOCK};
 
 /// The block size of bytes written through [`AsyncWrite`], gathered from small writes (a
 /// JS file read stream's chunk size).
@@ -152,7 +152,7 @@ impl Drive {
             blocks.push(Bytes::new());
         }
         let size = blocks.iter().map(|b| b.len() as u64).sum();
-        let run = owner.store_content(blocks).await?;
+        let run = owner.store_content(path, blocks).await?;
         let run = Stat {
             size,
             blocks: run.blocks,
@@ -162,22 +162,26 @@ impl Drive {
         };
         put_file(&owner, &trie, &key, options, &run).await
     }
+
+    /// Refuses to write a file over the directory at `path`. A Stat that does not decode
+    /// is replaced like any other file: a broken entry must not stay forever.
+    async fn refuse_directory(&self, path: &str) -> Result<(), Error> {
+        match self.node_stat(&crate::key_of(path)).await {
+            Ok(Some(stat)) if stat.is_dir() => Err(Error::WrongType {
+                path: path.to_string(),
+                reason: "is a directory",
+            }),
+            Ok(_) | Err(Error::BadStat { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl Drive {
     /// [`Self::writable_owner`] of a file to write: refuses a directory at `path`.
     async fn file_owner(&self, path: &str) -> Result<(Drive, Hypertrie, String), Error> {
         let owner = self.writable_owner(path).await?;
-        if self
-            .node_stat(&crate::key_of(path))
-            .await?
-            .is_some_and(|s| s.is_dir())
-        {
-            return Err(Error::WrongType {
-                path: path.to_string(),
-                reason: "is a directory",
-            });
-        }
+        self.refuse_directory(path).await?;
         Ok(owner)
     }
 }
@@ -261,7 +265,11 @@ impl FileWriter {
     }
 
     fn content_error(&self, source: hypercore::Error) -> Error {
-        self.target.drive.content_error(source)
+        Error::ContentWrite {
+            path: format!("/{}", self.target.key),
+            drive: self.target.drive.key(),
+            source: Box::new(source),
+        }
     }
 
     fn poll_ready_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -385,7 +393,9 @@ pub(crate) async fn put_file(
         stat.set_metadata(&k, Some(v));
     }
     let value = Bytes::from(stat.encode_to_vec());
-    trie.put(key, value, PutOptions::default()).await?;
+    trie.put(key, value, PutOptions::default())
+        .await
+        .map_err(trie_at(&format!("/{key}")))?;
     Ok(stat)
 }
 

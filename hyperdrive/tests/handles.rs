@@ -294,3 +294,25 @@ async fn random_handle_work_matches_a_model() {
         );
     }
 }
+
+/// A daemon runs each request on a task of its own: a handle's work must be `Send`.
+#[tokio::test]
+async fn a_handle_works_on_a_spawned_task() {
+    let (_dir, _store, drive) = new_drive().await;
+    let task = tokio::spawn({
+        let drive = drive.clone();
+        async move {
+            let mut handle = drive.open_file("/spawned", CREATE).await.unwrap();
+            handle.write_at(0, b"written on a task").await.unwrap();
+            handle.write_at(0, b"WRITTEN").await.unwrap();
+            assert_eq!(&handle.read_at(0, 7).await.unwrap()[..], b"WRITTEN");
+            handle.flush().await.unwrap();
+            handle.close().await.unwrap()
+        }
+    });
+    task.await.unwrap();
+    assert_eq!(
+        drive.read_file("/spawned").await.unwrap(),
+        b"WRITTEN on a task"
+    );
+}

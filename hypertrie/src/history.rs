@@ -101,8 +101,14 @@ impl Hypertrie {
             } else {
                 cursor.low
             };
-            // Past the feed's length this waits for the block to be appended or to arrive
-            // from a peer (the feed asks its peers for it).
+            // A live history past the feed's length waits for the block to be appended or
+            // to arrive from a peer (the feed asks its peers for the longer length).
+            let feed = cursor.trie.feed();
+            if seq >= feed.len() {
+                feed.update(Some(seq + 1), None)
+                    .await
+                    .map_err(|source| cursor.trie.feed_error(source))?;
+            }
             let node = Node::clone(&*cursor.trie.load(seq).await?);
             if cursor.reverse {
                 // `high >= low >= 1` here, so this cannot wrap.

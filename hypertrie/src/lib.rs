@@ -35,7 +35,7 @@ pub use mount_versions::{ChangeKind, MountDiffEntry, MountHistoryEntry, MountPoi
 pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
-pub use resolve::{MountListOptions, MountableTrie, Resolved, CATCH_UP_LIMIT};
+pub use resolve::{MountListOptions, MountableTrie, Resolved, CATCH_UP_LIMIT, MAX_MOUNTS_ENTERED};
 
 use path::{is_checkpoint, END};
 
@@ -81,6 +81,15 @@ pub enum Error {
     Checkpoint {
         /// Why.
         reason: String,
+    },
+    /// A listing would enter more mount points than any sane tree has: drives mounted
+    /// in each other many times over.
+    #[error("listing reached {limit} mount points at {path:?}: too many mounts")]
+    TooManyMounts {
+        /// The mount point where it stopped.
+        path: String,
+        /// The most a listing enters.
+        limit: usize,
     },
     /// A key that cannot be written.
     #[error("cannot put the key {key:?}: {reason}")]
@@ -429,10 +438,21 @@ impl Hypertrie {
             .map_err(|source| self.feed_error(source))
     }
 
-    /// The node at `seq`, from the cache or decoded from its block.
+    /// The node at `seq`, from the cache or decoded from its block. One past the feed's
+    /// length (a checkout at a later version, a mount pinned there, a pointer from a
+    /// hostile node) is an error, not a wait: on a feed we write it would never come, and
+    /// a remote one was brought up to what its peers have before the lookup (see
+    /// `MountableTrie`).
     async fn load(&self, seq: u64) -> Result<Arc<Node>, Error> {
         if let Some(node) = self.cached(seq) {
             return Ok(node);
+        }
+        let length = self.feed.len();
+        if seq >= length {
+            return Err(self.feed_error(hypercore::Error::OutOfRange {
+                index: seq,
+                reason: format!("the feed has {length} blocks"),
+            }));
         }
         Ok(self.keep(Node::decode(seq, &self.block(seq).await?)?))
     }
@@ -816,6 +836,10 @@ struct Walk {
     /// Pushed in this order onto the stack, so visited in the reverse.
     order: [u8; 5],
     stack: Vec<Entry>,
+    /// Nodes pointers led to so far. Honest pointers lead to each node at most once in a
+    /// listing (each to an older node, along one hash prefix); a hostile trie's may lead
+    /// round in circles, and a walk that followed them would grow without end.
+    entered: std::collections::HashSet<u64>,
 }
 
 impl Walk {
@@ -851,16 +875,23 @@ impl Walk {
                 [3, 2, 1, 0, END]
             },
             stack: Vec::new(),
+            entered: std::collections::HashSet::new(),
         };
         match checkpoint {
-            None => walk.stack.extend(first.map(|node| Entry {
-                i: start,
-                seq: node.seq,
-                node: Some(Arc::new(node)),
-            })),
+            None => {
+                if let Some(node) = first {
+                    walk.entered.insert(node.seq);
+                    walk.stack.push(Entry {
+                        i: start,
+                        seq: node.seq,
+                        node: Some(Arc::new(node)),
+                    });
+                }
+            }
             Some(entries) => {
                 for &(i, seq) in entries {
                     let i = usize::try_from(i).unwrap_or(usize::MAX);
+                    walk.entered.insert(seq);
                     walk.push(view, i, seq);
                 }
                 walk.load(view, 0).await?;
@@ -924,7 +955,9 @@ impl Walk {
                 }
                 for slot in (s as usize..64).step_by(5) {
                     if let Some(seq) = node.buckets.get(i, slot) {
-                        self.push(view, i + 1, seq);
+                        if self.entered.insert(seq) {
+                            self.push(view, i + 1, seq);
+                        }
                     }
                 }
                 if self.stack.len() - before > 1 {

@@ -16,6 +16,10 @@ use crate::{Error, GetOptions, Hypertrie, ListOptions, Node, OpenOptions, PutOpt
 
 /// Mounts followed in one lookup at most: deeper is a mount loop.
 pub(crate) const MAX_DEPTH: usize = 16;
+/// Mount points a listing enters at most. Drives mounted in each other without a loop
+/// still multiply: 16 drives each mounting the next at 3 points make 3^16 mount points
+/// below the first, which no listing should try to walk.
+pub const MAX_MOUNTS_ENTERED: usize = 10_000;
 /// Longest wait of a remote trie for what its peers announced before a lookup.
 pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 
@@ -96,7 +100,14 @@ impl MountableTrie {
                 ..GetOptions::default()
             };
             self.catch_up(&at.trie).await;
-            let Some(node) = at.trie.get(&at.path, closest).await? else {
+            // The closest node may be a hidden one (the head, when no visible key is
+            // left); JS would return it for a visible key of the same name.
+            let Some(node) = at
+                .trie
+                .get(&at.path, closest)
+                .await?
+                .filter(|n| !n.hidden())
+            else {
                 return Ok(None);
             };
             if !node.is_mount() || node.key() == at.path {
@@ -153,19 +164,23 @@ impl MountableTrie {
         options: MountListOptions,
     ) -> Result<Vec<Resolved>, Error> {
         let prefix = normalize_path(prefix);
-        let mut out = self.list_at(prefix.clone(), options, 0).await?;
+        let mut entered = 0;
+        let mut out = self
+            .list_at(prefix.clone(), options, 0, &mut entered)
+            .await?;
         if options.gt {
             out.retain(|r| r.node.key() != prefix);
         }
         Ok(out)
     }
 
-    fn list_at(
-        &self,
+    fn list_at<'a>(
+        &'a self,
         prefix: String,
         options: MountListOptions,
         depth: usize,
-    ) -> BoxFuture<'_, Result<Vec<Resolved>, Error>> {
+        entered: &'a mut usize,
+    ) -> BoxFuture<'a, Result<Vec<Resolved>, Error>> {
         Box::pin(async move {
             if depth > MAX_DEPTH {
                 return Err(mount_loop(&prefix));
@@ -190,7 +205,14 @@ impl MountableTrie {
                 let point = resolved.node.key().to_string();
                 out.push(resolved);
                 if enter {
-                    out.extend(self.list_at(point, options, depth + 1).await?);
+                    *entered += 1;
+                    if *entered > MAX_MOUNTS_ENTERED {
+                        return Err(Error::TooManyMounts {
+                            path: point,
+                            limit: MAX_MOUNTS_ENTERED,
+                        });
+                    }
+                    out.extend(self.list_at(point, options, depth + 1, entered).await?);
                 }
             }
             Ok(out)
@@ -244,7 +266,13 @@ impl MountableTrie {
         };
         self.catch_up(&at.trie).await;
         let record_key = format!("mounts/{}", at.path);
-        let Some(node) = at.trie.get(&record_key, hidden_closest).await? else {
+        // As in `get`, the closest node may be in the other half of the trie.
+        let Some(node) = at
+            .trie
+            .get(&record_key, hidden_closest)
+            .await?
+            .filter(|n| n.hidden())
+        else {
             return Ok(None);
         };
         let Some(point) = node.key().strip_prefix("mounts/") else {
@@ -262,6 +290,16 @@ impl MountableTrie {
             return Ok(None);
         }
         let record = crate::mounts::record_of(&node)?;
+        if record.key.len() != 32 {
+            // The peer's block is bad (`mounted` would answer a key that cannot be put).
+            return Err(Error::Decode {
+                seq: node.seq,
+                reason: format!(
+                    "the mount record of {point:?} holds a key of {} bytes, not 32",
+                    record.key.len()
+                ),
+            });
+        }
         let trie = self.mounted(&record, point).await?;
         Ok(Some(Location {
             trie,
@@ -270,11 +308,13 @@ impl MountableTrie {
         }))
     }
 
-    /// Before reading a remote trie (not ours, not a checkout), takes in what its peers
-    /// announced, as mountable-hypertrie's `alwaysUpdate` does: a lookup sees the latest
-    /// version peers have, and a trie just opened waits for its peers to say what that is.
+    /// Before reading a remote trie (not ours, not a checkout of a version we have), takes
+    /// in what its peers announced, as mountable-hypertrie's `alwaysUpdate` does: a lookup
+    /// sees the latest version peers have, and a trie just opened waits for its peers to
+    /// say what that is.
     async fn catch_up(&self, trie: &Hypertrie) {
-        if trie.writable() || trie.is_checkout() {
+        let known = trie.is_checkout() && trie.version() <= trie.feed().len();
+        if trie.writable() || known {
             return;
         }
         if let Some(core) = self.store.get_open(&trie.feed().key()) {

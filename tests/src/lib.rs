@@ -83,6 +83,27 @@ pub fn make_block(index: u64, size: usize) -> Vec<u8> {
     block
 }
 
+/// Content of a file the drive crash test writes (`drive-writer`, `tests/drive_crash.rs`):
+/// a first line `<tag> <len>`, then `len` bytes of [`make_block`] keyed by the tag, so a
+/// reader tells from a file's bytes which write made it and checks every byte.
+pub fn crash_file(tag: &str, len: usize) -> Vec<u8> {
+    let mut data = format!("{tag} {len}\n").into_bytes();
+    let key = blake2b_simd::blake2b(tag.as_bytes());
+    let mut index = [0; 8];
+    index.copy_from_slice(&key.as_bytes()[..8]);
+    data.extend(make_block(u64::from_le_bytes(index) % 251, len));
+    data
+}
+
+/// The tag of a file made by [`crash_file`], if `data` is exactly such a file.
+pub fn crash_file_tag(data: &[u8]) -> Option<&str> {
+    let end = data.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&data[..end]).ok()?;
+    let (tag, len) = line.rsplit_once(' ')?;
+    let len: usize = len.parse().ok()?;
+    (data.len() - end - 1 == len && crash_file(tag, len) == data).then_some(tag)
+}
+
 /// Unkeyed BLAKE2b-256 over the concatenation of `blocks`, as the harness reports it.
 pub fn blake2b_concat<'a>(blocks: impl IntoIterator<Item = &'a [u8]>) -> String {
     let mut st = blake2b_simd::Params::new().hash_length(32).to_state();
