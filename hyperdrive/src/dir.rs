@@ -218,6 +218,27 @@ impl Drive {
         })
     }
 
+    /// `path` with the symlink it names followed, and the one that names, and so on (40
+    /// at most): the absolute path of what it stands for, which may not exist (creating
+    /// through a dangling link makes its target, as POSIX `open` does).
+    pub(crate) async fn follow_links(&self, path: &str) -> Result<String, Error> {
+        let mut at = format!("/{}", key_of(path));
+        for _ in 0..MAX_SYMLINKS {
+            let stat = match self.lstat_located(&at).await {
+                Ok((stat, _)) => stat,
+                Err(Error::NotFound { .. }) => return Ok(at),
+                Err(e) => return Err(e),
+            };
+            match stat.linkname.as_deref().filter(|_| stat.is_symlink()) {
+                Some(target) => at = resolve_link(&at, target),
+                None => return Ok(at),
+            }
+        }
+        Err(Error::SymlinkLoop {
+            path: path.to_string(),
+        })
+    }
+
     /// Creates a directory at `path` (parents are not created, as in JS).
     pub async fn mkdir(&self, path: &str, mode: Option<u32>) -> Result<Stat, Error> {
         let (owner, trie, key) = self.writable_owner(path).await?;

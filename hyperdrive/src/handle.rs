@@ -19,6 +19,9 @@ use crate::path::key_of;
 use crate::write::put_file;
 use crate::{Drive, Error, FileReader, FileWriter, Stat, WriteOptions, WRITE_BLOCK};
 
+/// The largest file a handle makes (a drive stores holes as zeros).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
 /// How to open a file (POSIX `open` flags).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenFlags {
@@ -92,8 +95,10 @@ struct Patch {
 }
 
 impl Drive {
-    /// Opens the file at `path` (through mounts, not through symlinks).
+    /// Opens the file at `path`, through mounts and symlinks (a write goes to the link's
+    /// target, as POSIX `open` does).
     pub async fn open_file(&self, path: &str, flags: OpenFlags) -> Result<FileHandle, Error> {
+        let path = &self.follow_links(path).await?;
         let (owner, trie, key) = if flags.write {
             self.writable_owner(path).await?
         } else {
@@ -199,6 +204,7 @@ impl FileHandle {
         if data.is_empty() {
             return Ok(());
         }
+        self.check_size(offset.saturating_add(data.len() as u64))?;
         if offset == self.size()
             && !matches!(self.state, State::Patched(_))
             && self.append(data).await?
@@ -261,6 +267,7 @@ impl FileHandle {
     /// Cuts or extends (with zeros) the file to `size` bytes.
     pub async fn truncate(&mut self, size: u64) -> Result<(), Error> {
         self.check_writable()?;
+        self.check_size(size)?;
         if size == self.size() && !matches!(self.state, State::Clean { stat: None, .. }) {
             return Ok(());
         }
@@ -356,6 +363,19 @@ impl FileHandle {
         self.flush().await
     }
 
+    /// Refuses a file of `size` bytes: a drive stores every byte of a file, holes too,
+    /// so a truncate to a terabyte would write a terabyte of zeros.
+    fn check_size(&self, size: u64) -> Result<(), Error> {
+        if size <= MAX_FILE_SIZE {
+            return Ok(());
+        }
+        Err(Error::TooLarge {
+            path: self.path.clone(),
+            size,
+            limit: MAX_FILE_SIZE,
+        })
+    }
+
     fn check_writable(&self) -> Result<(), Error> {
         if self.writable {
             Ok(())
@@ -445,12 +465,8 @@ impl Patch {
     }
 
     async fn write(&mut self, path: &str, offset: u64, data: &[u8]) -> Result<(), Error> {
-        let end = offset
-            .checked_add(data.len() as u64)
-            .ok_or_else(|| Error::WrongType {
-                path: path.to_string(),
-                reason: "a write past the largest file size",
-            })?;
+        // Checked against MAX_FILE_SIZE by the handle.
+        let end = offset + data.len() as u64;
         let spill = self.spill.clone();
         let bytes = data.to_vec();
         tokio::task::spawn_blocking(move || spill.write_all_at(&bytes, offset))

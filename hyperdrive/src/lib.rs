@@ -31,7 +31,7 @@ pub use download::{
     Cleared, Downloading, FileStats, Mirror, MirrorStatus, Progress, WalkOptions, MAX_CONCURRENT,
 };
 pub use drive::{Drive, DriveOptions};
-pub use handle::{FileHandle, OpenFlags};
+pub use handle::{FileHandle, OpenFlags, MAX_FILE_SIZE};
 pub use import::{ExportOptions, ImportOptions, Skipped, TransferProgress, TransferSummary};
 pub use mount::{MountInfo, MountOptions, PathInfo};
 pub use path::key_of;
@@ -128,6 +128,16 @@ pub enum Error {
         from: String,
         /// The destination.
         to: String,
+    },
+    /// A file larger than a drive takes from a handle.
+    #[error("{}: {size} bytes is larger than the {limit} a file may have (a drive stores holes as zeros)", short(path))]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// The size asked for.
+        size: u64,
+        /// The limit.
+        limit: u64,
     },
     /// Symlinks that lead round in circles.
     #[error("{}: too many levels of symbolic links", short(path))]

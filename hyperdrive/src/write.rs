@@ -260,11 +260,14 @@ impl FileWriter {
     fn finished_error(&self) -> Error {
         Error::WrongType {
             path: format!("/{}", self.target.key),
-            reason: "the write stream is finished",
+            reason: "the write stream is finished (or failed)",
         }
     }
 
-    fn content_error(&self, source: hypercore::Error) -> Error {
+    /// A failed append ends the stream: the writer lock goes (other writers need not wait
+    /// for this one to be dropped), and the file is not written.
+    fn fail(&mut self, source: hypercore::Error) -> Error {
+        self.lock = None;
         Error::ContentWrite {
             path: format!("/{}", self.target.key),
             drive: self.target.drive.key(),
@@ -276,9 +279,10 @@ impl FileWriter {
         if self.lock.is_none() {
             return Poll::Ready(Err(self.finished_error()));
         }
-        Pin::new(&mut self.sink)
-            .poll_ready(cx)
-            .map_err(|e| self.content_error(e))
+        match Pin::new(&mut self.sink).poll_ready(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.fail(e))),
+            other => other.map_err(|_| self.finished_error()),
+        }
     }
 
     fn send(&mut self, chunk: Bytes) -> Result<(), Error> {
@@ -296,7 +300,7 @@ impl FileWriter {
         self.target.size += block.len() as u64;
         Pin::new(&mut self.sink)
             .start_send(block)
-            .map_err(|e| self.content_error(e))
+            .map_err(|e| self.fail(e))
     }
 
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
@@ -305,9 +309,10 @@ impl FileWriter {
             let block = self.gathered.split().freeze();
             self.push(block)?;
         }
-        Pin::new(&mut self.sink)
-            .poll_flush(cx)
-            .map_err(|e| self.content_error(e))
+        match Pin::new(&mut self.sink).poll_flush(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.fail(e))),
+            other => other.map_err(|_| self.finished_error()),
+        }
     }
 
     /// Flushes the blocks (one empty block for an empty file, as JS), releases the writer
@@ -315,6 +320,9 @@ impl FileWriter {
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<Stat, Error>> {
         if let Some(stat) = &self.finished {
             return Poll::Ready(Ok(stat.clone()));
+        }
+        if self.closing.is_none() && self.lock.is_none() {
+            return Poll::Ready(Err(self.finished_error()));
         }
         if self.closing.is_none() {
             if self.target.blocks == 0 && self.gathered.is_empty() {

@@ -122,13 +122,11 @@ async fn fill_and_free(disk: &SmallDisk) {
                 break;
             }
         }
-        let err = match failed {
-            // Dropped, the writer lets other writers of the content feed go on.
-            Some(e) => {
-                drop(stream);
-                e
-            }
-            None => stream.finish().await.unwrap_err(),
+        // Failed, the stream lets other writers of the content feed go on at once (it
+        // is kept alive below, and a later write waits for no one).
+        let (err, failed_stream) = match failed {
+            Some(e) => (e, Some(stream)),
+            None => (stream.finish().await.unwrap_err(), None),
         };
         assert!(err.to_string().contains("/streamed"), "{err}");
         assert!(matches!(
@@ -147,6 +145,7 @@ async fn fill_and_free(disk: &SmallDisk) {
         let mut handle = drive.open_file("/big", WRITE).await.unwrap();
         handle.write_at(10, b"patched").await.unwrap();
         handle.close().await.unwrap();
+        drop(failed_stream);
         drop(drive);
         store.close().await.unwrap();
     }

@@ -7,7 +7,7 @@ mod common;
 
 use common::{another_drive, new_drive};
 
-use hyperdrive::{Error, MountOptions, OpenFlags, WriteOptions};
+use hyperdrive::{Error, MountOptions, OpenFlags, WriteOptions, MAX_FILE_SIZE};
 use rand::{Rng, SeedableRng};
 
 const CREATE: OpenFlags = OpenFlags {
@@ -315,4 +315,44 @@ async fn a_handle_works_on_a_spawned_task() {
         drive.read_file("/spawned").await.unwrap(),
         b"WRITTEN on a task"
     );
+}
+
+#[tokio::test]
+async fn files_larger_than_a_drive_takes_are_refused() {
+    let (_dir, _store, drive) = new_drive().await;
+    let mut handle = drive.open_file("/huge", CREATE).await.unwrap();
+    let err = handle.truncate(MAX_FILE_SIZE + 1).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    let err = handle.write_at(u64::MAX - 1, b"xy").await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("/huge"), "{err}");
+    // The handle is still usable.
+    handle.write_at(0, b"ok").await.unwrap();
+    handle.close().await.unwrap();
+    assert_eq!(drive.read_file("/huge").await.unwrap(), b"ok");
+}
+
+#[tokio::test]
+async fn a_handle_opens_what_a_symlink_names() {
+    let (_dir, _store, drive) = new_drive().await;
+    drive
+        .write_file("/dir/target.txt", b"before", WriteOptions::default())
+        .await
+        .unwrap();
+    drive.symlink("target.txt", "/dir/link").await.unwrap();
+    drive.symlink("/dir/new.txt", "/dangling").await.unwrap();
+    let mut handle = drive.open_file("/dir/link", WRITE).await.unwrap();
+    assert_eq!(&handle.read_at(0, 100).await.unwrap()[..], b"before");
+    handle.write_at(0, b"AFTER!").await.unwrap();
+    handle.close().await.unwrap();
+    assert_eq!(drive.read_file("/dir/target.txt").await.unwrap(), b"AFTER!");
+    assert!(
+        drive.lstat("/dir/link").await.unwrap().is_symlink(),
+        "the link stays"
+    );
+    // Creating through a dangling link makes its target.
+    let mut handle = drive.open_file("/dangling", CREATE).await.unwrap();
+    handle.write_at(0, b"made").await.unwrap();
+    handle.close().await.unwrap();
+    assert_eq!(drive.read_file("/dir/new.txt").await.unwrap(), b"made");
 }
