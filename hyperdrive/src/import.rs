@@ -21,6 +21,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{FutureExt, TryStreamExt};
 use hypercore::crypto::{leaf_hash, leaf_hashes, Hash};
 use hypercore::Node;
@@ -28,6 +29,9 @@ use hypertrie::{GetOptions, Hypertrie, MountListOptions, PutOptions};
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use prost::Message;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use tokio::sync::watch;
 
 use crate::dedup::{blocking, Run};
@@ -41,20 +45,44 @@ const BATCH_BLOCKS: usize = 16;
 const BATCH_BYTES: usize = 8 << 20;
 
 /// Options of [`Drive::import`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ImportOptions {
     /// Remove the drive entries below the target that the local folder does not have
     /// (never a mount point, nor anything inside a mounted drive).
     pub remove_missing: bool,
-    /// Where progress goes: after each entry and each batch of a big file.
-    pub progress: Option<watch::Sender<TransferProgress>>,
 }
 
-/// Options of [`Drive::export`].
-#[derive(Clone, Debug, Default)]
-pub struct ExportOptions {
-    /// Where progress goes: after each entry and each batch of a big file.
-    pub progress: Option<watch::Sender<TransferProgress>>,
+/// A running [`Drive::import`] or [`Drive::export`]: resolves to its summary. It runs
+/// while it is polled; dropped, it stops between two batches (what was written stays,
+/// every file written whole).
+#[must_use = "an import or export runs while it is polled"]
+pub struct Transfer {
+    progress: watch::Receiver<TransferProgress>,
+    work: BoxFuture<'static, Result<TransferSummary, Error>>,
+}
+
+impl std::fmt::Debug for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transfer")
+            .field("progress", &*self.progress.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transfer {
+    /// The progress, updated after each entry and each batch of a big file (wrap it in a
+    /// `WatchStream` to forward it).
+    pub fn progress(&self) -> watch::Receiver<TransferProgress> {
+        self.progress.clone()
+    }
+}
+
+impl Future for Transfer {
+    type Output = Result<TransferSummary, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.work.as_mut().poll(cx)
+    }
 }
 
 /// How far an import or export is.
@@ -119,11 +147,11 @@ impl TransferSummary {
 /// TransferProgress kept and sent.
 struct Tracker {
     progress: TransferProgress,
-    sender: Option<watch::Sender<TransferProgress>>,
+    sender: watch::Sender<TransferProgress>,
 }
 
 impl Tracker {
-    fn new(sender: Option<watch::Sender<TransferProgress>>, entries: u64, bytes: u64) -> Tracker {
+    fn new(sender: watch::Sender<TransferProgress>, entries: u64, bytes: u64) -> Tracker {
         let tracker = Tracker {
             progress: TransferProgress {
                 entries_total: entries,
@@ -137,9 +165,7 @@ impl Tracker {
     }
 
     fn send(&self) {
-        if let Some(sender) = &self.sender {
-            sender.send_replace(self.progress);
-        }
+        self.sender.send_replace(self.progress);
     }
 
     fn bytes(&mut self, n: u64) {
@@ -179,11 +205,30 @@ impl Drive {
     /// symlinks (targets as given). An entry whose kind, mode, mtime and content (or
     /// target) are unchanged is left alone; other file types and names a drive cannot
     /// hold (not UTF-8, with `\`) are skipped and listed in the summary.
-    pub async fn import(
+    pub fn import(&self, local_dir: &Path, drive_path: &str, options: ImportOptions) -> Transfer {
+        let (sender, progress) = watch::channel(TransferProgress::default());
+        let (drive, local_dir, drive_path) = (
+            self.clone(),
+            local_dir.to_path_buf(),
+            drive_path.to_string(),
+        );
+        let work = async move {
+            drive
+                .run_import(&local_dir, &drive_path, options, sender)
+                .await
+        };
+        Transfer {
+            progress,
+            work: Box::pin(work),
+        }
+    }
+
+    async fn run_import(
         &self,
         local_dir: &Path,
         drive_path: &str,
         options: ImportOptions,
+        sender: watch::Sender<TransferProgress>,
     ) -> Result<TransferSummary, Error> {
         let root = local_dir.to_path_buf();
         let (entries, skipped) = blocking(move || walk(&root)).await??;
@@ -195,7 +240,7 @@ impl Drive {
                 _ => 0,
             })
             .sum();
-        let mut tracker = Tracker::new(options.progress, entries.len() as u64, bytes);
+        let mut tracker = Tracker::new(sender, entries.len() as u64, bytes);
         let mut summary = TransferSummary {
             skipped,
             ..TransferSummary::default()
@@ -449,11 +494,25 @@ impl Drive {
     /// directories (empty ones too) with theirs, symlinks as links to their targets as
     /// stored. Local files already equal are left alone. Refuses (see the module doc)
     /// entries that would escape the target or be written through a symlink.
-    pub async fn export(
+    pub fn export(&self, drive_path: &str, local_dir: &Path) -> Transfer {
+        let (sender, progress) = watch::channel(TransferProgress::default());
+        let (drive, local_dir, drive_path) = (
+            self.clone(),
+            local_dir.to_path_buf(),
+            drive_path.to_string(),
+        );
+        let work = async move { drive.run_export(&drive_path, &local_dir, sender).await };
+        Transfer {
+            progress,
+            work: Box::pin(work),
+        }
+    }
+
+    async fn run_export(
         &self,
         drive_path: &str,
         local_dir: &Path,
-        options: ExportOptions,
+        sender: watch::Sender<TransferProgress>,
     ) -> Result<TransferSummary, Error> {
         let base = key_of(drive_path);
         let root_stat = if base.is_empty() {
@@ -529,7 +588,7 @@ impl Drive {
                 _ => 0,
             })
             .fold(0, u64::saturating_add);
-        let mut tracker = Tracker::new(options.progress, items.len() as u64, bytes);
+        let mut tracker = Tracker::new(sender, items.len() as u64, bytes);
 
         let root = local_dir.to_path_buf();
         let made = root.clone();

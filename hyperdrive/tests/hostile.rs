@@ -15,8 +15,8 @@ use bytes::Bytes;
 use corestore::{Corestore, CorestoreOptions};
 use hypercore::KeyPair;
 use hyperdrive::{
-    Drive, DriveOptions, Error, ExportOptions, MountOptions, OpenFlags, ReaddirOptions, Stat,
-    StatMount, WalkOptions, WriteOptions, S_IFDIR, S_IFLNK, S_IFREG,
+    Drive, DriveOptions, Error, MountOptions, OpenFlags, ReaddirOptions, Stat, StatMount,
+    WalkOptions, WriteOptions, S_IFDIR, S_IFLNK, S_IFREG,
 };
 use hypertrie::{Buckets, Hypertrie, MountRecord, Node, PutOptions};
 use prost::Message;
@@ -118,14 +118,18 @@ struct Answers {
     answers: Vec<(&'static str, Result<(), Error>)>,
 }
 
-/// The operations of [`reads`] that follow a symlink at the path.
-const FOLLOWING: [&str; 6] = [
+/// The operations that follow a symlink at the path (handles open what a link names).
+const FOLLOWING: [&str; 10] = [
     "stat",
     "read_file",
     "read_range",
     "reader",
     "download",
     "file_stats",
+    "read_at",
+    "append",
+    "write_at",
+    "truncate",
 ];
 
 impl Answers {
@@ -251,10 +255,7 @@ async fn reads(drive: &Drive, path: &str, out: &LocalPath) -> Answers {
         async { drive.download(path, WITH_MOUNTS).await?.await }.await
     );
     op!("file_stats", drive.file_stats(path, WITH_MOUNTS).await);
-    op!(
-        "export",
-        drive.export(path, out, ExportOptions::default()).await
-    );
+    op!("export", drive.export(path, out).await);
     let link = matches!(drive.lstat(path).await, Ok(stat) if stat.is_symlink());
     Answers {
         path: path.to_string(),
@@ -267,6 +268,7 @@ async fn reads(drive: &Drive, path: &str, out: &LocalPath) -> Answers {
 /// an append through a handle, a write in the middle, a truncate, metadata, and a whole
 /// new file, which must then read back.
 async fn writes(drive: &Drive, path: &str) -> Answers {
+    let link = matches!(drive.lstat(path).await, Ok(stat) if stat.is_symlink());
     let mut answers: Vec<(&'static str, Result<(), Error>)> = Vec::new();
     macro_rules! op {
         ($name:expr, $body:expr) => {{
@@ -311,7 +313,7 @@ async fn writes(drive: &Drive, path: &str) -> Answers {
     }
     Answers {
         path: path.to_string(),
-        link: false,
+        link,
         answers,
     }
 }
@@ -968,7 +970,7 @@ async fn drives_mounted_in_each_other_many_times_over_are_not_walked_for_ever() 
         .unwrap_err();
     assert!(too_many(&err), "{err}");
     let out = tmp.path().join("out");
-    let err = bounded("export", first.export("/", &out, ExportOptions::default()))
+    let err = bounded("export", first.export("/", &out))
         .await
         .unwrap_err();
     assert!(too_many(&err), "{err}");
@@ -1008,10 +1010,7 @@ async fn symlink_loops_give_errors_naming_the_path() {
     let answers = reads(&drive, "/dirlink", &out).await;
     answers.errors_name_the_path();
     // The whole tree is exported with the links as links.
-    let summary = drive
-        .export("/", &out.join("all"), ExportOptions::default())
-        .await
-        .unwrap();
+    let summary = drive.export("/", &out.join("all")).await.unwrap();
     assert!(summary.added >= 65, "{summary:?}");
     // A link to nothing cannot be a local link: it is left out, and named.
     assert_eq!(summary.skipped.len(), 1, "{summary:?}");

@@ -12,10 +12,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use corestore::{Corestore, CorestoreOptions};
-use hyperdrive::{
-    Drive, DriveOptions, Error, ExportOptions, ImportOptions, TransferProgress, TransferSummary,
-    WriteOptions,
-};
+use hyperdrive::{Drive, DriveOptions, Error, ImportOptions, TransferSummary, WriteOptions};
 use hypertrie::PutOptions;
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -161,12 +158,9 @@ async fn a_tree_goes_in_and_comes_back_out_the_same() {
     make_tree(&src);
     let (_store, drive) = open(&tmp.path().join("store")).await;
 
-    let (sender, progress) = tokio::sync::watch::channel(TransferProgress::default());
-    let options = ImportOptions {
-        progress: Some(sender),
-        ..ImportOptions::default()
-    };
-    let summary = drive.import(&src, "/", options).await.unwrap();
+    let import = drive.import(&src, "/", ImportOptions::default());
+    let progress = import.progress();
+    let summary = import.await.unwrap();
     let expected = TransferSummary {
         added: ENTRIES,
         deduplicated: 1,
@@ -198,10 +192,7 @@ async fn a_tree_goes_in_and_comes_back_out_the_same() {
     assert_eq!((dup1.offset, dup1.blocks), (dup2.offset, dup2.blocks));
     assert_eq!(dup2.mode, 0o100444);
 
-    let summary = drive
-        .export("/", &out, ExportOptions::default())
-        .await
-        .unwrap();
+    let summary = drive.export("/", &out).await.unwrap();
     assert_eq!(summary.added, ENTRIES);
     assert_eq!(summary.bytes_written, expected.bytes_written + 700_000);
     assert_eq!(snapshot(&out), snapshot(&src));
@@ -218,10 +209,7 @@ async fn a_tree_goes_in_and_comes_back_out_the_same() {
         }
     );
     assert_eq!(feeds(&drive).await, before);
-    let again = drive
-        .export("/", &out, ExportOptions::default())
-        .await
-        .unwrap();
+    let again = drive.export("/", &out).await.unwrap();
     assert_eq!(
         again,
         TransferSummary {
@@ -242,10 +230,7 @@ async fn only_what_changed_is_rewritten() {
     make_tree(&src);
     let (_store, drive) = open(&tmp.path().join("store")).await;
     drive.import(&src, "/", import_options()).await.unwrap();
-    drive
-        .export("/", &out, ExportOptions::default())
-        .await
-        .unwrap();
+    drive.export("/", &out).await.unwrap();
 
     // Touched: a new Stat, its content found in the feed.
     set_mtime(&src.join("a/big.bin"), 1_700_000_000_000);
@@ -281,10 +266,7 @@ async fn only_what_changed_is_rewritten() {
     assert_eq!(drive.stat("/a/b/c/deep.txt").await.unwrap().mode, 0o100600);
 
     // Export rewrites those three: two contents, one by its attributes only.
-    let summary = drive
-        .export("/", &out, ExportOptions::default())
-        .await
-        .unwrap();
+    let summary = drive.export("/", &out).await.unwrap();
     assert_eq!(
         (summary.changed, summary.unchanged, summary.bytes_written),
         (3, ENTRIES - 3, 12)
@@ -294,10 +276,7 @@ async fn only_what_changed_is_rewritten() {
     // A local file changed behind the export's back is put back; one only touched too.
     fs::write(out.join("a/big.bin"), b"scribbled over").unwrap();
     set_mtime(&out.join("dup1.bin"), 1_000);
-    let summary = drive
-        .export("/", &out, ExportOptions::default())
-        .await
-        .unwrap();
+    let summary = drive.export("/", &out).await.unwrap();
     assert_eq!(
         (summary.changed, summary.bytes_written),
         (2, 1_600_000),
@@ -326,7 +305,6 @@ async fn removal_of_what_is_gone_locally_is_asked_for() {
     assert!(drive.stat("/a/b/c/deep.txt").await.is_ok());
     let options = ImportOptions {
         remove_missing: true,
-        ..ImportOptions::default()
     };
     let summary = drive.import(&src, "/", options).await.unwrap();
     // a/b, a/b/c, a/b/c/deep.txt, empty, outside-the-import.
@@ -371,19 +349,14 @@ async fn a_big_file_streams_in_as_one_run_and_out_again() {
     assert_eq!(drive.content_feed().await.unwrap().len(), 42);
     assert_eq!(drive.read_file("/backup/big").await.unwrap(), big);
 
-    drive
-        .export("/backup", &out, ExportOptions::default())
-        .await
-        .unwrap();
+    drive.export("/backup", &out).await.unwrap();
     assert_eq!(fs::read(out.join("big")).unwrap(), big);
     assert_eq!(
         fs::metadata(&out).unwrap().mode() & 0o777,
         fs::metadata(&src).unwrap().mode() & 0o777
     );
     assert!(matches!(
-        drive
-            .export("/backup/big", &out, ExportOptions::default())
-            .await,
+        drive.export("/backup/big", &out).await,
         Err(Error::WrongType { .. })
     ));
 }
@@ -450,10 +423,7 @@ async fn export_never_writes_outside_its_directory() {
         .unwrap();
     drive.symlink("../../outside", "/rel").await.unwrap();
     let out = tmp.path().join("out");
-    let summary = drive
-        .export("/", &out, ExportOptions::default())
-        .await
-        .unwrap();
+    let summary = drive.export("/", &out).await.unwrap();
     assert_eq!(summary.added, 3);
     assert_eq!(fs::read_link(out.join("abs")).unwrap(), outside);
     assert_eq!(
@@ -465,10 +435,7 @@ async fn export_never_writes_outside_its_directory() {
     trie.put("abs/evil", value.clone(), PutOptions::default())
         .await
         .unwrap();
-    let err = drive
-        .export("/", &out, ExportOptions::default())
-        .await
-        .unwrap_err();
+    let err = drive.export("/", &out).await.unwrap_err();
     assert!(
         matches!(&err, Error::Refused { path, .. } if path == "/abs/evil"),
         "{err}"
@@ -482,7 +449,7 @@ async fn export_never_writes_outside_its_directory() {
             .await
             .unwrap();
         let err = drive
-            .export("/", &tmp.path().join("out2"), ExportOptions::default())
+            .export("/", &tmp.path().join("out2"))
             .await
             .unwrap_err();
         assert!(

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use corestore::{Corestore, CorestoreOptions};
-use hyperdrive::{Drive, DriveOptions, ExportOptions, ImportOptions, WriteOptions};
+use hyperdrive::{Drive, DriveOptions, ImportOptions, WriteOptions};
 use serde_json::Value;
 
 fn js(args: &[&str]) -> Value {
@@ -153,10 +153,7 @@ async fn js_reads_an_imported_drive_whose_files_share_blocks() {
     ];
     js(&args);
     let (store, drive) = open_drive(&store_dir).await;
-    drive
-        .export("/", &out, ExportOptions::default())
-        .await
-        .unwrap();
+    drive.export("/", &out).await.unwrap();
     for (name, bytes, mode, mtime) in files() {
         let meta = fs::metadata(out.join(name)).unwrap();
         assert_eq!(fs::read(out.join(name)).unwrap(), bytes, "{name}");
