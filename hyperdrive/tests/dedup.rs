@@ -2,20 +2,15 @@
 //! content feed points at them instead of appending them again; anything else appends.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::open;
+
 use bytes::Bytes;
-use corestore::{Corestore, CorestoreOptions};
 use futures::StreamExt;
 use hyperdrive::{Drive, DriveOptions, Stat, WriteOptions};
 use hypertrie::PutOptions;
 use prost::Message;
-
-async fn open(dir: &std::path::Path, options: DriveOptions) -> (Corestore, Drive) {
-    let store = Corestore::open(dir, CorestoreOptions::default())
-        .await
-        .unwrap();
-    let drive = Drive::default_drive(&store, options).await.unwrap();
-    (store, drive)
-}
 
 fn data(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)

@@ -3,46 +3,14 @@
 //! once there is room. Needs root to mount a small tmpfs.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::open;
+
 use std::path::{Path, PathBuf};
 
-use corestore::{Corestore, CorestoreOptions};
-use hyperdrive::{Drive, DriveOptions, Error, OpenFlags, WriteOptions};
-
-/// A tmpfs mounted for the test, unmounted on drop.
-struct SmallDisk {
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(path: PathBuf, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(&path).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk { path })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
-}
-
-async fn open(dir: &Path) -> (Corestore, Drive) {
-    let store = Corestore::open(dir, CorestoreOptions::default())
-        .await
-        .unwrap();
-    let drive = Drive::default_drive(&store, DriveOptions::default())
-        .await
-        .unwrap();
-    (store, drive)
-}
+use hyperd_testkit::SmallDisk;
+use hyperdrive::{DriveOptions, Error, OpenFlags, WriteOptions};
 
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -82,7 +50,7 @@ async fn fill_and_free(disk: &SmallDisk) {
     let dir = disk.path.join("store");
     let big = data(1 << 20, 1);
     {
-        let (store, drive) = open(&dir).await;
+        let (store, drive) = open(&dir, DriveOptions::default()).await;
         drive
             .write_file("/big", &big, WriteOptions::default())
             .await
@@ -149,7 +117,7 @@ async fn fill_and_free(disk: &SmallDisk) {
         drop(drive);
         store.close().await.unwrap();
     }
-    let (_store, drive) = open(&dir).await;
+    let (_store, drive) = open(&dir, DriveOptions::default()).await;
     let mut patched = big.clone();
     patched[10..17].copy_from_slice(b"patched");
     assert_eq!(drive.read_file("/big").await.unwrap(), patched);

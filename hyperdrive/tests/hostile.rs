@@ -7,6 +7,10 @@
 //! panic, never hang; and writes of other files must still work.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::connect;
+
 use std::future::Future;
 use std::path::Path as LocalPath;
 use std::time::{Duration, Instant};
@@ -756,25 +760,6 @@ async fn a_remote_reader_of_a_garbage_block_gets_errors_naming_the_path() {
         answers.errors_name_the_path();
         answers.failed_naming_the_path(&["read_file", "readdir recursive", "download"]);
     }
-}
-
-/// Replicates two stores over an in-memory connection, live.
-async fn connect(a: &Corestore, b: &Corestore) {
-    use hypercore_protocol::{Protocol, ProtocolOptions};
-    let (x, y) = tokio::io::duplex(1 << 20);
-    let options = |initiator| ProtocolOptions {
-        initiator,
-        live: true,
-        ..ProtocolOptions::default()
-    };
-    let (pa, pb) = tokio::join!(
-        Protocol::connect(x, options(true)),
-        Protocol::connect(y, options(false))
-    );
-    let ((pa, ea), (pb, eb)) = (pa.unwrap(), pb.unwrap());
-    let (a, b) = (a.clone(), b.clone());
-    tokio::spawn(async move { a.replicate(pa, ea, true).await });
-    tokio::spawn(async move { b.replicate(pb, eb, true).await });
 }
 
 #[tokio::test]

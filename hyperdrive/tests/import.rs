@@ -4,6 +4,10 @@
 //! are refused.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::open;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -11,21 +15,10 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use bytes::Bytes;
-use corestore::{Corestore, CorestoreOptions};
 use hyperdrive::{Drive, DriveOptions, Error, ImportOptions, TransferSummary, WriteOptions};
 use hypertrie::PutOptions;
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
-
-async fn open(dir: &Path) -> (Corestore, Drive) {
-    let store = Corestore::open(dir, CorestoreOptions::default())
-        .await
-        .unwrap();
-    let drive = Drive::default_drive(&store, DriveOptions::default())
-        .await
-        .unwrap();
-    (store, drive)
-}
 
 fn data(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
@@ -156,7 +149,7 @@ async fn a_tree_goes_in_and_comes_back_out_the_same() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
     make_tree(&src);
-    let (_store, drive) = open(&tmp.path().join("store")).await;
+    let (_store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
 
     let import = drive.import(&src, "/", ImportOptions::default());
     let progress = import.progress();
@@ -228,7 +221,7 @@ async fn only_what_changed_is_rewritten() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
     make_tree(&src);
-    let (_store, drive) = open(&tmp.path().join("store")).await;
+    let (_store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
     drive.import(&src, "/", import_options()).await.unwrap();
     drive.export("/", &out).await.unwrap();
 
@@ -290,7 +283,7 @@ async fn removal_of_what_is_gone_locally_is_asked_for() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     make_tree(&src);
-    let (_store, drive) = open(&tmp.path().join("store")).await;
+    let (_store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
     drive.import(&src, "/", import_options()).await.unwrap();
     drive
         .write_file("/outside-the-import", b"x", WriteOptions::default())
@@ -329,7 +322,7 @@ async fn a_big_file_streams_in_as_one_run_and_out_again() {
     // 20 MiB + 1: three batches of blocks, the last one short.
     let big = data(20 * 1024 * 1024 + 1, 7);
     fs::write(src.join("big"), &big).unwrap();
-    let (_store, drive) = open(&tmp.path().join("store")).await;
+    let (_store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
     drive
         .write_file("/first", b"one block before", WriteOptions::default())
         .await
@@ -370,7 +363,7 @@ async fn what_a_drive_cannot_hold_is_skipped_and_named() {
     fs::write(src.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9")), b"x").unwrap();
     fs::write(src.join("back\\slash"), b"x").unwrap();
     nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let (_store, drive) = open(&tmp.path().join("store")).await;
+    let (_store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
 
     let summary = drive.import(&src, "/", import_options()).await.unwrap();
     assert_eq!(summary.added, 1);
@@ -404,7 +397,7 @@ async fn what_a_drive_cannot_hold_is_skipped_and_named() {
 #[tokio::test]
 async fn export_never_writes_outside_its_directory() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_store, drive) = open(&tmp.path().join("store")).await;
+    let (_store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
     let outside = tmp.path().join("outside");
     fs::create_dir(&outside).unwrap();
     let trie = hypertrie::Hypertrie::open(drive.metadata().clone(), Default::default())

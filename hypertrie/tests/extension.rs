@@ -13,7 +13,6 @@ use hypercore::{Feed, FeedOptions};
 use hypercore_protocol::ProtocolOptions;
 use hypercore_replication::{replicate, ReplicateOptions, Replicator, ReplicatorOptions};
 use hypertrie::{GetOptions, Hypertrie, ListOptions, Op, OpenOptions, PutOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const KEYS: usize = 2000;
@@ -66,44 +65,6 @@ async fn writer(keys: usize, extension: bool) -> (Hypertrie, String) {
     (trie, addr)
 }
 
-/// Forwards connections to `target`, delaying every chunk by [`DELAY`] each way (chunks
-/// keep their order and overlap: a link with latency, not a slow one).
-async fn delay_proxy(target: String) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        loop {
-            let (inbound, _) = listener.accept().await.unwrap();
-            let outbound = TcpStream::connect(&target).await.unwrap();
-            inbound.set_nodelay(true).unwrap();
-            outbound.set_nodelay(true).unwrap();
-            let (ri, wi) = inbound.into_split();
-            let (ro, wo) = outbound.into_split();
-            tokio::spawn(pipe(ri, wo));
-            tokio::spawn(pipe(ro, wi));
-        }
-    });
-    addr
-}
-
-async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    tokio::spawn(async move {
-        while let Some((at, chunk)) = rx.recv().await {
-            tokio::time::sleep_until((at + DELAY).into()).await;
-            if to.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut buf = vec![0; 64 << 10];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
-            return;
-        }
-    }
-}
-
 /// A sparse reader of `writer`'s feed connected to `addr`, with the extension or without.
 async fn reader(writer: &Hypertrie, addr: &str, extension: bool) -> Hypertrie {
     let feed = Feed::open(
@@ -154,7 +115,7 @@ async fn lookup(trie: &Hypertrie) -> Duration {
 #[tokio::test]
 async fn a_lookup_fetches_its_whole_path_in_one_go() {
     let (writer, addr) = writer(5 * KEYS, true).await;
-    let proxy = delay_proxy(addr).await;
+    let proxy = hyperd_testkit::delay_proxy(addr, DELAY).await.unwrap();
     let rtt = 2 * DELAY;
 
     // Without the extension: one round trip per node on the path.

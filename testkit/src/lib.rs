@@ -76,3 +76,81 @@ pub fn protocol_options(initiator: bool, live: bool) -> ProtocolOptions {
         ..ProtocolOptions::default()
     }
 }
+
+/// Forwards connections to `target` through a new loopback listener (its address is
+/// returned), delaying every chunk by `delay` each way: chunks keep their order and
+/// overlap, a link with latency rather than a slow one. For counting round trips.
+pub async fn delay_proxy(target: String, delay: std::time::Duration) -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(&target).await else {
+                return;
+            };
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            tokio::spawn(delayed_pipe(ri, wo, delay));
+            tokio::spawn(delayed_pipe(ro, wi, delay));
+        }
+    });
+    Ok(addr)
+}
+
+async fn delayed_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: std::time::Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at + delay).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0; 64 << 10];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0
+            || tx
+                .send((tokio::time::Instant::now(), buf[..n].to_vec()))
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// A small tmpfs mounted for a test (to fill a disk), unmounted when dropped.
+pub struct SmallDisk {
+    /// Where it is mounted.
+    pub path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it, e.g. "8m") at `path`;
+    /// `None` where that is not possible (not root): callers say SKIPPED.
+    pub fn mount(path: std::path::PathBuf, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(&path).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { path })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}

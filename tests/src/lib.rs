@@ -7,7 +7,7 @@ pub mod daemon;
 pub mod js_peer;
 pub mod raw_peer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -202,4 +202,12 @@ pub fn process_cpu_seconds(pid: Option<u32>) -> Result<f64> {
             .with_context(|| format!("parsing field {} of {path}", i + 3))
     };
     Ok((ticks(11)? + ticks(12)?) as f64 / 100.0)
+}
+
+/// The store in `dir` and its default drive (keep the store to close it after).
+pub async fn open_default_drive(dir: &Path) -> Result<(corestore::Corestore, hyperdrive::Drive)> {
+    let store = corestore::Corestore::open(dir, corestore::CorestoreOptions::default()).await?;
+    let drive =
+        hyperdrive::Drive::default_drive(&store, hyperdrive::DriveOptions::default()).await?;
+    Ok((store, drive))
 }

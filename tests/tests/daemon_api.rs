@@ -15,6 +15,7 @@ use hyperd_proto::v1::{
     AppendRequest, AppendStreamRequest, CreateRequest, DialRequest, FollowRequest, GetRequest,
     InfoRequest, ReadRequest, StatusRequest,
 };
+use hyperd_testkit::SmallDisk;
 use hyperd_tests::daemon::Daemon;
 use tonic::Code;
 
@@ -509,32 +510,6 @@ async fn watch_streams_report_appends_and_peers() {
     .await
     .unwrap();
     assert_eq!(added.remote_key, b_key);
-}
-
-/// A tmpfs mounted for the test, unmounted on drop.
-struct SmallDisk {
-    path: std::path::PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(path: std::path::PathBuf, size: &str) -> Option<SmallDisk> {
-        std::fs::create_dir_all(&path).ok()?;
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(SmallDisk { path })
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
-use corestore::{Corestore, CorestoreOptions};
-use hyperdrive::{Drive, DriveOptions, WriteOptions};
+use hyperdrive::WriteOptions;
 use serde_json::Value;
 
 fn js(args: &[&str]) -> Value {
@@ -15,24 +14,13 @@ fn js(args: &[&str]) -> Value {
     out
 }
 
-/// The default drive of the corestore in `dir`, with the store (to close it after).
-async fn open_drive(dir: &std::path::Path) -> (Corestore, Drive) {
-    let store = Corestore::open(dir, CorestoreOptions::default())
-        .await
-        .unwrap();
-    let drive = Drive::default_drive(&store, DriveOptions::default())
-        .await
-        .unwrap();
-    (store, drive)
-}
-
 #[tokio::test]
 async fn a_drive_written_by_rust_is_read_and_written_by_js() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
     let big: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
     let (key, content_key) = {
-        let (store, drive) = open_drive(dir.path()).await;
+        let (store, drive) = hyperd_tests::open_default_drive(dir.path()).await.unwrap();
         let w = WriteOptions::default;
         drive
             .write_file("/hello.txt", b"hello from rust", w())
@@ -92,7 +80,7 @@ async fn a_drive_written_by_rust_is_read_and_written_by_js() {
         "hello from js",
     ]);
     assert_eq!(written["entries"].as_object().unwrap().len(), 9);
-    let (store, drive) = open_drive(dir.path()).await;
+    let (store, drive) = hyperd_tests::open_default_drive(dir.path()).await.unwrap();
     assert_eq!(
         drive.read_file("/from-js.txt").await.unwrap(),
         b"hello from js"
@@ -118,7 +106,7 @@ async fn a_drive_written_by_js_is_read_and_written_by_rust() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap().to_string();
     let populated = js(&["populate", "--dir", &path]);
-    let (store, drive) = open_drive(dir.path()).await;
+    let (store, drive) = hyperd_tests::open_default_drive(dir.path()).await.unwrap();
     assert_eq!(drive.key().to_hex(), populated["key"].as_str().unwrap());
     assert_eq!(
         drive.content_key().unwrap().to_hex(),

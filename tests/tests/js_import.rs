@@ -9,24 +9,13 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use corestore::{Corestore, CorestoreOptions};
-use hyperdrive::{Drive, DriveOptions, ImportOptions, WriteOptions};
+use hyperdrive::{ImportOptions, WriteOptions};
 use serde_json::Value;
 
 fn js(args: &[&str]) -> Value {
     let out = hyperd_tests::run_node_json("drive-tool.js", args).unwrap();
     assert_eq!(out["ok"], true, "{out}");
     out
-}
-
-async fn open_drive(dir: &Path) -> (Corestore, Drive) {
-    let store = Corestore::open(dir, CorestoreOptions::default())
-        .await
-        .unwrap();
-    let drive = Drive::default_drive(&store, DriveOptions::default())
-        .await
-        .unwrap();
-    (store, drive)
 }
 
 fn data(len: usize, seed: u32) -> Vec<u8> {
@@ -86,7 +75,7 @@ async fn js_reads_an_imported_drive_whose_files_share_blocks() {
     make_tree(&src);
     let dir = store_dir.to_str().unwrap().to_string();
     {
-        let (store, drive) = open_drive(&store_dir).await;
+        let (store, drive) = hyperd_tests::open_default_drive(&store_dir).await.unwrap();
         let summary = drive
             .import(&src, "/", ImportOptions::default())
             .await
@@ -152,7 +141,7 @@ async fn js_reads_an_imported_drive_whose_files_share_blocks() {
         "js",
     ];
     js(&args);
-    let (store, drive) = open_drive(&store_dir).await;
+    let (store, drive) = hyperd_tests::open_default_drive(&store_dir).await.unwrap();
     drive.export("/", &out).await.unwrap();
     for (name, bytes, mode, mtime) in files() {
         let meta = fs::metadata(out.join(name)).unwrap();

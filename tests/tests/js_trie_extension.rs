@@ -16,7 +16,7 @@ use hypercore_protocol::ProtocolOptions;
 use hypercore_replication::{replicate, ReplicateOptions, Replicator, ReplicatorOptions};
 use hypertrie::{GetOptions, Hypertrie, Op, OpenOptions, PutOptions};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdout};
 
@@ -180,46 +180,8 @@ async fn js_writer(extension: bool) -> (Child, Lines<BufReader<ChildStdout>>, Va
     (child, lines, listening)
 }
 
-/// Delay each way through [`delay_proxy`]: a round trip costs twice this.
+/// Delay each way through the testkit's `delay_proxy`: a round trip costs twice this.
 const DELAY: Duration = Duration::from_millis(40);
-
-/// Forwards connections to `target`, delaying every chunk by [`DELAY`] each way (chunks
-/// keep their order and overlap: a link with latency, not a slow one).
-async fn delay_proxy(target: String) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        loop {
-            let (inbound, _) = listener.accept().await.unwrap();
-            let outbound = TcpStream::connect(&target).await.unwrap();
-            inbound.set_nodelay(true).unwrap();
-            outbound.set_nodelay(true).unwrap();
-            let (ri, wi) = inbound.into_split();
-            let (ro, wo) = outbound.into_split();
-            tokio::spawn(pipe(ri, wo));
-            tokio::spawn(pipe(ro, wi));
-        }
-    });
-    addr
-}
-
-async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    tokio::spawn(async move {
-        while let Some((at, chunk)) = rx.recv().await {
-            tokio::time::sleep_until((at + DELAY).into()).await;
-            if to.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-    });
-    let mut buf = vec![0; 64 << 10];
-    while let Ok(n) = from.read(&mut buf).await {
-        if n == 0 || tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
-            return;
-        }
-    }
-}
 
 /// A sparse Rust reader of the JS writer at `addr`, with the extension or without.
 async fn rust_reader(listening: &Value, addr: &str, extension: bool) -> Hypertrie {
@@ -283,7 +245,9 @@ fn stored(trie: &Hypertrie) -> BTreeSet<u64> {
 async fn a_rust_reader_uses_a_js_writers_answer() {
     let (_child, mut lines, listening) = js_writer(true).await;
     // Through a link with latency, so that round trips show in the time a lookup takes.
-    let proxy = delay_proxy(js_addr(&listening)).await;
+    let proxy = hyperd_testkit::delay_proxy(js_addr(&listening), DELAY)
+        .await
+        .unwrap();
     let plain = rust_reader(&listening, &proxy, false).await;
     let alone = lookup(&plain).await;
     let path = stored(&plain);

@@ -15,6 +15,13 @@ pub async fn store(dir: &std::path::Path, sparse: bool) -> Corestore {
     Corestore::open(dir, options).await.unwrap()
 }
 
+/// The store in `dir` and its default drive, opened with `options`.
+pub async fn open(dir: &std::path::Path, options: DriveOptions) -> (Corestore, Drive) {
+    let store = store(dir, false).await;
+    let drive = Drive::default_drive(&store, options).await.unwrap();
+    (store, drive)
+}
+
 /// The default drive of a new store (keep the directory while the drive is used).
 pub async fn new_drive() -> (tempfile::TempDir, Corestore, Drive) {
     let dir = tempfile::tempdir().unwrap();
