@@ -1147,9 +1147,14 @@ async fn bitfield_stall_case(start: u64) {
     );
     t1.abort();
     t2.abort();
+    // Digesting the Haves takes the seeder seconds (more when the machine is busy); what
+    // must not happen is that they take it all at once, ahead of the honest peer: then the
+    // download stands still for about as long as it takes to finish.
+    let bound = Duration::from_secs(2).max(took / 3);
     assert!(
-        stall < Duration::from_secs(2),
-        "{} bytes from each of two other peers stalled an honest download for {stall:?}",
+        stall < bound,
+        "{} bytes from each of two other peers stalled an honest download for {stall:?} \
+         (of {took:?})",
         wire.len()
     );
 }
