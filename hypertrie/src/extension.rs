@@ -475,7 +475,7 @@ impl View<'_> {
         let Some(asking) = &mut self.asking else {
             return;
         };
-        if self.trie.feed.has(seq) || self.cache.contains_key(&seq) {
+        if self.trie.feed.has(seq) || self.trie.cached(seq).is_some() {
             return;
         }
         match asking {

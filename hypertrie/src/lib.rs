@@ -9,6 +9,7 @@
 //! tries (mountable-hypertrie 2.8), for lookups, listings, diffs, history and watches.
 
 mod buckets;
+mod cache;
 #[cfg(test)]
 mod collisions;
 mod diff;
@@ -21,8 +22,7 @@ mod path;
 mod resolve;
 mod watch;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use hypercore::Feed;
@@ -183,53 +183,8 @@ pub enum Op {
     },
 }
 
-/// Decoded nodes kept per trie (shared by its clones and checkouts: a seq's node never
-/// changes). Every lookup walks down from the head through the same upper nodes; reading
-/// and decoding them again each time was most of a `stat`'s cost.
-const NODE_CACHE: usize = 1024;
-/// And at most about this much memory: nodes are a few hundred bytes, but a trie from a
-/// peer may have nodes of up to 8 MiB (large values, buckets that decode larger than
-/// they are stored).
-const NODE_CACHE_BYTES: usize = 4 << 20;
-
-/// Recently used decoded nodes, with their approximate sizes.
-struct NodeCache {
-    lru: lru::LruCache<u64, (Arc<Node>, usize)>,
-    bytes: usize,
-}
-
-impl NodeCache {
-    fn new() -> NodeCache {
-        NodeCache {
-            lru: lru::LruCache::unbounded(),
-            bytes: 0,
-        }
-    }
-
-    fn get(&mut self, seq: u64) -> Option<Arc<Node>> {
-        self.lru.get(&seq).map(|(node, _)| node.clone())
-    }
-
-    fn put(&mut self, node: Arc<Node>) {
-        let size = node.heap_size();
-        if size > NODE_CACHE_BYTES / 16 {
-            return;
-        }
-        if let Some((_, old)) = self.lru.put(node.seq, (node, size)) {
-            self.bytes -= old;
-        }
-        self.bytes += size;
-        while self.lru.len() > NODE_CACHE || self.bytes > NODE_CACHE_BYTES {
-            match self.lru.pop_lru() {
-                Some((_, (_, size))) => self.bytes -= size,
-                None => break,
-            }
-        }
-    }
-}
-
 /// A hypertrie on a feed, at its latest version or checked out at an older one. Cheap to
-/// clone; clones share the writer's lock and the cache of decoded nodes.
+/// clone; clones share the writer's lock and their nodes in the process's cache.
 #[derive(Clone)]
 pub struct Hypertrie {
     feed: Feed,
@@ -239,7 +194,8 @@ pub struct Hypertrie {
     lock: Arc<tokio::sync::Mutex<()>>,
     /// The feed's `hypertrie` extension, when opened with a replicator.
     extension: Option<Arc<extension::Service>>,
-    nodes: Arc<Mutex<NodeCache>>,
+    /// Its nodes' key in the process's cache of decoded nodes.
+    cache_id: u64,
 }
 
 impl std::fmt::Debug for Hypertrie {
@@ -260,7 +216,7 @@ impl Hypertrie {
             version: None,
             lock: Arc::new(tokio::sync::Mutex::new(())),
             extension: None,
-            nodes: Arc::new(Mutex::new(NodeCache::new())),
+            cache_id: cache::new_trie_id(),
         };
         if trie.feed.writable() && trie.feed.is_empty() {
             let _guard = trie.lock.lock().await;
@@ -471,14 +427,13 @@ impl Hypertrie {
     }
 
     fn cached(&self, seq: u64) -> Option<Arc<Node>> {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes.get(seq)
+        cache::shared().get(self.cache_id, seq)
     }
 
     fn keep(&self, node: Node) -> Arc<Node> {
         let node = Arc::new(node);
-        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        nodes.put(node.clone());
+        let evicted = cache::shared().put(self.cache_id, node.clone());
+        drop(evicted);
         node
     }
 
@@ -514,8 +469,6 @@ struct View<'a> {
     trie: &'a Hypertrie,
     version: u64,
     pending: Vec<Node>,
-    /// Nodes loaded during this operation.
-    cache: HashMap<u64, Arc<Node>>,
     /// Answering a peer's lookup: read stored blocks only, and note every seq the lookup
     /// touches where JS's `onseq` would (JS `{wait: false, onseq}`).
     touched: Option<Vec<u64>>,
@@ -529,7 +482,6 @@ impl<'a> View<'a> {
             trie,
             version,
             pending: Vec::new(),
-            cache: HashMap::new(),
             touched: None,
             asking: None,
         }
@@ -561,9 +513,6 @@ impl<'a> View<'a> {
         {
             return Ok(Some(Arc::new(node.clone())));
         }
-        if let Some(node) = self.cache.get(&seq) {
-            return Ok(Some(node.clone()).filter(|n| !n.is_reset()));
-        }
         if seq == 0 || seq >= self.len() {
             return Err(Error::Decode {
                 seq,
@@ -574,7 +523,6 @@ impl<'a> View<'a> {
             Some(_) => self.trie.load_stored(seq).await?,
             None => self.trie.load(seq).await?,
         };
-        self.cache.insert(seq, node.clone());
         Ok(Some(node).filter(|n| !n.is_reset()))
     }
 
@@ -975,45 +923,5 @@ impl Walk {
                 .extend(pushed.into_iter().filter(|e| e.node.is_some()));
         }
         Ok(None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(seq: u64, value: usize) -> Arc<Node> {
-        Arc::new(Node {
-            seq,
-            path: Path::new(&format!("k{seq}"), false),
-            value: Some(Bytes::from(vec![0u8; value])),
-            flags: 0,
-            buckets: Buckets::default(),
-        })
-    }
-
-    #[test]
-    fn the_node_cache_stays_within_its_count_and_its_bytes() {
-        let mut cache = NodeCache::new();
-        for seq in 1..=3000 {
-            cache.put(node(seq, 10));
-        }
-        assert_eq!(cache.lru.len(), NODE_CACHE);
-        assert!(cache.get(3000).is_some() && cache.get(1).is_none());
-
-        // A node too large to keep is not kept, and evicts nothing.
-        cache.put(node(5000, NODE_CACHE_BYTES));
-        assert!(cache.get(5000).is_none());
-        assert_eq!(cache.lru.len(), NODE_CACHE);
-
-        // Large values fill the byte budget before the count.
-        for seq in 6000..6100 {
-            cache.put(node(seq, NODE_CACHE_BYTES / 20));
-        }
-        assert!(cache.bytes <= NODE_CACHE_BYTES);
-        assert!(cache.lru.len() < 30);
-        assert!(cache.get(6099).is_some());
-        let counted: usize = cache.lru.iter().map(|(_, (_, size))| size).sum();
-        assert_eq!(counted, cache.bytes);
     }
 }
