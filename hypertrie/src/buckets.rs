@@ -10,22 +10,32 @@ const MAX_SLOTS: usize = 64;
 const MAX_POSITIONS: u64 = 1 << 17;
 
 /// The buckets of one node: the non-empty ones only, by position (a node's path has
-/// dozens of positions, few of which point anywhere; decoding, copying and caching nodes
-/// costs what they hold).
+/// dozens of positions, few of which point anywhere), their slots back to back in one
+/// vector (decoding, copying, caching and freeing nodes costs what they hold).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Buckets {
     /// Positions, as encoded (trailing empty buckets included).
     len: usize,
-    /// `(position, slots)` in position order, each with a non-empty slot.
-    buckets: Vec<(usize, Vec<u64>)>,
+    /// Per bucket, in position order: its position and where its slots end in `slots`
+    /// (they start where the previous bucket's end). Each has a slot.
+    index: Vec<(usize, usize)>,
+    /// The buckets' slots, empty ones between occupied ones included.
+    slots: Vec<u64>,
 }
 
 impl Buckets {
+    /// Where bucket `k` of the index has its slots.
+    fn range(&self, k: usize) -> std::ops::Range<usize> {
+        let start = k.checked_sub(1).map_or(0, |k| self.index[k].1);
+        start..self.index[k].1
+    }
+
+    fn find(&self, i: usize) -> Result<usize, usize> {
+        self.index.binary_search_by_key(&i, |&(p, _)| p)
+    }
+
     fn bucket(&self, i: usize) -> Option<&[u64]> {
-        self.buckets
-            .binary_search_by_key(&i, |(p, _)| *p)
-            .ok()
-            .map(|k| &self.buckets[k].1[..])
+        self.find(i).ok().map(|k| &self.slots[self.range(k)])
     }
 
     /// The occupied slots of the bucket at `i`, as `(slot, seq)`.
@@ -56,24 +66,23 @@ impl Buckets {
 
     /// About how much memory the buckets hold.
     pub(crate) fn heap_size(&self) -> usize {
-        self.buckets
-            .iter()
-            .map(|(_, slots)| std::mem::size_of::<(usize, Vec<u64>)>() + 8 * slots.len())
-            .sum()
+        std::mem::size_of::<(usize, usize)>() * self.index.capacity() + 8 * self.slots.capacity()
     }
 
     /// Points symbol `s` at position `i` to `seq`: in the first free slot of its chain,
     /// unless the bucket already holds `seq`.
     pub fn push(&mut self, i: usize, s: usize, seq: u64) {
         self.len = self.len.max(i + 1);
-        let k = match self.buckets.binary_search_by_key(&i, |(p, _)| *p) {
+        let k = match self.find(i) {
             Ok(k) => k,
             Err(k) => {
-                self.buckets.insert(k, (i, Vec::new()));
+                let at = k.checked_sub(1).map_or(0, |k| self.index[k].1);
+                self.index.insert(k, (i, at));
                 k
             }
         };
-        let bucket = &mut self.buckets[k].1;
+        let range = self.range(k);
+        let bucket = &self.slots[range.clone()];
         let mut s = s % 5;
         while bucket.get(s).is_some_and(|&x| x != EMPTY) {
             s += 5;
@@ -82,16 +91,22 @@ impl Buckets {
             return;
         }
         if bucket.len() <= s {
-            bucket.resize(s + 1, EMPTY);
+            let grow = s + 1 - bucket.len();
+            self.slots
+                .splice(range.end..range.end, std::iter::repeat_n(EMPTY, grow));
+            for (_, end) in &mut self.index[k..] {
+                *end += grow;
+            }
         }
-        bucket[s] = seq;
+        self.slots[range.start + s] = seq;
     }
 
     /// The encoding JS writes: length, then `position bitmap seq…` per non-empty bucket.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&varint::encode(self.len as u64));
-        for &(i, ref bucket) in &self.buckets {
+        for (k, &(i, _)) in self.index.iter().enumerate() {
+            let bucket = &self.slots[self.range(k)];
             let bits = bucket
                 .iter()
                 .enumerate()
@@ -125,6 +140,8 @@ impl Buckets {
         if length > MAX_POSITIONS {
             return Err(format!("{length} positions"));
         }
+        // Buckets as written, empty ones (no bits set) included until the end.
+        let (mut index, mut slots) = (Vec::new(), Vec::new());
         let mut ordered = true;
         while pos < buf.len() {
             let i = next(&mut pos)?;
@@ -132,29 +149,49 @@ impl Buckets {
                 return Err(format!("a bucket at position {i} of {length}"));
             }
             let mut bits = next(&mut pos)?;
-            let mut slots = Vec::new();
+            let start = slots.len();
             for s in 0..MAX_SLOTS {
                 if bits == 0 {
                     break;
                 }
                 if bits & 1 == 1 {
-                    slots.resize(s, EMPTY);
+                    slots.resize(start + s, EMPTY);
                     slots.push(next(&mut pos)?);
                 }
                 bits >>= 1;
             }
             let i = i as usize;
-            ordered &= buckets.buckets.last().is_none_or(|&(p, _)| p < i);
-            buckets.buckets.push((i, slots));
+            ordered &= index.last().is_none_or(|&(p, _)| p < i);
+            index.push((i, slots.len()));
         }
         if !ordered {
             // JS writes positions in order. Otherwise a repeated position replaces the
             // earlier one: reversed, sorted stably and deduplicated keeps the last.
-            buckets.buckets.reverse();
-            buckets.buckets.sort_by_key(|&(p, _)| p);
-            buckets.buckets.dedup_by_key(|&mut (p, _)| p);
+            let mut start = 0;
+            let mut written: Vec<(usize, Vec<u64>)> = Vec::with_capacity(index.len());
+            for &(i, end) in &index {
+                written.push((i, slots[start..end].to_vec()));
+                start = end;
+            }
+            written.reverse();
+            written.sort_by_key(|&(p, _)| p);
+            written.dedup_by_key(|&mut (p, _)| p);
+            index.clear();
+            slots.clear();
+            for (i, bucket) in written {
+                slots.extend_from_slice(&bucket);
+                index.push((i, slots.len()));
+            }
         }
-        buckets.buckets.retain(|(_, slots)| !slots.is_empty());
+        // A bucket with no slot is no bucket.
+        let mut start = 0;
+        index.retain(|&(_, end)| {
+            let keep = end > start;
+            start = end;
+            keep
+        });
+        buckets.index = index;
+        buckets.slots = slots;
         buckets.len = length as usize;
         Ok(buckets)
     }
@@ -216,6 +253,6 @@ mod tests {
         let decoded = Buckets::decode(&buffer(20_000, &buckets)).unwrap();
         assert_eq!(decoded.get(0, 0), Some(1));
         assert_eq!(decoded.get(19_999, 0), Some(20_000));
-        assert_eq!(decoded.buckets.len(), 20_000);
+        assert_eq!(decoded.index.len(), 20_000);
     }
 }

@@ -438,11 +438,11 @@ pub(crate) enum Asking {
 
 impl Asking {
     /// For a get of `key` against `version` (nothing to ask on an empty trie).
-    pub(crate) fn get(trie: &Hypertrie, version: u64, key: &str, hidden: bool) -> Option<Asking> {
+    pub(crate) fn get(trie: &Hypertrie, version: u64, key: &str) -> Option<Asking> {
         Some(Asking::Get {
             service: trie.extension.clone()?,
             head: version.checked_sub(1).filter(|&h| h > 0)?,
-            key: crate::Path::new(key, hidden).key().to_string(),
+            key: crate::path::normalize_key(key).to_string(),
             sent: false,
         })
     }
@@ -461,7 +461,7 @@ impl Asking {
         Some(Asking::Iterator {
             service: trie.extension.clone()?,
             head: version.checked_sub(1).filter(|&h| h > 0)?,
-            key: crate::Path::new(prefix, options.hidden).key().to_string(),
+            key: crate::path::normalize_key(prefix).to_string(),
             flags,
             missing: 0,
             opened: false,

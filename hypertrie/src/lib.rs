@@ -278,7 +278,7 @@ impl Hypertrie {
     /// The node for `key`.
     pub async fn get(&self, key: &str, options: GetOptions) -> Result<Option<Node>, Error> {
         let mut view = View::new(self, self.version());
-        view.asking = extension::Asking::get(self, view.version, key, options.hidden);
+        view.asking = extension::Asking::get(self, view.version, key);
         view.get(key, options).await
     }
 

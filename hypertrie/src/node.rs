@@ -103,9 +103,7 @@ impl Node {
 
     /// About how much memory the node holds beyond its own struct.
     pub(crate) fn heap_size(&self) -> usize {
-        // The path keeps its key, a range and 8 hash bytes per component.
-        let path = self.path.key().len() + 24 * (self.path.len() / 32 + 1);
-        path + self.value.as_ref().map_or(0, Bytes::len) + self.buckets.heap_size()
+        self.path.heap_size() + self.value.as_ref().map_or(0, Bytes::len) + self.buckets.heap_size()
     }
 
     /// The block's bytes.
@@ -128,7 +126,7 @@ impl Node {
             .map_err(|e| bad(format!("its trie: {e}")))?;
         Ok(Node {
             seq,
-            path: Path::new(&wire.key, wire.flags & HIDDEN != 0),
+            path: Path::from_key(wire.key, wire.flags & HIDDEN != 0),
             value: wire.value,
             flags: wire.flags >> 8,
             buckets,

@@ -12,8 +12,6 @@ const PER_COMPONENT: usize = 32;
 pub struct Path {
     key: String,
     hidden: bool,
-    /// Byte ranges of the components in `key`.
-    components: Vec<(usize, usize)>,
     /// 8 bytes of SipHash per component.
     hash: Vec<u8>,
 }
@@ -21,32 +19,19 @@ pub struct Path {
 impl Path {
     /// The path of `key` (one leading `/` dropped) in the visible or hidden half.
     pub fn new(key: &str, hidden: bool) -> Path {
-        let key = key.strip_prefix('/').unwrap_or(key).to_string();
-        let mut components: Vec<(usize, usize)> = Vec::new();
-        let mut start = 0;
-        for (i, c) in key.char_indices().chain(std::iter::once((key.len(), '/'))) {
-            if c == '/' {
-                components.push((start, i));
-                start = i + 1;
-            }
+        Path::from_key(key.to_string(), hidden)
+    }
+
+    /// [`Path::new`] taking the key's string (nodes decode keys into their own).
+    pub(crate) fn from_key(mut key: String, hidden: bool) -> Path {
+        if key.starts_with('/') {
+            key.remove(0);
         }
-        // A leading and a trailing empty component are dropped, as JS does.
-        if components.first().is_some_and(|&(s, e)| s == e) {
-            components.remove(0);
+        let mut hash = Vec::with_capacity(8 * components(&key).count());
+        for component in components(&key) {
+            hash.extend_from_slice(&siphash(component.as_bytes()));
         }
-        if components.last().is_some_and(|&(s, e)| s == e) {
-            components.pop();
-        }
-        let mut hash = Vec::with_capacity(8 * components.len());
-        for &(s, e) in &components {
-            hash.extend_from_slice(&siphash(&key.as_bytes()[s..e]));
-        }
-        Path {
-            key,
-            hidden,
-            components,
-            hash,
-        }
+        Path { key, hidden, hash }
     }
 
     /// The normalized key.
@@ -61,7 +46,7 @@ impl Path {
 
     /// Positions in the path: 32 per component, one for hidden, one for the end.
     pub fn len(&self) -> usize {
-        PER_COMPONENT * self.components.len() + 2
+        PER_COMPONENT * (self.hash.len() / 8) + 2
     }
 
     /// Never: every path has at least the hidden and end positions.
@@ -83,7 +68,7 @@ impl Path {
 
     /// Component `c` of the key.
     fn component(&self, c: usize) -> Option<&str> {
-        self.components.get(c).map(|&(s, e)| &self.key[s..e])
+        components(&self.key).nth(c)
     }
 
     /// Whether `self` and `other`, equal in hash up to `i`, differ in their strings at
@@ -99,6 +84,28 @@ impl Path {
         let c = (i - 1) / PER_COMPONENT;
         self.component(c) != other.component(c)
     }
+
+    /// About how much memory the path holds beyond its own struct.
+    pub(crate) fn heap_size(&self) -> usize {
+        self.key.capacity() + self.hash.capacity()
+    }
+}
+
+/// A key as stored: one leading `/` dropped.
+pub(crate) fn normalize_key(key: &str) -> &str {
+    key.strip_prefix('/').unwrap_or(key)
+}
+
+/// The components of a stored key: split at every `/`, where a leading and a trailing
+/// empty component are dropped, as JS does (so `/` has none, and `//` one empty one).
+fn components(key: &str) -> impl Iterator<Item = &str> {
+    let rest = match key.strip_prefix('/') {
+        Some(rest) => rest,
+        None if key.is_empty() => "",
+        None => key,
+    };
+    let rest = (!rest.is_empty()).then(|| rest.strip_suffix('/').unwrap_or(rest));
+    rest.into_iter().flat_map(|r| r.split('/'))
 }
 
 /// Whether position `i` ends a component, where strings are compared too.
@@ -129,5 +136,46 @@ pub(crate) fn collide(data: &[u8]) -> &[u8] {
             None => data,
         },
         None => data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Components as JS's `split` then `shift`/`pop` of empty ends finds them.
+    fn components_as_js(key: &str) -> Vec<&str> {
+        let mut parts: Vec<&str> = key.split('/').collect();
+        if parts.first() == Some(&"") {
+            parts.remove(0);
+        }
+        if parts.last() == Some(&"") {
+            parts.pop();
+        }
+        parts
+    }
+
+    proptest! {
+        #[test]
+        fn components_split_as_js_does(key in "[a/]{0,8}") {
+            prop_assert_eq!(components(&key).collect::<Vec<_>>(), components_as_js(&key));
+        }
+    }
+
+    #[test]
+    fn edge_keys_have_the_components_js_gives_them() {
+        for (key, expected) in [
+            ("", vec![]),
+            ("/", vec![]),
+            ("//", vec![""]),
+            ("a//", vec!["a", ""]),
+            ("/a/", vec!["a"]),
+            ("a/b", vec!["a", "b"]),
+        ] {
+            assert_eq!(components(key).collect::<Vec<_>>(), expected, "{key:?}");
+        }
+        // The stored key of `//x` is `/x`: one component.
+        assert_eq!(Path::new("//x", false).len(), 34);
     }
 }
