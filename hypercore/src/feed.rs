@@ -550,22 +550,36 @@ impl Feed {
 
     /// The stored blocks from `start` on, as many as are consecutive, up to `end` and about
     /// `max_bytes`, read with one call (read streams use it); empty if block `start` is not
-    /// stored.
+    /// stored. Runs of up to 256 KiB are read on the calling thread, as `get` reads blocks
+    /// of that size.
     pub async fn read_run(&self, start: u64, end: u64, max_bytes: u64) -> Result<Vec<Bytes>> {
-        self.blocking(move |core, _, _| {
-            let (data, sizes) = core.read_run(start, end, max_bytes)?;
+        let split = |(data, sizes): (Vec<u8>, Vec<u64>)| {
             let data = Bytes::from(data);
             let mut at = 0usize;
-            Ok(sizes
+            sizes
                 .into_iter()
                 .map(|s| {
                     let block = data.slice(at..at + s as usize);
                     at += s as usize;
                     block
                 })
-                .collect())
-        })
-        .await
+                .collect()
+        };
+        if max_bytes <= INLINE_READ_LIMIT {
+            // As small as the blocks `get_with` reads inline (unless its first block is
+            // larger: a run holds at least one).
+            let small = self.with_core(|core| {
+                if core.has(start) && core.block_location(start)?.1 > INLINE_READ_LIMIT {
+                    return Ok(None);
+                }
+                core.read_run(start, end, max_bytes).map(Some)
+            })?;
+            if let Some(run) = small {
+                return Ok(split(run));
+            }
+        }
+        self.blocking(move |core, _, _| core.read_run(start, end, max_bytes).map(split))
+            .await
     }
 
     /// The last block.

@@ -268,6 +268,33 @@ async fn puts_that_do_not_verify_are_rejected_and_store_nothing() {
 }
 
 #[tokio::test]
+async fn read_runs_stop_at_gaps_and_at_their_byte_budget() {
+    let feed = writer_with(&["a", "bb", "ccc", "dddd", "eeeee", "ffffff"]).await;
+    let run = |start, end, max_bytes| {
+        let feed = feed.clone();
+        async move {
+            let blocks = feed.read_run(start, end, max_bytes).await.unwrap();
+            blocks.iter().map(|b| b.len()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(run(0, 6, 1 << 10).await, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(run(1, 4, 1 << 10).await, [2, 3, 4]);
+    // About `max_bytes`: what fits, and at least one block.
+    assert_eq!(run(0, 6, 7).await, [1, 2, 3]);
+    assert_eq!(run(5, 6, 1).await, [6]);
+    feed.clear(3, 4).await.unwrap();
+    assert_eq!(run(1, 6, 1 << 10).await, [2, 3]);
+    assert!(run(3, 6, 1 << 10).await.is_empty());
+
+    // A first block larger than a small run is read whole too (off the runtime thread).
+    let large = vec![7u8; 300 << 10];
+    feed.append(large.clone()).await.unwrap();
+    let blocks = feed.read_run(6, 7, 1 << 10).await.unwrap();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0], large);
+}
+
+#[tokio::test]
 async fn clear_removes_blocks_and_audit_counts() {
     let feed = writer_with(&["a", "bb", "ccc", "dddd"]).await;
     let mut events = feed.events();

@@ -227,7 +227,8 @@ impl Diff {
                 reason: format!("a pointer past the diffed versions' length {}", self.len),
             });
         }
-        let node = self.trie.load(seq).await?;
+        // A diff walks through the nodes as a listing does: blocks are read in runs.
+        let node = self.trie.load(seq, true).await?;
         Ok((!node.is_reset()).then(|| Node::clone(&node)))
     }
 

@@ -109,7 +109,8 @@ impl Hypertrie {
                     .await
                     .map_err(|source| cursor.trie.feed_error(source))?;
             }
-            let node = Node::clone(&*cursor.trie.load(seq).await?);
+            // Seq after seq: blocks are read in runs, as for a listing.
+            let node = Node::clone(&*cursor.trie.load(seq, true).await?);
             if cursor.reverse {
                 // `high >= low >= 1` here, so this cannot wrap.
                 cursor.high -= 1;

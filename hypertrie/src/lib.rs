@@ -271,7 +271,7 @@ impl Hypertrie {
         if seq == 0 || seq >= self.version() {
             return Ok(None);
         }
-        let node = self.load(seq).await?;
+        let node = self.load(seq, false).await?;
         Ok((!node.is_reset()).then(|| Node::clone(&node)))
     }
 
@@ -398,11 +398,12 @@ impl Hypertrie {
     /// length (a checkout at a later version, a mount pinned there, a pointer from a
     /// hostile node) is an error, not a wait: on a feed we write it would never come, and
     /// a remote one was brought up to what its peers have before the lookup (see
-    /// `MountableTrie`).
-    async fn load(&self, seq: u64) -> Result<Arc<Node>, Error> {
-        if let Some(node) = self.cached(seq) {
-            return Ok(node);
-        }
+    /// `MountableTrie`). A `listing` reads a block with the run of blocks around it.
+    async fn load(&self, seq: u64, listing: bool) -> Result<Arc<Node>, Error> {
+        let block = match self.cached_or_run_block(seq) {
+            Ok(node) => return Ok(node),
+            Err(block) => block,
+        };
         let length = self.feed.len();
         if seq >= length {
             return Err(self.feed_error(hypercore::Error::OutOfRange {
@@ -410,20 +411,56 @@ impl Hypertrie {
                 reason: format!("the feed has {length} blocks"),
             }));
         }
-        Ok(self.keep(Node::decode(seq, &self.block(seq).await?)?))
+        let block = match block {
+            Some(block) => block,
+            None if listing => self.read_run_around(seq).await?,
+            None => self.block(seq).await?,
+        };
+        Ok(self.keep(Node::decode(seq, &block)?))
     }
 
     /// The node at `seq` if its block is stored here; never waits for peers.
     async fn load_stored(&self, seq: u64) -> Result<Arc<Node>, Error> {
-        if let Some(node) = self.cached(seq) {
-            return Ok(node);
-        }
-        let block = self
-            .feed
-            .get_with(seq, hypercore::GetOptions::no_wait())
-            .await
-            .map_err(|source| self.feed_error(source))?;
+        let block = match self.cached_or_run_block(seq) {
+            Ok(node) => return Ok(node),
+            Err(Some(block)) => block,
+            Err(None) => self
+                .feed
+                .get_with(seq, hypercore::GetOptions::no_wait())
+                .await
+                .map_err(|source| self.feed_error(source))?,
+        };
         Ok(self.keep(Node::decode(seq, &block)?))
+    }
+
+    /// The node at `seq` if cached, else its block if a cached run holds it.
+    fn cached_or_run_block(&self, seq: u64) -> Result<Arc<Node>, Option<Bytes>> {
+        let mut cache = cache::shared();
+        match cache.get(self.cache_id, seq) {
+            Some(node) => Ok(node),
+            None => Err(cache.run_block(self.cache_id, seq)),
+        }
+    }
+
+    /// Block `seq`, read with the aligned run of blocks around it (one read instead of
+    /// one per block), which the cache keeps for the listing's next loads; alone when the
+    /// run is not all stored here.
+    async fn read_run_around(&self, seq: u64) -> Result<Bytes, Error> {
+        let start = seq - seq % cache::RUN_BLOCKS;
+        let end = (start + cache::RUN_BLOCKS).min(self.feed.len());
+        if self.feed.has_range(start, end) {
+            let blocks = self
+                .feed
+                .read_run(start, end, cache::RUN_BYTES)
+                .await
+                .map_err(|source| self.feed_error(source))?;
+            if let Some(block) = blocks.get((seq - start) as usize).cloned() {
+                let evicted = cache::shared().put_run(self.cache_id, start, blocks);
+                drop(evicted);
+                return Ok(block);
+            }
+        }
+        self.block(seq).await
     }
 
     fn cached(&self, seq: u64) -> Option<Arc<Node>> {
@@ -507,6 +544,15 @@ impl<'a> View<'a> {
 
     /// [`Self::load`] without copying the node: walks hold and stack nodes by reference.
     async fn shared(&mut self, seq: u64) -> Result<Option<Arc<Node>>, Error> {
+        self.shared_with(seq, false).await
+    }
+
+    /// [`Self::shared`] for a listing, which reads blocks in runs.
+    async fn listed(&mut self, seq: u64) -> Result<Option<Arc<Node>>, Error> {
+        self.shared_with(seq, true).await
+    }
+
+    async fn shared_with(&mut self, seq: u64, listing: bool) -> Result<Option<Arc<Node>>, Error> {
         if let Some(node) = seq
             .checked_sub(self.version)
             .and_then(|k| self.pending.get(k as usize))
@@ -521,7 +567,7 @@ impl<'a> View<'a> {
         }
         let node = match self.touched {
             Some(_) => self.trie.load_stored(seq).await?,
-            None => self.trie.load(seq).await?,
+            None => self.trie.load(seq, listing).await?,
         };
         Ok(Some(node).filter(|n| !n.is_reset()))
     }
@@ -864,7 +910,7 @@ impl Walk {
     async fn load(&mut self, view: &mut View<'_>, from: usize) -> Result<(), Error> {
         for at in from..self.stack.len() {
             if self.stack[at].node.is_none() {
-                self.stack[at].node = view.shared(self.stack[at].seq).await?;
+                self.stack[at].node = view.listed(self.stack[at].seq).await?;
             }
         }
         Ok(())
