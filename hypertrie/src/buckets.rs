@@ -3,7 +3,7 @@
 //! holding the seq of a node; encoded as varints.
 
 /// Seq 0 is the header, never a node: it marks an empty slot.
-const EMPTY: u64 = 0;
+pub(crate) const EMPTY: u64 = 0;
 /// Most slots a bucket may have (a bitmap varint of 64 bits).
 const MAX_SLOTS: usize = 64;
 /// Most positions a decoded trie may claim (hypertrie keys with 4,000 components).
@@ -36,6 +36,19 @@ impl Buckets {
 
     fn bucket(&self, i: usize) -> Option<&[u64]> {
         self.find(i).ok().map(|k| &self.slots[self.range(k)])
+    }
+
+    /// The slots of the bucket at `i`, empty ones (0) included: none if it has none.
+    pub(crate) fn bucket_slots(&self, i: usize) -> &[u64] {
+        self.bucket(i).unwrap_or_default()
+    }
+
+    /// The first position from `i` on whose bucket has an occupied slot.
+    pub(crate) fn next_branch(&self, i: usize) -> Option<usize> {
+        let (Ok(from) | Err(from)) = self.find(i);
+        (from..self.index.len())
+            .find(|&k| self.slots[self.range(k)].iter().any(|&seq| seq != EMPTY))
+            .map(|k| self.index[k].0)
     }
 
     /// The occupied slots of the bucket at `i`, as `(slot, seq)`.
@@ -140,14 +153,27 @@ impl Buckets {
         if length > MAX_POSITIONS {
             return Err(format!("{length} positions"));
         }
-        // Buckets as written, empty ones (no bits set) included until the end.
-        let (mut index, mut slots) = (Vec::new(), Vec::new());
-        let mut ordered = true;
+        // Checked and counted first, so that the vectors are allocated once, at their size.
+        let body = pos;
+        let (mut count, mut width) = (0, 0);
         while pos < buf.len() {
             let i = next(&mut pos)?;
             if i >= length {
                 return Err(format!("a bucket at position {i} of {length}"));
             }
+            let bits = next(&mut pos)?;
+            for _ in 0..bits.count_ones() {
+                next(&mut pos)?;
+            }
+            count += 1;
+            width += (u64::BITS - bits.leading_zeros()) as usize;
+        }
+        // Buckets as written, empty ones (no bits set) included until the end.
+        let (mut index, mut slots) = (Vec::with_capacity(count), Vec::with_capacity(width));
+        let mut ordered = true;
+        pos = body;
+        while pos < buf.len() {
+            let i = next(&mut pos)? as usize;
             let mut bits = next(&mut pos)?;
             let start = slots.len();
             for s in 0..MAX_SLOTS {
@@ -160,7 +186,6 @@ impl Buckets {
                 }
                 bits >>= 1;
             }
-            let i = i as usize;
             ordered &= index.last().is_none_or(|&(p, _)| p < i);
             index.push((i, slots.len()));
         }

@@ -923,18 +923,24 @@ impl Walk {
             let Some(node) = top.node else { continue };
             let mut i = top.i;
             let limit = node.path.len().min(self.end);
-            // Where no bucket branches off, the walk goes on along the node's own path.
-            while i < limit
-                && !(self.gt && i == self.start)
-                && node.buckets.slots(i).next().is_none()
-            {
-                i += 1;
+            // Where no bucket branches off, the walk goes on along the node's own path (to
+            // the prefix's position at most, where `gt` leaves out the prefix key).
+            if i < limit {
+                let gt_stop = if self.gt && self.start >= i {
+                    self.start
+                } else {
+                    usize::MAX
+                };
+                let branch = node.buckets.next_branch(i).unwrap_or(usize::MAX);
+                i = branch.min(gt_stop).min(limit);
             }
             if i >= limit {
                 return Ok(Some(Arc::unwrap_or_clone(node)));
             }
             let base = self.stack.len();
             let mut collisions = Vec::new();
+            let bucket = node.buckets.bucket_slots(i);
+            let bucket = &bucket[..bucket.len().min(64)];
             for s in self.order {
                 if s == END && self.gt && i == self.start {
                     continue;
@@ -947,11 +953,9 @@ impl Walk {
                         node: Some(node.clone()),
                     });
                 }
-                for slot in (s as usize..64).step_by(5) {
-                    if let Some(seq) = node.buckets.get(i, slot) {
-                        if self.entered.insert(seq) {
-                            self.push(view, i + 1, seq);
-                        }
+                for &seq in bucket.iter().skip(s as usize).step_by(5) {
+                    if seq != buckets::EMPTY && self.entered.insert(seq) {
+                        self.push(view, i + 1, seq);
                     }
                 }
                 if self.stack.len() - before > 1 {
