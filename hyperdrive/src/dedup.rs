@@ -37,6 +37,13 @@ pub(crate) struct Run {
     pub blocks: u64,
 }
 
+/// Where [`Drive::store_content`] put a file's content.
+pub(crate) struct Stored {
+    pub run: Run,
+    /// The first 8 bytes of the first block's leaf hash, when the lookup computed it.
+    pub first_leaf: Option<u64>,
+}
+
 /// The runs of a drive's content feed that its Stats point to (see the module doc).
 #[derive(Debug, Default)]
 pub(crate) struct ContentIndex {
@@ -105,8 +112,13 @@ impl Drive {
     /// Puts the content of the file at `path`, `blocks`, in the content feed: finds it
     /// there already (unless [`crate::DriveOptions::no_dedup`]), or appends it as one
     /// batch.
-    pub(crate) async fn store_content(&self, path: &str, blocks: Vec<Bytes>) -> Result<Run, Error> {
+    pub(crate) async fn store_content(
+        &self,
+        path: &str,
+        blocks: Vec<Bytes>,
+    ) -> Result<Stored, Error> {
         let count = blocks.len() as u64;
+        let mut first_leaf = None;
         if !self.options.no_dedup {
             let size = blocks.iter().map(|b| b.len() as u64).sum();
             if self.may_hold(size, count).await? {
@@ -116,6 +128,7 @@ impl Drive {
                 } else {
                     blocking(move || leaf_hash(&first)).await?
                 };
+                first_leaf = Some(prefix(&first));
                 let candidates = self.candidates(size, count, &first).await?;
                 if !candidates.is_empty() {
                     let data = blocks.clone();
@@ -126,7 +139,7 @@ impl Drive {
                     })
                     .await?;
                     if let Some(run) = self.confirm(candidates, hashes).await? {
-                        return Ok(run);
+                        return Ok(Stored { run, first_leaf });
                     }
                 }
             }
@@ -143,11 +156,33 @@ impl Drive {
                     drive: self.key(),
                     source: Box::new(source),
                 })?;
-        Ok(Run {
-            offset: appended.start,
-            byte_offset: appended.start_byte,
-            blocks: count,
+        Ok(Stored {
+            run: Run {
+                offset: appended.start,
+                byte_offset: appended.start_byte,
+                blocks: count,
+            },
+            first_leaf,
         })
+    }
+
+    /// Indexes the file of `size` bytes just `stored` and put as metadata block `seq`,
+    /// as the next scan would, without reading the block back (nor, when the lookup
+    /// hashed it, the run's first leaf): when the index has scanned up to `seq`.
+    pub(crate) async fn note_written(&self, seq: u64, size: u64, stored: &Stored) {
+        if self.options.no_dedup {
+            return;
+        }
+        let mut state = self.dedup.state.lock().await;
+        if state.scanned != seq || state.len() >= MAX_INDEXED {
+            return;
+        }
+        let Run { offset, blocks, .. } = stored.run;
+        match stored.first_leaf {
+            Some(first) => state.runs.insert((size, blocks, first, offset)),
+            None => state.unread.insert((size, blocks, offset)),
+        };
+        state.scanned = seq + 1;
     }
 
     /// Whether some indexed run has `size` bytes in `blocks` blocks (after catching the

@@ -315,7 +315,7 @@ impl FileHandle {
             State::Appending { run, options } => {
                 put_file(&self.owner, &self.trie, &self.key, options, &run)
                     .await
-                    .map(|stat| State::Clean {
+                    .map(|(stat, _)| State::Clean {
                         stat: Some(stat),
                         reader: None,
                     })

@@ -152,15 +152,17 @@ impl Drive {
             blocks.push(Bytes::new());
         }
         let size = blocks.iter().map(|b| b.len() as u64).sum();
-        let run = owner.store_content(path, blocks).await?;
+        let stored = owner.store_content(path, blocks).await?;
         let run = Stat {
             size,
-            blocks: run.blocks,
-            offset: run.offset,
-            byte_offset: run.byte_offset,
+            blocks: stored.run.blocks,
+            offset: stored.run.offset,
+            byte_offset: stored.run.byte_offset,
             ..Stat::default()
         };
-        put_file(&owner, &trie, &key, options, &run).await
+        let (stat, seq) = put_file(&owner, &trie, &key, options, &run).await?;
+        owner.note_written(seq, size, &stored).await;
+        Ok(stat)
     }
 
     /// Refuses to write a file over the directory at `path`. A Stat that does not decode
@@ -373,18 +375,19 @@ async fn put_stat(target: Target) -> Result<Stat, Error> {
         &run,
     )
     .await
+    .map(|(stat, _)| stat)
 }
 
 /// Puts at `key` of `trie` (of `drive`) the Stat of a file whose bytes are the run of
 /// content blocks `run` names (offset, blocks, byte offset, size), with the attributes of
-/// `options`.
+/// `options`; returns it with the seq of its node.
 pub(crate) async fn put_file(
     drive: &Drive,
     trie: &Hypertrie,
     key: &str,
     options: WriteOptions,
     run: &Stat,
-) -> Result<Stat, Error> {
+) -> Result<(Stat, u64), Error> {
     let now = drive.now();
     let mut stat = Stat {
         size: run.size,
@@ -401,10 +404,11 @@ pub(crate) async fn put_file(
         stat.set_metadata(&k, Some(v));
     }
     let value = Bytes::from(stat.encode_to_vec());
-    trie.put(key, value, PutOptions::default())
+    let node = trie
+        .put(key, value, PutOptions::default())
         .await
         .map_err(trie_at(&format!("/{key}")))?;
-    Ok(stat)
+    Ok((stat, node.seq))
 }
 
 impl Sink<Bytes> for FileWriter {

@@ -289,7 +289,7 @@ impl Hypertrie {
         let _guard = self.lock.lock().await;
         let mut view = View::new(self, self.feed.len());
         let (node, _) = view.build(key, Some(value), options, 0).await?;
-        self.append(vec![node.encode().into()]).await?;
+        self.append_nodes(std::slice::from_ref(&node)).await?;
         Ok(node)
     }
 
@@ -312,7 +312,7 @@ impl Hypertrie {
         if !condition(existing.as_ref(), &node) {
             return Ok(None);
         }
-        self.append(vec![node.encode().into()]).await?;
+        self.append_nodes(std::slice::from_ref(&node)).await?;
         Ok(Some(node))
     }
 
@@ -353,8 +353,7 @@ impl Hypertrie {
             }
         }
         let pending = view.pending;
-        self.append(pending.iter().map(|n| n.encode().into()).collect())
-            .await?;
+        self.append_nodes(&pending).await?;
         Ok(pending)
     }
 
@@ -385,6 +384,27 @@ impl Hypertrie {
             .await
             .map(|_| ())
             .map_err(|source| self.feed_error(source))
+    }
+
+    /// Appends `nodes` (built with the seqs from the feed's length on) and keeps them in
+    /// the cache: the next write walks down from the newest node.
+    async fn append_nodes(&self, nodes: &[Node]) -> Result<(), Error> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let appended = self
+            .feed
+            .append_batch_at(nodes.iter().map(|n| Bytes::from(n.encode())))
+            .await
+            .map_err(|source| self.feed_error(source))?;
+        // Unless something appended to the feed without this trie's lock, which would
+        // have given these nodes other seqs.
+        if nodes[0].seq == appended.start {
+            for node in nodes {
+                self.keep(node.clone());
+            }
+        }
+        Ok(())
     }
 
     async fn block(&self, seq: u64) -> Result<Bytes, Error> {
