@@ -37,9 +37,11 @@ pub(crate) struct Run {
     pub blocks: u64,
 }
 
-/// Where [`Drive::store_content`] put a file's content.
+/// Where a file's content is in the content feed: found there by
+/// [`Drive::find_content`], or put there.
 pub(crate) struct Stored {
-    pub run: Run,
+    /// None until found or appended.
+    pub run: Option<Run>,
     /// The first 8 bytes of the first block's leaf hash, when the lookup computed it.
     pub first_leaf: Option<u64>,
 }
@@ -109,67 +111,87 @@ const INLINE_LEAVES: usize = 4;
 const INLINE_SCAN: u64 = 16;
 
 impl Drive {
-    /// Puts the content of the file at `path`, `blocks`, in the content feed: finds it
-    /// there already (unless [`crate::DriveOptions::no_dedup`]), or appends it as one
-    /// batch.
+    /// Looks for `blocks`, a file's content, in the content feed (unless
+    /// [`crate::DriveOptions::no_dedup`]).
+    pub(crate) async fn find_content(&self, blocks: &[Bytes]) -> Result<Stored, Error> {
+        let count = blocks.len() as u64;
+        let mut found = Stored {
+            run: None,
+            first_leaf: None,
+        };
+        if self.options.no_dedup {
+            return Ok(found);
+        }
+        let size = blocks.iter().map(|b| b.len() as u64).sum();
+        if !self.may_hold(size, count).await? {
+            return Ok(found);
+        }
+        let first = blocks.first().cloned().unwrap_or_default();
+        let first = if first.len() <= INLINE_HASH {
+            leaf_hash(&first)
+        } else {
+            blocking(move || leaf_hash(&first)).await?
+        };
+        found.first_leaf = Some(prefix(&first));
+        let candidates = self.candidates(size, count, &first).await?;
+        if !candidates.is_empty() {
+            let data = blocks.to_vec();
+            let hashes = blocking(move || {
+                let mut hashes = Vec::with_capacity(data.len());
+                leaf_hashes(&data, &mut hashes);
+                hashes
+            })
+            .await?;
+            found.run = self.confirm(candidates, hashes).await?;
+        }
+        Ok(found)
+    }
+
+    /// Appends `blocks`, the content of the file at `path`, to the content feed as one
+    /// batch, unless `found` found them there: where they are.
     pub(crate) async fn store_content(
         &self,
         path: &str,
         blocks: Vec<Bytes>,
-    ) -> Result<Stored, Error> {
-        let count = blocks.len() as u64;
-        let mut first_leaf = None;
-        if !self.options.no_dedup {
-            let size = blocks.iter().map(|b| b.len() as u64).sum();
-            if self.may_hold(size, count).await? {
-                let first = blocks.first().cloned().unwrap_or_default();
-                let first = if first.len() <= INLINE_HASH {
-                    leaf_hash(&first)
-                } else {
-                    blocking(move || leaf_hash(&first)).await?
-                };
-                first_leaf = Some(prefix(&first));
-                let candidates = self.candidates(size, count, &first).await?;
-                if !candidates.is_empty() {
-                    let data = blocks.clone();
-                    let hashes = blocking(move || {
-                        let mut hashes = Vec::with_capacity(data.len());
-                        leaf_hashes(&data, &mut hashes);
-                        hashes
-                    })
-                    .await?;
-                    if let Some(run) = self.confirm(candidates, hashes).await? {
-                        return Ok(Stored { run, first_leaf });
-                    }
-                }
-            }
+        found: &mut Stored,
+    ) -> Result<Run, Error> {
+        if let Some(run) = found.run {
+            return Ok(run);
         }
+        let count = blocks.len() as u64;
         let feed = self.content_feed().await?;
         // One atomic append: where the file starts is known exactly whoever else appends.
         // The writer lock keeps it out of the middle of a file written in several batches.
         let _writer = feed.lock_writer().await;
-        let appended =
-            feed.append_batch_at(blocks)
-                .await
-                .map_err(|source| Error::ContentWrite {
-                    path: path.to_string(),
-                    drive: self.key(),
-                    source: Box::new(source),
-                })?;
-        Ok(Stored {
-            run: Run {
-                offset: appended.start,
-                byte_offset: appended.start_byte,
-                blocks: count,
-            },
-            first_leaf,
-        })
+        let appended = feed
+            .append_batch_at(blocks)
+            .await
+            .map_err(|source| self.content_write_error(path, source))?;
+        let run = Run {
+            offset: appended.start,
+            byte_offset: appended.start_byte,
+            blocks: count,
+        };
+        found.run = Some(run);
+        Ok(run)
+    }
+
+    /// An error appending the content of the file at `path`.
+    pub(crate) fn content_write_error(&self, path: &str, source: hypercore::Error) -> Error {
+        Error::ContentWrite {
+            path: path.to_string(),
+            drive: self.key(),
+            source: Box::new(source),
+        }
     }
 
     /// Indexes the file of `size` bytes just `stored` and put as metadata block `seq`,
     /// as the next scan would, without reading the block back (nor, when the lookup
     /// hashed it, the run's first leaf): when the index has scanned up to `seq`.
     pub(crate) async fn note_written(&self, seq: u64, size: u64, stored: &Stored) {
+        let Some(Run { offset, blocks, .. }) = stored.run else {
+            return;
+        };
         if self.options.no_dedup {
             return;
         }
@@ -177,7 +199,6 @@ impl Drive {
         if state.scanned != seq || state.len() >= MAX_INDEXED {
             return;
         }
-        let Run { offset, blocks, .. } = stored.run;
         match stored.first_leaf {
             Some(first) => state.runs.insert((size, blocks, first, offset)),
             None => state.unread.insert((size, blocks, offset)),

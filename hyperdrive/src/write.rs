@@ -16,6 +16,7 @@ use prost::Message;
 use tokio::io::AsyncWrite;
 use tokio::sync::OwnedMutexGuard;
 
+use crate::dedup::{Run, Stored};
 use crate::{trie_at, Drive, Error, Stat, MAX_BLOCK};
 
 /// The block size of bytes written through [`AsyncWrite`], gathered from small writes (a
@@ -138,7 +139,7 @@ impl Drive {
         chunks: impl IntoIterator<Item = Bytes>,
         options: WriteOptions,
     ) -> Result<Stat, Error> {
-        let (owner, trie, key) = self.file_owner(path).await?;
+        let (owner, trie, key) = self.writable_owner(path).await?;
         let mut blocks = Vec::new();
         for chunk in chunks {
             let mut at = 0;
@@ -152,16 +153,79 @@ impl Drive {
             blocks.push(Bytes::new());
         }
         let size = blocks.iter().map(|b| b.len() as u64).sum();
-        let stored = owner.store_content(path, blocks).await?;
-        let run = Stat {
-            size,
-            blocks: stored.run.blocks,
-            offset: stored.run.offset,
-            byte_offset: stored.run.byte_offset,
-            ..Stat::default()
-        };
-        let (stat, seq) = put_file(&owner, &trie, &key, options, &run).await?;
+        let mut stored = owner.find_content(&blocks).await?;
+        if stored.run.is_none() && size <= SMALL_FILE {
+            return owner
+                .write_small(path, &trie, &key, blocks, size, options, stored)
+                .await;
+        }
+        self.refuse_directory(path).await?;
+        let run = owner.store_content(path, blocks, &mut stored).await?;
+        let (stat, seq) = put_file(&owner, &trie, &key, options, &run_stat(size, run)).await?;
         owner.note_written(seq, size, &stored).await;
+        Ok(stat)
+    }
+
+    /// [`Self::write_chunks`] of a small file whose content is not in the content feed,
+    /// with one trie walk: its Stat's node is built first (the content's place is known
+    /// under the feed's writer lock, and the trie's lock keeps the node's), which finds
+    /// a directory at the path, refused before anything is written; then the content is
+    /// appended and the Stat after it, as ever.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_small(
+        &self,
+        path: &str,
+        trie: &Hypertrie,
+        key: &str,
+        blocks: Vec<Bytes>,
+        size: u64,
+        options: WriteOptions,
+        mut stored: Stored,
+    ) -> Result<Stat, Error> {
+        let feed = self.content_feed().await?.clone();
+        let _writer = feed.lock_writer().await;
+        let run = Run {
+            offset: feed.len(),
+            byte_offset: feed.byte_len(),
+            blocks: blocks.len() as u64,
+        };
+        let stat = file_stat(self, options, &run_stat(size, run));
+        let put = trie
+            .prepare_put(
+                key,
+                Bytes::from(stat.encode_to_vec()),
+                PutOptions::default(),
+            )
+            .await
+            .map_err(trie_at(path))?;
+        let over = put
+            .existing()
+            .map(|n| crate::dir::decode_stat(n.key(), n.value.as_deref()));
+        if let Some(Ok(existing)) = over {
+            if existing.is_dir() {
+                return Err(is_a_directory(path));
+            }
+        }
+        let appended = feed
+            .append_batch_at(blocks)
+            .await
+            .map_err(|source| self.content_write_error(path, source))?;
+        if appended.start != run.offset {
+            // Nothing is written for the Stat: no entry points at the wrong blocks.
+            return Err(self.content_write_error(
+                path,
+                hypercore::Error::Internal {
+                    reason: format!(
+                        "the content landed at block {}, not {}: something appended \
+                         without the writer lock",
+                        appended.start, run.offset
+                    ),
+                },
+            ));
+        }
+        let node = put.commit().await.map_err(trie_at(path))?;
+        stored.run = Some(run);
+        self.note_written(node.seq, size, &stored).await;
         Ok(stat)
     }
 
@@ -169,13 +233,21 @@ impl Drive {
     /// is replaced like any other file: a broken entry must not stay forever.
     async fn refuse_directory(&self, path: &str) -> Result<(), Error> {
         match self.node_stat(&crate::key_of(path)).await {
-            Ok(Some(stat)) if stat.is_dir() => Err(Error::WrongType {
-                path: path.to_string(),
-                reason: "is a directory",
-            }),
+            Ok(Some(stat)) if stat.is_dir() => Err(is_a_directory(path)),
             Ok(_) | Err(Error::BadStat { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Files up to this size are written by [`Drive::write_small`], whose locks are held
+/// while the content is appended: a moment for a small file.
+const SMALL_FILE: u64 = 16 << 10;
+
+fn is_a_directory(path: &str) -> Error {
+    Error::WrongType {
+        path: path.to_string(),
+        reason: "is a directory",
     }
 }
 
@@ -388,6 +460,18 @@ pub(crate) async fn put_file(
     options: WriteOptions,
     run: &Stat,
 ) -> Result<(Stat, u64), Error> {
+    let stat = file_stat(drive, options, run);
+    let value = Bytes::from(stat.encode_to_vec());
+    let node = trie
+        .put(key, value, PutOptions::default())
+        .await
+        .map_err(trie_at(&format!("/{key}")))?;
+    Ok((stat, node.seq))
+}
+
+/// The Stat of a file of `drive` in the content blocks `run` names (offset, blocks, byte
+/// offset, size), with the attributes of `options`.
+fn file_stat(drive: &Drive, options: WriteOptions, run: &Stat) -> Stat {
     let now = drive.now();
     let mut stat = Stat {
         size: run.size,
@@ -403,12 +487,19 @@ pub(crate) async fn put_file(
     for (k, v) in options.metadata {
         stat.set_metadata(&k, Some(v));
     }
-    let value = Bytes::from(stat.encode_to_vec());
-    let node = trie
-        .put(key, value, PutOptions::default())
-        .await
-        .map_err(trie_at(&format!("/{key}")))?;
-    Ok((stat, node.seq))
+    stat
+}
+
+/// A Stat naming the run of content blocks `run` of a file of `size` bytes, as
+/// [`put_file`] takes it.
+fn run_stat(size: u64, run: Run) -> Stat {
+    Stat {
+        size,
+        blocks: run.blocks,
+        offset: run.offset,
+        byte_offset: run.byte_offset,
+        ..Stat::default()
+    }
 }
 
 impl Sink<Bytes> for FileWriter {

@@ -344,3 +344,38 @@ async fn writes_refuse_paths_that_would_not_read_back() {
         Err(Error::InvalidPath { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_file_is_never_written_over_a_directory() {
+    let (_dir, store, drive) = new_drive().await;
+    let sub = another_drive(&store).await;
+    drive
+        .mount("/m", sub.key(), MountOptions::default())
+        .await
+        .unwrap();
+    drive.mkdir("/d", None).await.unwrap();
+    drive.mkdir("/m/d", None).await.unwrap();
+    let content_lengths = || async {
+        let own = drive.content_feed().await.unwrap().len();
+        let mounted = sub.content_feed().await.unwrap().len();
+        (own, mounted)
+    };
+    let before = content_lengths().await;
+    // Small files (one walk builds the Stat and finds the directory) and large ones.
+    for size in [0, 10, 16 << 10, (16 << 10) + 1, 3 << 20] {
+        for path in ["/d", "/m/d"] {
+            let data = vec![7u8; size];
+            let err = drive
+                .write_file(path, &data, WriteOptions::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::WrongType { .. }), "{path}: {err}");
+            assert!(err.to_string().contains(path), "{err}");
+            assert!(drive.stat(path).await.unwrap().is_dir(), "{path}");
+        }
+    }
+    assert_eq!(content_lengths().await, before, "no content appended");
+    // A file beside them is written as ever, and through the mount into the sub drive.
+    write(&drive, "/m/d/f", "x").await;
+    assert_eq!(sub.read_file("/d/f").await.unwrap(), b"x");
+}

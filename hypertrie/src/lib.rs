@@ -183,6 +183,45 @@ pub enum Op {
     },
 }
 
+/// A put built by [`Hypertrie::prepare_put`], not appended yet. It holds the trie's
+/// writer lock: its node stays the next one until it is committed, or dropped unwritten.
+pub struct PreparedPut {
+    trie: Hypertrie,
+    node: Node,
+    existing: Option<Node>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl std::fmt::Debug for PreparedPut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedPut")
+            .field("trie", &self.trie)
+            .field("key", &self.node.key())
+            .field("seq", &self.node.seq)
+            .finish()
+    }
+}
+
+impl PreparedPut {
+    /// The node the put appends.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The node for the key now, if any.
+    pub fn existing(&self) -> Option<&Node> {
+        self.existing.as_ref()
+    }
+
+    /// Appends the node; returns it.
+    pub async fn commit(self) -> Result<Node, Error> {
+        self.trie
+            .append_nodes(std::slice::from_ref(&self.node))
+            .await?;
+        Ok(self.node)
+    }
+}
+
 /// A hypertrie on a feed, at its latest version or checked out at an older one. Cheap to
 /// clone; clones share the writer's lock and their nodes in the process's cache.
 #[derive(Clone)]
@@ -284,13 +323,31 @@ impl Hypertrie {
 
     /// Puts `value` at `key`; returns the appended node.
     pub async fn put(&self, key: &str, value: Bytes, options: PutOptions) -> Result<Node, Error> {
+        self.prepare_put(key, value, options).await?.commit().await
+    }
+
+    /// Builds the node a put of `value` at `key` appends, holding the trie's writer lock
+    /// until the put is committed or dropped (then nothing is written): the caller sees
+    /// what the key holds now before deciding, and can append something else first
+    /// (hyperdrive: a file's content, before its Stat).
+    pub async fn prepare_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        options: PutOptions,
+    ) -> Result<PreparedPut, Error> {
         self.check_writable()?;
         check_key(key)?;
-        let _guard = self.lock.lock().await;
+        let guard = self.lock.clone().lock_owned().await;
         let mut view = View::new(self, self.feed.len());
-        let (node, _) = view.build(key, Some(value), options, 0).await?;
-        self.append_nodes(std::slice::from_ref(&node)).await?;
-        Ok(node)
+        let (node, closest) = view.build(key, Some(value), options, 0).await?;
+        let existing = closest.filter(|c| c.key() == node.key());
+        Ok(PreparedPut {
+            trie: self.clone(),
+            node,
+            existing,
+            _guard: guard,
+        })
     }
 
     /// Puts `value` at `key` if `condition(existing, new)` allows it: `existing` is the
@@ -303,17 +360,11 @@ impl Hypertrie {
         options: PutOptions,
         condition: impl FnOnce(Option<&Node>, &Node) -> bool,
     ) -> Result<Option<Node>, Error> {
-        self.check_writable()?;
-        check_key(key)?;
-        let _guard = self.lock.lock().await;
-        let mut view = View::new(self, self.feed.len());
-        let (node, closest) = view.build(key, Some(value), options, 0).await?;
-        let existing = closest.filter(|c| c.key() == node.key());
-        if !condition(existing.as_ref(), &node) {
+        let put = self.prepare_put(key, value, options).await?;
+        if !condition(put.existing(), put.node()) {
             return Ok(None);
         }
-        self.append_nodes(std::slice::from_ref(&node)).await?;
-        Ok(Some(node))
+        put.commit().await.map(Some)
     }
 
     /// Deletes `key`: appends a copy of a neighbouring key that no longer links it (or a
@@ -397,14 +448,19 @@ impl Hypertrie {
             .append_batch_at(nodes.iter().map(|n| Bytes::from(n.encode())))
             .await
             .map_err(|source| self.feed_error(source))?;
-        // Unless something appended to the feed without this trie's lock, which would
-        // have given these nodes other seqs.
-        if nodes[0].seq == appended.start {
+        self.keep_appended(nodes, appended.start);
+        Ok(())
+    }
+
+    /// Keeps `nodes`, just appended from seq `start` on, in the cache: the next write
+    /// walks down from the newest. Unless something appended to the feed without this
+    /// trie's lock, which gave them other seqs than they were built with.
+    fn keep_appended(&self, nodes: &[Node], start: u64) {
+        if nodes.first().is_some_and(|n| n.seq == start) {
             for node in nodes {
                 self.keep(node.clone());
             }
         }
-        Ok(())
     }
 
     async fn block(&self, seq: u64) -> Result<Bytes, Error> {
