@@ -202,6 +202,102 @@ impl std::fmt::Debug for FeedCore {
     }
 }
 
+/// What an append is computed against: the feed's length and tree roots at one moment,
+/// and the key that signs. Taken under the feed's lock, it lets the hashing and signing
+/// run without it ([`AppendBase::sign`]); [`FeedCore::commit_append`] then checks that
+/// nothing was appended meanwhile.
+#[derive(Clone)]
+pub struct AppendBase {
+    key: PublicKey,
+    start: u64,
+    roots: Vec<Node>,
+    secret: SecretKey,
+}
+
+/// Blocks hashed and signed as the append after an [`AppendBase`], not written yet.
+#[derive(Clone, Debug)]
+pub struct SignedAppend {
+    key: PublicKey,
+    start: u64,
+    count: usize,
+    bytes: u64,
+    /// Every tree node the append creates.
+    nodes: Vec<Node>,
+    /// The roots after it.
+    roots: Vec<Node>,
+    signature: Signature,
+}
+
+impl AppendBase {
+    /// Hashes `blocks` and signs the feed with them appended (CPU work: about one
+    /// Ed25519 signature and a hash per block).
+    pub fn sign(&self, blocks: &[&[u8]]) -> Result<SignedAppend> {
+        check_blocks(self.start, blocks)?;
+        Ok(self.sign_hashed(blocks, &hashes_of(blocks)))
+    }
+
+    fn sign_hashed(&self, blocks: &[&[u8]], hashes: &[crypto::Hash]) -> SignedAppend {
+        let start = self.start;
+        let leaves: Vec<Node> = hashes
+            .iter()
+            .zip(blocks)
+            .enumerate()
+            .map(|(i, (hash, b))| Node {
+                index: 2 * (start + i as u64),
+                hash: *hash,
+                size: b.len() as u64,
+            })
+            .collect();
+        let mut roots = self.roots.clone();
+        let nodes = tree::append_leaves(&mut roots, &leaves);
+        let length = start + blocks.len() as u64;
+        let signature = self.secret.sign(&crypto::signable(&roots, length));
+        SignedAppend {
+            key: self.key,
+            start,
+            count: blocks.len(),
+            bytes: blocks.iter().map(|b| b.len() as u64).sum(),
+            nodes,
+            roots,
+            signature,
+        }
+    }
+}
+
+impl std::fmt::Debug for AppendBase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendBase")
+            .field("key", &self.key)
+            .field("start", &self.start)
+            .finish()
+    }
+}
+
+/// Refuses a batch that would pass the largest block or feed size; returns its bytes.
+fn check_blocks(start: u64, blocks: &[&[u8]]) -> Result<u64> {
+    if start + blocks.len() as u64 > MAX_BLOCKS {
+        return Err(out_of_range(start, "the feed would exceed 2^53 blocks"));
+    }
+    let mut bytes = 0u64;
+    for (i, b) in blocks.iter().enumerate() {
+        if b.len() > MAX_BLOCK_SIZE {
+            return Err(Error::BlockTooLarge {
+                index: start + i as u64,
+                size: b.len(),
+                max: MAX_BLOCK_SIZE,
+            });
+        }
+        bytes += b.len() as u64;
+    }
+    Ok(bytes)
+}
+
+fn hashes_of(blocks: &[&[u8]]) -> Vec<crypto::Hash> {
+    let mut hashes = Vec::with_capacity(blocks.len());
+    crypto::leaf_hashes(blocks, &mut hashes);
+    hashes
+}
+
 fn out_of_range(index: u64, reason: impl Into<String>) -> Error {
     Error::OutOfRange {
         index,
@@ -460,40 +556,17 @@ impl FeedCore {
 
     /// Appends blocks; returns the new length. All-or-nothing: on error nothing is stored.
     pub fn append(&mut self, blocks: &[&[u8]]) -> Result<u64> {
-        let Some(secret) = self.secret.clone() else {
-            return Err(Error::NotWritable { key: self.key });
-        };
+        let base = self.append_base()?;
+        let bytes = check_blocks(base.start, blocks)?;
         if blocks.is_empty() {
             return Ok(self.length);
         }
-        let start = self.length;
-        if start + blocks.len() as u64 > MAX_BLOCKS {
-            return Err(out_of_range(start, "the feed would exceed 2^53 blocks"));
-        }
-        let mut batch_bytes = 0u64;
-        for (i, b) in blocks.iter().enumerate() {
-            if b.len() > MAX_BLOCK_SIZE {
-                return Err(Error::BlockTooLarge {
-                    index: start + i as u64,
-                    size: b.len(),
-                    max: MAX_BLOCK_SIZE,
-                });
-            }
-            batch_bytes += b.len() as u64;
-        }
-        if let Some(hook) = &self.on_write {
-            for (i, b) in blocks.iter().enumerate() {
-                let index = start + i as u64;
-                hook(index, b, Origin::Local)
-                    .map_err(|reason| Error::Rejected { index, reason })?;
-            }
-        }
-
-        // Hash while the block data is being written: large batches are bound by both.
-        let mut leaves = Vec::with_capacity(blocks.len());
+        self.run_hook(base.start, blocks)?;
         let store = &self.store;
-        let offset = self.byte_length;
-        if batch_bytes >= 1 << 20 {
+        let signed = if bytes >= 1 << 20 {
+            // Hash while the block data is being written: large batches are bound by both.
+            let mut leaves = Vec::with_capacity(blocks.len());
+            let offset = self.byte_length;
             std::thread::scope(|s| {
                 let writer = s.spawn(|| store.write_data(offset, blocks));
                 crypto::leaf_hashes(blocks, &mut leaves);
@@ -506,27 +579,69 @@ impl FeedCore {
                     })
                 })
             })?;
+            base.sign_hashed(blocks, &leaves)
         } else {
-            crypto::leaf_hashes(blocks, &mut leaves);
-            store.write_data(offset, blocks)?;
-        }
+            let signed = base.sign_hashed(blocks, &hashes_of(blocks));
+            store.write_data(self.byte_length, blocks)?;
+            signed
+        };
+        self.write_signed(signed)
+    }
 
-        let mut roots = self.roots.clone();
-        let leaves: Vec<Node> = leaves
-            .iter()
-            .zip(blocks)
-            .enumerate()
-            .map(|(i, (hash, b))| Node {
-                index: 2 * (start + i as u64),
-                hash: *hash,
-                size: b.len() as u64,
-            })
-            .collect();
-        let nodes = tree::append_leaves(&mut roots, &leaves);
-        let length = start + blocks.len() as u64;
-        let signature = secret.sign(&crypto::signable(&roots, length));
+    /// What an append made now is computed against (see [`AppendBase`]).
+    pub fn append_base(&self) -> Result<AppendBase> {
+        let Some(secret) = self.secret.clone() else {
+            return Err(Error::NotWritable { key: self.key });
+        };
+        Ok(AppendBase {
+            key: self.key,
+            start: self.length,
+            roots: self.roots.clone(),
+            secret,
+        })
+    }
+
+    /// Writes `blocks`, hashed and signed as `signed` while the feed was not locked;
+    /// returns the new length. If the feed is no longer where `signed` was computed
+    /// (another append came first), the blocks are hashed and signed again here.
+    pub fn commit_append(&mut self, signed: SignedAppend, blocks: &[&[u8]]) -> Result<u64> {
+        if signed.key != self.key || signed.start != self.length || signed.count != blocks.len() {
+            return self.append(blocks);
+        }
+        if blocks.is_empty() {
+            return Ok(self.length);
+        }
+        self.run_hook(signed.start, blocks)?;
+        self.store.write_data(self.byte_length, blocks)?;
+        self.write_signed(signed)
+    }
+
+    fn run_hook(&self, start: u64, blocks: &[&[u8]]) -> Result<()> {
+        if let Some(hook) = &self.on_write {
+            for (i, b) in blocks.iter().enumerate() {
+                let index = start + i as u64;
+                hook(index, b, Origin::Local)
+                    .map_err(|reason| Error::Rejected { index, reason })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores what makes written block data an append: tree nodes, the signature, then
+    /// the bitfield, which commits it.
+    fn write_signed(&mut self, signed: SignedAppend) -> Result<u64> {
+        let SignedAppend {
+            start,
+            count,
+            bytes,
+            nodes,
+            roots,
+            signature,
+            ..
+        } = signed;
+        let length = start + count as u64;
         self.store
-            .put_appended(2 * start, 2 * blocks.len() as u64 - 1, &nodes, &roots)?;
+            .put_appended(2 * start, 2 * count as u64 - 1, &nodes, &roots)?;
         self.store.put_signature(length - 1, &signature)?;
         self.sync_payload()?;
 
@@ -545,8 +660,8 @@ impl FeedCore {
         }
         self.roots = roots;
         self.length = length;
-        self.byte_length += batch_bytes;
-        self.downloaded += blocks.len() as u64;
+        self.byte_length += bytes;
+        self.downloaded += count as u64;
         Ok(length)
     }
 

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::core::{
     AuditReport, FeedCore, FeedOptions, Origin, Proof, ProofRequest, PutOutcome, SeekOutcome,
-    SignatureAt,
+    SignatureAt, SignedAppend,
 };
 use crate::crypto::{DiscoveryKey, PublicKey, Signature};
 use crate::error::{Error, Result};
@@ -82,6 +82,15 @@ pub struct Appended {
     pub start_byte: u64,
     /// The feed's length after the batch.
     pub length: u64,
+}
+
+/// Blocks hashed and signed as a feed's next append ([`Feed::prepare_append`]), to be
+/// written by [`Feed::commit_append`].
+#[derive(Debug)]
+pub struct PreparedAppend {
+    blocks: Vec<Bytes>,
+    /// `None` for a large batch, hashed while it is written.
+    signed: Option<SignedAppend>,
 }
 
 /// Options for [`Feed::get_with`].
@@ -384,11 +393,56 @@ impl Feed {
         blocks: impl IntoIterator<Item = B>,
     ) -> Result<Appended> {
         let blocks: Vec<Bytes> = blocks.into_iter().map(Into::into).collect();
-        let small = blocks.iter().map(|b| b.len() as u64).sum::<u64>() <= INLINE_APPEND_LIMIT;
-        let append = move |core: &mut FeedCore, waiting: &mut Waiting, inner: &Inner| {
+        if blocks.iter().map(|b| b.len() as u64).sum::<u64>() <= INLINE_APPEND_LIMIT {
+            return self.append_batch_blocking(blocks);
+        }
+        let feed = self.clone();
+        tokio::task::spawn_blocking(move || feed.append_batch_blocking(blocks))
+            .await
+            .map_err(panicked)?
+    }
+
+    /// [`Feed::append_batch_at`] on this thread: it hashes, signs and writes, so call it
+    /// off the async runtime (a blocking task or thread) unless the batch is small.
+    pub fn append_batch_blocking(&self, blocks: Vec<Bytes>) -> Result<Appended> {
+        let prepared = self.prepare_append(blocks)?;
+        self.commit_append(prepared)
+    }
+
+    /// Hashes and signs `blocks` as the feed's next append, without holding the feed's
+    /// lock (readers go on meanwhile): CPU work, so call it off the async runtime. Hand
+    /// the result to [`Feed::commit_append`]. A batch of 1 MiB or more is left for the
+    /// commit, which hashes it while writing it.
+    pub fn prepare_append(&self, blocks: Vec<Bytes>) -> Result<PreparedAppend> {
+        let bytes: usize = blocks.iter().map(Bytes::len).sum();
+        if bytes >= 1 << 20 {
+            return Ok(PreparedAppend {
+                blocks,
+                signed: None,
+            });
+        }
+        let base = self.with_core(|c| c.append_base())?;
+        let refs: Vec<&[u8]> = blocks.iter().map(|b| &b[..]).collect();
+        let signed = base.sign(&refs)?;
+        Ok(PreparedAppend {
+            blocks,
+            signed: Some(signed),
+        })
+    }
+
+    /// Writes a batch from [`Feed::prepare_append`] and says where it landed, as
+    /// [`Feed::append_batch_at`] (the new length published, waiting `get`s woken, an
+    /// [`Event::Append`] sent). Disk work: call it off the async runtime. If another
+    /// append came first since the batch was prepared, it is hashed and signed again.
+    pub fn commit_append(&self, prepared: PreparedAppend) -> Result<Appended> {
+        let PreparedAppend { blocks, signed } = prepared;
+        self.inner.locked(move |core, waiting, inner| {
             let (start, start_byte) = (core.len(), core.byte_len());
             let refs: Vec<&[u8]> = blocks.iter().map(|b| &b[..]).collect();
-            let length = core.append(&refs)?;
+            let length = match signed {
+                Some(signed) => core.commit_append(signed, &refs)?,
+                None => core.append(&refs)?,
+            };
             let byte_length = core.byte_len();
             waiting.wake(start, &blocks);
             inner.publish(length, byte_length);
@@ -401,11 +455,7 @@ impl Feed {
                 start_byte,
                 length,
             })
-        };
-        if small {
-            return self.inner.locked(append);
-        }
-        self.blocking(append).await
+        })
     }
 
     /// Takes the feed's writer lock: an advisory lock for writers whose several appends

@@ -890,3 +890,89 @@ async fn leaves_are_the_blocks_hashes_without_their_data() {
         Err(Error::NotAvailable { index: 0 })
     ));
 }
+
+/// A feed of its own key pair in memory.
+async fn feed_of(kp: &KeyPair) -> Feed {
+    Feed::open(
+        MemoryStorage::new(),
+        FeedOptions {
+            secret_key: Some(kp.secret.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn prepared_appends_store_what_plain_appends_store() {
+    let kp = KeyPair::from_seed(&[3; 32]);
+    let (plain, prepared) = (feed_of(&kp).await, feed_of(&kp).await);
+    let batches: [&[&str]; 3] = [&["a", "bc"], &["def"], &["", "g", "hi", "j"]];
+    for batch in batches {
+        let blocks: Vec<Bytes> = batch.iter().map(|b| Bytes::from(*b)).collect();
+        let at = plain.append_batch_at(blocks.clone()).await.unwrap();
+        let p = prepared.clone();
+        let got = tokio::task::spawn_blocking(move || {
+            let signed = p.prepare_append(blocks).unwrap();
+            p.commit_append(signed).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, at);
+    }
+    assert_eq!(prepared.byte_len(), plain.byte_len());
+    for index in 0..plain.len() {
+        assert_eq!(
+            prepared.get(index).await.unwrap(),
+            plain.get(index).await.unwrap()
+        );
+        // Same blocks, same key: same tree and the same (deterministic) signatures.
+        assert_eq!(
+            prepared.root_hashes(index).unwrap(),
+            plain.root_hashes(index).unwrap()
+        );
+        assert_eq!(
+            prepared.signature(index).unwrap(),
+            plain.signature(index).unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_prepared_append_overtaken_by_another_is_signed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = Feed::open_dir(dir.path()).await.unwrap();
+    feed.append_batch(["a", "b"]).await.unwrap();
+    let f = feed.clone();
+    let (first, second) = tokio::task::spawn_blocking(move || {
+        // Both prepared for length 2; the second lands there, the first after it.
+        let x = f.prepare_append(vec![Bytes::from("x")]).unwrap();
+        let y = f.prepare_append(vec![Bytes::from("yy")]).unwrap();
+        let second = f.commit_append(y).unwrap();
+        (f.commit_append(x).unwrap(), second)
+    })
+    .await
+    .unwrap();
+    assert_eq!((second.start, second.start_byte, second.length), (2, 2, 3));
+    assert_eq!((first.start, first.start_byte, first.length), (3, 4, 4));
+    for (index, block) in [(2, "yy"), (3, "x")] {
+        assert_eq!(&feed.get(index).await.unwrap()[..], block.as_bytes());
+        let signature = feed.signature(index).unwrap();
+        assert_eq!(signature.index, index);
+        assert!(feed.verify(index, &signature.signature).unwrap());
+    }
+    feed.close().await.unwrap();
+    // The files agree: the reopened feed proves all four blocks.
+    let feed = Feed::open_dir(dir.path()).await.unwrap();
+    assert_eq!((feed.len(), feed.byte_len()), (4, 5));
+    assert_eq!(&feed.get(3).await.unwrap()[..], b"x");
+}
+
+#[tokio::test]
+async fn a_read_only_feed_prepares_no_append() {
+    let writer = writer_with(&["a"]).await;
+    let reader = memory_clone(writer.key(), false).await.unwrap();
+    let err = reader.prepare_append(vec![Bytes::from("b")]).unwrap_err();
+    assert!(matches!(err, Error::NotWritable { .. }), "{err}");
+}
