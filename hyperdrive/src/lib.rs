@@ -16,6 +16,7 @@ mod drive;
 mod handle;
 mod import;
 mod mount;
+mod parallel;
 mod path;
 mod read;
 mod rename;

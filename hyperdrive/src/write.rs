@@ -206,10 +206,9 @@ impl Drive {
                 return Err(is_a_directory(path));
             }
         }
-        let appended = feed
-            .append_batch_at(blocks)
-            .await
-            .map_err(|source| self.content_write_error(path, source))?;
+        let (appended, signed) =
+            crate::parallel::join(|| feed.append_batch_blocking(blocks), put.signer());
+        let appended = appended.map_err(|source| self.content_write_error(path, source))?;
         if appended.start != run.offset {
             // Nothing is written for the Stat: no entry points at the wrong blocks.
             return Err(self.content_write_error(
@@ -223,7 +222,9 @@ impl Drive {
                 },
             ));
         }
-        let node = put.commit().await.map_err(trie_at(path))?;
+        let node = put
+            .commit_signed(signed.map_err(trie_at(path))?)
+            .map_err(trie_at(path))?;
         stored.run = Some(run);
         self.note_written(node.seq, size, &stored).await;
         Ok(stat)

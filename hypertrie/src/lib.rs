@@ -32,7 +32,7 @@ pub use diff::{Diff, DiffCheckpoint, DiffEntry, DiffOptions};
 pub use extension::{ExtensionStats, EXTENSION};
 pub use history::HistoryOptions;
 pub use mount_versions::{ChangeKind, MountDiffEntry, MountHistoryEntry, MountPoint};
-pub use mounts::{normalize_path, MountRecord, MOUNT_FLAG};
+pub use mounts::{is_normal_path, normalize_path, MountRecord, MOUNT_FLAG};
 pub use node::{Header, Node, HEADER_TYPE};
 pub use path::Path;
 pub use resolve::{MountListOptions, MountableTrie, Resolved, CATCH_UP_LIMIT, MAX_MOUNTS_ENTERED};
@@ -211,6 +211,33 @@ impl PreparedPut {
     /// The node for the key now, if any.
     pub fn existing(&self) -> Option<&Node> {
         self.existing.as_ref()
+    }
+
+    /// What hashes and signs the node's block as the feed's next append, for
+    /// [`Self::commit_signed`]: CPU work (one signature), to run on any thread, at the
+    /// same time as other work.
+    pub fn signer(
+        &self,
+    ) -> impl FnOnce() -> Result<hypercore::PreparedAppend, Error> + Send + 'static {
+        let (trie, block) = (self.trie.clone(), Bytes::from(self.node.encode()));
+        move || {
+            trie.feed
+                .prepare_append(vec![block])
+                .map_err(|source| trie.feed_error(source))
+        }
+    }
+
+    /// Appends the node on this thread with its block as [`Self::signer`] signed it
+    /// (signed again if something else was appended meanwhile); returns it.
+    pub fn commit_signed(self, signed: hypercore::PreparedAppend) -> Result<Node, Error> {
+        let appended = self
+            .trie
+            .feed
+            .commit_append(signed)
+            .map_err(|source| self.trie.feed_error(source))?;
+        self.trie
+            .keep_appended(std::slice::from_ref(&self.node), appended.start);
+        Ok(self.node)
     }
 
     /// Appends the node; returns it.
