@@ -38,8 +38,8 @@ impl Drive {
             recursive,
             no_mounts: false,
         };
-        let entries = self.readdir_stats(path, options).await?;
-        Ok(entries.into_iter().map(|e| e.name).collect())
+        let entries = self.list_entries(path, options, false).await?;
+        Ok(entries.into_iter().map(|(name, _)| name).collect())
     }
 
     /// [`Self::readdir`] with each entry's Stat (JS `includeStats`). A child known only
@@ -50,16 +50,34 @@ impl Drive {
         path: &str,
         options: ReaddirOptions,
     ) -> Result<Vec<DirEntry>, Error> {
+        let entries = self.list_entries(path, options, true).await?;
+        Ok(entries
+            .into_iter()
+            .map(|(name, stat)| DirEntry {
+                name,
+                stat: stat.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// The entries of [`Self::readdir_stats`], their Stats decoded only `with_stats` (a
+    /// listing of names needs none, as in JS).
+    async fn list_entries(
+        &self,
+        path: &str,
+        options: ReaddirOptions,
+        with_stats: bool,
+    ) -> Result<Vec<(String, Option<Stat>)>, Error> {
         let key = key_of(path);
         let list = MountListOptions {
             recursive: options.recursive,
             no_mounts: options.no_mounts,
             ..MountListOptions::default()
         };
-        let mut entries: Vec<DirEntry> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut entries = Vec::new();
         let listed = self.trie.list(&key, list).await.map_err(trie_at(path))?;
-        for entry in listed {
+        let mut seen = std::collections::HashSet::with_capacity(listed.len());
+        for entry in &listed {
             let full = entry.node.key();
             let relative = if key.is_empty() {
                 full
@@ -80,7 +98,11 @@ impl Drive {
                     None => (relative, false),
                 }
             };
-            if name.is_empty() || !seen.insert(name.to_string()) {
+            if name.is_empty() || !seen.insert(name) {
+                continue;
+            }
+            if !with_stats {
+                entries.push((name.to_string(), None));
                 continue;
             }
             let node_stat = decode_stat(full, entry.node.value.as_deref())?;
@@ -95,10 +117,7 @@ impl Drive {
             } else {
                 node_stat
             };
-            entries.push(DirEntry {
-                name: name.to_string(),
-                stat,
-            });
+            entries.push((name.to_string(), Some(stat)));
         }
         Ok(entries)
     }

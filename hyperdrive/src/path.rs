@@ -5,7 +5,12 @@ use hypertrie::normalize_path;
 
 /// The trie key of a drive path (JS `fixName`, then mountable-hypertrie's normalization).
 pub fn key_of(path: &str) -> String {
-    normalize_path(&format!("/{}", normalize_path(path)))
+    let key = normalize_path(path);
+    if !key.starts_with('/') && !key.ends_with('/') && hypertrie::is_normal_path(&key) {
+        // What normalizing `/{key}` again gives.
+        return key;
+    }
+    normalize_path(&format!("/{key}"))
 }
 
 /// A path unixified as JS stores link targets: separators collapsed, no leading `/` lost.
@@ -72,6 +77,16 @@ pub(crate) fn write_key(path: &str) -> Result<String, crate::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn keys_are_paths_normalized_twice(path in "[aC:/\\\\.é]{0,8}") {
+            proptest::prop_assert_eq!(
+                key_of(&path),
+                normalize_path(&format!("/{}", normalize_path(&path)))
+            );
+        }
+    }
 
     #[test]
     fn writes_refuse_paths_that_would_not_read_back() {
