@@ -2,6 +2,8 @@
 //! standing for symbol `s % 5` (slots `s + 5k` chain keys whose hashes collide), each
 //! holding the seq of a node; encoded as varints.
 
+use std::sync::Arc;
+
 /// Seq 0 is the header, never a node: it marks an empty slot.
 pub(crate) const EMPTY: u64 = 0;
 /// Most slots a bucket may have (a bitmap varint of 64 bits).
@@ -11,16 +13,18 @@ const MAX_POSITIONS: u64 = 1 << 17;
 
 /// The buckets of one node: the non-empty ones only, by position (a node's path has
 /// dozens of positions, few of which point anywhere), their slots back to back in one
-/// vector (decoding, copying, caching and freeing nodes costs what they hold).
+/// vector (decoding, copying, caching and freeing nodes costs what they hold), shared by
+/// a node's copies (listings and lookups hand out copies of cached nodes) until one is
+/// changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Buckets {
     /// Positions, as encoded (trailing empty buckets included).
     len: usize,
     /// Per bucket, in position order: its position and where its slots end in `slots`
     /// (they start where the previous bucket's end). Each has a slot.
-    index: Vec<(usize, usize)>,
+    index: Arc<Vec<(usize, usize)>>,
     /// The buckets' slots, empty ones between occupied ones included.
-    slots: Vec<u64>,
+    slots: Arc<Vec<u64>>,
 }
 
 impl Buckets {
@@ -90,7 +94,7 @@ impl Buckets {
             Ok(k) => k,
             Err(k) => {
                 let at = k.checked_sub(1).map_or(0, |k| self.index[k].1);
-                self.index.insert(k, (i, at));
+                Arc::make_mut(&mut self.index).insert(k, (i, at));
                 k
             }
         };
@@ -105,13 +109,13 @@ impl Buckets {
         }
         if bucket.len() <= s {
             let grow = s + 1 - bucket.len();
-            self.slots
+            Arc::make_mut(&mut self.slots)
                 .splice(range.end..range.end, std::iter::repeat_n(EMPTY, grow));
-            for (_, end) in &mut self.index[k..] {
+            for (_, end) in &mut Arc::make_mut(&mut self.index)[k..] {
                 *end += grow;
             }
         }
-        self.slots[range.start + s] = seq;
+        Arc::make_mut(&mut self.slots)[range.start + s] = seq;
     }
 
     /// The encoding JS writes: length, then `position bitmap seq…` per non-empty bucket.
@@ -215,8 +219,8 @@ impl Buckets {
             start = end;
             keep
         });
-        buckets.index = index;
-        buckets.slots = slots;
+        buckets.index = Arc::new(index);
+        buckets.slots = Arc::new(slots);
         buckets.len = length as usize;
         Ok(buckets)
     }

@@ -2,14 +2,20 @@
 //! with SipHash-2-4 into 32 symbols of 2 bits; position 0 tells hidden keys apart and a
 //! final symbol 4 ends the key.
 
+use std::sync::Arc;
+
 /// The symbol that ends every path.
 pub const END: u8 = 4;
 /// Symbols per component.
 const PER_COMPONENT: usize = 32;
 
-/// A normalized key with its hashed path.
+/// A normalized key with its hashed path. Cheap to clone (listings and lookups hand out
+/// copies of cached nodes).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Path {
+pub struct Path(Arc<Hashed>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Hashed {
     key: String,
     hidden: bool,
     /// 8 bytes of SipHash per component.
@@ -31,22 +37,22 @@ impl Path {
         for component in components(&key) {
             hash.extend_from_slice(&siphash(component.as_bytes()));
         }
-        Path { key, hidden, hash }
+        Path(Arc::new(Hashed { key, hidden, hash }))
     }
 
     /// The normalized key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.0.key
     }
 
     /// Whether the key is hidden.
     pub fn hidden(&self) -> bool {
-        self.hidden
+        self.0.hidden
     }
 
     /// Positions in the path: 32 per component, one for hidden, one for the end.
     pub fn len(&self) -> usize {
-        PER_COMPONENT * (self.hash.len() / 8) + 2
+        PER_COMPONENT * (self.0.hash.len() / 8) + 2
     }
 
     /// Never: every path has at least the hidden and end positions.
@@ -57,10 +63,10 @@ impl Path {
     /// The symbol at position `i` (0–3 from the hash, 4 past it: `END`).
     pub fn symbol(&self, i: usize) -> u8 {
         if i == 0 {
-            return u8::from(self.hidden);
+            return u8::from(self.0.hidden);
         }
         let i = i - 1;
-        match self.hash.get(i >> 2) {
+        match self.0.hash.get(i >> 2) {
             Some(b) => (b >> (2 * (i & 3))) & 3,
             None => END,
         }
@@ -68,7 +74,7 @@ impl Path {
 
     /// Component `c` of the key.
     fn component(&self, c: usize) -> Option<&str> {
-        components(&self.key).nth(c)
+        components(&self.0.key).nth(c)
     }
 
     /// Whether `self` and `other`, equal in hash up to `i`, differ in their strings at
@@ -79,7 +85,7 @@ impl Path {
             return false;
         }
         if i == self.len() - 1 {
-            return self.key != other.key;
+            return self.0.key != other.0.key;
         }
         let c = (i - 1) / PER_COMPONENT;
         self.component(c) != other.component(c)
@@ -87,7 +93,7 @@ impl Path {
 
     /// About how much memory the path holds beyond its own struct.
     pub(crate) fn heap_size(&self) -> usize {
-        self.key.capacity() + self.hash.capacity()
+        self.0.key.capacity() + self.0.hash.capacity() + std::mem::size_of::<Hashed>()
     }
 }
 
