@@ -6,6 +6,7 @@
 
 mod cores;
 mod daemon;
+mod drives;
 mod error;
 pub mod limits;
 mod lock;
@@ -23,6 +24,7 @@ use hyperd_config::{Config, Home};
 
 pub use crate::cores::{Appended, BlockRange, CoreEvent, CoreInfo, DownloadProgress};
 pub use crate::daemon::{Daemon, StartOptions};
+pub use crate::drives::DriveLocation;
 pub use crate::error::{DaemonError, ErrorKind};
 pub use crate::network::{NetworkLimits, PeerEvent, PeerSnapshot};
 pub use crate::peers::{Disconnected, Peer};
