@@ -20,6 +20,8 @@ use crate::error::{DaemonError, ErrorKind, Result};
 
 /// Longest corestore name accepted.
 pub const MAX_NAME: usize = 256;
+/// Most bytes appended in one signed batch by [`Daemon::append_stream`].
+const APPEND_BATCH: usize = 4 << 20;
 /// How often a download reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// How often a watch compares the core's peers.
@@ -308,6 +310,119 @@ impl Daemon {
             length,
             byte_length: feed.byte_len(),
         })
+    }
+
+    /// Appends the blocks of `incoming` as they arrive, in signed batches of whatever
+    /// has arrived (up to 4 MiB), and acknowledges each committed batch with the totals
+    /// of the stream so far. Messages are received while the previous batch is hashed
+    /// and written. When `incoming` ends, what was committed stays, and a stream that
+    /// appended nothing is answered with the core's length; an error of `incoming`, a
+    /// failed append or the daemon stopping (after the batch being written) ends it with
+    /// an error that says how many blocks were committed.
+    pub fn append_stream(
+        &self,
+        core: Core,
+        incoming: BoxStream<'static, Result<Vec<Bytes>>>,
+    ) -> BoxStream<'static, Result<Appended>> {
+        let (blocks_tx, mut blocks_rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+        tokio::spawn(async move {
+            let mut incoming = incoming;
+            let ended = loop {
+                match incoming.next().await {
+                    None => break Ok(()),
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(blocks)) if blocks.is_empty() => {}
+                    Some(Ok(blocks)) => {
+                        if blocks_tx.send(blocks).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                }
+            };
+            // Sent before `blocks_tx` drops, so it is there when the appender sees the end.
+            let _ = ended_tx.send(ended);
+        });
+        let (acks, acks_rx) = tokio::sync::mpsc::channel(4);
+        let daemon = self.handle();
+        let stopping = self.stopping();
+        tokio::spawn(async move {
+            tokio::pin!(stopping);
+            let feed = core.feed().clone();
+            let mut total: Option<Appended> = None;
+            let committed = |e: DaemonError, total: Option<Appended>| {
+                let committed = total.map_or(0, |t| t.appended);
+                DaemonError::new(
+                    e.kind,
+                    format!(
+                        "{} (after committing {committed} blocks of this stream; the core has {} blocks)",
+                        e.message,
+                        feed.len()
+                    ),
+                )
+            };
+            loop {
+                // A batch being written is finished; the next is not started.
+                let next = tokio::select! {
+                    next = blocks_rx.recv() => next,
+                    _ = &mut stopping => {
+                        let _ = acks.send(Err(committed(DaemonError::aborted("hyperd is shutting down"), total))).await;
+                        return;
+                    }
+                };
+                let Some(mut batch) = next else { break };
+                let mut bytes: usize = batch.iter().map(Bytes::len).sum();
+                while bytes < APPEND_BATCH {
+                    match blocks_rx.try_recv() {
+                        Ok(more) => {
+                            bytes += more.iter().map(Bytes::len).sum::<usize>();
+                            batch.extend(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                match daemon.append(&core, batch).await {
+                    Ok(done) => {
+                        let sum = match total {
+                            Some(t) => Appended {
+                                first_index: t.first_index,
+                                appended: t.appended + done.appended,
+                                ..done
+                            },
+                            None => done,
+                        };
+                        total = Some(sum);
+                        if acks.send(Ok(sum)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = acks.send(Err(committed(e, total))).await;
+                        return;
+                    }
+                }
+            }
+            // A client that goes away mid-stream keeps what was committed so far.
+            let ended = match ended_rx.await {
+                Ok(ended) => ended,
+                Err(_) => Err(DaemonError::internal("receiving the append stream failed")),
+            };
+            if let Err(e) = ended {
+                let _ = acks.send(Err(committed(e, total))).await;
+                return;
+            }
+            // Nothing was appended: still answer with the length.
+            if total.is_none() {
+                let empty = Appended {
+                    first_index: feed.len(),
+                    appended: 0,
+                    length: feed.len(),
+                    byte_length: feed.byte_len(),
+                };
+                let _ = acks.send(Ok(empty)).await;
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(acks_rx).boxed()
     }
 
     /// Block `index`; waits up to `timeout` for peers when it is not stored (`None`: does

@@ -60,6 +60,37 @@ pub struct Daemon {
     inner: Arc<Inner>,
 }
 
+/// The daemon as `status` reports it.
+#[derive(Clone, Debug)]
+pub struct DaemonStatus {
+    /// hyperd's version.
+    pub version: &'static str,
+    /// The replication protocol it speaks.
+    pub protocol_version: &'static str,
+    /// How long it has run.
+    pub uptime: Duration,
+    /// Its process id.
+    pub pid: u32,
+    /// Its home directory.
+    pub home: PathBuf,
+    /// Where the corestore lives.
+    pub storage: PathBuf,
+    /// The bound peer address, if it listens.
+    pub listen_address: Option<std::net::SocketAddr>,
+    /// Its static Noise key: its identity to peers.
+    pub peer_key: hypercore_protocol::PeerKey,
+    /// Live peer connections.
+    pub peers: usize,
+    /// Cores stored.
+    pub cores: usize,
+    /// Cores open now.
+    pub open_cores: usize,
+    /// The most cores kept open at once.
+    pub max_open_cores: usize,
+    /// The soft file limit in force.
+    pub file_limit: u64,
+}
+
 /// Options the daemon starts with beyond its configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct StartOptions {
@@ -155,6 +186,28 @@ impl Daemon {
     /// Where the corestore lives.
     pub fn storage(&self) -> &Path {
         &self.inner.storage
+    }
+
+    /// Versions, identity, counts and limits.
+    pub async fn status(&self) -> Result<DaemonStatus> {
+        let store = self.store();
+        let cores = store.count().await.map_err(DaemonError::store)?;
+        let network = self.network();
+        Ok(DaemonStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            protocol_version: "hypercore-protocol/8",
+            uptime: self.uptime(),
+            pid: std::process::id(),
+            home: self.home().root().to_owned(),
+            storage: self.storage().to_owned(),
+            listen_address: network.local_addr(),
+            peer_key: network.peer_key(),
+            peers: network.peers().len(),
+            cores,
+            open_cores: store.open_count(),
+            max_open_cores: store.options().max_open,
+            file_limit: self.file_limit(),
+        })
     }
 
     /// The cores.

@@ -22,7 +22,7 @@ use anyhow::Context;
 use hyperd_config::{Config, Home};
 
 pub use crate::cores::{Appended, BlockRange, CoreEvent, CoreInfo, DownloadProgress};
-pub use crate::daemon::{Daemon, StartOptions};
+pub use crate::daemon::{Daemon, DaemonStatus, StartOptions};
 pub use crate::error::{DaemonError, ErrorKind};
 pub use crate::network::{NetworkLimits, PeerEvent, PeerSnapshot};
 pub use crate::peers::{Disconnected, Peer};

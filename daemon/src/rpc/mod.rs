@@ -215,6 +215,24 @@ pub fn parse_key(field: &str, value: &str) -> Result<PublicKey, Status> {
         })
 }
 
+/// The daemon error for a status from tonic (a client's stream that failed): the code
+/// decides the kind, the reverse of [`status`].
+pub fn error(status: Status) -> DaemonError {
+    let kind = match status.code() {
+        Code::InvalidArgument => ErrorKind::InvalidArgument,
+        Code::NotFound => ErrorKind::NotFound,
+        Code::AlreadyExists => ErrorKind::AlreadyExists,
+        Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        Code::OutOfRange => ErrorKind::OutOfRange,
+        Code::Unavailable => ErrorKind::Unavailable,
+        Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        Code::Aborted | Code::Cancelled => ErrorKind::Aborted,
+        _ => ErrorKind::Internal,
+    };
+    DaemonError::new(kind, status.message())
+}
+
 /// The status for a daemon error: its kind decides the code, once, for every call.
 pub fn status(error: DaemonError) -> Status {
     let code = match error.kind {
