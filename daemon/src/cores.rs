@@ -1,8 +1,8 @@
 //! What the daemon does with cores: create, follow, read, write, download and remove them.
 //! Every operation validates its input and fails with a [`DaemonError`] of the kind that
 //! fits; the front ends only convert. Streams are pulled (a block is read when the client
-//! can take it), so what a slow client costs is bounded, and they end when their core is
-//! removed.
+//! can take it), so what a slow client costs is bounded; they end when their core is
+//! removed (NOT_FOUND) and when the daemon stops (ABORTED).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -239,7 +239,7 @@ impl Daemon {
         }
         .map_err(DaemonError::store)?;
         let key = core.feed().key();
-        self.forget_removed(&key);
+        self.follows().forget_removed(&key);
         tracing::info!("created core {key}");
         Ok(CoreInfo::of(&core))
     }
@@ -257,8 +257,8 @@ impl Daemon {
                 .insert(key.to_hex(), crate::state::Follow { download_all });
         })
         .await?;
-        self.forget_removed(&key);
-        self.keep_following(core.clone(), download_all);
+        self.follows().forget_removed(&key);
+        self.follows().keep(core.clone(), download_all);
         tracing::info!("following core {key}");
         Ok(CoreInfo::of(&core))
     }
@@ -326,7 +326,7 @@ impl Daemon {
     ) -> BoxStream<'static, Result<Appended>> {
         let (blocks_tx, mut blocks_rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<Result<()>>();
-        tokio::spawn(async move {
+        self.spawn("receiving an append stream", async move {
             let mut incoming = incoming;
             let ended = loop {
                 match incoming.next().await {
@@ -345,9 +345,7 @@ impl Daemon {
         });
         let (acks, acks_rx) = tokio::sync::mpsc::channel(4);
         let daemon = self.handle();
-        let stopping = self.stopping();
-        tokio::spawn(async move {
-            tokio::pin!(stopping);
+        self.spawn_with_stop("appending a stream", move |stop| async move {
             let feed = core.feed().clone();
             let mut total: Option<Appended> = None;
             let committed = |e: DaemonError, total: Option<Appended>| {
@@ -365,8 +363,8 @@ impl Daemon {
                 // A batch being written is finished; the next is not started.
                 let next = tokio::select! {
                     next = blocks_rx.recv() => next,
-                    _ = &mut stopping => {
-                        let _ = acks.send(Err(committed(DaemonError::aborted("hyperd is shutting down"), total))).await;
+                    _ = stop.cancelled() => {
+                        let _ = acks.send(Err(committed(crate::daemon::stopping_error(), total))).await;
                         return;
                     }
                 };
@@ -405,6 +403,8 @@ impl Daemon {
             // A client that goes away mid-stream keeps what was committed so far.
             let ended = match ended_rx.await {
                 Ok(ended) => ended,
+                // The receiver was stopped: the daemon is stopping.
+                Err(_) if stop.is_cancelled() => Err(crate::daemon::stopping_error()),
                 Err(_) => Err(DaemonError::internal("receiving the append stream failed")),
             };
             if let Err(e) = ended {
@@ -452,9 +452,13 @@ impl Daemon {
             }
             Some(t) => GetOptions::timeout(t),
         };
-        feed.get_with(index, options)
-            .await
-            .map_err(|e| self.feed_error(key, e))
+        // Waiting for peers ends when the daemon stops.
+        self.unless_stopping(async {
+            feed.get_with(index, options)
+                .await
+                .map_err(|e| self.feed_error(key, e))
+        })
+        .await
     }
 
     /// Blocks of `range` in order, as `(index, data)`. Without `wait` (or `live`), the
@@ -508,7 +512,7 @@ impl Daemon {
                 }
             },
         );
-        Ok(stream.boxed())
+        Ok(self.until_stopped(stream.boxed()))
     }
 
     /// Downloads `range` from peers (an open end: up to the longest length known now),
@@ -563,7 +567,7 @@ impl Daemon {
                 }
             }
         });
-        Ok(stream.boxed())
+        Ok(self.until_stopped(stream.boxed()))
     }
 
     /// Deletes the local copies of blocks in `range` (default end: the length).
@@ -643,7 +647,7 @@ impl Daemon {
                 }
             }
         });
-        Ok(stream.boxed())
+        Ok(self.until_stopped(stream.boxed()))
     }
 
     /// Stops following or serving a core and deletes its local data. Streams on it end
@@ -652,13 +656,13 @@ impl Daemon {
         // Only what is stored can be removed; this also opens it, which the store needs
         // to decide whether a tombstone is due.
         drop(self.core(key).await?);
-        self.stop_following(key);
+        self.follows().stop(key);
         let hex = key.to_hex();
         self.update_state(move |s| {
             s.follows.remove(&hex);
         })
         .await?;
-        self.mark_removed(*key);
+        self.follows().mark_removed(*key);
         self.store().remove(key).await.map_err(DaemonError::store)?;
         tracing::info!("removed core {key}");
         Ok(())
@@ -676,10 +680,10 @@ impl Daemon {
 
     /// Why a core closed under a stream: it was removed, or the daemon is stopping.
     pub(crate) fn closed_error(&self, key: &PublicKey) -> DaemonError {
-        if self.was_removed(key) {
+        if self.follows().was_removed(key) {
             DaemonError::not_found(format!("core {key} was removed"))
         } else if self.is_stopping() {
-            DaemonError::aborted("hyperd is shutting down")
+            crate::daemon::stopping_error()
         } else {
             DaemonError::aborted(format!("core {key} was closed"))
         }

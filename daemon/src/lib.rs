@@ -7,6 +7,7 @@
 mod cores;
 mod daemon;
 mod error;
+mod follows;
 pub mod limits;
 mod lock;
 pub mod memory;
@@ -15,8 +16,7 @@ mod notify;
 mod peers;
 mod rpc;
 mod state;
-
-use std::time::Duration;
+mod tasks;
 
 use anyhow::Context;
 use hyperd_config::{Config, Home};
@@ -32,8 +32,12 @@ pub use crate::peers::{Disconnected, Peer};
 /// socket.
 pub async fn run(home: Home, config: Config, options: StartOptions) -> anyhow::Result<()> {
     let (daemon, _lock) = Daemon::start(home.clone(), &config, options).await?;
-    let rpc = crate::rpc::serve(daemon.clone(), &config).await?;
-    let trimmer = tokio::spawn(crate::memory::trim_periodically(daemon.stopping()));
+    if let Err(e) = crate::rpc::serve(&daemon, &config).await {
+        daemon.shutdown().await;
+        return Err(e);
+    }
+    let trimmer = crate::memory::trim_periodically(daemon.clone());
+    daemon.spawn("giving free memory back", trimmer);
     crate::notify::notify("READY=1");
     tracing::info!(
         "hyperd {} ready: home {}, socket {}",
@@ -50,16 +54,7 @@ pub async fn run(home: Home, config: Config, options: StartOptions) -> anyhow::R
         _ = daemon.stopping() => tracing::info!("stop requested: shutting down"),
     }
     crate::notify::notify("STOPPING=1");
-    daemon.request_stop();
-    // Give the RPC servers a moment to finish answering (the Stop reply among them).
-    if tokio::time::timeout(Duration::from_secs(5), rpc.stopped())
-        .await
-        .is_err()
-    {
-        tracing::warn!("RPC calls still running after 5 s; closing anyway");
-    }
     daemon.shutdown().await;
-    let _ = trimmer.await;
     let _ = std::fs::remove_file(home.socket());
     tracing::info!("stopped");
     Ok(())

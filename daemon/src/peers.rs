@@ -58,10 +58,13 @@ impl Daemon {
         }
         let timeout = timeout.unwrap_or(DIAL_TIMEOUT);
         let (snapshot, protocol) = self
-            .network()
-            .dial(&address, timeout)
-            .await
-            .map_err(DialError::into_daemon_error)?;
+            .unless_stopping(async {
+                self.network()
+                    .dial(&address, timeout)
+                    .await
+                    .map_err(DialError::into_daemon_error)
+            })
+            .await?;
         if !once {
             let remembered = address.clone();
             self.update_state(move |s| {
@@ -141,6 +144,6 @@ impl Daemon {
                 }
             }
         });
-        stream.take_until(self.stopping()).boxed()
+        self.until_stopped(stream.boxed())
     }
 }

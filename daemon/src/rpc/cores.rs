@@ -123,7 +123,7 @@ impl cores_server::Cores for CoresService {
             .chain(incoming.map(|message| message.map(|m| m.blocks).map_err(error)))
             .boxed();
         let acks = self.daemon.append_stream(core, blocks);
-        Ok(Response::new(server_stream(&self.daemon, acks, appended)))
+        Ok(Response::new(server_stream(acks, appended)))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -155,11 +155,9 @@ impl cores_server::Cores for CoresService {
             .read(&key, range, request.live, request.wait)
             .await
             .map_err(status)?;
-        Ok(Response::new(server_stream(
-            &self.daemon,
-            blocks,
-            |(index, data)| ReadResponse { index, data },
-        )))
+        Ok(Response::new(server_stream(blocks, |(index, data)| {
+            ReadResponse { index, data }
+        })))
     }
 
     type DownloadStream = Stream<DownloadProgress>;
@@ -179,7 +177,7 @@ impl cores_server::Cores for CoresService {
             .download(&key, range, request.linear)
             .await
             .map_err(status)?;
-        Ok(Response::new(server_stream(&self.daemon, progress, |p| {
+        Ok(Response::new(server_stream(progress, |p| {
             DownloadProgress {
                 downloaded: p.downloaded,
                 total: p.total,
@@ -220,10 +218,8 @@ impl cores_server::Cores for CoresService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let key = parse_key("key", &request.into_inner().key)?;
         let events = self.daemon.watch(&key).await.map_err(status)?;
-        Ok(Response::new(server_stream(&self.daemon, events, |e| {
-            CoreEvent {
-                event: Some(core_event(e)),
-            }
+        Ok(Response::new(server_stream(events, |e| CoreEvent {
+            event: Some(core_event(e)),
         })))
     }
 

@@ -38,14 +38,11 @@ impl daemon_server::Daemon for DaemonService {
         }))
     }
 
+    /// Stops the daemon. The reply still goes out: the API servers stop gracefully,
+    /// finishing the calls under way (this one among them) before they close.
     async fn stop(&self, _: Request<StopRequest>) -> Result<Response<StopResponse>, Status> {
         tracing::info!("stop requested over the API");
-        let daemon = self.daemon.clone();
-        // Signal after the reply has gone out.
-        tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            daemon.request_stop();
-        });
+        self.daemon.request_stop();
         Ok(Response::new(StopResponse {}))
     }
 }

@@ -89,23 +89,15 @@ impl peers_server::Peers for PeersService {
         _: Request<WatchPeersRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let events = self.daemon.watch_peers();
-        Ok(Response::new(server_stream(
-            &self.daemon,
-            events,
-            |event| {
-                let event = match event {
-                    network::PeerEvent::Joined(p) => {
-                        peer_event::Event::Joined(info(&p, Vec::new()))
-                    }
-                    network::PeerEvent::Left(p, reason) => {
-                        peer_event::Event::Left(peer_event::Left {
-                            peer: Some(info(&p, Vec::new())),
-                            reason,
-                        })
-                    }
-                };
-                PeerEvent { event: Some(event) }
-            },
-        )))
+        Ok(Response::new(server_stream(events, |event| {
+            let event = match event {
+                network::PeerEvent::Joined(p) => peer_event::Event::Joined(info(&p, Vec::new())),
+                network::PeerEvent::Left(p, reason) => peer_event::Event::Left(peer_event::Left {
+                    peer: Some(info(&p, Vec::new())),
+                    reason,
+                }),
+            };
+            PeerEvent { event: Some(event) }
+        })))
     }
 }
