@@ -297,7 +297,7 @@ impl Daemon {
     }
 
     /// `stream` until the daemon stops, when it ends with ABORTED: no stream holds up a
-    /// shutdown, and its client learns why it ended.
+    /// shutdown, and its client learns why it ended. It ends after its first error.
     pub(crate) fn until_stopped<T: Send + 'static>(
         &self,
         stream: BoxStream<'static, Result<T>>,
@@ -306,8 +306,13 @@ impl Daemon {
         let stream = futures::stream::unfold(Some((stream, Box::pin(stop))), |state| async move {
             let (mut stream, mut stop) = state?;
             tokio::select! {
-                item = stream.next() => item.map(|item| (item, Some((stream, stop)))),
+                // Once stopped, nothing more: not even an item that is ready.
+                biased;
                 _ = &mut stop => Some((Err(stopping_error()), None)),
+                item = stream.next() => match item? {
+                    Ok(item) => Some((Ok(item), Some((stream, stop)))),
+                    Err(e) => Some((Err(e), None)),
+                },
             }
         });
         stream.boxed()
