@@ -24,8 +24,8 @@ use hyperd_config::{Config, Home};
 pub use crate::cores::{Appended, BlockRange, CoreEvent, CoreInfo, DownloadProgress};
 pub use crate::daemon::{Daemon, DaemonStatus, StartOptions};
 pub use crate::error::{DaemonError, ErrorKind};
-pub use crate::network::{NetworkLimits, PeerEvent, PeerSnapshot};
-pub use crate::peers::{Disconnected, Peer};
+pub use crate::network::NetworkLimits;
+pub use crate::peers::{Disconnected, Peer, PeerEvent, PeerSnapshot};
 
 /// Starts the daemon, serves the API and runs until SIGTERM, SIGINT or a `Stop` request;
 /// then answers the running calls, closes the peers and every core, and removes the

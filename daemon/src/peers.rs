@@ -10,7 +10,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::daemon::Daemon;
 use crate::error::{DaemonError, ErrorKind, Result};
-use crate::network::{DialError, PeerEvent, PeerSnapshot, DIAL_TIMEOUT};
+use crate::network::{DialError, DIAL_TIMEOUT};
+pub use crate::network::{PeerEvent, PeerSnapshot};
 
 /// A connected peer and the cores it replicates with us.
 #[derive(Clone, Debug)]

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{server_stream, status};
 use crate::daemon::Daemon;
-use crate::network::{self, PeerSnapshot};
+use crate::peers::{self, PeerSnapshot};
 
 pub struct PeersService {
     daemon: Daemon,
@@ -91,8 +91,8 @@ impl peers_server::Peers for PeersService {
         let events = self.daemon.watch_peers();
         Ok(Response::new(server_stream(events, |event| {
             let event = match event {
-                network::PeerEvent::Joined(p) => peer_event::Event::Joined(info(&p, Vec::new())),
-                network::PeerEvent::Left(p, reason) => peer_event::Event::Left(peer_event::Left {
+                peers::PeerEvent::Joined(p) => peer_event::Event::Joined(info(&p, Vec::new())),
+                peers::PeerEvent::Left(p, reason) => peer_event::Event::Left(peer_event::Left {
                     peer: Some(info(&p, Vec::new())),
                     reason,
                 }),
