@@ -11,13 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DaemonError;
 
-/// The persisted state.
+/// The persisted state: one section per subsystem, which restores it at start. A
+/// section missing from an older file is empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct State {
-    /// Followed cores (hex key) and whether to download all of each.
+    /// Followed cores (hex key) and whether to download all of each (the cores
+    /// subsystem, `follows`).
     pub follows: BTreeMap<String, Follow>,
-    /// Peer addresses to keep connected.
+    /// Peer addresses to keep connected (the peer subsystem, `network`).
     pub peers: BTreeSet<String>,
 }
 
