@@ -1,8 +1,8 @@
 //! What the daemon does with cores: create, follow, read, write, download and remove them.
 //! Every operation validates its input and fails with a [`DaemonError`] of the kind that
 //! fits; the front ends only convert. Streams are pulled (a block is read when the client
-//! can take it), so what a slow client costs is bounded, and they end when their core is
-//! removed.
+//! can take it), so what a slow client costs is bounded; they end when their core is
+//! removed (NOT_FOUND) and when the daemon stops (ABORTED).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -20,6 +20,8 @@ use crate::error::{DaemonError, ErrorKind, Result};
 
 /// Longest corestore name accepted.
 pub const MAX_NAME: usize = 256;
+/// Most bytes appended in one signed batch by [`Daemon::append_stream`].
+const APPEND_BATCH: usize = 4 << 20;
 /// How often a download reports progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// How often a watch compares the core's peers.
@@ -237,7 +239,7 @@ impl Daemon {
         }
         .map_err(DaemonError::store)?;
         let key = core.feed().key();
-        self.forget_removed(&key);
+        self.follows().forget_removed(&key);
         tracing::info!("created core {key}");
         Ok(CoreInfo::of(&core))
     }
@@ -255,8 +257,8 @@ impl Daemon {
                 .insert(key.to_hex(), crate::state::Follow { download_all });
         })
         .await?;
-        self.forget_removed(&key);
-        self.keep_following(core.clone(), download_all);
+        self.follows().forget_removed(&key);
+        self.follows().keep(core.clone(), download_all);
         tracing::info!("following core {key}");
         Ok(CoreInfo::of(&core))
     }
@@ -310,6 +312,119 @@ impl Daemon {
         })
     }
 
+    /// Appends the blocks of `incoming` as they arrive, in signed batches of whatever
+    /// has arrived (up to 4 MiB), and acknowledges each committed batch with the totals
+    /// of the stream so far. Messages are received while the previous batch is hashed
+    /// and written. When `incoming` ends, what was committed stays, and a stream that
+    /// appended nothing is answered with the core's length; an error of `incoming`, a
+    /// failed append or the daemon stopping (after the batch being written) ends it with
+    /// an error that says how many blocks were committed.
+    pub fn append_stream(
+        &self,
+        core: Core,
+        incoming: BoxStream<'static, Result<Vec<Bytes>>>,
+    ) -> BoxStream<'static, Result<Appended>> {
+        let (blocks_tx, mut blocks_rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+        self.spawn("receiving an append stream", async move {
+            let mut incoming = incoming;
+            let ended = loop {
+                match incoming.next().await {
+                    None => break Ok(()),
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(blocks)) if blocks.is_empty() => {}
+                    Some(Ok(blocks)) => {
+                        if blocks_tx.send(blocks).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                }
+            };
+            // Sent before `blocks_tx` drops, so it is there when the appender sees the end.
+            let _ = ended_tx.send(ended);
+        });
+        let (acks, acks_rx) = tokio::sync::mpsc::channel(4);
+        let daemon = self.handle();
+        self.spawn_with_stop("appending a stream", move |stop| async move {
+            let feed = core.feed().clone();
+            let mut total: Option<Appended> = None;
+            let committed = |e: DaemonError, total: Option<Appended>| {
+                let committed = total.map_or(0, |t| t.appended);
+                DaemonError::new(
+                    e.kind,
+                    format!(
+                        "{} (after committing {committed} blocks of this stream; the core has {} blocks)",
+                        e.message,
+                        feed.len()
+                    ),
+                )
+            };
+            loop {
+                // A batch being written is finished; the next is not started.
+                let next = tokio::select! {
+                    next = blocks_rx.recv() => next,
+                    _ = stop.cancelled() => {
+                        let _ = acks.send(Err(committed(crate::daemon::stopping_error(), total))).await;
+                        return;
+                    }
+                };
+                let Some(mut batch) = next else { break };
+                let mut bytes: usize = batch.iter().map(Bytes::len).sum();
+                while bytes < APPEND_BATCH {
+                    match blocks_rx.try_recv() {
+                        Ok(more) => {
+                            bytes += more.iter().map(Bytes::len).sum::<usize>();
+                            batch.extend(more);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                match daemon.append(&core, batch).await {
+                    Ok(done) => {
+                        let sum = match total {
+                            Some(t) => Appended {
+                                first_index: t.first_index,
+                                appended: t.appended + done.appended,
+                                ..done
+                            },
+                            None => done,
+                        };
+                        total = Some(sum);
+                        if acks.send(Ok(sum)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = acks.send(Err(committed(e, total))).await;
+                        return;
+                    }
+                }
+            }
+            // A client that goes away mid-stream keeps what was committed so far.
+            let ended = match ended_rx.await {
+                Ok(ended) => ended,
+                // The receiver was stopped: the daemon is stopping.
+                Err(_) if stop.is_cancelled() => Err(crate::daemon::stopping_error()),
+                Err(_) => Err(DaemonError::internal("receiving the append stream failed")),
+            };
+            if let Err(e) = ended {
+                let _ = acks.send(Err(committed(e, total))).await;
+                return;
+            }
+            // Nothing was appended: still answer with the length.
+            if total.is_none() {
+                let empty = Appended {
+                    first_index: feed.len(),
+                    appended: 0,
+                    length: feed.len(),
+                    byte_length: feed.byte_len(),
+                };
+                let _ = acks.send(Ok(empty)).await;
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(acks_rx).boxed()
+    }
+
     /// Block `index`; waits up to `timeout` for peers when it is not stored (`None`: does
     /// not wait).
     pub async fn get(
@@ -337,9 +452,13 @@ impl Daemon {
             }
             Some(t) => GetOptions::timeout(t),
         };
-        feed.get_with(index, options)
-            .await
-            .map_err(|e| self.feed_error(key, e))
+        // Waiting for peers ends when the daemon stops.
+        self.unless_stopping(async {
+            feed.get_with(index, options)
+                .await
+                .map_err(|e| self.feed_error(key, e))
+        })
+        .await
     }
 
     /// Blocks of `range` in order, as `(index, data)`. Without `wait` (or `live`), the
@@ -393,7 +512,7 @@ impl Daemon {
                 }
             },
         );
-        Ok(stream.boxed())
+        Ok(self.until_stopped(stream.boxed()))
     }
 
     /// Downloads `range` from peers (an open end: up to the longest length known now),
@@ -448,7 +567,7 @@ impl Daemon {
                 }
             }
         });
-        Ok(stream.boxed())
+        Ok(self.until_stopped(stream.boxed()))
     }
 
     /// Deletes the local copies of blocks in `range` (default end: the length).
@@ -528,7 +647,7 @@ impl Daemon {
                 }
             }
         });
-        Ok(stream.boxed())
+        Ok(self.until_stopped(stream.boxed()))
     }
 
     /// Stops following or serving a core and deletes its local data. Streams on it end
@@ -537,13 +656,13 @@ impl Daemon {
         // Only what is stored can be removed; this also opens it, which the store needs
         // to decide whether a tombstone is due.
         drop(self.core(key).await?);
-        self.stop_following(key);
+        self.follows().stop(key);
         let hex = key.to_hex();
         self.update_state(move |s| {
             s.follows.remove(&hex);
         })
         .await?;
-        self.mark_removed(*key);
+        self.follows().mark_removed(*key);
         self.store().remove(key).await.map_err(DaemonError::store)?;
         tracing::info!("removed core {key}");
         Ok(())
@@ -561,10 +680,10 @@ impl Daemon {
 
     /// Why a core closed under a stream: it was removed, or the daemon is stopping.
     pub(crate) fn closed_error(&self, key: &PublicKey) -> DaemonError {
-        if self.was_removed(key) {
+        if self.follows().was_removed(key) {
             DaemonError::not_found(format!("core {key} was removed"))
         } else if self.is_stopping() {
-            DaemonError::aborted("hyperd is shutting down")
+            crate::daemon::stopping_error()
         } else {
             DaemonError::aborted(format!("core {key} was closed"))
         }

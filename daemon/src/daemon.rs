@@ -1,63 +1,91 @@
-//! The running daemon: its home, corestore, peer network and persisted state; how it
-//! starts (restoring follows and peers), runs and shuts down. The domain operations live
-//! in `cores` and `peers`; the gRPC front end in `rpc`.
+//! The running daemon: its home, persisted state, corestore and subsystems, and how it
+//! starts, restores and shuts down.
+//!
+//! A subsystem is a plain struct with the same three steps: `start` (open what it owns;
+//! its tasks run under a child of the daemon's [`Tasks`]), `restore(&State)` (bring back
+//! what its section of the state file says; it returns a few words for the log) and
+//! `shutdown` (stop accepting, cancel its tasks, let go of what it holds). The daemon
+//! keeps them in a fixed order: started and restored in that order, shut down in the
+//! reverse one; then it waits for every task (bounded) and closes the corestore, which
+//! they all use. Today: the cores (`follows`) and the peer network (`network`). A new
+//! subsystem is a module with those three steps, a field here and one line in each of
+//! [`Daemon::start`], `restore` and [`Daemon::shutdown`]. The operations front ends call
+//! are methods on [`Daemon`], in the domain modules (`cores`, `peers`).
 
-use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use corestore::{Core, Corestore, CorestoreOptions};
-use hypercore::PublicKey;
-use hypercore_protocol::NoiseKeyPair;
-use hypercore_replication::{DownloadRange, ReplicatorOptions};
+use corestore::{Corestore, CorestoreOptions};
+use futures::stream::{BoxStream, StreamExt};
+use hypercore_replication::ReplicatorOptions;
 use hyperd_config::{Config, Home};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::error::{DaemonError, Result};
+use crate::follows::Follows;
 use crate::lock::HomeLock;
-use crate::network::{lock, Network, NetworkLimits};
+use crate::network::Network;
 use crate::state::StateFile;
+use crate::tasks::Tasks;
 
 /// How long unused cores stay open without peers.
 const CORE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A followed core: held open (so it replicates with every peer), and its full download
-/// if it mirrors everything.
-struct Followed {
-    _core: Core,
-    mirror: Option<JoinHandle<()>>,
-}
-
-impl Drop for Followed {
-    fn drop(&mut self) {
-        if let Some(task) = self.mirror.take() {
-            task.abort();
-        }
-    }
-}
+/// How long a shutdown waits for the daemon's tasks (running calls among them) before it
+/// closes the corestore anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 struct Inner {
     home: Home,
     storage: PathBuf,
-    store: Corestore,
-    network: Network,
     state: StateFile,
     started: Instant,
-    shutdown: watch::Sender<bool>,
-    follows: Mutex<HashMap<PublicKey, Followed>>,
-    /// Cores removed while this daemon runs (streams on them end with NOT_FOUND).
-    removed: Mutex<HashSet<PublicKey>>,
     file_limit: u64,
+    /// Every task of the daemon; cancelling it is the stop signal.
+    tasks: Tasks,
+    /// Used by every subsystem; closed after all of them.
+    store: Corestore,
+    // The subsystems, in start order.
+    follows: Follows,
+    network: Network,
 }
 
 /// The daemon: everything the front ends call. Cheap to clone.
 #[derive(Clone)]
 pub struct Daemon {
     inner: Arc<Inner>,
+}
+
+/// The daemon as `status` reports it.
+#[derive(Clone, Debug)]
+pub struct DaemonStatus {
+    /// hyperd's version.
+    pub version: &'static str,
+    /// The replication protocol it speaks.
+    pub protocol_version: &'static str,
+    /// How long it has run.
+    pub uptime: Duration,
+    /// Its process id.
+    pub pid: u32,
+    /// Its home directory.
+    pub home: PathBuf,
+    /// Where the corestore lives.
+    pub storage: PathBuf,
+    /// The bound peer address, if it listens.
+    pub listen_address: Option<std::net::SocketAddr>,
+    /// Its static Noise key: its identity to peers.
+    pub peer_key: hypercore_protocol::PeerKey,
+    /// Live peer connections.
+    pub peers: usize,
+    /// Cores stored.
+    pub cores: usize,
+    /// Cores open now.
+    pub open_cores: usize,
+    /// The most cores kept open at once.
+    pub max_open_cores: usize,
+    /// The soft file limit in force.
+    pub file_limit: u64,
 }
 
 /// Options the daemon starts with beyond its configuration.
@@ -68,8 +96,8 @@ pub struct StartOptions {
 }
 
 impl Daemon {
-    /// Opens the home (locked, private to the user), the corestore and the peer network,
-    /// and restores what was followed and which peers are redialled.
+    /// Opens the home (locked, private to the user) and the corestore, starts the
+    /// subsystems and restores what was followed and which peers are redialled.
     pub async fn start(
         home: Home,
         config: &Config,
@@ -82,64 +110,58 @@ impl Daemon {
             make_private(&storage, false)?;
         }
         let state = StateFile::load(&home.state_file())?;
+        let store = open_store(&storage, config, options).await?;
 
-        let max_open = crate::limits::open_core_budget(options.file_limit, config);
-        if max_open < config.max_open_cores {
-            tracing::warn!(
-                "keeping at most {max_open} cores open (max_open_cores = {}): the file limit is {}",
-                config.max_open_cores,
-                options.file_limit
-            );
-        }
-        let store_options = CorestoreOptions {
-            durability: match config.durability {
-                hyperd_config::Durability::Process => hypercore::Durability::Process,
-                hyperd_config::Durability::Sync => hypercore::Durability::Sync,
-            },
-            replicator: ReplicatorOptions {
-                // A followed core shows the length its peers have, not 0.
-                follow_length: true,
-                ..ReplicatorOptions::default()
-            },
-            max_open,
-            idle_timeout: CORE_IDLE_TIMEOUT,
-            ..CorestoreOptions::default()
+        let tasks = Tasks::new();
+        let follows = Follows::start(store.clone(), tasks.child());
+        let network = match Network::start(store.clone(), config, tasks.child()).await {
+            Ok(network) => network,
+            Err(e) => {
+                follows.shutdown();
+                tasks.stop(SHUTDOWN_GRACE).await;
+                let _ = store.close().await;
+                return Err(e);
+            }
         };
-        let store = Corestore::open(&storage, store_options)
-            .await
-            .with_context(|| format!("opening the corestore at {}", storage.display()))?;
-
-        // The replication identity is derived from the master key like hyperdrive-daemon's,
-        // so it is stable across restarts.
-        let seed = corestore::derive_seed(
-            store.master_key(),
-            "hyperdrive-daemon",
-            b"replication-keypair",
-        );
-        let keypair = NoiseKeyPair::from_seed(&seed);
-        let limits = NetworkLimits {
-            max_incoming: config.max_peers,
-            max_per_ip: config.max_peers_per_ip,
-            max_outbound: config.max_outbound_peers,
-        };
-        let network = Network::start(store.clone(), keypair, &config.listen, limits).await?;
 
         let daemon = Daemon {
             inner: Arc::new(Inner {
                 home,
                 storage,
-                store,
-                network,
                 state,
                 started: Instant::now(),
-                shutdown: watch::Sender::new(false),
-                follows: Mutex::new(HashMap::new()),
-                removed: Mutex::new(HashSet::new()),
                 file_limit: options.file_limit,
+                tasks,
+                store,
+                follows,
+                network,
             }),
         };
         daemon.restore().await;
         Ok((daemon, lock))
+    }
+
+    /// Each subsystem brings back its part of the state file, in order.
+    async fn restore(&self) {
+        let state = self.inner.state.get();
+        let restored = [
+            self.inner.follows.restore(&state).await,
+            self.inner.network.restore(&state),
+        ];
+        tracing::info!("{}", restored.join("; "));
+    }
+
+    /// Stops everything: the stop signal first (front ends stop accepting, streams end
+    /// with ABORTED), then the subsystems in reverse order; waits for every task, at
+    /// most a few seconds (naming those still running), and closes the corestore.
+    pub async fn shutdown(&self) {
+        self.request_stop();
+        self.inner.network.shutdown();
+        self.inner.follows.shutdown();
+        self.inner.tasks.stop(SHUTDOWN_GRACE).await;
+        if let Err(e) = self.inner.store.close().await {
+            tracing::error!("closing the corestore: {e}");
+        }
     }
 
     /// A new handle on the same daemon.
@@ -157,21 +179,6 @@ impl Daemon {
         &self.inner.storage
     }
 
-    /// The cores.
-    pub fn store(&self) -> &Corestore {
-        &self.inner.store
-    }
-
-    /// The peer connections.
-    pub fn network(&self) -> &Network {
-        &self.inner.network
-    }
-
-    /// Follows and remembered peers, as persisted.
-    pub fn state(&self) -> &StateFile {
-        &self.inner.state
-    }
-
     /// How long the daemon has run.
     pub fn uptime(&self) -> Duration {
         self.inner.started.elapsed()
@@ -182,143 +189,186 @@ impl Daemon {
         self.inner.file_limit
     }
 
-    /// Asks the daemon to shut down (what SIGTERM does).
+    /// Versions, identity, counts and limits.
+    pub async fn status(&self) -> Result<DaemonStatus> {
+        let store = self.store();
+        let cores = store.count().await.map_err(DaemonError::store)?;
+        let network = self.network();
+        Ok(DaemonStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            protocol_version: "hypercore-protocol/8",
+            uptime: self.uptime(),
+            pid: std::process::id(),
+            home: self.home().root().to_owned(),
+            storage: self.storage().to_owned(),
+            listen_address: network.local_addr(),
+            peer_key: network.peer_key(),
+            peers: network.peers().len(),
+            cores,
+            open_cores: store.open_count(),
+            max_open_cores: store.options().max_open,
+            file_limit: self.file_limit(),
+        })
+    }
+
+    /// The cores.
+    pub(crate) fn store(&self) -> &Corestore {
+        &self.inner.store
+    }
+
+    /// The cores subsystem: what is followed and removed.
+    pub(crate) fn follows(&self) -> &Follows {
+        &self.inner.follows
+    }
+
+    /// The peer connections.
+    pub(crate) fn network(&self) -> &Network {
+        &self.inner.network
+    }
+
+    /// Follows and remembered peers, as persisted.
+    pub(crate) fn state(&self) -> &StateFile {
+        &self.inner.state
+    }
+
+    /// Asks the daemon to shut down (what SIGTERM does): every task and stream is told
+    /// to stop; [`Daemon::shutdown`] then waits for them.
     pub fn request_stop(&self) {
-        let _ = self.inner.shutdown.send(true);
+        self.inner.tasks.cancel();
     }
 
     /// True once a shutdown was asked for.
     pub fn is_stopping(&self) -> bool {
-        *self.inner.shutdown.borrow()
+        self.inner.tasks.is_cancelled()
     }
 
     /// Resolves when a shutdown is asked for.
     pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.inner.shutdown.subscribe();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
+        self.inner.tasks.cancelled()
+    }
+
+    /// The daemon's tasks running now, by name, with how many of each: none once
+    /// [`Daemon::shutdown`] has returned, unless it had to give up waiting.
+    pub fn running_tasks(&self) -> Vec<(&'static str, usize)> {
+        self.inner.tasks.running()
+    }
+
+    /// Runs `task` as one of the daemon's tasks, until it ends or the daemon stops.
+    pub(crate) fn spawn(
+        &self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.inner.tasks.spawn(name, task);
+    }
+
+    /// Runs the task `start` makes from the daemon's stop token, which the task must
+    /// watch: for tasks that finish something (answer, close) when told to stop.
+    pub(crate) fn spawn_with_stop<F>(
+        &self,
+        name: &'static str,
+        start: impl FnOnce(tokio_util::sync::CancellationToken) -> F,
+    ) where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn_with_stop(name, start);
+    }
+
+    /// Runs blocking work on the runtime's blocking threads, as one of the daemon's
+    /// tasks (a shutdown waits for it).
+    pub(crate) fn spawn_blocking<R: Send + 'static>(
+        &self,
+        name: &'static str,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> tokio::task::JoinHandle<R> {
+        self.inner.tasks.spawn_blocking(name, work)
+    }
+
+    /// `op`, unless the daemon stops first: then ABORTED.
+    pub(crate) async fn unless_stopping<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.inner
+            .tasks
+            .unless_cancelled(op)
+            .await
+            .unwrap_or_else(|| Err(stopping_error()))
+    }
+
+    /// `stream` until the daemon stops, when it ends with ABORTED: no stream holds up a
+    /// shutdown, and its client learns why it ended. It ends after its first error.
+    pub(crate) fn until_stopped<T: Send + 'static>(
+        &self,
+        stream: BoxStream<'static, Result<T>>,
+    ) -> BoxStream<'static, Result<T>> {
+        let stop = self.stopping();
+        let stream = futures::stream::unfold(Some((stream, Box::pin(stop))), |state| async move {
+            let (mut stream, mut stop) = state?;
+            tokio::select! {
+                // Once stopped, nothing more: not even an item that is ready.
+                biased;
+                _ = &mut stop => Some((Err(stopping_error()), None)),
+                item = stream.next() => match item? {
+                    Ok(item) => Some((Ok(item), Some((stream, stop)))),
+                    Err(e) => Some((Err(e), None)),
+                },
+            }
+        });
+        stream.boxed()
     }
 
     /// Changes the persisted state; the file is written and fsync'ed on a blocking
-    /// thread.
-    pub async fn update_state(
+    /// thread (which a shutdown waits for).
+    pub(crate) async fn update_state(
         &self,
         change: impl FnOnce(&mut crate::state::State) + Send + 'static,
     ) -> Result<()> {
         let daemon = self.clone();
-        tokio::task::spawn_blocking(move || daemon.inner.state.update(change))
-            .await
-            .map_err(|e| DaemonError::internal(format!("saving the state: {e}")))?
-    }
-
-    /// Keeps `core` open and replicating; with `download_all`, downloads every block
-    /// peers have, following appends.
-    pub(crate) fn keep_following(&self, core: Core, download_all: bool) {
-        let key = core.feed().key();
-        let mirror = download_all.then(|| tokio::spawn(mirror(core.clone())));
-        lock(&self.inner.follows).insert(
-            key,
-            Followed {
-                _core: core,
-                mirror,
-            },
-        );
-    }
-
-    /// Stops following `key` (its core may then be closed when unused).
-    pub(crate) fn stop_following(&self, key: &PublicKey) {
-        let followed = lock(&self.inner.follows).remove(key);
-        drop(followed);
-    }
-
-    pub(crate) fn mark_removed(&self, key: PublicKey) {
-        lock(&self.inner.removed).insert(key);
-    }
-
-    pub(crate) fn forget_removed(&self, key: &PublicKey) {
-        lock(&self.inner.removed).remove(key);
-    }
-
-    pub(crate) fn was_removed(&self, key: &PublicKey) -> bool {
-        lock(&self.inner.removed).contains(key)
-    }
-
-    /// Opens every followed core (so peers replicate it), restarts full downloads and
-    /// redials remembered peers. Other cores stay closed until something needs them.
-    async fn restore(&self) {
-        let state = self.inner.state.get();
-        let mut followed = 0;
-        for (hex, follow) in &state.follows {
-            let Ok(key) = hex.parse::<PublicKey>() else {
-                tracing::warn!(
-                    "skipping a followed core with a malformed key {hex:?} in the state file"
-                );
-                continue;
-            };
-            match self.inner.store.get_by_key(key).await {
-                Ok(core) => {
-                    followed += 1;
-                    self.keep_following(core, follow.download_all);
-                }
-                Err(e) => tracing::error!("cannot open followed core {key}: {e}"),
-            }
-        }
-        for address in &state.peers {
-            self.inner.network.remember(address.clone(), None);
-        }
-        // Learn what is stored in the background, for listings and the status count.
-        let store = self.inner.store.clone();
-        tokio::spawn(async move {
-            match store.count().await {
-                Ok(n) => tracing::info!("{n} cores stored"),
-                Err(e) => tracing::error!("listing stored cores: {e}"),
-            }
-        });
-        tracing::info!(
-            "following {followed} cores; redialing {} remembered peers",
-            state.peers.len()
-        );
-    }
-
-    /// Stops the network, ends follows and closes the corestore.
-    pub async fn shutdown(&self) {
-        self.request_stop();
-        self.inner.network.shutdown();
-        let follows: Vec<Followed> = lock(&self.inner.follows).drain().map(|(_, f)| f).collect();
-        drop(follows);
-        if let Err(e) = self.inner.store.close().await {
-            tracing::error!("closing the corestore: {e}");
-        }
+        self.spawn_blocking("saving the state file", move || {
+            daemon.inner.state.update(change)
+        })
+        .await
+        .map_err(|e| DaemonError::internal(format!("saving the state: {e}")))?
     }
 }
 
-/// Downloads every block of `core` that peers have, following appends, until the core
-/// closes or the task is aborted.
-async fn mirror(core: Core) {
-    let mut events = core.feed().events();
-    loop {
-        let range = DownloadRange {
-            start: 0,
-            end: None,
-            linear: false,
-            priority: 0,
-        };
-        tokio::select! {
-            _ = core.download(range) => {}
-            _ = core.feed().closed() => return,
-        }
-        // Wait for the feed to grow (a peer proved a longer feed).
-        loop {
-            match events.recv().await {
-                Ok(hypercore::Event::Append { .. }) => break,
-                Ok(hypercore::Event::Close) => return,
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                Err(_) => return,
-            }
-        }
+/// What an operation cut short by a shutdown fails with.
+pub(crate) fn stopping_error() -> DaemonError {
+    DaemonError::aborted("hyperd is shutting down")
+}
+
+/// Opens the corestore at `storage` with the daemon's settings.
+async fn open_store(
+    storage: &Path,
+    config: &Config,
+    options: StartOptions,
+) -> anyhow::Result<Corestore> {
+    let max_open = crate::limits::open_core_budget(options.file_limit, config);
+    if max_open < config.max_open_cores {
+        tracing::warn!(
+            "keeping at most {max_open} cores open (max_open_cores = {}): the file limit is {}",
+            config.max_open_cores,
+            options.file_limit
+        );
     }
+    let store_options = CorestoreOptions {
+        durability: match config.durability {
+            hyperd_config::Durability::Process => hypercore::Durability::Process,
+            hyperd_config::Durability::Sync => hypercore::Durability::Sync,
+        },
+        replicator: ReplicatorOptions {
+            // A followed core shows the length its peers have, not 0.
+            follow_length: true,
+            ..ReplicatorOptions::default()
+        },
+        max_open,
+        idle_timeout: CORE_IDLE_TIMEOUT,
+        ..CorestoreOptions::default()
+    };
+    Corestore::open(storage, store_options)
+        .await
+        .with_context(|| format!("opening the corestore at {}", storage.display()))
 }
 
 /// Makes `dir` private to the user (mode 0700), creating it if `create`. A directory that

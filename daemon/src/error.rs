@@ -34,21 +34,14 @@ pub enum ErrorKind {
 }
 
 /// A failed daemon operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct DaemonError {
     /// What kind of failure.
     pub kind: ErrorKind,
     /// What failed, naming the input.
     pub message: String,
 }
-
-impl fmt::Display for DaemonError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for DaemonError {}
 
 /// A daemon operation's result.
 pub type Result<T, E = DaemonError> = std::result::Result<T, E>;

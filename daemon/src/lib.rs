@@ -8,6 +8,7 @@ mod cores;
 mod daemon;
 mod drives;
 mod error;
+mod follows;
 pub mod limits;
 mod lock;
 pub mod memory;
@@ -16,26 +17,29 @@ mod notify;
 mod peers;
 mod rpc;
 mod state;
-
-use std::time::Duration;
+mod tasks;
 
 use anyhow::Context;
 use hyperd_config::{Config, Home};
 
 pub use crate::cores::{Appended, BlockRange, CoreEvent, CoreInfo, DownloadProgress};
-pub use crate::daemon::{Daemon, StartOptions};
+pub use crate::daemon::{Daemon, DaemonStatus, StartOptions};
 pub use crate::drives::DriveLocation;
 pub use crate::error::{DaemonError, ErrorKind};
-pub use crate::network::{NetworkLimits, PeerEvent, PeerSnapshot};
-pub use crate::peers::{Disconnected, Peer};
+pub use crate::network::NetworkLimits;
+pub use crate::peers::{Disconnected, Peer, PeerEvent, PeerSnapshot};
 
 /// Starts the daemon, serves the API and runs until SIGTERM, SIGINT or a `Stop` request;
 /// then answers the running calls, closes the peers and every core, and removes the
 /// socket.
 pub async fn run(home: Home, config: Config, options: StartOptions) -> anyhow::Result<()> {
     let (daemon, _lock) = Daemon::start(home.clone(), &config, options).await?;
-    let rpc = crate::rpc::serve(daemon.clone(), &config).await?;
-    let trimmer = tokio::spawn(crate::memory::trim_periodically(daemon.stopping()));
+    if let Err(e) = crate::rpc::serve(&daemon, &config).await {
+        daemon.shutdown().await;
+        return Err(e);
+    }
+    let trimmer = crate::memory::trim_periodically(daemon.clone());
+    daemon.spawn("giving free memory back", trimmer);
     crate::notify::notify("READY=1");
     tracing::info!(
         "hyperd {} ready: home {}, socket {}",
@@ -52,16 +56,7 @@ pub async fn run(home: Home, config: Config, options: StartOptions) -> anyhow::R
         _ = daemon.stopping() => tracing::info!("stop requested: shutting down"),
     }
     crate::notify::notify("STOPPING=1");
-    daemon.request_stop();
-    // Give the RPC servers a moment to finish answering (the Stop reply among them).
-    if tokio::time::timeout(Duration::from_secs(5), rpc.stopped())
-        .await
-        .is_err()
-    {
-        tracing::warn!("RPC calls still running after 5 s; closing anyway");
-    }
     daemon.shutdown().await;
-    let _ = trimmer.await;
     let _ = std::fs::remove_file(home.socket());
     tracing::info!("stopped");
     Ok(())

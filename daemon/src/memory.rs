@@ -9,19 +9,14 @@ use std::time::Duration;
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 /// Hands the allocator's free memory back to the system, every [`TRIM_EVERY`], until
-/// `stop` resolves.
-pub async fn trim_periodically(stop: impl std::future::Future<Output = ()>) {
+/// dropped (the daemon runs it as one of its tasks, which stop with it).
+pub(crate) async fn trim_periodically(daemon: crate::Daemon) {
     let mut tick = tokio::time::interval(TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stop);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                // It walks the allocator's free lists: a blocking call, though a short one.
-                let _ = tokio::task::spawn_blocking(trim).await;
-            }
-            _ = &mut stop => return,
-        }
+        tick.tick().await;
+        // It walks the allocator's free lists: a blocking call, though a short one.
+        let _ = daemon.spawn_blocking("trimming free memory", trim).await;
     }
 }
 

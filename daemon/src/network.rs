@@ -7,6 +7,11 @@
 //! (`max_outbound_peers`), handshakes time out after 5 s, and when the incoming budget is
 //! full a new connection takes the place of one still handshaking, or of one that has
 //! replicated nothing for a while.
+//!
+//! It is the daemon's peer subsystem: it starts (listens), restores the remembered
+//! addresses of the state file (`peers`), which it redials, and shuts down; every task
+//! it runs (accepting, handshakes, replication, redialing) stops with its token, and a
+//! connection closes its protocol as it does. The operations on peers are in `peers`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -16,9 +21,12 @@ use std::time::{Duration, Instant};
 
 use corestore::Corestore;
 use hypercore_protocol::{FrameBudget, NoiseKeyPair, Outcome, PeerKey, Protocol, ProtocolOptions};
+use hyperd_config::Config;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, oneshot};
-use tokio::task::JoinHandle;
+
+use crate::state::State;
+use crate::tasks::Tasks;
 
 /// How long a dial plus handshake may take by default.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,8 +189,9 @@ struct Inner {
     next_id: AtomicU64,
     events: broadcast::Sender<PeerEvent>,
     /// Redial loops of remembered addresses.
-    redialers: Mutex<HashMap<String, JoinHandle<()>>>,
-    listener: Mutex<Option<JoinHandle<()>>>,
+    redialers: Mutex<HashMap<String, Tasks>>,
+    /// Every task of the network: accepting, handshakes, replication, redials.
+    tasks: Tasks,
     limits: NetworkLimits,
     slots: Mutex<Slots>,
     frames: FrameBudget,
@@ -197,13 +206,22 @@ pub struct Network {
 }
 
 impl Network {
-    /// Starts listening on `listen` (unless empty).
-    pub async fn start(
-        store: Corestore,
-        keypair: NoiseKeyPair,
-        listen: &str,
-        limits: NetworkLimits,
-    ) -> anyhow::Result<Network> {
+    /// Starts listening on the configured address (unless empty), with the limits of
+    /// `config`; its tasks run under `tasks`. The replication identity is derived from
+    /// the store's master key like hyperdrive-daemon's, so it is stable across restarts.
+    pub async fn start(store: Corestore, config: &Config, tasks: Tasks) -> anyhow::Result<Network> {
+        let seed = corestore::derive_seed(
+            store.master_key(),
+            "hyperdrive-daemon",
+            b"replication-keypair",
+        );
+        let keypair = NoiseKeyPair::from_seed(&seed);
+        let limits = NetworkLimits {
+            max_incoming: config.max_peers,
+            max_per_ip: config.max_peers_per_ip,
+            max_outbound: config.max_outbound_peers,
+        };
+        let listen = config.listen.as_str();
         let listener = if listen.is_empty() {
             None
         } else {
@@ -222,7 +240,7 @@ impl Network {
                 next_id: AtomicU64::new(1),
                 events: broadcast::channel(1024).0,
                 redialers: Mutex::new(HashMap::new()),
-                listener: Mutex::new(None),
+                tasks,
                 limits,
                 slots: Mutex::new(Slots::default()),
                 frames: FrameBudget::new(FRAME_BUDGET),
@@ -231,10 +249,28 @@ impl Network {
         };
         if let Some(listener) = listener {
             tracing::info!("listening for peers on {}", display_opt(local_addr));
-            let accept = tokio::spawn(network.clone().accept_loop(listener));
-            *lock(&network.inner.listener) = Some(accept);
+            let accept = network.clone().accept_loop(listener);
+            network
+                .inner
+                .tasks
+                .spawn("accepting peer connections", accept);
         }
         Ok(network)
+    }
+
+    /// Redials the addresses the state file remembers. Returns what it did, for the log.
+    pub fn restore(&self, state: &State) -> String {
+        for address in &state.peers {
+            self.remember(address.clone(), None);
+        }
+        format!("redialing {} remembered peers", state.peers.len())
+    }
+
+    /// Stops listening and redialing and closes every connection: each of its tasks
+    /// ends with the token (a connection destroys its protocol as it goes).
+    pub fn shutdown(&self) {
+        self.inner.tasks.cancel();
+        lock(&self.inner.redialers).clear();
     }
 
     /// The bound peer address.
@@ -278,7 +314,7 @@ impl Network {
                         }
                     };
                     let network = self.clone();
-                    tokio::spawn(async move {
+                    self.inner.tasks.spawn("handshaking an incoming connection", async move {
                         let handshake = network.handshake(stream, address, false, slot, id);
                         let result = tokio::select! {
                             result = handshake => result.map(|_| ()).map_err(|e| e.to_string()),
@@ -481,30 +517,40 @@ impl Network {
 
         let network = self.clone();
         let replicating = protocol.clone();
-        tokio::spawn(async move {
-            // The connection's slot is free again when this task ends.
-            let _slot = slot;
-            let result = network
-                .inner
-                .store
-                .replicate(replicating.clone(), events, true)
-                .await;
-            let reason = match (result, replicating.closed().await) {
-                (Err(e), _) => e.to_string(),
-                (Ok(()), Outcome::Failed(e)) => e.to_string(),
-                (Ok(()), Outcome::Finished) => String::new(),
-            };
-            let conn = lock(&network.inner.conns).remove(&id);
-            if let Some(conn) = conn {
-                let snapshot = conn.snapshot(id);
-                if reason.is_empty() {
-                    tracing::info!("peer {} left", short(&snapshot.remote_key));
-                } else {
-                    tracing::info!("peer {} left: {reason}", short(&snapshot.remote_key));
+        self.inner
+            .tasks
+            .spawn_with_stop("replicating with a peer", |stop| async move {
+                // The connection's slot is free again when this task ends.
+                let _slot = slot;
+                let replicate = network
+                    .inner
+                    .store
+                    .replicate(replicating.clone(), events, true);
+                tokio::pin!(replicate);
+                let result = tokio::select! {
+                    result = &mut replicate => result,
+                    _ = stop.cancelled() => {
+                        // Dropping `replicate` would leave the connection open.
+                        replicating.destroy("the daemon is shutting down");
+                        replicate.await
+                    }
+                };
+                let reason = match (result, replicating.closed().await) {
+                    (Err(e), _) => e.to_string(),
+                    (Ok(()), Outcome::Failed(e)) => e.to_string(),
+                    (Ok(()), Outcome::Finished) => String::new(),
+                };
+                let conn = lock(&network.inner.conns).remove(&id);
+                if let Some(conn) = conn {
+                    let snapshot = conn.snapshot(id);
+                    if reason.is_empty() {
+                        tracing::info!("peer {} left", short(&snapshot.remote_key));
+                    } else {
+                        tracing::info!("peer {} left: {reason}", short(&snapshot.remote_key));
+                    }
+                    let _ = network.inner.events.send(PeerEvent::Left(snapshot, reason));
                 }
-                let _ = network.inner.events.send(PeerEvent::Left(snapshot, reason));
-            }
-        });
+            });
         Ok((snapshot, protocol))
     }
 
@@ -513,7 +559,8 @@ impl Network {
     pub fn remember(&self, address: String, first: Option<Protocol>) {
         let network = self.clone();
         let key = address.clone();
-        let task = tokio::spawn(async move {
+        let redial = self.inner.tasks.child();
+        redial.spawn("redialing a remembered peer", async move {
             let mut current = first;
             let mut backoff = BACKOFF_MIN;
             loop {
@@ -539,16 +586,16 @@ impl Network {
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         });
-        if let Some(old) = lock(&self.inner.redialers).insert(key, task) {
-            old.abort();
+        if let Some(old) = lock(&self.inner.redialers).insert(key, redial) {
+            old.cancel();
         }
     }
 
     /// Stops redialing `address`; true if it was remembered.
     pub fn forget(&self, address: &str) -> bool {
         match lock(&self.inner.redialers).remove(address) {
-            Some(task) => {
-                task.abort();
+            Some(redial) => {
+                redial.cancel();
                 true
             }
             None => false,
@@ -572,22 +619,6 @@ impl Network {
             }
         }
         closed
-    }
-
-    /// Stops listening and redialing and closes every connection.
-    pub fn shutdown(&self) {
-        if let Some(task) = lock(&self.inner.listener).take() {
-            task.abort();
-        }
-        for (_, task) in lock(&self.inner.redialers).drain() {
-            task.abort();
-        }
-        for (_, (_, evict)) in lock(&self.inner.slots).handshaking.drain() {
-            let _ = evict.send(());
-        }
-        for conn in lock(&self.inner.conns).values() {
-            conn.protocol.destroy("the daemon is shutting down");
-        }
     }
 }
 

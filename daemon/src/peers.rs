@@ -1,14 +1,17 @@
-//! What the daemon does with peers: dial (and remember), list, disconnect.
+//! What the daemon does with peers: dial (and remember), list, disconnect, watch.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::stream::{BoxStream, StreamExt};
 use hypercore::PublicKey;
 use hypercore_protocol::PeerKey;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::daemon::Daemon;
 use crate::error::{DaemonError, ErrorKind, Result};
-use crate::network::{DialError, PeerSnapshot};
+use crate::network::{DialError, DIAL_TIMEOUT};
+pub use crate::network::{PeerEvent, PeerSnapshot};
 
 /// A connected peer and the cores it replicates with us.
 #[derive(Clone, Debug)]
@@ -41,18 +44,28 @@ impl DialError {
 }
 
 impl Daemon {
-    /// Dials `address` and returns once the handshake is done. Unless `once`, the address
-    /// is remembered and redialled (also after restarts) until disconnected.
-    pub async fn dial(&self, address: &str, timeout: Duration, once: bool) -> Result<PeerSnapshot> {
+    /// Dials `address` and returns once the handshake is done, within `timeout` (default
+    /// 10 s). Unless `once`, the address is remembered and redialled (also after
+    /// restarts) until disconnected.
+    pub async fn dial(
+        &self,
+        address: &str,
+        timeout: Option<Duration>,
+        once: bool,
+    ) -> Result<PeerSnapshot> {
         let address = address.trim().to_string();
         if address.is_empty() {
             return Err(DaemonError::invalid("address is required (HOST:PORT)"));
         }
+        let timeout = timeout.unwrap_or(DIAL_TIMEOUT);
         let (snapshot, protocol) = self
-            .network()
-            .dial(&address, timeout)
-            .await
-            .map_err(DialError::into_daemon_error)?;
+            .unless_stopping(async {
+                self.network()
+                    .dial(&address, timeout)
+                    .await
+                    .map_err(DialError::into_daemon_error)
+            })
+            .await?;
         if !once {
             let remembered = address.clone();
             self.update_state(move |s| {
@@ -115,5 +128,23 @@ impl Daemon {
             closed,
             forgotten: remembered,
         })
+    }
+
+    /// Peers joining and leaving from now on, until the daemon stops. A watcher too slow
+    /// to keep up misses events rather than holding them up.
+    pub fn watch_peers(&self) -> BoxStream<'static, Result<PeerEvent>> {
+        let events = self.network().subscribe();
+        let stream = futures::stream::unfold(events, |mut events| async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => return Some((Ok(event), events)),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::debug!("a peer watcher missed {n} events");
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+        self.until_stopped(stream.boxed())
     }
 }

@@ -11,13 +11,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::DaemonError;
 
-/// The persisted state.
+/// The persisted state: one section per subsystem, which restores it at start. A
+/// section missing from an older file is empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct State {
-    /// Followed cores (hex key) and whether to download all of each.
+    /// Followed cores (hex key) and whether to download all of each (the cores
+    /// subsystem, `follows`).
     pub follows: BTreeMap<String, Follow>,
-    /// Peer addresses to keep connected.
+    /// Peer addresses to keep connected (the peer subsystem, `network`).
     pub peers: BTreeSet<String>,
 }
 
@@ -81,5 +83,51 @@ impl StateFile {
         // It lists followed keys (read capabilities): private to the user.
         hypercore::storage::write_private_file(&self.path, &bytes)
             .map_err(|e| DaemonError::io(format!("saving {}", self.path.display()), &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const KEY: &str = "2f3c4c1e9d7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa998877";
+
+    #[test]
+    fn state_files_of_earlier_versions_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // As hyperd has written it since it persisted follows and peers.
+        let written = format!(
+            r#"{{
+  "follows": {{
+    "{KEY}": {{
+      "download_all": true
+    }}
+  }},
+  "peers": [
+    "127.0.0.1:3282"
+  ]
+}}"#
+        );
+        std::fs::write(&path, &written).unwrap();
+        let state = StateFile::load(&path).unwrap().get();
+        assert!(state.follows[KEY].download_all);
+        assert!(state.peers.contains("127.0.0.1:3282"));
+        // Saved again, it is the same file.
+        let file = StateFile::load(&path).unwrap();
+        file.update(|s| {
+            s.peers.insert("127.0.0.1:1".into());
+        })
+        .unwrap();
+        file.update(|s| {
+            s.peers.remove("127.0.0.1:1");
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
+
+        // A section missing is empty.
+        std::fs::write(&path, r#"{"follows": {}}"#).unwrap();
+        assert_eq!(StateFile::load(&path).unwrap().get(), State::default());
     }
 }

@@ -110,6 +110,62 @@ fn sigterm_shuts_down_cleanly() {
     assert!(daemon.log().contains("stopped"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_mirror_a_peer_a_redial_and_a_read_open_exits_promptly() {
+    use hyperd_proto::v1::cores_client::CoresClient;
+    use hyperd_proto::v1::ReadRequest;
+
+    let a = Daemon::start().unwrap();
+    let mut b = Daemon::start().unwrap();
+    let mut c = Daemon::start().unwrap();
+    let key = a.ctl_json(&["core", "create"]).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ctl_json(&["core", "append", &key, "zero", "one", "two"])
+        .unwrap();
+    // B: connected to A and mirroring its core; remembering C, which goes away, so B
+    // waits in its redial backoff.
+    b.ctl_json(&["peer", "connect", &a.listen]).unwrap();
+    b.ctl_json(&["core", "follow", &key, "--all"]).unwrap();
+    b.ctl_json(&["peer", "connect", &c.listen]).unwrap();
+    assert!(c.signal_and_wait(15).unwrap().success());
+    eventually(Duration::from_secs(20), "B to see C leave", || {
+        let peers = b.ctl_json(&["peer", "ls"]).unwrap();
+        (peers["peers"].as_array().unwrap().len() == 1).then_some(())
+    });
+    // A live Read stream on B, waiting for more.
+    let mut cores = CoresClient::new(b.channel().await.unwrap());
+    let mut read = cores
+        .read(ReadRequest {
+            key: key.clone(),
+            start: 0,
+            end: None,
+            live: true,
+            wait: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for index in 0..3 {
+        assert_eq!(read.message().await.unwrap().unwrap().index, index);
+    }
+
+    let start = Instant::now();
+    let status = tokio::task::block_in_place(|| b.signal_and_wait(15)).unwrap();
+    let took = start.elapsed();
+    assert!(status.success(), "{status}\n{}", b.log());
+    // Every task ended by itself: nothing waited for the 5 s the shutdown allows.
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    assert!(!b.log().contains("still running"), "{}", b.log());
+    assert!(b.log().contains("stopped"), "{}", b.log());
+    assert!(!b.socket().exists());
+    // The reader was told why its stream ended.
+    let end = read.message().await.unwrap_err();
+    assert_eq!(end.code(), tonic::Code::Aborted, "{end}");
+    assert!(end.message().contains("shutting down"), "{end}");
+}
+
 #[test]
 fn core_commands_on_one_daemon() {
     let daemon = Daemon::start().unwrap();

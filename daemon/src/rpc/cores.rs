@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use futures::StreamExt;
 use hyperd_proto::v1::{
     core_event, cores_server, AppendRequest, AppendResponse, AppendStreamRequest, AuditRequest,
     AuditResponse, ClearRequest, ClearResponse, CoreEvent, CoreInfo, CreateRequest,
@@ -13,13 +13,9 @@ use hyperd_proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{parse_key, server_stream, status};
+use super::{error, parse_key, server_stream, status};
 use crate::cores::{self, Appended, BlockRange};
 use crate::daemon::Daemon;
-use crate::error::DaemonError;
-
-/// Most bytes appended in one signed batch by `AppendStream`.
-const APPEND_BATCH: usize = 4 << 20;
 
 pub struct CoresService {
     daemon: Daemon,
@@ -123,105 +119,11 @@ impl cores_server::Cores for CoresService {
         };
         let key = parse_key("key", &first.key)?;
         let core = self.daemon.writable_core(&key).await.map_err(status)?;
-        // Receive (and decode) the next messages while the current batch is hashed and
-        // written; batches of whatever has arrived, up to APPEND_BATCH bytes.
-        let (blocks_tx, mut blocks_rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
-        let receiver = async move {
-            if !first.blocks.is_empty() && blocks_tx.send(first.blocks).await.is_err() {
-                return Ok(());
-            }
-            while let Some(message) = incoming.message().await? {
-                if !message.blocks.is_empty() && blocks_tx.send(message.blocks).await.is_err() {
-                    break;
-                }
-            }
-            Ok::<(), Status>(())
-        };
-        let receiver = tokio::spawn(receiver);
-        let (acks, acks_rx) = tokio::sync::mpsc::channel(4);
-        let daemon = self.daemon.clone();
-        let stopping = self.daemon.stopping();
-        tokio::spawn(async move {
-            let work = async {
-                let feed = core.feed().clone();
-                let mut total: Option<Appended> = None;
-                while let Some(blocks) = blocks_rx.recv().await {
-                    let mut batch = blocks;
-                    let mut bytes: usize = batch.iter().map(Bytes::len).sum();
-                    while bytes < APPEND_BATCH {
-                        match blocks_rx.try_recv() {
-                            Ok(more) => {
-                                bytes += more.iter().map(Bytes::len).sum::<usize>();
-                                batch.extend(more);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    match daemon.append(&core, batch).await {
-                        Ok(done) => {
-                            let sum = match total {
-                                Some(t) => Appended {
-                                    first_index: t.first_index,
-                                    appended: t.appended + done.appended,
-                                    ..done
-                                },
-                                None => done,
-                            };
-                            total = Some(sum);
-                            if acks.send(Ok(appended(sum))).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let committed = total.map_or(0, |t| t.appended);
-                            let e = DaemonError::new(
-                                e.kind,
-                                format!(
-                                    "{} (after committing {committed} blocks of this stream; the core has {} blocks)",
-                                    e.message,
-                                    feed.len()
-                                ),
-                            );
-                            let _ = acks.send(Err(status(e))).await;
-                            return;
-                        }
-                    }
-                }
-                // A client that goes away mid-stream keeps what was committed so far.
-                match receiver.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        let _ = acks.send(Err(e)).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = acks
-                            .send(Err(Status::internal(format!(
-                                "append stream receiver: {e}"
-                            ))))
-                            .await;
-                        return;
-                    }
-                }
-                // Nothing was appended: still answer with the length.
-                if total.is_none() {
-                    let empty = AppendResponse {
-                        first_index: feed.len(),
-                        appended: 0,
-                        length: feed.len(),
-                        byte_length: feed.byte_len(),
-                    };
-                    let _ = acks.send(Ok(empty)).await;
-                }
-            };
-            tokio::select! {
-                _ = work => {}
-                _ = stopping => {}
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(acks_rx),
-        )))
+        let blocks = futures::stream::once(async move { Ok(first.blocks) })
+            .chain(incoming.map(|message| message.map(|m| m.blocks).map_err(error)))
+            .boxed();
+        let acks = self.daemon.append_stream(core, blocks);
+        Ok(Response::new(server_stream(acks, appended)))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -253,11 +155,9 @@ impl cores_server::Cores for CoresService {
             .read(&key, range, request.live, request.wait)
             .await
             .map_err(status)?;
-        Ok(Response::new(server_stream(
-            &self.daemon,
-            blocks,
-            |(index, data)| ReadResponse { index, data },
-        )))
+        Ok(Response::new(server_stream(blocks, |(index, data)| {
+            ReadResponse { index, data }
+        })))
     }
 
     type DownloadStream = Stream<DownloadProgress>;
@@ -277,7 +177,7 @@ impl cores_server::Cores for CoresService {
             .download(&key, range, request.linear)
             .await
             .map_err(status)?;
-        Ok(Response::new(server_stream(&self.daemon, progress, |p| {
+        Ok(Response::new(server_stream(progress, |p| {
             DownloadProgress {
                 downloaded: p.downloaded,
                 total: p.total,
@@ -318,10 +218,8 @@ impl cores_server::Cores for CoresService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let key = parse_key("key", &request.into_inner().key)?;
         let events = self.daemon.watch(&key).await.map_err(status)?;
-        Ok(Response::new(server_stream(&self.daemon, events, |e| {
-            CoreEvent {
-                event: Some(core_event(e)),
-            }
+        Ok(Response::new(server_stream(events, |e| CoreEvent {
+            event: Some(core_event(e)),
         })))
     }
 

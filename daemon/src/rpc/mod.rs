@@ -20,7 +20,6 @@ use hyperd_proto::v1::cores_server::CoresServer;
 use hyperd_proto::v1::daemon_server::DaemonServer;
 use hyperd_proto::v1::peers_server::PeersServer;
 use tokio::net::UnixListener;
-use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Code, Status};
@@ -35,22 +34,10 @@ const MAX_REPLY: usize = 64 << 20;
 /// HTTP/2 flow-control window per stream.
 const WINDOW: u32 = 8 << 20;
 
-/// The running API servers.
-pub struct RpcServers {
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl RpcServers {
-    /// Resolves when every server has stopped (after the daemon's shutdown signal).
-    pub async fn stopped(self) {
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
-}
-
-/// Binds the socket (and the TCP listener if configured) and starts serving.
-pub async fn serve(daemon: Daemon, config: &Config) -> anyhow::Result<RpcServers> {
+/// Binds the socket (and the TCP listener if configured) and starts serving, each server
+/// a task of the daemon: when the daemon stops, it stops accepting, finishes the calls
+/// under way (streams end with ABORTED) and closes its connections.
+pub async fn serve(daemon: &Daemon, config: &Config) -> anyhow::Result<()> {
     // A bad token file stops the start before anything is bound.
     let token = match config.rpc.tcp {
         Some(_) => Some(load_or_create_token(&daemon.home().token_file())?),
@@ -91,13 +78,13 @@ pub async fn serve(daemon: Daemon, config: &Config) -> anyhow::Result<RpcServers
         }
     });
 
-    let mut tasks = Vec::new();
-    let unix = router(&daemon, None).serve_with_incoming_shutdown(incoming, shutdown(&daemon));
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = unix.await {
+    let unix = router(daemon, None);
+    daemon.spawn_with_stop("API server on the Unix socket", |stop| async move {
+        let stopped = stop.cancelled_owned();
+        if let Err(e) = unix.serve_with_incoming_shutdown(incoming, stopped).await {
             tracing::error!("the API server on the Unix socket failed: {e}");
         }
-    }));
+    });
 
     if let (Some(address), Some(token)) = (config.rpc.tcp, token) {
         let listener = tokio::net::TcpListener::bind(address)
@@ -108,19 +95,15 @@ pub async fn serve(daemon: Daemon, config: &Config) -> anyhow::Result<RpcServers
             daemon.home().token_file().display()
         );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let tcp =
-            router(&daemon, Some(token)).serve_with_incoming_shutdown(incoming, shutdown(&daemon));
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = tcp.await {
+        let tcp = router(daemon, Some(token));
+        daemon.spawn_with_stop("API server on TCP", |stop| async move {
+            let stopped = stop.cancelled_owned();
+            if let Err(e) = tcp.serve_with_incoming_shutdown(incoming, stopped).await {
                 tracing::error!("the API server on TCP failed: {e}");
             }
-        }));
+        });
     }
-    Ok(RpcServers { tasks })
-}
-
-fn shutdown(daemon: &Daemon) -> impl std::future::Future<Output = ()> + Send + 'static {
-    daemon.stopping()
+    Ok(())
 }
 
 /// Lets a request through when no token is required or it carries the right one.
@@ -215,6 +198,24 @@ pub fn parse_key(field: &str, value: &str) -> Result<PublicKey, Status> {
         })
 }
 
+/// The daemon error for a status from tonic (a client's stream that failed): the code
+/// decides the kind, the reverse of [`status`].
+pub fn error(status: Status) -> DaemonError {
+    let kind = match status.code() {
+        Code::InvalidArgument => ErrorKind::InvalidArgument,
+        Code::NotFound => ErrorKind::NotFound,
+        Code::AlreadyExists => ErrorKind::AlreadyExists,
+        Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        Code::OutOfRange => ErrorKind::OutOfRange,
+        Code::Unavailable => ErrorKind::Unavailable,
+        Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
+        Code::Aborted | Code::Cancelled => ErrorKind::Aborted,
+        _ => ErrorKind::Internal,
+    };
+    DaemonError::new(kind, status.message())
+}
+
 /// The status for a daemon error: its kind decides the code, once, for every call.
 pub fn status(error: DaemonError) -> Status {
     let code = match error.kind {
@@ -233,11 +234,9 @@ pub fn status(error: DaemonError) -> Status {
 }
 
 /// A server stream for a domain stream: items converted by `convert`, errors by
-/// [`status`]; it ends after the first error, and when the daemon shuts down (so open
-/// streams never hold up a shutdown). Nothing is read ahead: the domain stream is polled
-/// only when the client has room, which bounds what a slow client costs.
+/// [`status`]; it ends after the first error. Nothing is read ahead: the domain stream
+/// is polled only when the client has room, which bounds what a slow client costs.
 pub fn server_stream<T, U>(
-    daemon: &Daemon,
     stream: BoxStream<'static, Result<T, DaemonError>>,
     convert: impl Fn(T) -> U + Send + 'static,
 ) -> Pin<Box<dyn futures::Stream<Item = Result<U, Status>> + Send>>
@@ -253,5 +252,5 @@ where
             futures::future::ready(go)
         })
         .map(move |item| item.map(&convert).map_err(status));
-    Box::pin(converted.take_until(daemon.stopping()))
+    Box::pin(converted)
 }

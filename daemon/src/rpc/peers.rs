@@ -4,17 +4,16 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use hyperd_proto::v1::{
     peer_event, peers_server, DialRequest, DisconnectRequest, DisconnectResponse, ListPeersRequest,
     ListPeersResponse, PeerEvent, PeerInfo, WatchPeersRequest,
 };
-use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use super::status;
+use super::{server_stream, status};
 use crate::daemon::Daemon;
-use crate::network::{self, PeerSnapshot, DIAL_TIMEOUT};
+use crate::peers::{self, PeerSnapshot};
 
 pub struct PeersService {
     daemon: Daemon,
@@ -44,10 +43,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<PeerEvent, Status>> + Send>>
 impl peers_server::Peers for PeersService {
     async fn dial(&self, request: Request<DialRequest>) -> Result<Response<PeerInfo>, Status> {
         let request = request.into_inner();
-        let timeout = match request.timeout_ms {
-            0 => DIAL_TIMEOUT,
-            ms => Duration::from_millis(ms),
-        };
+        let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms));
         let snapshot = self
             .daemon
             .dial(&request.address, timeout, request.once)
@@ -92,30 +88,16 @@ impl peers_server::Peers for PeersService {
         &self,
         _: Request<WatchPeersRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let events = self.daemon.network().subscribe();
-        let stream = futures::stream::unfold(events, |mut events| async move {
-            loop {
-                let event = match events.recv().await {
-                    Ok(network::PeerEvent::Joined(p)) => {
-                        peer_event::Event::Joined(info(&p, Vec::new()))
-                    }
-                    Ok(network::PeerEvent::Left(p, reason)) => {
-                        peer_event::Event::Left(peer_event::Left {
-                            peer: Some(info(&p, Vec::new())),
-                            reason,
-                        })
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::debug!("a peer watcher missed {n} events");
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return None,
-                };
-                return Some((Ok(PeerEvent { event: Some(event) }), events));
-            }
-        });
-        Ok(Response::new(Box::pin(
-            stream.take_until(self.daemon.stopping()),
-        )))
+        let events = self.daemon.watch_peers();
+        Ok(Response::new(server_stream(events, |event| {
+            let event = match event {
+                peers::PeerEvent::Joined(p) => peer_event::Event::Joined(info(&p, Vec::new())),
+                peers::PeerEvent::Left(p, reason) => peer_event::Event::Left(peer_event::Left {
+                    peer: Some(info(&p, Vec::new())),
+                    reason,
+                }),
+            };
+            PeerEvent { event: Some(event) }
+        })))
     }
 }
