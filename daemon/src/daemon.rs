@@ -7,10 +7,11 @@
 //! `shutdown` (stop accepting, cancel its tasks, let go of what it holds). The daemon
 //! keeps them in a fixed order: started and restored in that order, shut down in the
 //! reverse one; then it waits for every task (bounded) and closes the corestore, which
-//! they all use. Today: the cores (`follows`) and the peer network (`network`). A new
-//! subsystem is a module with those three steps, a field here and one line in each of
-//! [`Daemon::start`], `restore` and [`Daemon::shutdown`]. The operations front ends call
-//! are methods on [`Daemon`], in the domain modules (`cores`, `peers`).
+//! they all use. Today: the cores (`follows`), the drives (`drive_set`) and the peer
+//! network (`network`). A new subsystem is a module with those three steps, a field here
+//! and one line in each of [`Daemon::start`], `restore` and [`Daemon::shutdown`]. The
+//! operations front ends call are methods on [`Daemon`], in the domain modules (`cores`,
+//! `drives`, `peers`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use futures::stream::{BoxStream, StreamExt};
 use hypercore_replication::ReplicatorOptions;
 use hyperd_config::{Config, Home};
 
+use crate::drive_set::DriveSet;
 use crate::error::{DaemonError, Result};
 use crate::follows::Follows;
 use crate::lock::HomeLock;
@@ -48,6 +50,7 @@ struct Inner {
     store: Corestore,
     // The subsystems, in start order.
     follows: Follows,
+    drives: DriveSet,
     network: Network,
 }
 
@@ -114,9 +117,11 @@ impl Daemon {
 
         let tasks = Tasks::new();
         let follows = Follows::start(store.clone(), tasks.child());
+        let drives = DriveSet::start(store.clone(), tasks.child());
         let network = match Network::start(store.clone(), config, tasks.child()).await {
             Ok(network) => network,
             Err(e) => {
+                drives.shutdown();
                 follows.shutdown();
                 tasks.stop(SHUTDOWN_GRACE).await;
                 let _ = store.close().await;
@@ -134,6 +139,7 @@ impl Daemon {
                 tasks,
                 store,
                 follows,
+                drives,
                 network,
             }),
         };
@@ -146,6 +152,7 @@ impl Daemon {
         let state = self.inner.state.get();
         let restored = [
             self.inner.follows.restore(&state).await,
+            self.inner.drives.restore(&state).await,
             self.inner.network.restore(&state),
         ];
         tracing::info!("{}", restored.join("; "));
@@ -157,6 +164,7 @@ impl Daemon {
     pub async fn shutdown(&self) {
         self.request_stop();
         self.inner.network.shutdown();
+        self.inner.drives.shutdown();
         self.inner.follows.shutdown();
         self.inner.tasks.stop(SHUTDOWN_GRACE).await;
         if let Err(e) = self.inner.store.close().await {
@@ -219,6 +227,11 @@ impl Daemon {
     /// The cores subsystem: what is followed and removed.
     pub(crate) fn follows(&self) -> &Follows {
         &self.inner.follows
+    }
+
+    /// The drives subsystem: the drives held open.
+    pub(crate) fn drives(&self) -> &DriveSet {
+        &self.inner.drives
     }
 
     /// The peer connections.

@@ -1,10 +1,190 @@
-//! What the daemon does with drives. So far: where an operation works, a
-//! [`DriveLocation`], as every front end gives it (a `hyper://` URL, fields, or both).
+//! What the daemon does with drives: create, follow, describe, list and remove them,
+//! and where an operation works, a [`DriveLocation`], as every front end gives it (a
+//! `hyper://` URL, fields, or both). Every operation fails with a [`DaemonError`] of the
+//! kind that fits; the front ends only convert.
 
-use hypercore::PublicKey;
+use corestore::Core;
+use hypercore::{DiscoveryKey, PublicKey};
 use hyperd_proto::DriveUrl;
+use hyperdrive::{Drive, DriveOptions};
 
+use crate::cores::MAX_NAME;
+use crate::daemon::Daemon;
 use crate::error::{shorten, DaemonError, Result};
+use crate::state::DriveEntry;
+
+/// What the corestore names a drive's metadata core created with a name: apart from the
+/// names of cores, so that `core create --name x` and `drive create --name x` are two
+/// things.
+const NAME_PREFIX: &str = "hyperd-drive/";
+
+/// A drive as the API reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveInfo {
+    /// Its key (its metadata core's).
+    pub key: PublicKey,
+    /// What peers see on the wire.
+    pub discovery_key: DiscoveryKey,
+    /// Its content core's key, once known (a followed drive learns it from its first
+    /// metadata block).
+    pub content_key: Option<PublicKey>,
+    /// The latest version this daemon knows: for a followed drive, what its peers
+    /// announced.
+    pub version: u64,
+    /// This daemon can write to it.
+    pub writable: bool,
+    /// The name it was created with, if any.
+    pub name: Option<String>,
+    /// Metadata blocks stored here, and all there are.
+    pub metadata_blocks_stored: u64,
+    /// All metadata blocks.
+    pub metadata_blocks: u64,
+    /// Content blocks stored here.
+    pub content_blocks_stored: u64,
+    /// All content blocks (as far as known).
+    pub content_blocks: u64,
+    /// Peers replicating its metadata now.
+    pub peers: u32,
+    /// Mirrored: every block, live.
+    pub all: bool,
+}
+
+impl Daemon {
+    /// Creates a writable drive; with a name, its key is derived from the master key and
+    /// the name, so creating the same name again returns the same drive.
+    pub async fn create_drive(&self, name: &str) -> Result<DriveInfo> {
+        if name.len() > MAX_NAME {
+            return Err(DaemonError::invalid(format!(
+                "name is {} bytes; names must be at most {MAX_NAME}",
+                name.len()
+            )));
+        }
+        let core_name = if name.is_empty() {
+            rand::random::<[u8; 32]>().to_vec()
+        } else {
+            format!("{NAME_PREFIX}{name}").into_bytes()
+        };
+        let core = self
+            .store()
+            .get_named(&core_name)
+            .await
+            .map_err(DaemonError::store)?;
+        let drive = Drive::open(self.store(), core, DriveOptions::default())
+            .await
+            .map_err(DaemonError::drive)?;
+        let all = self.hold_drive(drive.clone(), false).await?;
+        tracing::info!("created drive {}", drive.key());
+        Ok(self.describe(&drive, all).await)
+    }
+
+    /// Follows a drive by key: it stays open and replicates with peers, sparsely (what is
+    /// read or downloaded) or with `all` every block, live; across restarts, until
+    /// removed.
+    pub async fn follow_drive(&self, key: PublicKey, all: bool) -> Result<DriveInfo> {
+        let drive = self.drives().open(key).await.map_err(DaemonError::drive)?;
+        self.hold_drive(drive.clone(), all).await?;
+        self.follows().forget_removed(&key);
+        tracing::info!(
+            "following drive {key}{}",
+            if all { ", all of it" } else { "" }
+        );
+        Ok(self.describe(&drive, all).await)
+    }
+
+    /// Persists how `drive` is held, then holds it. Returns `all`.
+    async fn hold_drive(&self, drive: Drive, all: bool) -> Result<bool> {
+        let hex = drive.key().to_hex();
+        self.update_state(move |s| {
+            s.drives.insert(hex, DriveEntry { all });
+        })
+        .await?;
+        self.drives().hold(drive, all);
+        Ok(all)
+    }
+
+    /// The drive `key`, if this daemon created or follows it.
+    pub fn drive(&self, key: &PublicKey) -> Result<Drive> {
+        self.drives().get(key).ok_or_else(|| {
+            DaemonError::not_found(format!(
+                "no drive {key} in this daemon: create it, or follow it to replicate it"
+            ))
+        })
+    }
+
+    /// A drive's details.
+    pub async fn drive_info(&self, key: &PublicKey) -> Result<DriveInfo> {
+        let drive = self.drive(key)?;
+        Ok(self.describe(&drive, self.drives().mirrored(key)).await)
+    }
+
+    /// Every drive this daemon created or follows, sorted by key.
+    pub async fn list_drives(&self) -> Result<Vec<DriveInfo>> {
+        let keys: Vec<String> = self.state().get().drives.into_keys().collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for hex in keys {
+            let Ok(key) = hex.parse::<PublicKey>() else {
+                continue;
+            };
+            if let Ok(info) = self.drive_info(&key).await {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stops holding a drive and deletes its metadata and content cores (drives mounted
+    /// in it are other drives and stay).
+    pub async fn remove_drive(&self, key: &PublicKey) -> Result<()> {
+        let drive = self.drive(key)?;
+        let content = drive.content_key();
+        self.drives().release(key);
+        let hex = key.to_hex();
+        self.update_state(move |s| {
+            s.drives.remove(&hex);
+        })
+        .await?;
+        drop(drive);
+        for core in std::iter::once(*key).chain(content) {
+            self.follows().stop(&core);
+            self.follows().mark_removed(core);
+            self.store()
+                .remove(&core)
+                .await
+                .map_err(DaemonError::store)?;
+        }
+        tracing::info!("removed drive {key}");
+        Ok(())
+    }
+
+    /// What the API reports of `drive`.
+    async fn describe(&self, drive: &Drive, all: bool) -> DriveInfo {
+        let metadata = drive.metadata_core();
+        let (content_blocks_stored, content_blocks) = drive
+            .content_if_open()
+            .map(|c| (c.feed().downloaded(0, None), c.feed().len()))
+            .unwrap_or_default();
+        DriveInfo {
+            key: drive.key(),
+            discovery_key: drive.discovery_key(),
+            content_key: drive.content_key(),
+            version: drive.metadata().len(),
+            writable: drive.writable(),
+            name: drive_name(metadata),
+            metadata_blocks_stored: drive.metadata().downloaded(0, None),
+            metadata_blocks: drive.metadata().len(),
+            content_blocks_stored,
+            content_blocks,
+            peers: metadata.stats().peers.len() as u32,
+            all,
+        }
+    }
+}
+
+/// The name a drive was created with, from its metadata core's name.
+fn drive_name(metadata: &Core) -> Option<String> {
+    let name = std::str::from_utf8(metadata.name()?).ok()?;
+    name.strip_prefix(NAME_PREFIX).map(str::to_string)
+}
 
 /// A drive, a version of it (a read-only checkout) and a path in it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 
 mod cores;
 mod daemon;
+mod drive_set;
 mod drives;
 mod error;
 mod follows;
@@ -24,7 +25,7 @@ use hyperd_config::{Config, Home};
 
 pub use crate::cores::{Appended, BlockRange, CoreEvent, CoreInfo, DownloadProgress};
 pub use crate::daemon::{Daemon, DaemonStatus, StartOptions};
-pub use crate::drives::DriveLocation;
+pub use crate::drives::{DriveInfo, DriveLocation};
 pub use crate::error::{DaemonError, ErrorKind};
 pub use crate::network::NetworkLimits;
 pub use crate::peers::{Disconnected, Peer, PeerEvent, PeerSnapshot};

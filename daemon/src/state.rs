@@ -21,6 +21,18 @@ pub struct State {
     pub follows: BTreeMap<String, Follow>,
     /// Peer addresses to keep connected (the peer subsystem, `network`).
     pub peers: BTreeSet<String>,
+    /// Drives created or followed (hex key) and how (the drives subsystem,
+    /// `drive_set`). Left out of the file while empty, as files before drives were.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub drives: BTreeMap<String, DriveEntry>,
+}
+
+/// How a drive is held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DriveEntry {
+    /// Mirror it: every block of every version, live, mounted drives included.
+    pub all: bool,
 }
 
 /// How a core is followed.

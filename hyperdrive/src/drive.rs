@@ -190,6 +190,11 @@ impl Drive {
             .await
     }
 
+    /// The content core if it is open already: never waits (see [`Self::content`]).
+    pub fn content_if_open(&self) -> Option<&Core> {
+        self.content.get()
+    }
+
     /// The content feed (see [`Self::content`]).
     pub async fn content_feed(&self) -> Result<&Feed, Error> {
         Ok(self.content().await?.feed())
