@@ -6,9 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hyperd::{Daemon, DriveInfo, ErrorKind, StartOptions};
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use hyperd::{Daemon, DaemonError, DriveInfo, DriveLocation, ErrorKind, StartOptions};
 use hyperd_config::{Config, Home};
-use hyperdrive::WriteOptions;
+use hyperdrive::{ReaddirOptions, WriteOptions};
 
 /// A daemon and the lock on its home.
 async fn start(home: &Path) -> (Daemon, impl Sized) {
@@ -179,5 +181,253 @@ async fn a_drive_followed_with_all_is_mirrored_live() {
     let drive = b.drive(&site.key).unwrap();
     a.shutdown().await;
     assert_eq!(drive.read_file("/later.html").await.unwrap(), b"later");
+    b.shutdown().await;
+}
+
+fn at(info: &DriveInfo, version: Option<u64>, path: &str) -> DriveLocation {
+    DriveLocation {
+        key: info.key,
+        version,
+        path: path.to_string(),
+    }
+}
+
+fn chunks(
+    parts: Vec<Result<Bytes, DaemonError>>,
+) -> BoxStream<'static, Result<Bytes, DaemonError>> {
+    futures::stream::iter(parts).boxed()
+}
+
+async fn read_all(daemon: &Daemon, at: &DriveLocation, start: u64, end: Option<u64>) -> Vec<u8> {
+    let mut stream = daemon.drive_read(at, start, end, None).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_directories_at_locations_with_their_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _a_lock) = start(&dir.path().join("a")).await;
+    let docs = a.create_drive("docs").await.unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let parts = data
+        .chunks(64 << 10)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let (stat, version) = a
+        .drive_write(
+            &at(&docs, None, "/dir/data.bin"),
+            WriteOptions::default(),
+            chunks(parts),
+        )
+        .await
+        .unwrap();
+    assert_eq!((stat.size, version), (200_000, 2));
+    a.drive_mkdir(&at(&docs, None, "/empty"), Some(0o700))
+        .await
+        .unwrap();
+    a.drive_symlink(&at(&docs, None, "/link"), "/dir/data.bin")
+        .await
+        .unwrap();
+
+    // Reads: whole, ranges, through the link.
+    assert_eq!(
+        read_all(&a, &at(&docs, None, "/dir/data.bin"), 0, None).await,
+        data
+    );
+    assert_eq!(
+        read_all(&a, &at(&docs, None, "/link"), 70_000, Some(70_010)).await,
+        data[70_000..70_010]
+    );
+    assert!(
+        read_all(&a, &at(&docs, None, "/dir/data.bin"), 300_000, None)
+            .await
+            .is_empty()
+    );
+    let stat = a
+        .drive_stat(&at(&docs, None, "/link"), false)
+        .await
+        .unwrap();
+    assert_eq!(stat.size, 200_000);
+    let link = a.drive_stat(&at(&docs, None, "/link"), true).await.unwrap();
+    assert!(link.is_symlink());
+    assert_eq!(
+        a.drive_readlink(&at(&docs, None, "/link")).await.unwrap(),
+        "/dir/data.bin"
+    );
+    let empty = a
+        .drive_stat(&at(&docs, None, "/empty"), false)
+        .await
+        .unwrap();
+    assert!(empty.is_dir() && empty.mode & 0o777 == 0o700);
+
+    // Listings.
+    let root = at(&docs, None, "/");
+    let options = |recursive| ReaddirOptions {
+        recursive,
+        no_mounts: false,
+    };
+    let mut names: Vec<_> = a
+        .drive_readdir(&root, options(false), false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dir", "empty", "link"]);
+    let deep = a.drive_readdir(&root, options(true), true).await.unwrap();
+    let file = deep.iter().find(|e| e.name == "dir/data.bin").unwrap();
+    assert_eq!(file.stat.size, 200_000);
+
+    // Versions: a checkout sees the drive as it was, and cannot be written.
+    let before = at(&docs, Some(1), "/dir/data.bin");
+    let err = a.drive_stat(&before, false).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(a
+        .drive_stat(&at(&docs, Some(2), "/dir/data.bin"), false)
+        .await
+        .is_ok());
+    for version in [0, 99] {
+        let err = a
+            .drive_stat(&at(&docs, Some(version), "/"), false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+        assert!(err.message.contains(&format!("version {version}")), "{err}");
+    }
+    let err = a
+        .drive_write(&before, WriteOptions::default(), chunks(vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
+
+    // Errors name what failed.
+    let missing = a
+        .drive_stat(&at(&docs, None, "/nope"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind, ErrorKind::NotFound);
+    assert!(missing.message.contains("/nope"), "{missing}");
+    let err = a
+        .drive_read(&at(&docs, None, "/dir"), 0, None, None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
+    let err = a
+        .drive_read(&at(&docs, None, "/dir/data.bin"), 10, Some(5), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+    let err = a
+        .drive_readdir(&at(&docs, None, "/link"), options(false), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
+    let bad = a
+        .drive_write(
+            &at(&docs, None, "/a/../b"),
+            WriteOptions::default(),
+            chunks(vec![]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind, ErrorKind::InvalidArgument, "{bad}");
+
+    // An upload that fails midway leaves nothing, and the next write goes through.
+    let vanished = chunks(vec![
+        Ok(Bytes::from(vec![1u8; 100_000])),
+        Err(DaemonError::new(ErrorKind::Aborted, "the client went away")),
+    ]);
+    let err = a
+        .drive_write(
+            &at(&docs, None, "/upload"),
+            WriteOptions::default(),
+            vanished,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Aborted);
+    let err = a
+        .drive_stat(&at(&docs, None, "/upload"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind,
+        ErrorKind::NotFound,
+        "nothing half-written is visible"
+    );
+    a.drive_write(
+        &at(&docs, None, "/upload"),
+        WriteOptions::default(),
+        chunks(vec![Ok(Bytes::from_static(b"whole"))]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        read_all(&a, &at(&docs, None, "/upload"), 0, None).await,
+        b"whole"
+    );
+
+    // Removing: a file, an empty directory; not a full one.
+    let err = a.drive_rm(&at(&docs, None, "/dir")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
+    a.drive_rm(&at(&docs, None, "/link")).await.unwrap();
+    a.drive_rm(&at(&docs, None, "/empty")).await.unwrap();
+    assert!(a
+        .drive_stat(&at(&docs, None, "/empty"), true)
+        .await
+        .is_err());
+    assert!(a
+        .drive_stat(&at(&docs, None, "/dir/data.bin"), true)
+        .await
+        .is_ok());
+
+    // A follower cannot write, and a read of what no peer serves times out.
+    let (b, _b_lock) = start(&dir.path().join("b")).await;
+    b.dial(&listen_address(&a).await, None, false)
+        .await
+        .unwrap();
+    let followed = b.follow_drive(docs.key, false).await.unwrap();
+    let latest = a.drive_info(&docs.key).await.unwrap().version;
+    eventually(&b, &followed, "the announced version", |i| {
+        i.version == latest
+    })
+    .await;
+    let err = b
+        .drive_write(
+            &at(&docs, None, "/mine"),
+            WriteOptions::default(),
+            chunks(vec![Ok(Bytes::from_static(b"x"))]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
+    let stat = b
+        .drive_stat(&at(&docs, None, "/dir/data.bin"), false)
+        .await
+        .unwrap();
+    assert_eq!(stat.size, 200_000);
+    a.shutdown().await;
+    // The reader needs the content's tree to seek, or then the blocks: either waits.
+    let read = b
+        .drive_read(
+            &at(&docs, None, "/dir/data.bin"),
+            0,
+            None,
+            Some(Duration::from_millis(300)),
+        )
+        .await;
+    let err = match read {
+        Ok(mut chunks) => chunks.next().await.unwrap().unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind, ErrorKind::DeadlineExceeded, "{err}");
+    assert!(err.message.contains("/dir/data.bin"), "{err}");
     b.shutdown().await;
 }

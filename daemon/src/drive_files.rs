@@ -1,0 +1,206 @@
+//! What the daemon does inside drives: stat, list, read and write files, make
+//! directories and links, remove entries, at a [`DriveLocation`] (a version of it is a
+//! read-only checkout). Reads wait for peers at most a timeout per chunk; a write becomes
+//! visible whole when its data ends, never if the data fails first.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
+use hyperdrive::{DirEntry, Drive, ReaddirOptions, Stat, WriteOptions};
+
+use crate::daemon::Daemon;
+use crate::drives::DriveLocation;
+use crate::error::{DaemonError, Result};
+
+/// How long a read waits for a peer to serve a block when the caller gives no timeout.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Daemon {
+    /// The drive `at` names, checked out at its version if it gives one.
+    pub fn drive_at(&self, at: &DriveLocation) -> Result<Drive> {
+        let drive = self.drive(&at.key)?;
+        match at.version {
+            None => Ok(drive),
+            Some(version) => {
+                let latest = drive.version();
+                if version == 0 || version > latest {
+                    return Err(DaemonError::invalid(format!(
+                        "{at}: version {version} does not exist: drive {} has versions 1 to \
+                         {latest} here",
+                        at.key
+                    )));
+                }
+                Ok(drive.checkout(version))
+            }
+        }
+    }
+
+    /// The entry at `at`: through a final symlink, or itself with `lstat`.
+    pub async fn drive_stat(&self, at: &DriveLocation, lstat: bool) -> Result<Stat> {
+        let drive = self.drive_at(at)?;
+        let stat = if lstat {
+            drive.lstat(&at.path).await
+        } else {
+            drive.stat(&at.path).await
+        };
+        stat.map_err(DaemonError::drive)
+    }
+
+    /// The entries of the directory at `at` (with their Stats when `stats`).
+    pub async fn drive_readdir(
+        &self,
+        at: &DriveLocation,
+        options: ReaddirOptions,
+        stats: bool,
+    ) -> Result<Vec<DirEntry>> {
+        let drive = self.drive_at(at)?;
+        let stat = drive.stat(&at.path).await.map_err(DaemonError::drive)?;
+        if !stat.is_dir() {
+            return Err(DaemonError::precondition(format!("{at}: not a directory")));
+        }
+        if stats {
+            return drive
+                .readdir_stats(&at.path, options)
+                .await
+                .map_err(DaemonError::drive);
+        }
+        let names = drive
+            .readdir(&at.path, options.recursive)
+            .await
+            .map_err(DaemonError::drive)?;
+        Ok(names
+            .into_iter()
+            .map(|name| DirEntry {
+                name,
+                stat: Stat::default(),
+            })
+            .collect())
+    }
+
+    /// The bytes of the file at `at` from `start` to `end` (exclusive; `None`: its end),
+    /// in chunks; each waits at most `timeout` for a peer (DEADLINE_EXCEEDED after), and
+    /// the stream ends with ABORTED when the daemon stops.
+    pub async fn drive_read(
+        &self,
+        at: &DriveLocation,
+        start: u64,
+        end: Option<u64>,
+        timeout: Option<Duration>,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        if let Some(end) = end.filter(|&end| end < start) {
+            return Err(DaemonError::invalid(format!(
+                "{at}: end {end} is before start {start}"
+            )));
+        }
+        let drive = self.drive_at(at)?;
+        let stat = drive.stat(&at.path).await.map_err(DaemonError::drive)?;
+        if stat.is_dir() {
+            return Err(DaemonError::precondition(format!("{at}: is a directory")));
+        }
+        let start = start.min(stat.size);
+        let length = end.map(|end| end.min(stat.size) - start);
+        let timeout = timeout.unwrap_or(READ_TIMEOUT);
+        let no_peer = move |at: &DriveLocation| {
+            DaemonError::new(
+                crate::error::ErrorKind::DeadlineExceeded,
+                format!("{at}: no peer served the next block within {timeout:?}"),
+            )
+        };
+        // Opening seeks to `start`, which may need the content tree from peers.
+        let reader = tokio::time::timeout(timeout, drive.read_range(&at.path, start, length))
+            .await
+            .map_err(|_| no_peer(at))?
+            .map_err(DaemonError::drive)?;
+        let at = at.clone();
+        let chunks = futures::stream::unfold(Some(reader), move |reader| {
+            let at = at.clone();
+            async move {
+                let mut reader = reader?;
+                match tokio::time::timeout(timeout, reader.next()).await {
+                    Ok(None) => None,
+                    Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(reader))),
+                    Ok(Some(Err(e))) => Some((Err(DaemonError::drive(e)), None)),
+                    Err(_) => Some((Err(no_peer(&at)), None)),
+                }
+            }
+        });
+        Ok(self.until_stopped(chunks.boxed()))
+    }
+
+    /// Writes the file at `at` from `data`: it appears, whole, once `data` ends; if
+    /// `data` fails first (the client went away), the path is left as it was. Returns
+    /// its Stat and the drive's version after.
+    pub async fn drive_write(
+        &self,
+        at: &DriveLocation,
+        options: WriteOptions,
+        mut data: BoxStream<'static, Result<Bytes>>,
+    ) -> Result<(Stat, u64)> {
+        let drive = self.writable_drive_at(at)?;
+        let mut writer = drive
+            .write_stream(&at.path, options)
+            .await
+            .map_err(DaemonError::drive)?;
+        while let Some(chunk) = data.next().await {
+            // A failed upload drops the writer unfinished: no Stat is put.
+            let chunk = chunk?;
+            if !chunk.is_empty() {
+                writer.write(chunk).await.map_err(DaemonError::drive)?;
+            }
+        }
+        let stat = writer.finish().await.map_err(DaemonError::drive)?;
+        Ok((stat, drive.version()))
+    }
+
+    /// Makes the directory at `at` (mode 0755 unless given).
+    pub async fn drive_mkdir(&self, at: &DriveLocation, mode: Option<u32>) -> Result<()> {
+        let drive = self.writable_drive_at(at)?;
+        drive
+            .mkdir(&at.path, mode)
+            .await
+            .map(drop)
+            .map_err(DaemonError::drive)
+    }
+
+    /// Removes the file, symlink or empty directory at `at`.
+    pub async fn drive_rm(&self, at: &DriveLocation) -> Result<()> {
+        let drive = self.writable_drive_at(at)?;
+        let stat = drive.lstat(&at.path).await.map_err(DaemonError::drive)?;
+        let removed = if stat.is_dir() && !stat.is_symlink() {
+            drive.rmdir(&at.path).await
+        } else {
+            drive.unlink(&at.path).await
+        };
+        removed.map_err(DaemonError::drive)
+    }
+
+    /// Makes a symlink at `at` pointing to `target`.
+    pub async fn drive_symlink(&self, at: &DriveLocation, target: &str) -> Result<()> {
+        let drive = self.writable_drive_at(at)?;
+        drive
+            .symlink(target, &at.path)
+            .await
+            .map(drop)
+            .map_err(DaemonError::drive)
+    }
+
+    /// The target of the symlink at `at`.
+    pub async fn drive_readlink(&self, at: &DriveLocation) -> Result<String> {
+        let drive = self.drive_at(at)?;
+        drive.readlink(&at.path).await.map_err(DaemonError::drive)
+    }
+
+    /// The drive `at` names, refusing a checkout. Whether the path can be written (the
+    /// drive, or the one mounted there, is ours) the drive decides.
+    fn writable_drive_at(&self, at: &DriveLocation) -> Result<Drive> {
+        if let Some(version) = at.version {
+            return Err(DaemonError::precondition(format!(
+                "{at}: version {version} is a read-only checkout; write to the latest \
+                 (hyper://{}{})",
+                at.key, at.path
+            )));
+        }
+        self.drive(&at.key)
+    }
+}
