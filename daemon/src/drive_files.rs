@@ -1,13 +1,15 @@
 //! What the daemon does inside drives: stat, list, read and write files, make
-//! directories and links, remove entries, at a [`DriveLocation`] (a version of it is a
-//! read-only checkout). Reads wait for peers at most a timeout per chunk; a write becomes
+//! directories and links, remove, move and truncate entries, set their metadata, mount
+//! other drives and cores, at a [`DriveLocation`] (a version of it is a read-only
+//! checkout). Reads wait for peers at most a timeout per chunk; a write becomes
 //! visible whole when its data ends, never if the data fails first.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use hyperdrive::{DirEntry, Drive, ReaddirOptions, Stat, WriteOptions};
+use hypercore::PublicKey;
+use hyperdrive::{DirEntry, Drive, MountInfo, MountOptions, ReaddirOptions, Stat, WriteOptions};
 
 use crate::daemon::Daemon;
 use crate::drives::DriveLocation;
@@ -189,6 +191,69 @@ impl Daemon {
     pub async fn drive_readlink(&self, at: &DriveLocation) -> Result<String> {
         let drive = self.drive_at(at)?;
         drive.readlink(&at.path).await.map_err(DaemonError::drive)
+    }
+
+    /// Moves the entry at `from` (a whole tree for a directory) to `to`, a path of the
+    /// same drive.
+    pub async fn drive_rename(&self, from: &DriveLocation, to: &str) -> Result<()> {
+        let drive = self.writable_drive_at(from)?;
+        drive
+            .rename(&from.path, to)
+            .await
+            .map_err(DaemonError::drive)
+    }
+
+    /// Cuts or extends (with zeros) the file at `at` to `size` bytes.
+    pub async fn drive_truncate(&self, at: &DriveLocation, size: u64) -> Result<()> {
+        let drive = self.writable_drive_at(at)?;
+        drive
+            .truncate(&at.path, size)
+            .await
+            .map(drop)
+            .map_err(DaemonError::drive)
+    }
+
+    /// Sets (a value) or deletes (`None`) per-file metadata entries of the entry at `at`.
+    pub async fn drive_set_metadata(
+        &self,
+        at: &DriveLocation,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<()> {
+        let drive = self.writable_drive_at(at)?;
+        for (name, value) in entries {
+            drive
+                .set_metadata(&at.path, &name, value)
+                .await
+                .map_err(DaemonError::drive)?;
+        }
+        Ok(())
+    }
+
+    /// Mounts the drive (or, with `options.hypercore`, the raw core) `key` at `at`.
+    pub async fn drive_mount(
+        &self,
+        at: &DriveLocation,
+        key: PublicKey,
+        options: MountOptions,
+    ) -> Result<()> {
+        let drive = self.writable_drive_at(at)?;
+        drive
+            .mount(&at.path, key, options)
+            .await
+            .map(drop)
+            .map_err(DaemonError::drive)
+    }
+
+    /// Removes the mount at `at`.
+    pub async fn drive_unmount(&self, at: &DriveLocation) -> Result<()> {
+        let drive = self.writable_drive_at(at)?;
+        drive.unmount(&at.path).await.map_err(DaemonError::drive)
+    }
+
+    /// The drives mounted in the drive `at` names, depth first, paths from its root.
+    pub async fn drive_mounts(&self, at: &DriveLocation) -> Result<Vec<MountInfo>> {
+        let drive = self.drive_at(at)?;
+        drive.mounts(true).await.map_err(DaemonError::drive)
     }
 
     /// The drive `at` names, refusing a checkout. Whether the path can be written (the

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use hyperd::{Daemon, DaemonError, DriveInfo, DriveLocation, ErrorKind, StartOptions};
 use hyperd_config::{Config, Home};
-use hyperdrive::{ReaddirOptions, WriteOptions};
+use hyperdrive::{MountOptions, ReaddirOptions, WriteOptions};
 
 /// A daemon and the lock on its home.
 async fn start(home: &Path) -> (Daemon, impl Sized) {
@@ -430,4 +430,120 @@ async fn files_and_directories_at_locations_with_their_errors() {
     assert_eq!(err.kind, ErrorKind::DeadlineExceeded, "{err}");
     assert!(err.message.contains("/dir/data.bin"), "{err}");
     b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_truncates_metadata_and_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _a_lock) = start(&dir.path().join("a")).await;
+    let home = a.create_drive("home").await.unwrap();
+    let photos = a.create_drive("photos").await.unwrap();
+    let write = |path: &'static str, data: &'static [u8]| {
+        let a = a.clone();
+        let loc = at(&home, None, path);
+        async move {
+            a.drive_write(
+                &loc,
+                WriteOptions::default(),
+                chunks(vec![Ok(Bytes::from_static(data))]),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    write("/notes/a.txt", b"0123456789").await;
+
+    a.drive_rename(&at(&home, None, "/notes"), "/archive")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(&a, &at(&home, None, "/archive/a.txt"), 0, None).await,
+        b"0123456789"
+    );
+    let gone = a
+        .drive_stat(&at(&home, None, "/notes/a.txt"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(gone.kind, ErrorKind::NotFound);
+
+    a.drive_truncate(&at(&home, None, "/archive/a.txt"), 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(&a, &at(&home, None, "/archive/a.txt"), 0, None).await,
+        b"0123"
+    );
+    a.drive_truncate(&at(&home, None, "/archive/a.txt"), 6)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(&a, &at(&home, None, "/archive/a.txt"), 0, None).await,
+        b"0123\0\0"
+    );
+
+    a.drive_set_metadata(
+        &at(&home, None, "/archive/a.txt"),
+        vec![
+            ("user.tag".into(), Some(b"red".to_vec())),
+            ("user.x".into(), Some(vec![1])),
+        ],
+    )
+    .await
+    .unwrap();
+    a.drive_set_metadata(
+        &at(&home, None, "/archive/a.txt"),
+        vec![("user.x".into(), None)],
+    )
+    .await
+    .unwrap();
+    let stat = a
+        .drive_stat(&at(&home, None, "/archive/a.txt"), false)
+        .await
+        .unwrap();
+    assert_eq!(stat.metadata("user.tag"), Some(&b"red"[..]));
+    assert_eq!(stat.metadata("user.x"), None);
+
+    // A drive mounted in another: written through, listed, moved within, not across.
+    a.drive_mount(
+        &at(&home, None, "/photos"),
+        photos.key,
+        MountOptions::default(),
+    )
+    .await
+    .unwrap();
+    write("/photos/cat.jpg", b"meow").await;
+    let inside = a.drive(&photos.key).unwrap();
+    assert_eq!(inside.read_file("/cat.jpg").await.unwrap(), b"meow");
+    let mounts = a.drive_mounts(&at(&home, None, "/")).await.unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(
+        (mounts[0].path.as_str(), mounts[0].key),
+        ("/photos", photos.key)
+    );
+    let across = a
+        .drive_rename(&at(&home, None, "/archive/a.txt"), "/photos/a.txt")
+        .await
+        .unwrap_err();
+    assert_eq!(across.kind, ErrorKind::InvalidArgument, "{across}");
+    let taken = a
+        .drive_mount(
+            &at(&home, None, "/archive"),
+            photos.key,
+            MountOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(taken.kind, ErrorKind::AlreadyExists, "{taken}");
+    a.drive_unmount(&at(&home, None, "/photos")).await.unwrap();
+    assert!(a
+        .drive_mounts(&at(&home, None, "/"))
+        .await
+        .unwrap()
+        .is_empty());
+    let err = a
+        .drive_stat(&at(&home, None, "/photos/cat.jpg"), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    a.shutdown().await;
 }

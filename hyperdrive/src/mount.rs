@@ -60,10 +60,16 @@ impl Drive {
         options: MountOptions,
     ) -> Result<Stat, Error> {
         let (owner, trie, inner) = self.writable_owner(path).await?;
-        if self.node_stat(&key_of(path)).await?.is_some() {
-            return Err(Error::AlreadyExists {
-                path: path.to_string(),
-            });
+        // Anything there, a directory known only by what is below it included (JS's
+        // `stat` finds it too).
+        match self.lstat(path).await {
+            Ok(_) => {
+                return Err(Error::AlreadyExists {
+                    path: path.to_string(),
+                })
+            }
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
         let content = owner.content_feed().await?;
         let mount = StatMount {
