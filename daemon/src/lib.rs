@@ -6,6 +6,7 @@
 
 mod cores;
 mod daemon;
+mod drive_changes;
 mod drive_files;
 mod drive_set;
 mod drives;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use hyperd::{Daemon, DaemonError, DriveInfo, DriveLocation, ErrorKind, StartOptions};
 use hyperd_config::{Config, Home};
-use hyperdrive::{MountOptions, ReaddirOptions, WriteOptions};
+use hyperdrive::{DriveChange, MountOptions, ReaddirOptions, WriteOptions};
 
 /// A daemon and the lock on its home.
 async fn start(home: &Path) -> (Daemon, impl Sized) {
@@ -545,5 +545,116 @@ async fn moves_truncates_metadata_and_mounts() {
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_changes_downloads_and_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _a_lock) = start(&dir.path().join("a")).await;
+    let docs = a.create_drive("docs").await.unwrap();
+    let put = |path: &'static str, data: Vec<u8>| {
+        let a = a.clone();
+        let loc = at(&docs, None, path);
+        async move {
+            a.drive_write(
+                &loc,
+                WriteOptions::default(),
+                chunks(vec![Ok(Bytes::from(data))]),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    put("/one.txt", vec![1; 10]).await;
+    put("/two.bin", vec![2; 300_000]).await;
+    a.drive_rm(&at(&docs, None, "/one.txt")).await.unwrap();
+    assert_eq!(a.drive_info(&docs.key).await.unwrap().version, 4);
+
+    let diff: Vec<DriveChange> = a
+        .drive_diff(&at(&docs, None, "/"), 2)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect()
+        .await;
+    assert!(
+        diff.iter()
+            .any(|c| matches!(c, DriveChange::Put { path, .. } if path == "two.bin")),
+        "{diff:?}"
+    );
+    assert!(
+        diff.iter()
+            .any(|c| matches!(c, DriveChange::Del { path, .. } if path == "one.txt")),
+        "{diff:?}"
+    );
+    let err = a.drive_diff(&at(&docs, None, "/"), 9).err().unwrap();
+    assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+
+    let history: Vec<(u64, String)> = a
+        .drive_history(&at(&docs, None, "/"), 0, None, false)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.version, e.change.path().to_string())
+        })
+        .collect()
+        .await;
+    assert_eq!(
+        history,
+        [
+            (2, "one.txt".into()),
+            (3, "two.bin".into()),
+            (4, "one.txt".into())
+        ]
+    );
+
+    // A watch reports what is written after it started.
+    let mut watch = a.drive_watch(&at(&docs, None, "/")).unwrap();
+    put("/three.txt", b"3".to_vec()).await;
+    let change = tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(change.path(), "three.txt");
+    drop(watch);
+
+    // A follower downloads a tree with progress, counts what it stores, clears it.
+    let (b, _b_lock) = start(&dir.path().join("b")).await;
+    b.dial(&listen_address(&a).await, None, false)
+        .await
+        .unwrap();
+    let followed = b.follow_drive(docs.key, false).await.unwrap();
+    let latest = a.drive_info(&docs.key).await.unwrap().version;
+    eventually(&b, &followed, "the announced version", |i| {
+        i.version == latest
+    })
+    .await;
+    let stored = |stats: &[hyperdrive::FileStats]| -> u64 {
+        stats.iter().map(|f| f.downloaded_blocks).sum()
+    };
+    let before = b.drive_file_stats(&at(&docs, None, "/")).await.unwrap();
+    assert_eq!(stored(&before), 0);
+    let updates: Vec<_> = b
+        .drive_download(&at(&docs, None, "/"))
+        .await
+        .unwrap()
+        .map(|p| p.unwrap())
+        .collect()
+        .await;
+    let last = updates.last().unwrap();
+    assert_eq!((last.files_done, last.files_total), (2, 2), "{updates:?}");
+    assert_eq!(last.bytes_done, 300_001);
+    let after = b.drive_file_stats(&at(&docs, None, "/")).await.unwrap();
+    let total: u64 = after.iter().map(|f| f.blocks).sum();
+    assert_eq!(stored(&after), total);
+    let cleared = b.drive_clear(&at(&docs, None, "/two.bin")).await.unwrap();
+    assert_eq!((cleared.files, cleared.bytes), (1, 300_000));
+    let cleared_stats = b
+        .drive_file_stats(&at(&docs, None, "/two.bin"))
+        .await
+        .unwrap();
+    assert_eq!(stored(&cleared_stats), 0);
+    b.shutdown().await;
     a.shutdown().await;
 }
