@@ -9,6 +9,7 @@ mod daemon;
 mod drive_changes;
 mod drive_files;
 mod drive_set;
+mod drive_transfers;
 mod drives;
 mod error;
 mod follows;
@@ -27,6 +28,7 @@ use hyperd_config::{Config, Home};
 
 pub use crate::cores::{Appended, BlockRange, CoreEvent, CoreInfo, DownloadProgress};
 pub use crate::daemon::{Daemon, DaemonStatus, StartOptions};
+pub use crate::drive_transfers::TransferUpdate;
 pub use crate::drives::{DriveInfo, DriveLocation};
 pub use crate::error::{DaemonError, ErrorKind};
 pub use crate::network::NetworkLimits;

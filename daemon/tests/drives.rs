@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
-use hyperd::{Daemon, DaemonError, DriveInfo, DriveLocation, ErrorKind, StartOptions};
+use hyperd::{
+    Daemon, DaemonError, DriveInfo, DriveLocation, ErrorKind, StartOptions, TransferUpdate,
+};
 use hyperd_config::{Config, Home};
 use hyperdrive::{DriveChange, MountOptions, ReaddirOptions, WriteOptions};
 
@@ -656,5 +658,74 @@ async fn versions_changes_downloads_and_clears() {
         .unwrap();
     assert_eq!(stored(&cleared_stats), 0);
     b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folders_are_imported_and_exported_with_progress_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _a_lock) = start(&dir.path().join("a")).await;
+    let site = a.create_drive("site").await.unwrap();
+    let local = dir.path().join("local");
+    std::fs::create_dir_all(local.join("sub dir/empty")).unwrap();
+    std::fs::write(local.join("index.html"), b"<h1>hi</h1>").unwrap();
+    std::fs::write(local.join("sub dir/big.bin"), vec![9u8; 2 << 20]).unwrap();
+    std::os::unix::fs::symlink("index.html", local.join("link")).unwrap();
+
+    let run = |stream: BoxStream<'static, Result<TransferUpdate, DaemonError>>| async move {
+        let updates: Vec<_> = stream.map(|u| u.unwrap()).collect().await;
+        match updates.last() {
+            Some(TransferUpdate::Done(summary)) => summary.clone(),
+            other => panic!("no summary at the end: {other:?}"),
+        }
+    };
+    let into = at(&site, None, "/www");
+    let summary = run(a
+        .drive_import(local.to_str().unwrap(), &into, false)
+        .unwrap())
+    .await;
+    // The five entries and /www itself.
+    assert_eq!(summary.added, 6, "{summary:?}");
+    let version = a.drive_info(&site.key).await.unwrap().version;
+    // Again, unchanged: nothing written.
+    let again = run(a
+        .drive_import(local.to_str().unwrap(), &into, false)
+        .unwrap())
+    .await;
+    assert_eq!(
+        (again.added, again.changed, again.unchanged),
+        (0, 0, 6),
+        "{again:?}"
+    );
+    assert_eq!(a.drive_info(&site.key).await.unwrap().version, version);
+
+    let out = dir.path().join("out");
+    let exported = run(a.drive_export(&into, out.to_str().unwrap()).unwrap()).await;
+    assert_eq!(exported.added, 5, "{exported:?}");
+    assert_eq!(
+        std::fs::read(out.join("sub dir/big.bin")).unwrap(),
+        vec![9u8; 2 << 20]
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        Path::new("index.html")
+    );
+    assert!(out.join("sub dir/empty").is_dir());
+
+    // Bad local paths.
+    let relative = a.drive_import("local", &into, false).err().unwrap();
+    assert_eq!(relative.kind, ErrorKind::InvalidArgument, "{relative}");
+    let missing = dir.path().join("missing");
+    let err = a
+        .drive_import(missing.to_str().unwrap(), &into, false)
+        .err()
+        .unwrap();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(err.message.contains("missing"), "{err}");
+    let err = a
+        .drive_import(local.to_str().unwrap(), &at(&site, Some(1), "/"), false)
+        .err()
+        .unwrap();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
     a.shutdown().await;
 }

@@ -1,0 +1,112 @@
+//! Local folders into drives and back: import and export at a [`DriveLocation`], read and
+//! written with the rights of the daemon's user (the one who owns the API socket). Each
+//! runs while its stream is read and reports progress, then its summary; dropped, it
+//! stops between two batches, every file written whole.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::stream::{BoxStream, StreamExt};
+use hyperdrive::{ImportOptions, Transfer, TransferProgress, TransferSummary};
+
+use crate::daemon::Daemon;
+use crate::drives::DriveLocation;
+use crate::error::{shorten, DaemonError, Result};
+
+/// How often a transfer reports progress at most.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// What a transfer stream yields: progress, then once its summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferUpdate {
+    /// How far it is.
+    Progress(TransferProgress),
+    /// It is done: what it did.
+    Done(TransferSummary),
+}
+
+impl Daemon {
+    /// Writes the local directory `local` into the drive at `at` (see
+    /// [`hyperdrive::Drive::import`]); with `delete`, removes what `local` does not have.
+    pub fn drive_import(
+        &self,
+        local: &str,
+        at: &DriveLocation,
+        delete: bool,
+    ) -> Result<BoxStream<'static, Result<TransferUpdate>>> {
+        let local = local_dir(local, true)?;
+        if at.version.is_some() {
+            return Err(DaemonError::precondition(format!(
+                "{at}: a checkout is read-only; import into the latest version"
+            )));
+        }
+        let drive = self.drive(&at.key)?;
+        let options = ImportOptions {
+            remove_missing: delete,
+        };
+        Ok(self.transfer(drive.import(&local, &at.path, options)))
+    }
+
+    /// Writes the drive's tree at `at` into the local directory `local` (created if
+    /// missing; see [`hyperdrive::Drive::export`]).
+    pub fn drive_export(
+        &self,
+        at: &DriveLocation,
+        local: &str,
+    ) -> Result<BoxStream<'static, Result<TransferUpdate>>> {
+        let local = local_dir(local, false)?;
+        let drive = self.drive_at(at)?;
+        Ok(self.transfer(drive.export(&at.path, &local)))
+    }
+
+    /// The updates of `transfer`: its progress at most every [`PROGRESS_EVERY`], then its
+    /// summary.
+    fn transfer(&self, transfer: Transfer) -> BoxStream<'static, Result<TransferUpdate>> {
+        let progress = transfer.progress();
+        let updates =
+            futures::stream::unfold(Some((Box::pin(transfer), progress)), |state| async move {
+                let (mut transfer, mut progress) = state?;
+                tokio::select! {
+                    done = &mut transfer => Some((
+                        done.map(TransferUpdate::Done).map_err(DaemonError::drive),
+                        None,
+                    )),
+                    _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                        let now = *progress.borrow_and_update();
+                        Some((Ok(TransferUpdate::Progress(now)), Some((transfer, progress))))
+                    }
+                }
+            });
+        self.until_stopped(updates.boxed())
+    }
+}
+
+/// `local` as a transfer takes it: absolute (the daemon's working directory is not the
+/// caller's), and for an import an existing directory.
+fn local_dir(local: &str, must_exist: bool) -> Result<PathBuf> {
+    let path = Path::new(local);
+    if !path.is_absolute() {
+        return Err(DaemonError::invalid(format!(
+            "local path {:?} is not absolute: the daemon does not share the caller's \
+             working directory",
+            shorten(local)
+        )));
+    }
+    if must_exist {
+        let what = format!("local directory {}", path.display());
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DaemonError::not_found(format!("{what}: {e}")),
+            std::io::ErrorKind::PermissionDenied => {
+                DaemonError::precondition(format!("{what}: {e}"))
+            }
+            _ => DaemonError::io(&what, &e),
+        })?;
+        if !meta.is_dir() {
+            return Err(DaemonError::invalid(format!(
+                "local path {} is not a directory",
+                path.display()
+            )));
+        }
+    }
+    Ok(path.to_path_buf())
+}
