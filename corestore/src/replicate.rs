@@ -53,6 +53,18 @@ impl Stream {
         Some(done)
     }
 
+    /// Refuses the remote's channel for `dk` (`why` says why), unless the core was attached
+    /// here since: the look-up that found nothing races with local loads of the same core,
+    /// and a refusal must not close the channel such a load opened.
+    fn refuse(&self, dk: DiscoveryKey, why: &str) {
+        let remote = self.protocol.remote_key();
+        if self.protocol.refuse(dk) {
+            tracing::debug!(%dk, %remote, "refusing a core: {why}");
+        } else {
+            tracing::debug!(%dk, %remote, "not refusing a core ({why}): it was attached here since");
+        }
+    }
+
     /// Runs `core` over this connection, unless it already runs here or its peer was
     /// dropped for misbehaving. Called with the core's slot locked, so it never races
     /// with unloading the core.
@@ -227,13 +239,9 @@ impl Corestore {
     /// The remote opened a channel for `dk`, which does not run on this connection yet.
     async fn on_remote_open(&self, stream: &Arc<Stream>, dk: DiscoveryKey) {
         let remote = stream.protocol.remote_key();
-        let refuse = |why: &str| {
-            tracing::debug!(%dk, %remote, "refusing a core: {why}");
-            stream.protocol.close(dk);
-        };
         tracing::debug!(%dk, %remote, "the remote opened a channel");
         if self.is_banned(&remote, &dk) {
-            return refuse("its peer on this remote misbehaved");
+            return stream.refuse(dk, "its peer on this remote misbehaved");
         }
         // A core opened for this may be closed for room before it is attached (other
         // peers asking for other cores): open it again, a few times.
@@ -248,14 +256,16 @@ impl Corestore {
                         return;
                     }
                 }
-                Ok(None) => return refuse("the store does not have it"),
+                // Found nothing: the core may be loaded here before the refusal goes out,
+                // which then leaves it be (`Stream::refuse`).
+                Ok(None) => return stream.refuse(dk, "the store does not have it"),
                 Err(error) => {
                     tracing::warn!(%dk, %remote, %error, "cannot open the core a peer asked for; refusing it");
-                    return stream.protocol.close(dk);
+                    return stream.refuse(dk, "it cannot be opened");
                 }
             }
         }
-        refuse("it was closed for room as often as it was opened")
+        stream.refuse(dk, "it was closed for room as often as it was opened")
     }
 }
 
@@ -268,5 +278,86 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.store.unregister_stream(self.id);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use hypercore_protocol::Event;
+    use hyperd_testkit::{protocol_options, protocol_pair};
+
+    use crate::{Corestore, CorestoreOptions};
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// The remote opens a core B does not have; B looks it up and finds nothing, then
+    /// loads the core itself (attaching it to the connection), then sends the refusal it
+    /// decided on: the order in which a store refused its own fresh channel, leaving the
+    /// clone without a peer for good. Here the steps of `on_remote_open` run in that order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusal_decided_before_a_local_load_spares_its_channel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = CorestoreOptions::default();
+        let a = Corestore::open(tmp.path().join("a"), options.clone())
+            .await
+            .unwrap();
+        let b = Corestore::open(tmp.path().join("b"), options)
+            .await
+            .unwrap();
+        let source = a.get_named(b"source").await.unwrap();
+        source.feed().append_batch(["0", "1"]).await.unwrap();
+        let key = source.feed().key();
+        let dk = key.discovery_key();
+
+        let (io_a, io_b) = tokio::io::duplex(64 * 1024);
+        let ((pa, ea), (pb, mut eb)) = protocol_pair(
+            io_a,
+            protocol_options(true, true),
+            io_b,
+            protocol_options(false, true),
+        )
+        .await
+        .unwrap();
+        tokio::spawn({
+            let (a, pa) = (a.clone(), pa.clone());
+            async move { a.replicate(pa, ea, true).await }
+        });
+        // B's store hears of no remote open by itself: the test takes its steps.
+        let (_b_events, b_events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn({
+            let b = b.clone();
+            async move { b.replicate(pb, b_events, true).await }
+        });
+        // A's Open has reached B.
+        let event = tokio::time::timeout(LIMIT, eb.recv()).await.unwrap();
+        assert_eq!(event, Some(Event::DiscoveryKey(dk)));
+        let stream = tokio::time::timeout(LIMIT, async {
+            loop {
+                if let Some(stream) = b.state().streams.values().next().cloned() {
+                    return stream;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+
+        // The look-up finds nothing; a load comes before the refusal goes out.
+        assert!(b.get_by_discovery_key(&dk).await.unwrap().is_none());
+        let clone = b.get_by_key(key).await.unwrap();
+        stream.refuse(dk, "the store does not have it");
+
+        // The clone still replicates with A.
+        tokio::time::timeout(LIMIT, clone.feed().update(Some(2), None))
+            .await
+            .unwrap_or_else(|_| panic!("the clone of {key} never learned A's length"))
+            .unwrap();
+        assert_eq!(&clone.feed().get(1).await.unwrap()[..], b"1");
+        assert!(pa.outcome().is_none());
+        a.close().await.unwrap();
+        b.close().await.unwrap();
     }
 }

@@ -135,7 +135,7 @@ impl std::fmt::Debug for ProtocolOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The remote opened a channel for a feed we have not opened. Open it with
-    /// [`Protocol::open`] to replicate it, or refuse with [`Protocol::close`].
+    /// [`Protocol::open`] to replicate it, or refuse with [`Protocol::refuse`].
     DiscoveryKey(DiscoveryKey),
 }
 
@@ -461,25 +461,28 @@ impl Protocol {
         };
         match state.channels.get(&discovery_key).and_then(|c| c.local_id) {
             Some(id) => self.shared.close_local(&mut state, discovery_key, id),
-            None => {
-                if let Some(rid) = state
-                    .channels
-                    .remove(&discovery_key)
-                    .and_then(|c| c.remote_id)
-                {
-                    state.remote_ids.remove(&rid);
-                }
-                let id = state.alloc();
-                self.shared.send_frame(
-                    &mut state,
-                    id,
-                    &Message::Close(Close {
-                        discovery_key: Some(discovery_key.0.to_vec()),
-                    }),
-                );
-                self.shared.maybe_finish(&mut state);
-            }
+            None => self.shared.refuse(&mut state, discovery_key),
         }
+    }
+
+    /// Tells the remote we will not replicate the feed of `discovery_key` (the answer to an
+    /// [`Event::DiscoveryKey`] for a feed we do not have), unless we have opened its
+    /// channel ourselves since: the decision to refuse may predate that open (the feed was
+    /// looked up and not found, then created), and closing would take the channel from
+    /// whoever opened it. Returns whether it refused.
+    pub fn refuse(&self, discovery_key: DiscoveryKey) -> bool {
+        let Ok(mut state) = self.shared.lock() else {
+            return false;
+        };
+        if state
+            .channels
+            .get(&discovery_key)
+            .is_some_and(|c| c.local_id.is_some())
+        {
+            return false;
+        }
+        self.shared.refuse(&mut state, discovery_key);
+        true
     }
 
     /// Registers a connection-wide extension (sent on channel 0, like JS stream extensions).
@@ -575,6 +578,23 @@ impl Shared {
             local_id,
             &Message::Close(Close {
                 discovery_key: None,
+            }),
+        );
+        self.maybe_finish(state);
+    }
+
+    /// Forgets the remote's channel for `dk`, which we have not opened, and tells the
+    /// remote (on a fresh channel id, as JS does).
+    fn refuse(&self, state: &mut State, dk: DiscoveryKey) {
+        if let Some(rid) = state.channels.remove(&dk).and_then(|c| c.remote_id) {
+            state.remote_ids.remove(&rid);
+        }
+        let id = state.alloc();
+        self.send_frame(
+            state,
+            id,
+            &Message::Close(Close {
+                discovery_key: Some(dk.0.to_vec()),
             }),
         );
         self.maybe_finish(state);

@@ -112,6 +112,50 @@ async fn a_channel_for_an_unknown_feed_is_reported_and_can_be_refused() {
 }
 
 #[tokio::test]
+async fn a_refusal_spares_a_channel_opened_here_since() {
+    let ((a, _), (b, mut events)) = pair(opts(true), opts(false)).await;
+    // The remote opens a feed; we look it up, do not find it, and create it before the
+    // refusal is sent (a store does this when it loads the feed meanwhile).
+    let key = KeyPair::generate().public;
+    let mut ca = a.open(key).unwrap();
+    assert_eq!(
+        events.recv().await,
+        Some(Event::DiscoveryKey(key.discovery_key()))
+    );
+    let mut cb = b.open(key).unwrap();
+    assert!(!b.refuse(key.discovery_key()), "the channel is ours now");
+    // The channel stays open at both ends and carries messages.
+    assert_eq!(cb.recv().await, Some(ChannelEvent::Opened));
+    assert_eq!(ca.recv().await, Some(ChannelEvent::Opened));
+    let status = Message::Status(Status {
+        uploading: Some(true),
+        downloading: Some(false),
+    });
+    cb.sender().send(status.clone()).unwrap();
+    assert_eq!(ca.recv().await, Some(ChannelEvent::Message(status.clone())));
+    ca.sender().send(status.clone()).unwrap();
+    assert_eq!(cb.recv().await, Some(ChannelEvent::Message(status)));
+    assert_eq!(b.channel_count(), 1);
+
+    // A feed we did not open is refused: the opener's channel closes.
+    let other = KeyPair::generate().public;
+    let mut co = a.open(other).unwrap();
+    assert_eq!(
+        events.recv().await,
+        Some(Event::DiscoveryKey(other.discovery_key()))
+    );
+    assert!(b.refuse(other.discovery_key()));
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), co.recv())
+            .await
+            .unwrap(),
+        None
+    );
+    // Only the first feed's channel is left.
+    assert_eq!(b.channel_count(), 1);
+}
+
+#[tokio::test]
 async fn opening_later_pairs_the_channels() {
     let ((a, _), (b, mut events)) = pair(opts(true), opts(false)).await;
     let key = KeyPair::generate().public;
