@@ -165,16 +165,56 @@ impl Daemon {
             .map_err(DaemonError::drive)
     }
 
-    /// Removes the file, symlink or empty directory at `at`.
-    pub async fn drive_rm(&self, at: &DriveLocation) -> Result<()> {
+    /// Removes the file, symlink or empty directory at `at`, or with `recursive` the
+    /// directory and everything below it (files first, then directories from the
+    /// deepest; drives mounted below are unmounted, not emptied). Returns the entries
+    /// removed.
+    pub async fn drive_rm(&self, at: &DriveLocation, recursive: bool) -> Result<u64> {
         let drive = self.writable_drive_at(at)?;
         let stat = drive.lstat(&at.path).await.map_err(DaemonError::drive)?;
-        let removed = if stat.is_dir() && !stat.is_symlink() {
-            drive.rmdir(&at.path).await
-        } else {
-            drive.unlink(&at.path).await
+        if !stat.is_dir() || stat.is_symlink() {
+            drive.unlink(&at.path).await.map_err(DaemonError::drive)?;
+            return Ok(1);
+        }
+        if !recursive || stat.mount.is_some() {
+            drive.rmdir(&at.path).await.map_err(DaemonError::drive)?;
+            return Ok(1);
+        }
+        let options = ReaddirOptions {
+            recursive: true,
+            no_mounts: true,
         };
-        removed.map_err(DaemonError::drive)
+        let entries = drive
+            .readdir_stats(&at.path, options)
+            .await
+            .map_err(DaemonError::drive)?;
+        let base = at.path.trim_end_matches('/');
+        let mut dirs = Vec::new();
+        let mut removed = 0;
+        for entry in entries {
+            let path = format!("{base}/{}", entry.name);
+            let done = if entry.stat.mount.is_some() {
+                drive.unmount(&path).await
+            } else if entry.stat.is_dir() && !entry.stat.is_symlink() {
+                dirs.push(path);
+                continue;
+            } else {
+                drive.unlink(&path).await
+            };
+            done.map_err(DaemonError::drive)?;
+            removed += 1;
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+        dirs.push(at.path.clone());
+        for dir in dirs {
+            // A directory known only by what was below it is gone with it.
+            match drive.rmdir(&dir).await {
+                Ok(()) => removed += 1,
+                Err(hyperdrive::Error::NotFound { .. }) => {}
+                Err(e) => return Err(DaemonError::drive(e)),
+            }
+        }
+        Ok(removed)
     }
 
     /// Makes a symlink at `at` pointing to `target`.

@@ -377,10 +377,13 @@ async fn files_and_directories_at_locations_with_their_errors() {
     );
 
     // Removing: a file, an empty directory; not a full one.
-    let err = a.drive_rm(&at(&docs, None, "/dir")).await.unwrap_err();
+    let err = a
+        .drive_rm(&at(&docs, None, "/dir"), false)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
-    a.drive_rm(&at(&docs, None, "/link")).await.unwrap();
-    a.drive_rm(&at(&docs, None, "/empty")).await.unwrap();
+    a.drive_rm(&at(&docs, None, "/link"), false).await.unwrap();
+    a.drive_rm(&at(&docs, None, "/empty"), false).await.unwrap();
     assert!(a
         .drive_stat(&at(&docs, None, "/empty"), true)
         .await
@@ -570,7 +573,9 @@ async fn versions_changes_downloads_and_clears() {
     };
     put("/one.txt", vec![1; 10]).await;
     put("/two.bin", vec![2; 300_000]).await;
-    a.drive_rm(&at(&docs, None, "/one.txt")).await.unwrap();
+    a.drive_rm(&at(&docs, None, "/one.txt"), false)
+        .await
+        .unwrap();
     assert_eq!(a.drive_info(&docs.key).await.unwrap().version, 4);
 
     let diff: Vec<DriveChange> = a

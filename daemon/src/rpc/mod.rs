@@ -1,9 +1,10 @@
-//! The gRPC API: one service per domain (`daemon`, `cores`, `peers`), served on a Unix
+//! The gRPC API: one service per domain (`daemon`, `cores`, `peers`, `drives`), served on a Unix
 //! socket private to the user (mode 0600, callers' uid checked) and optionally on a
 //! loopback TCP address that requires the token from `rpc.token`.
 
 mod cores;
 mod daemon;
+mod drives;
 mod peers;
 
 use std::os::unix::fs::PermissionsExt;
@@ -18,6 +19,7 @@ use hypercore::PublicKey;
 use hyperd_config::Config;
 use hyperd_proto::v1::cores_server::CoresServer;
 use hyperd_proto::v1::daemon_server::DaemonServer;
+use hyperd_proto::v1::drives_server::DrivesServer;
 use hyperd_proto::v1::peers_server::PeersServer;
 use tokio::net::UnixListener;
 use tonic::service::interceptor::InterceptedService;
@@ -146,6 +148,9 @@ fn router(daemon: &Daemon, token: Option<String>) -> tonic::transport::server::R
     let peers = PeersServer::new(peers::PeersService::new(daemon.clone()))
         .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_REPLY);
+    let drives = DrivesServer::new(drives::DrivesService::new(daemon.clone()))
+        .max_decoding_message_size(MAX_REQUEST)
+        .max_encoding_message_size(MAX_REPLY);
     Server::builder()
         // Large appends and reads stream megabytes; HTTP/2's 64 KiB default windows would
         // stall them on round trips.
@@ -153,7 +158,8 @@ fn router(daemon: &Daemon, token: Option<String>) -> tonic::transport::server::R
         .initial_connection_window_size(Some(2 * WINDOW))
         .add_service(InterceptedService::new(status, check.clone()))
         .add_service(InterceptedService::new(cores, check.clone()))
-        .add_service(InterceptedService::new(peers, check))
+        .add_service(InterceptedService::new(peers, check.clone()))
+        .add_service(InterceptedService::new(drives, check))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
