@@ -4,6 +4,8 @@
 //! everything kept across a restart.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::{Arc, Mutex};
+
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hyperd_proto::v1::drives_client::DrivesClient;
@@ -59,6 +61,28 @@ async fn read(
         out.extend_from_slice(&chunk.unwrap().data);
     }
     out
+}
+
+/// A channel on the daemon's socket whose connections the test can sever, as if the
+/// client process died.
+async fn severable_channel(
+    path: &std::path::Path,
+) -> (Channel, Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>) {
+    let sockets = Arc::new(Mutex::new(Vec::new()));
+    let (kept, path) = (sockets.clone(), path.to_owned());
+    let channel = tonic::transport::Endpoint::from_static("http://[::1]:50051")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let (path, kept) = (path.clone(), kept.clone());
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?.into_std()?;
+                kept.lock().unwrap().push(stream.try_clone()?);
+                let stream = tokio::net::UnixStream::from_std(stream)?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    (channel, sockets)
 }
 
 fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> (Code, String) {
@@ -205,18 +229,19 @@ async fn drives_through_the_api_of_a_real_daemon() {
     );
     assert_eq!(c, Code::NotFound, "{m}");
 
-    // An upload cut off midway leaves nothing behind.
+    // A client that dies midway (its connection severed, never a clean end of the
+    // upload) leaves nothing behind, and the next writer goes ahead.
+    let (channel, sockets) = severable_channel(&daemon.socket()).await;
     let (mut tx, rx) = futures::channel::mpsc::channel(4);
-    let upload = {
-        let mut drives = drives.clone();
-        tokio::spawn(async move { drives.write_file(rx).await })
-    };
+    let upload = tokio::spawn(async move { DrivesClient::new(channel).write_file(rx).await });
     for message in writes(url(&key, "/cut.bin"), vec![vec![1u8; 100_000]]) {
         tx.send(message).await.unwrap();
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    upload.abort();
-    drop(tx);
+    for socket in sockets.lock().unwrap().iter() {
+        socket.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    assert!(upload.await.unwrap().is_err(), "the severed upload failed");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (c, m) = code(
         drives
@@ -227,6 +252,18 @@ async fn drives_through_the_api_of_a_real_daemon() {
             .await,
     );
     assert_eq!(c, Code::NotFound, "nothing half-written: {m}");
+    drop(tx);
+    drives
+        .write_file(futures::stream::iter(writes(
+            url(&key, "/cut.bin"),
+            vec![b"whole".to_vec()],
+        )))
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&mut drives, url(&key, "/cut.bin"), 0, None).await,
+        b"whole"
+    );
 
     // Directories, recursive removal, mounts, diffs.
     drives
