@@ -37,7 +37,7 @@ const store = new Corestore(args.dir)
 const drive = hyperdrive(store, args.key ? Buffer.from(args.key, 'hex') : null)
 const replication = storeReplication(store)
 
-// Bytes i of generated file n: (31 n + i) mod 251 (tests/tests/js_drive_net.rs makes the same).
+// Bytes i of generated file n: (31 n + i) mod 251 (hyperd_tests::pattern makes the same).
 function pattern (n, size) {
   const b = Buffer.alloc(size)
   for (let i = 0; i < size; i++) b[i] = (31 * n + i) % 251

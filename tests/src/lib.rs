@@ -83,6 +83,13 @@ pub fn make_block(index: u64, size: usize) -> Vec<u8> {
     block
 }
 
+/// Generated file `n` of the JS drive peer (`drive-peer.js`): byte `i` is
+/// `(31 n + i) mod 251`.
+pub fn pattern(n: u64, size: usize) -> Vec<u8> {
+    let first = ((31 * n) % 251) as u8;
+    (first..251).chain(0..first).cycle().take(size).collect()
+}
+
 /// Content of a file the drive crash test writes (`drive-writer`, `tests/drive_crash.rs`):
 /// a first line `<tag> <len>`, then `len` bytes of [`make_block`] keyed by the tag, so a
 /// reader tells from a file's bytes which write made it and checks every byte.

@@ -16,6 +16,7 @@ use corestore::{Corestore, CorestoreOptions};
 use hypercore::PublicKey;
 use hyperd_testkit::init_tracing;
 use hyperd_tests::js_peer::{connect_store, serve_store, JsPeer};
+use hyperd_tests::pattern;
 use hyperdrive::{Drive, DriveOptions, MountOptions, Stat, WriteOptions};
 use serde_json::{json, Map, Value};
 
@@ -26,12 +27,6 @@ const LIMIT: Duration = Duration::from_secs(30);
 const MAX_LOOKUP_BLOCKS: usize = 8;
 /// The generated file a sparse test reads: 700000 bytes, two blocks (see `large_size`).
 const SPARSE_FILE: u64 = 27;
-
-/// Byte `i` of generated file `n` is `(31 n + i) mod 251`, as `drive-peer.js` makes it.
-fn pattern(n: u64, size: usize) -> Vec<u8> {
-    let first = ((31 * n) % 251) as u8;
-    (first..251).chain(0..first).cycle().take(size).collect()
-}
 
 /// Size of file `n` of a large drive, as `drive-peer.js --populate large` makes it.
 fn large_size(n: u64) -> usize {
