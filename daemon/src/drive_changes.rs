@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
+use corestore::Corestore;
 use futures::stream::{BoxStream, StreamExt};
+use hypercore::PublicKey;
 use hyperdrive::{
-    Cleared, DriveChange, FileStats, HistoryEntry, HistoryOptions, Progress, WalkOptions,
+    Cleared, Drive, DriveChange, DriveOptions, FileStats, HistoryEntry, HistoryOptions, Progress,
+    WalkOptions,
 };
 
 use crate::daemon::Daemon;
@@ -60,8 +63,11 @@ impl Daemon {
     }
 
     /// The changes under the path of `at` as they happen (written here or replicated),
-    /// each batch as the diff from the version seen before; mounts below it included.
-    pub fn drive_watch(
+    /// each batch as the diff from the version seen before; inside mounted drives too
+    /// (the drive holding the path, and those mounted at or below it), with paths from
+    /// the root of the drive watched. Changes in a drive mounted after the watch started
+    /// count from when the watch first saw the mount.
+    pub async fn drive_watch(
         &self,
         at: &DriveLocation,
     ) -> Result<BoxStream<'static, Result<DriveChange>>> {
@@ -72,29 +78,31 @@ impl Daemon {
         }
         let drive = self.drive(&at.key)?;
         let ticks = drive.watch(&at.path).boxed();
-        let path = at.path.clone();
-        let seen = drive.version();
-        // The watch starts when first polled: what was written since `seen` is reported
+        // The watch starts when first polled: what was written from now on is reported
         // from the versions, not from the ticks.
-        let changes =
-            futures::stream::unfold((drive, ticks, seen), move |(drive, mut ticks, seen)| {
-                let path = path.clone();
-                async move {
-                    if drive.version() == seen {
-                        if let Err(e) = ticks.next().await? {
-                            let error = futures::stream::iter([Err(DaemonError::drive(e))]);
-                            return Some((error.boxed(), (drive, ticks, seen)));
-                        }
-                    }
-                    let now = drive.version();
-                    let diff = drive
-                        .diff(seen, &path)
-                        .map(|c| c.map_err(DaemonError::drive))
-                        .boxed();
-                    Some((diff, (drive, ticks, now)))
+        let mut watching = Watching {
+            store: self.store().clone(),
+            seen: drive.version(),
+            drive,
+            path: at.path.clone(),
+            mounted: Vec::new(),
+        };
+        watching.find_mounted().await?;
+        let changes = futures::stream::unfold(Some((watching, ticks)), |state| async move {
+            let (mut watching, mut ticks) = state?;
+            loop {
+                match watching.changes().await {
+                    Ok(Some(changes)) => return Some((changes, Some((watching, ticks)))),
+                    Ok(None) => {}
+                    Err(e) => return Some((futures::stream::iter([Err(e)]).boxed(), None)),
                 }
-            })
-            .flatten();
+                if let Err(e) = ticks.next().await? {
+                    let error = futures::stream::iter([Err(DaemonError::drive(e))]);
+                    return Some((error.boxed(), None));
+                }
+            }
+        })
+        .flatten();
         Ok(self.until_stopped(changes.boxed()))
     }
 
@@ -154,4 +162,111 @@ impl Daemon {
             .await
             .map_err(DaemonError::drive)
     }
+}
+
+/// A watch between two wake-ups: the versions it reported changes up to.
+struct Watching {
+    store: Corestore,
+    drive: Drive,
+    path: String,
+    /// The watched drive's version.
+    seen: u64,
+    /// The unpinned drives mounted in it whose entries show under the path.
+    mounted: Vec<Mounted>,
+}
+
+/// A drive mounted in a watched drive, and the version of it changes were reported up to.
+struct Mounted {
+    /// Its mount point, from the root of the watched drive.
+    at: String,
+    key: PublicKey,
+    /// The path in it that shows as the watched path (`/` for a drive mounted below it).
+    path: String,
+    drive: Drive,
+    seen: u64,
+}
+
+impl Watching {
+    /// Brings `mounted` up to the mounts now: the drive holding the path when it is a
+    /// mounted one, and every drive mounted at or below the path. One seen before keeps
+    /// its version; a new one starts at its version now (the watched drive's diff reports
+    /// the mount itself).
+    async fn find_mounted(&mut self) -> Result<()> {
+        let mounts = self.drive.mounts(true).await.map_err(DaemonError::drive)?;
+        let holder = self
+            .drive
+            .info(&self.path)
+            .await
+            .map_err(DaemonError::drive)?;
+        let pinned = |at: &str| mounts.iter().any(|m| m.path == at && m.version.is_some());
+        let mut wanted = Vec::new();
+        if holder.drive != self.drive.key() && !pinned(&holder.mount_path) {
+            wanted.push((holder.mount_path, holder.drive, holder.inner_path));
+        }
+        let base = self.path.trim_end_matches('/');
+        for mount in mounts {
+            let below = base.is_empty()
+                || mount.path == base
+                || mount.path.starts_with(&format!("{base}/"));
+            if below && mount.version.is_none() {
+                wanted.push((mount.path, mount.key, "/".to_string()));
+            }
+        }
+        let mut before = std::mem::take(&mut self.mounted);
+        for (at, key, path) in wanted {
+            let known = before.iter().position(|m| m.at == at && m.key == key);
+            let mounted = match known {
+                Some(i) => before.swap_remove(i),
+                None => {
+                    let drive = Drive::open_key(&self.store, key, DriveOptions::default())
+                        .await
+                        .map_err(DaemonError::drive)?;
+                    Mounted {
+                        seen: drive.version(),
+                        at,
+                        key,
+                        path,
+                        drive,
+                    }
+                }
+            };
+            self.mounted.push(mounted);
+        }
+        Ok(())
+    }
+
+    /// What changed under the path since the versions seen, if anything did.
+    async fn changes(&mut self) -> Result<Option<BoxStream<'static, Result<DriveChange>>>> {
+        self.find_mounted().await?;
+        let mut diffs = Vec::new();
+        let now = self.drive.version();
+        if now != self.seen {
+            let diff = self.drive.diff(self.seen, &self.path);
+            diffs.push(diff.map(|c| c.map_err(DaemonError::drive)).boxed());
+            self.seen = now;
+        }
+        for mounted in &mut self.mounted {
+            let now = mounted.drive.version();
+            if now != mounted.seen {
+                let at = mounted.at.clone();
+                let diff = mounted.drive.diff(mounted.seen, &mounted.path);
+                let rebased =
+                    diff.map(move |c| c.map(|c| under(&at, c)).map_err(DaemonError::drive));
+                diffs.push(rebased.boxed());
+                mounted.seen = now;
+            }
+        }
+        Ok((!diffs.is_empty()).then(|| futures::stream::iter(diffs).flatten().boxed()))
+    }
+}
+
+/// `change`, of a drive mounted at `at`, with its path from the root of the drive it is
+/// mounted in.
+fn under(at: &str, mut change: DriveChange) -> DriveChange {
+    let (DriveChange::Put { path, .. }
+    | DriveChange::Del { path, .. }
+    | DriveChange::Mount { path, .. }
+    | DriveChange::Unmount { path, .. }) = &mut change;
+    *path = format!("{}/{path}", at.trim_matches('/'));
+    change
 }

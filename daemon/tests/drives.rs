@@ -616,7 +616,7 @@ async fn versions_changes_downloads_and_clears() {
     );
 
     // A watch reports what is written after it started.
-    let mut watch = a.drive_watch(&at(&docs, None, "/")).unwrap();
+    let mut watch = a.drive_watch(&at(&docs, None, "/")).await.unwrap();
     put("/three.txt", b"3".to_vec()).await;
     let change = tokio::time::timeout(Duration::from_secs(20), watch.next())
         .await
@@ -732,5 +732,67 @@ async fn folders_are_imported_and_exported_with_progress_and_a_summary() {
         .err()
         .unwrap();
     assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
+    a.shutdown().await;
+}
+
+/// The next change of `watch`, within 20 s.
+async fn next_change(
+    watch: &mut BoxStream<'static, Result<DriveChange, DaemonError>>,
+) -> DriveChange {
+    tokio::time::timeout(Duration::from_secs(20), watch.next())
+        .await
+        .expect("no change within 20 s")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_reports_changes_inside_mounted_drives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _a_lock) = start(&dir.path().join("a")).await;
+    let docs = a.create_drive("docs").await.unwrap();
+    let sub = a.create_drive("sub").await.unwrap();
+    a.drive_mount(&at(&docs, None, "/sub"), sub.key, MountOptions::default())
+        .await
+        .unwrap();
+    let mut above = a.drive_watch(&at(&docs, None, "/")).await.unwrap();
+    let mut inside = a.drive_watch(&at(&docs, None, "/sub/d")).await.unwrap();
+    let mut elsewhere = a.drive_watch(&at(&docs, None, "/other")).await.unwrap();
+    // Written in the mounted drive itself, then through the mount: the watched drive's
+    // own version does not change.
+    write(&a, &sub, "/d/one.txt", b"1").await;
+    write(&a, &docs, "/sub/d/two.txt", b"2").await;
+    for watch in [&mut above, &mut inside] {
+        let mut paths = vec![
+            next_change(watch).await.path().to_string(),
+            next_change(watch).await.path().to_string(),
+        ];
+        paths.sort();
+        assert_eq!(paths, ["sub/d/one.txt", "sub/d/two.txt"]);
+    }
+    // A drive mounted below the watched path, then written: a mount, then a put.
+    let deep = a.create_drive("deep").await.unwrap();
+    a.drive_mount(
+        &at(&sub, None, "/d/deep"),
+        deep.key,
+        MountOptions::default(),
+    )
+    .await
+    .unwrap();
+    for watch in [&mut above, &mut inside] {
+        let mounted = next_change(watch).await;
+        assert!(
+            matches!(&mounted, DriveChange::Mount { path, key, .. }
+                if path == "sub/d/deep" && *key == deep.key),
+            "{mounted:?}"
+        );
+    }
+    write(&a, &deep, "/three.txt", b"3").await;
+    for watch in [&mut above, &mut inside] {
+        assert_eq!(next_change(watch).await.path(), "sub/d/deep/three.txt");
+    }
+    // Nothing of it is under /other.
+    write(&a, &docs, "/other/four.txt", b"4").await;
+    assert_eq!(next_change(&mut elsewhere).await.path(), "other/four.txt");
     a.shutdown().await;
 }

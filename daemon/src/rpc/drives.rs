@@ -587,7 +587,7 @@ impl drives_server::Drives for DrivesService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let at = location("location", request.into_inner().location)?;
         let drive = self.daemon.drive(&at.key).map_err(status)?;
-        let changes = self.daemon.drive_watch(&at).map_err(status)?;
+        let changes = self.daemon.drive_watch(&at).await.map_err(status)?;
         Ok(Response::new(server_stream(changes, move |c| {
             change(drive.version(), c)
         })))
