@@ -220,6 +220,45 @@ fn dir_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Follows the drive a JS peer announced in `ready` (every block of it with `all`), dials
+/// the peer, and waits until the drive reaches the peer's version.
+async fn follow(
+    daemon: &Daemon,
+    drives: &mut Drives,
+    peers: &mut PeersClient<Channel>,
+    ready: &Value,
+    all: bool,
+) {
+    let key = ready["key"].as_str().unwrap();
+    let version = ready["version"].as_u64().unwrap();
+    let follow = pb::FollowDriveRequest {
+        drive: at(key, ""),
+        all,
+    };
+    let followed = drives.follow(follow).await.unwrap().into_inner();
+    assert!(!followed.writable);
+    let dial = pb::DialRequest {
+        address: format!("127.0.0.1:{}", ready["port"]),
+        ..pb::DialRequest::default()
+    };
+    peers.dial(dial).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let info = pb::DriveInfoRequest { drive: at(key, "") };
+        let info = drives.info(info).await.unwrap().into_inner();
+        if info.version >= version {
+            return;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the followed drive is at version {} of {version} after {LIMIT:?}:\n{}",
+            info.version,
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drive_written_through_the_api_is_read_in_full_by_a_js_peer() {
     let daemon = Daemon::start().unwrap();
@@ -332,6 +371,23 @@ async fn a_drive_written_through_the_api_is_read_in_full_by_a_js_peer() {
     assert_eq!(entries["sub"]["mount"]["key"], sub.as_str());
     // Every entry, Stat for Stat, as the daemon shows its own drive.
     assert_same_view(&api_view(&mut drives, &main).await, &list);
+
+    // A write through the mount on the live connection reaches JS.
+    let late = pattern(3, 100_000);
+    let chunks: Vec<&[u8]> = late.chunks(50_000).collect();
+    write(&mut drives, &main, "/sub/late.bin", None, &chunks).await;
+    js.call(json!({"cmd": "wait", "path": "/sub/late.bin"}))
+        .await
+        .unwrap();
+    let read = js
+        .call(json!({"cmd": "read", "path": "/sub/late.bin"}))
+        .await
+        .unwrap();
+    assert!(
+        read["hex"] == hex::encode(&late),
+        "/sub/late.bin as JS read it"
+    );
+    assert_eq!(read["stat"]["blocks"], 2);
     js.finish().await.unwrap();
 }
 
@@ -348,7 +404,6 @@ async fn the_daemon_follows_and_reads_a_drive_a_js_peer_serves() {
     let (mut js, ready) = JsPeer::spawn("drive-peer.js", &args).await.unwrap();
     let list = js.call(json!({"cmd": "list"})).await.unwrap();
     let key = ready["key"].as_str().unwrap().to_string();
-    let version = ready["version"].as_u64().unwrap();
     let sub = list["entries"]["sub"]["mount"]["key"]
         .as_str()
         .unwrap()
@@ -357,35 +412,8 @@ async fn the_daemon_follows_and_reads_a_drive_a_js_peer_serves() {
     let daemon = Daemon::start().unwrap();
     let channel = daemon.channel().await.unwrap();
     let mut drives = DrivesClient::new(channel.clone());
-    let follow = pb::FollowDriveRequest {
-        drive: at(&key, ""),
-        all: false,
-    };
-    let followed = drives.follow(follow).await.unwrap().into_inner();
-    assert!(!followed.writable);
     let mut peers = PeersClient::new(channel);
-    let dial = pb::DialRequest {
-        address: format!("127.0.0.1:{}", ready["port"]),
-        ..pb::DialRequest::default()
-    };
-    peers.dial(dial).await.unwrap();
-    let started = Instant::now();
-    loop {
-        let info = pb::DriveInfoRequest {
-            drive: at(&key, ""),
-        };
-        let info = drives.info(info).await.unwrap().into_inner();
-        if info.version >= version {
-            break;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "the followed drive is at version {} of {version} after {LIMIT:?}:\n{}",
-            info.version,
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    follow(&daemon, &mut drives, &mut peers, &ready, false).await;
 
     // Every entry, Stat for Stat and byte for byte, as JS lists its own drive.
     assert_same_view(&api_view(&mut drives, &key).await, &list);
@@ -437,5 +465,101 @@ async fn the_daemon_follows_and_reads_a_drive_a_js_peer_serves() {
     };
     let info = drives.info(info).await.unwrap().into_inner();
     assert_eq!(info.content_key, list["contentKey"].as_str().unwrap());
+
+    // A file JS writes on the live connection: watched, then read.
+    let request = pb::WatchDriveRequest {
+        location: at(&key, "/"),
+    };
+    let mut changes = drives.watch(request).await.unwrap().into_inner();
+    let late = pattern(4, 100_000);
+    let write = json!({"cmd": "write", "path": "/late.bin", "hex": hex::encode(&late)});
+    js.call(write).await.unwrap();
+    let change = tokio::time::timeout(LIMIT, changes.next())
+        .await
+        .expect("no change watched")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (change.kind(), change.path.as_str()),
+        (pb::drive_change::Kind::Put, "/late.bin")
+    );
+    assert_eq!(read(&mut drives, &key, "/late.bin", 0).await, late);
+
+    // And one it writes in the mounted drive.
+    let late = pattern(5, 100_000);
+    let write = json!({"cmd": "write", "path": "/sub/late.bin", "hex": hex::encode(&late)});
+    js.call(write).await.unwrap();
+    let change = tokio::time::timeout(LIMIT, changes.next())
+        .await
+        .expect("no change watched in the mount")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (change.kind(), change.path.as_str()),
+        (pb::drive_change::Kind::Put, "/sub/late.bin")
+    );
+    assert_eq!(read(&mut drives, &key, "/sub/late.bin", 0).await, late);
     js.finish().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_js_drive_is_read_after_its_peer_left_and_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "--dir",
+        dir_str(tmp.path()),
+        "--populate",
+        "full",
+        "--listen",
+    ];
+    let (mut js, ready) = JsPeer::spawn("drive-peer.js", &args).await.unwrap();
+    let list = js.call(json!({"cmd": "list"})).await.unwrap();
+    let key = ready["key"].as_str().unwrap().to_string();
+
+    let mut daemon = Daemon::start().unwrap();
+    let channel = daemon.channel().await.unwrap();
+    let mut drives = DrivesClient::new(channel.clone());
+    let mut peers = PeersClient::new(channel);
+    follow(&daemon, &mut drives, &mut peers, &ready, true).await;
+    // The mirror fetches every block, the mounted drive's included, with no read asking.
+    let started = Instant::now();
+    for path in ["/", "/sub"] {
+        loop {
+            let request = pb::FileStatsRequest {
+                location: at(&key, path),
+            };
+            let files = drives.file_stats(request).await.unwrap().into_inner().files;
+            let missing: Vec<_> = files
+                .iter()
+                .filter(|f| f.downloaded_blocks < f.blocks)
+                .collect();
+            if !files.is_empty() && missing.is_empty() {
+                break;
+            }
+            assert!(
+                started.elapsed() < LIMIT,
+                "not mirrored after {LIMIT:?}: {missing:?}\n{}",
+                daemon.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    js.finish().await.unwrap();
+    daemon.signal_and_wait(15).unwrap();
+    daemon.restart().unwrap();
+
+    // From this daemon's disk alone: there is no peer left.
+    let mut drives = DrivesClient::new(daemon.channel().await.unwrap());
+    assert_same_view(&api_view(&mut drives, &key).await, &list);
+    let info = pb::DriveInfoRequest {
+        drive: at(&key, ""),
+    };
+    let info = drives.info(info).await.unwrap().into_inner();
+    assert!(info.all, "{info:?}");
+    assert_eq!(info.peers, 0, "{info:?}");
+    assert_eq!(
+        (info.content_blocks_stored, info.metadata_blocks_stored),
+        (info.content_blocks, info.metadata_blocks),
+        "{info:?}"
+    );
 }
