@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use hyperd_config::Home;
 use hyperd_proto::v1::cores_client::CoresClient;
 use hyperd_proto::v1::daemon_client::DaemonClient;
+use hyperd_proto::v1::drives_client::DrivesClient;
 use hyperd_proto::v1::peers_client::PeersClient;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -121,6 +122,11 @@ impl Client {
     /// The `Cores` service.
     pub fn cores(&self) -> CoresClient<Channel> {
         CoresClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The `Drives` service.
+    pub fn drives(&self) -> DrivesClient<Channel> {
+        DrivesClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// The `Peers` service.

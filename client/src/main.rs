@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use hyperctl::connect::{self, Client};
 use hyperctl::cores::{self, CatOptions, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE};
 use hyperctl::daemon_cmds::{self, StartOptions};
+use hyperctl::drives::{self, LsOptions, Url};
 use hyperctl::key::Key;
 use hyperctl::output::{self, BrokenPipe};
 use hyperctl::{peers, service};
@@ -55,6 +56,9 @@ enum Command {
     /// Hypercores: create, follow, read, write
     #[command(subcommand, arg_required_else_help = true)]
     Core(CoreCommand),
+    /// Hyperdrives: create, follow, browse, write, import, export
+    #[command(subcommand, arg_required_else_help = true)]
+    Drive(DriveCommand),
     /// Peer connections
     #[command(subcommand, arg_required_else_help = true)]
     Peer(PeerCommand),
@@ -157,6 +161,162 @@ enum CoreCommand {
     Rm { key: String },
     /// Print a core's events as they happen, one line each
     Watch { key: String },
+}
+
+/// URL arguments are `hyper://KEY[+VERSION]/path` (the `hyper://` may be left out);
+/// `+VERSION` reads that version of the drive (read-only).
+#[derive(Subcommand)]
+enum DriveCommand {
+    /// Create a writable drive and print its key
+    Create {
+        /// Derive the key from this name (the same name gives the same drive)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Follow (replicate) a drive by key
+    Follow {
+        url: String,
+        /// Mirror every version of every file, live, not only what is read
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a drive's keys, version, size, storage and peers
+    Info { url: String },
+    /// List the daemon's drives
+    List,
+    /// Stop following or serving a drive and delete its local data
+    RmDrive { url: String },
+    /// List a directory (with -l: mode, owner, size, time in UTC, name)
+    Ls {
+        url: String,
+        /// Everything below, paths relative to the directory
+        #[arg(short, long)]
+        recursive: bool,
+        /// Long listing, like `ls -l`
+        #[arg(short = 'l', long)]
+        long: bool,
+        /// Leave mounted drives out
+        #[arg(long)]
+        no_mounts: bool,
+    },
+    /// Write a file's bytes to stdout
+    Cat {
+        url: String,
+        /// First byte
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// End (exclusive) [default: the end of the file]
+        #[arg(long)]
+        end: Option<u64>,
+        /// How long hyperd waits for peers to serve a block [default: hyperd's, 30 s]
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        timeout_ms: u32,
+    },
+    /// Write a local file (- for stdin) to a drive path (a URL ending in / keeps the name)
+    Put { local: PathBuf, url: String },
+    /// Copy a file out of a drive [LOCAL: default its name here; a directory; - for stdout]
+    Get { url: String, local: Option<PathBuf> },
+    /// Show an entry's attributes (a symlink itself, unless -L)
+    Stat {
+        url: String,
+        /// Follow a final symlink
+        #[arg(short = 'L', long)]
+        dereference: bool,
+    },
+    /// Create a directory
+    Mkdir { url: String },
+    /// Remove a file, a symlink or an empty directory (with -r, a whole tree)
+    Rm {
+        url: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Move an entry within its drive (TO: a URL of the same drive or an absolute path)
+    Mv { from: String, to: String },
+    /// Make a symbolic link at URL pointing to TARGET
+    Ln {
+        /// Symbolic (the only kind a drive has)
+        #[arg(short = 's', long = "symbolic", required = true)]
+        symbolic: bool,
+        target: String,
+        url: String,
+    },
+    /// Cut or extend (with zeros) a file to SIZE bytes
+    Truncate { url: String, size: u64 },
+    /// Set (KEY=VALUE) and delete per-file metadata, then print it
+    Meta {
+        url: String,
+        /// KEY=VALUE pairs to set
+        set: Vec<String>,
+        /// Keys to delete
+        #[arg(long, value_name = "KEY")]
+        delete: Vec<String>,
+    },
+    /// Mount a drive (or a hypercore) by key at a path
+    Mount {
+        url: String,
+        key: String,
+        /// Pin the mount at this version
+        #[arg(long)]
+        version: Option<u64>,
+        /// KEY is a raw hypercore, not a drive
+        #[arg(long)]
+        hypercore: bool,
+    },
+    /// Remove the mount at a path
+    Unmount { url: String },
+    /// List the mounts below a path
+    Mounts { url: String },
+    /// The drive's history: each change with the version it made
+    Log {
+        url: String,
+        /// Start after this version
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Stop at this version
+        #[arg(long)]
+        until: Option<u64>,
+        /// Keep printing new changes
+        #[arg(long)]
+        live: bool,
+    },
+    /// What changed under a path between two versions
+    Diff {
+        url: String,
+        /// The older version
+        #[arg(long)]
+        from: u64,
+        /// The newer version [default: the URL's, else the latest]
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Print changes under a path as they happen
+    Watch { url: String },
+    /// Fetch a file or a tree from peers, with progress
+    Download { url: String },
+    /// Delete the local copy of a file's or a tree's content
+    Clear { url: String },
+    /// Content blocks stored per file below a path
+    Stats { url: String },
+    /// Copy a local folder into a drive path: only what changed is written
+    Import {
+        dir: PathBuf,
+        url: String,
+        /// Also remove drive entries the folder does not have
+        #[arg(long)]
+        delete: bool,
+        /// Report what would change, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Copy a drive path out to a local folder (created if missing)
+    Export {
+        url: String,
+        dir: PathBuf,
+        /// Report what would be written, write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -312,6 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop => daemon_cmds::stop(&home()?, timeout, json).await,
         Command::Status => daemon_cmds::status(&home()?, timeout, json).await,
         Command::Core(command) => core(&home()?, command, timeout, json).await,
+        Command::Drive(command) => drive(&home()?, command, timeout, json).await,
         Command::Peer(command) => peer(&home()?, command, timeout, json).await,
         Command::Service(ServiceCommand::Install { hyperd, now }) => {
             let options = service::InstallOptions {
@@ -435,6 +596,133 @@ async fn core(
             let (client, key) = client(&key).await?;
             cores::watch(&client, key, json).await
         }
+    }
+}
+
+/// The URL arguments of a drive command, checked before connecting.
+fn drive_urls(command: &DriveCommand) -> anyhow::Result<()> {
+    use DriveCommand as D;
+    let urls: Vec<&str> = match command {
+        D::Create { .. } | D::List => vec![],
+        D::Mv { from, to } if to.starts_with('/') => vec![from],
+        D::Mv { from, to } => vec![from, to],
+        D::Mount { url, key, .. } => {
+            Key::parse(key)?;
+            vec![url]
+        }
+        D::Follow { url, .. }
+        | D::Info { url }
+        | D::RmDrive { url }
+        | D::Ls { url, .. }
+        | D::Cat { url, .. }
+        | D::Put { url, .. }
+        | D::Get { url, .. }
+        | D::Stat { url, .. }
+        | D::Mkdir { url }
+        | D::Rm { url, .. }
+        | D::Ln { url, .. }
+        | D::Truncate { url, .. }
+        | D::Meta { url, .. }
+        | D::Unmount { url }
+        | D::Mounts { url }
+        | D::Log { url, .. }
+        | D::Diff { url, .. }
+        | D::Watch { url }
+        | D::Download { url }
+        | D::Clear { url }
+        | D::Stats { url }
+        | D::Import { url, .. }
+        | D::Export { url, .. } => vec![url],
+    };
+    for url in urls {
+        Url::parse(url)?;
+    }
+    Ok(())
+}
+
+async fn drive(
+    home: &Home,
+    command: DriveCommand,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    use DriveCommand as D;
+    // A typo is reported without a daemon.
+    drive_urls(&command)?;
+    let url = |text: &str| Url::parse(text);
+    let client = connect::connect(home, timeout).await?;
+    let c = &client;
+    match command {
+        D::Create { name } => drives::create(c, name, json).await,
+        D::Follow { url: u, all } => drives::follow(c, url(&u)?, all, json).await,
+        D::Info { url: u } => drives::info(c, url(&u)?, json).await,
+        D::List => drives::list(c, json).await,
+        D::RmDrive { url: u } => drives::remove(c, url(&u)?, json).await,
+        D::Ls {
+            url: u,
+            recursive,
+            long,
+            no_mounts,
+        } => {
+            let options = LsOptions {
+                recursive,
+                long,
+                no_mounts,
+            };
+            drives::ls(c, url(&u)?, options, json).await
+        }
+        D::Cat {
+            url: u,
+            start,
+            end,
+            timeout_ms,
+        } => drives::cat(c, url(&u)?, start, end, timeout_ms).await,
+        D::Put { local, url: u } => drives::put(c, &local, url(&u)?, json).await,
+        D::Get { url: u, local } => drives::get(c, url(&u)?, local, json).await,
+        D::Stat {
+            url: u,
+            dereference,
+        } => drives::stat(c, url(&u)?, dereference, json).await,
+        D::Mkdir { url: u } => drives::mkdir(c, url(&u)?, json).await,
+        D::Rm { url: u, recursive } => drives::rm(c, url(&u)?, recursive, json).await,
+        D::Mv { from, to } => drives::mv(c, url(&from)?, &to, json).await,
+        D::Ln { target, url: u, .. } => drives::symlink(c, target, url(&u)?, json).await,
+        D::Truncate { url: u, size } => drives::truncate(c, url(&u)?, size, json).await,
+        D::Meta {
+            url: u,
+            set,
+            delete,
+        } => drives::meta(c, url(&u)?, set, delete, json).await,
+        D::Mount {
+            url: u,
+            key,
+            version,
+            hypercore,
+        } => drives::mount(c, url(&u)?, Key::parse(&key)?, version, hypercore, json).await,
+        D::Unmount { url: u } => drives::unmount(c, url(&u)?, json).await,
+        D::Mounts { url: u } => drives::mounts(c, url(&u)?, json).await,
+        D::Log {
+            url: u,
+            since,
+            until,
+            live,
+        } => drives::log(c, url(&u)?, since, until, live, json).await,
+        D::Diff { url: u, from, to } => drives::diff(c, url(&u)?, from, to, json).await,
+        D::Watch { url: u } => drives::watch(c, url(&u)?, json).await,
+        D::Download { url: u } => drives::download(c, url(&u)?, json).await,
+        D::Clear { url: u } => drives::clear(c, url(&u)?, json).await,
+        D::Stats { url: u } => drives::stats(c, url(&u)?, json).await,
+        D::Import {
+            dir,
+            url: u,
+            delete,
+            dry_run,
+        } => drives::import(c, &dir, url(&u)?, delete, dry_run, json).await,
+        D::Export {
+            url: u,
+            dir,
+            dry_run,
+        } => drives::export(c, url(&u)?, &dir, dry_run, json).await,
     }
 }
 

@@ -161,6 +161,19 @@ pub fn progress_bar(total: u64, in_bytes: bool) -> ProgressBar {
     bar
 }
 
+/// A progress bar for transfers of many entries (the message shows bytes and the
+/// current entry), on stderr when it is a terminal.
+pub fn transfer_bar() -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0);
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {wide_msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
 /// A core as camelCase JSON.
 pub fn core_json(core: &CoreInfo) -> Value {
     json!({
