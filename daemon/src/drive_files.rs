@@ -68,7 +68,7 @@ impl Daemon {
                 .map_err(DaemonError::drive);
         }
         let names = drive
-            .readdir(&at.path, options.recursive)
+            .readdir_names(&at.path, options)
             .await
             .map_err(DaemonError::drive)?;
         Ok(names

@@ -38,6 +38,16 @@ impl Drive {
             recursive,
             no_mounts: false,
         };
+        self.readdir_names(path, options).await
+    }
+
+    /// [`Self::readdir`] with every option (`no_mounts` leaves out what is inside mounted
+    /// drives).
+    pub async fn readdir_names(
+        &self,
+        path: &str,
+        options: ReaddirOptions,
+    ) -> Result<Vec<String>, Error> {
         let entries = self.list_entries(path, options, false).await?;
         Ok(entries.into_iter().map(|(name, _)| name).collect())
     }
