@@ -33,7 +33,9 @@ pub use download::{
 };
 pub use drive::{Drive, DriveOptions};
 pub use handle::{FileHandle, OpenFlags, MAX_FILE_SIZE};
-pub use import::{ImportOptions, Skipped, Transfer, TransferProgress, TransferSummary};
+pub use import::{
+    ExportOptions, ImportOptions, Skipped, Transfer, TransferProgress, TransferSummary,
+};
 pub use mount::{MountInfo, MountOptions, PathInfo};
 pub use path::key_of;
 pub use read::FileReader;

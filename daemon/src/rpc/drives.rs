@@ -143,14 +143,18 @@ fn transfer_update(update: TransferUpdate) -> pb::TransferUpdate {
             entries_total: p.entries_total,
             bytes_done: p.bytes_done,
             bytes_total: p.bytes_total,
-            current: String::new(),
+            current: p.current.as_deref().unwrap_or_default().to_string(),
             summary: None,
         },
-        TransferUpdate::Done(s) => pb::TransferUpdate {
-            entries_done: s.added + s.changed + s.unchanged + s.removed,
-            entries_total: s.added + s.changed + s.unchanged + s.removed,
-            bytes_done: s.bytes_written,
-            bytes_total: s.bytes_written,
+        TransferUpdate::Done {
+            progress: p,
+            summary: s,
+            version,
+        } => pb::TransferUpdate {
+            entries_done: p.entries_done,
+            entries_total: p.entries_total,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
             current: String::new(),
             summary: Some(pb::TransferSummary {
                 added: s.added,
@@ -167,7 +171,7 @@ fn transfer_update(update: TransferUpdate) -> pb::TransferUpdate {
                         reason: k.reason,
                     })
                     .collect(),
-                version: 0,
+                version,
             }),
         },
     }
@@ -187,10 +191,6 @@ fn write_options(attributes: Option<pb::FileAttributes>) -> hyperdrive::WriteOpt
             .map(|(k, v)| (k, v.to_vec()))
             .collect(),
     }
-}
-
-fn no_dry_run() -> Status {
-    Status::unimplemented("dry_run is not supported yet: run without it")
 }
 
 #[tonic::async_trait]
@@ -653,13 +653,14 @@ impl drives_server::Drives for DrivesService {
         request: Request<pb::ImportRequest>,
     ) -> Result<Response<Self::ImportStream>, Status> {
         let request = request.into_inner();
-        if request.dry_run {
-            return Err(no_dry_run());
-        }
         let at = location("location", request.location)?;
+        let options = hyperdrive::ImportOptions {
+            remove_missing: request.delete,
+            dry_run: request.dry_run,
+        };
         let updates = self
             .daemon
-            .drive_import(&request.local_path, &at, request.delete)
+            .drive_import(&request.local_path, &at, options)
             .map_err(status)?;
         Ok(Response::new(server_stream(updates, transfer_update)))
     }
@@ -671,13 +672,13 @@ impl drives_server::Drives for DrivesService {
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         let request = request.into_inner();
-        if request.dry_run {
-            return Err(no_dry_run());
-        }
         let at = location("location", request.location)?;
+        let options = hyperdrive::ExportOptions {
+            dry_run: request.dry_run,
+        };
         let updates = self
             .daemon
-            .drive_export(&at, &request.local_path)
+            .drive_export(&at, &request.local_path, options)
             .map_err(status)?;
         Ok(Response::new(server_stream(updates, transfer_update)))
     }
