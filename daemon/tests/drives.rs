@@ -13,7 +13,7 @@ use hyperd::{
 };
 use hyperd_config::{Config, Home};
 use hyperdrive::{
-    DriveChange, ExportOptions, ImportOptions, MountOptions, ReaddirOptions, WriteOptions,
+    DriveChange, ExportOptions, ImportOptions, MountOptions, ReaddirOptions, Totals, WriteOptions,
 };
 
 /// A daemon and the lock on its home.
@@ -95,6 +95,23 @@ async fn drives_are_created_followed_listed_removed_and_kept_across_restarts() {
     let followed = b.follow_drive(docs.key, false).await.unwrap();
     assert!(!followed.writable && !followed.all);
     eventually(&b, &followed, "the announced version", |i| i.version == 3).await;
+    // Files are counted from the metadata stored here, which B does not have yet: Info
+    // says so, and fetches nothing to count them.
+    let files = Totals {
+        version: 3,
+        files: 2,
+        bytes: 12 + (3 << 20),
+    };
+    assert_eq!(written.totals, Some(files));
+    let sparse = b.drive_info(&docs.key).await.unwrap();
+    assert!(
+        sparse.metadata_blocks_stored < sparse.metadata_blocks,
+        "{sparse:?}"
+    );
+    assert_eq!(sparse.totals, None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = b.drive_info(&docs.key).await.unwrap();
+    assert_eq!(later.metadata_blocks_stored, sparse.metadata_blocks_stored);
     let drive = b.drive(&docs.key).unwrap();
     assert_eq!(
         drive.read_file("/readme.md").await.unwrap(),
@@ -176,6 +193,15 @@ async fn a_drive_followed_with_all_is_mirrored_live() {
         i.version == 4 && complete(i)
     })
     .await;
+    let totals = b.drive_info(&site.key).await.unwrap().totals;
+    assert_eq!(
+        totals,
+        Some(Totals {
+            version: 4,
+            files: 3,
+            bytes: 300_000
+        })
+    );
     // Live: what A writes next arrives too.
     write(&a, &site, "/later.html", b"later").await;
     eventually(&b, &followed, "the new file's blocks", |i| {

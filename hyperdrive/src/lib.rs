@@ -27,7 +27,7 @@ mod write;
 
 use hypercore::PublicKey;
 
-pub use dir::{DirEntry, ReaddirOptions};
+pub use dir::{DirEntry, ReaddirOptions, Totals};
 pub use download::{
     Cleared, Downloading, FileStats, Mirror, MirrorStatus, Progress, WalkOptions, MAX_CONCURRENT,
 };

@@ -46,8 +46,8 @@ fn drive_info(info: DriveInfo) -> pb::DriveInfo {
         version: info.version,
         writable: info.writable,
         name: info.name.unwrap_or_default(),
-        files: 0,
-        bytes: 0,
+        files: info.totals.map_or(0, |t| t.files),
+        bytes: info.totals.map_or(0, |t| t.bytes),
         metadata_blocks_stored: info.metadata_blocks_stored,
         metadata_blocks: info.metadata_blocks,
         content_blocks_stored: info.content_blocks_stored,
@@ -532,9 +532,9 @@ impl drives_server::Drives for DrivesService {
         request: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionResponse>, Status> {
         let at = location("drive", request.into_inner().drive)?;
-        let info = self.daemon.drive_info(&at.key).await.map_err(status)?;
+        let drive = self.daemon.drive(&at.key).map_err(status)?;
         Ok(Response::new(pb::VersionResponse {
-            version: info.version,
+            version: drive.version(),
         }))
     }
 
@@ -548,13 +548,7 @@ impl drives_server::Drives for DrivesService {
         let at = location("location", request.location)?;
         let version = match at.version {
             Some(v) => v,
-            None => {
-                self.daemon
-                    .drive_info(&at.key)
-                    .await
-                    .map_err(status)?
-                    .version
-            }
+            None => self.daemon.drive(&at.key).map_err(status)?.version(),
         };
         let changes = self.daemon.drive_diff(&at, request.from).map_err(status)?;
         Ok(Response::new(server_stream(changes, move |c| {
