@@ -10,16 +10,18 @@ use std::sync::Mutex;
 
 use corestore::Corestore;
 use hypercore::PublicKey;
-use hyperdrive::{Drive, DriveOptions};
+use hyperdrive::{Drive, DriveOptions, Totals};
 
 use crate::network::lock;
 use crate::state::State;
 use crate::tasks::Tasks;
 
-/// A drive held open, and its mirror's tasks if it is mirrored.
+/// A drive held open, its mirror's tasks if it is mirrored, and its files as last
+/// counted (a version is counted once, however often it is described).
 struct Held {
     drive: Drive,
     mirror: Option<Tasks>,
+    counted: Option<Totals>,
 }
 
 impl Held {
@@ -94,7 +96,12 @@ impl DriveSet {
             });
             tasks
         });
-        let before = lock(&self.held).insert(drive.key(), Held { drive, mirror });
+        let held = Held {
+            drive,
+            mirror,
+            counted: None,
+        };
+        let before = lock(&self.held).insert(held.drive.key(), held);
         if let Some(before) = before {
             before.stop();
         }
@@ -103,6 +110,21 @@ impl DriveSet {
     /// The drive `key` if it is held.
     pub fn get(&self, key: &PublicKey) -> Option<Drive> {
         lock(&self.held).get(key).map(|h| h.drive.clone())
+    }
+
+    /// The files of the held drive `key` as counted at `version`, if they were.
+    pub fn counted(&self, key: &PublicKey, version: u64) -> Option<Totals> {
+        let held = lock(&self.held);
+        held.get(key)?.counted.filter(|t| t.version == version)
+    }
+
+    /// Remembers the files of the held drive `key` as counted, unless a later version was.
+    pub fn remember_counted(&self, key: &PublicKey, totals: Totals) {
+        if let Some(held) = lock(&self.held).get_mut(key) {
+            if held.counted.is_none_or(|t| t.version <= totals.version) {
+                held.counted = Some(totals);
+            }
+        }
     }
 
     /// Whether `key` is mirrored.

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
-use hyperdrive::{ImportOptions, Transfer, TransferProgress, TransferSummary};
+use hyperdrive::{
+    Drive, ExportOptions, ImportOptions, Transfer, TransferProgress, TransferSummary,
+};
 
 use crate::daemon::Daemon;
 use crate::drives::DriveLocation;
@@ -21,18 +23,25 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 pub enum TransferUpdate {
     /// How far it is.
     Progress(TransferProgress),
-    /// It is done: what it did.
-    Done(TransferSummary),
+    /// It is done.
+    Done {
+        /// Its last progress: everything done.
+        progress: TransferProgress,
+        /// What it did (or, a dry run, would do).
+        summary: TransferSummary,
+        /// The drive's version after an import; the version an export wrote out.
+        version: u64,
+    },
 }
 
 impl Daemon {
     /// Writes the local directory `local` into the drive at `at` (see
-    /// [`hyperdrive::Drive::import`]); with `delete`, removes what `local` does not have.
+    /// [`hyperdrive::Drive::import`]), or with a dry run reports what that would do.
     pub fn drive_import(
         &self,
         local: &str,
         at: &DriveLocation,
-        delete: bool,
+        options: ImportOptions,
     ) -> Result<BoxStream<'static, Result<TransferUpdate>>> {
         let local = local_dir(local, true)?;
         if at.version.is_some() {
@@ -41,42 +50,55 @@ impl Daemon {
             )));
         }
         let drive = self.drive(&at.key)?;
-        let options = ImportOptions {
-            remove_missing: delete,
-        };
-        Ok(self.transfer(drive.import(&local, &at.path, options)))
+        let transfer = drive.import(&local, &at.path, options);
+        Ok(self.transfer(transfer, drive))
     }
 
     /// Writes the drive's tree at `at` into the local directory `local` (created if
-    /// missing; see [`hyperdrive::Drive::export`]).
+    /// missing; see [`hyperdrive::Drive::export`]), or with a dry run reports what that
+    /// would do.
     pub fn drive_export(
         &self,
         at: &DriveLocation,
         local: &str,
+        options: ExportOptions,
     ) -> Result<BoxStream<'static, Result<TransferUpdate>>> {
         let local = local_dir(local, false)?;
         let drive = self.drive_at(at)?;
-        Ok(self.transfer(drive.export(&at.path, &local)))
+        let transfer = drive.export(&at.path, &local, options);
+        Ok(self.transfer(transfer, drive))
     }
 
-    /// The updates of `transfer`: its progress at most every [`PROGRESS_EVERY`], then its
-    /// summary.
-    fn transfer(&self, transfer: Transfer) -> BoxStream<'static, Result<TransferUpdate>> {
+    /// The updates of `transfer` on `drive`: its progress at most every
+    /// [`PROGRESS_EVERY`], then its summary.
+    fn transfer(
+        &self,
+        transfer: Transfer,
+        drive: Drive,
+    ) -> BoxStream<'static, Result<TransferUpdate>> {
         let progress = transfer.progress();
-        let updates =
-            futures::stream::unfold(Some((Box::pin(transfer), progress)), |state| async move {
+        let updates = futures::stream::unfold(Some((Box::pin(transfer), progress)), move |state| {
+            let drive = drive.clone();
+            async move {
                 let (mut transfer, mut progress) = state?;
                 tokio::select! {
-                    done = &mut transfer => Some((
-                        done.map(TransferUpdate::Done).map_err(DaemonError::drive),
-                        None,
-                    )),
+                    done = &mut transfer => {
+                        let done = done.map_err(DaemonError::drive).map(|summary| {
+                            TransferUpdate::Done {
+                                progress: progress.borrow().clone(),
+                                summary,
+                                version: drive.version(),
+                            }
+                        });
+                        Some((done, None))
+                    }
                     _ = tokio::time::sleep(PROGRESS_EVERY) => {
-                        let now = *progress.borrow_and_update();
+                        let now = progress.borrow_and_update().clone();
                         Some((Ok(TransferUpdate::Progress(now)), Some((transfer, progress))))
                     }
                 }
-            });
+            }
+        });
         self.until_stopped(updates.boxed())
     }
 }

@@ -6,7 +6,7 @@
 use corestore::Core;
 use hypercore::{DiscoveryKey, PublicKey};
 use hyperd_proto::DriveUrl;
-use hyperdrive::{Drive, DriveOptions};
+use hyperdrive::{Drive, DriveOptions, Totals};
 
 use crate::cores::MAX_NAME;
 use crate::daemon::Daemon;
@@ -35,6 +35,10 @@ pub struct DriveInfo {
     pub writable: bool,
     /// The name it was created with, if any.
     pub name: Option<String>,
+    /// Its regular files and their bytes at `version` (mounted drives not counted),
+    /// counted from the metadata stored here: `None` while blocks of it are missing
+    /// (counting would fetch them).
+    pub totals: Option<Totals>,
     /// Metadata blocks stored here, and all there are.
     pub metadata_blocks_stored: u64,
     /// All metadata blocks.
@@ -158,6 +162,7 @@ impl Daemon {
 
     /// What the API reports of `drive`.
     async fn describe(&self, drive: &Drive, all: bool) -> DriveInfo {
+        let totals = self.count_files(drive).await;
         let metadata = drive.metadata_core();
         let (content_blocks_stored, content_blocks) = drive
             .content_if_open()
@@ -170,12 +175,45 @@ impl Daemon {
             version: drive.metadata().len(),
             writable: drive.writable(),
             name: drive_name(metadata),
+            totals,
             metadata_blocks_stored: drive.metadata().downloaded(0, None),
             metadata_blocks: drive.metadata().len(),
             content_blocks_stored,
             content_blocks,
             peers: metadata.stats().peers.len() as u32,
             all,
+        }
+    }
+
+    /// The files of `drive` at its version, from the metadata stored here (`None` when
+    /// blocks of it are missing); counted once per version.
+    async fn count_files(&self, drive: &Drive) -> Option<Totals> {
+        let key = drive.key();
+        if let Some(totals) = self.drives().counted(&key, drive.version()) {
+            return Some(totals);
+        }
+        // A walk of every node (10,000 files: about 10 ms warm, 100 ms cold in a release
+        // build): off the runtime's workers.
+        let (counting, runtime) = (drive.clone(), tokio::runtime::Handle::current());
+        let counted = tokio::task::spawn_blocking(move || {
+            let totals = runtime.block_on(counting.stored_totals());
+            totals.map_err(|e| e.to_string())
+        })
+        .await;
+        match counted {
+            Ok(Ok(Some(totals))) => {
+                self.drives().remember_counted(&key, totals);
+                Some(totals)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot count the files of drive {key}: {e}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("counting the files of drive {key} failed: {e}");
+                None
+            }
         }
     }
 }

@@ -12,7 +12,9 @@ use hyperd::{
     Daemon, DaemonError, DriveInfo, DriveLocation, ErrorKind, StartOptions, TransferUpdate,
 };
 use hyperd_config::{Config, Home};
-use hyperdrive::{DriveChange, MountOptions, ReaddirOptions, WriteOptions};
+use hyperdrive::{
+    DriveChange, ExportOptions, ImportOptions, MountOptions, ReaddirOptions, Totals, WriteOptions,
+};
 
 /// A daemon and the lock on its home.
 async fn start(home: &Path) -> (Daemon, impl Sized) {
@@ -93,6 +95,23 @@ async fn drives_are_created_followed_listed_removed_and_kept_across_restarts() {
     let followed = b.follow_drive(docs.key, false).await.unwrap();
     assert!(!followed.writable && !followed.all);
     eventually(&b, &followed, "the announced version", |i| i.version == 3).await;
+    // Files are counted from the metadata stored here, which B does not have yet: Info
+    // says so, and fetches nothing to count them.
+    let files = Totals {
+        version: 3,
+        files: 2,
+        bytes: 12 + (3 << 20),
+    };
+    assert_eq!(written.totals, Some(files));
+    let sparse = b.drive_info(&docs.key).await.unwrap();
+    assert!(
+        sparse.metadata_blocks_stored < sparse.metadata_blocks,
+        "{sparse:?}"
+    );
+    assert_eq!(sparse.totals, None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = b.drive_info(&docs.key).await.unwrap();
+    assert_eq!(later.metadata_blocks_stored, sparse.metadata_blocks_stored);
     let drive = b.drive(&docs.key).unwrap();
     assert_eq!(
         drive.read_file("/readme.md").await.unwrap(),
@@ -174,6 +193,15 @@ async fn a_drive_followed_with_all_is_mirrored_live() {
         i.version == 4 && complete(i)
     })
     .await;
+    let totals = b.drive_info(&site.key).await.unwrap().totals;
+    assert_eq!(
+        totals,
+        Some(Totals {
+            version: 4,
+            files: 3,
+            bytes: 300_000
+        })
+    );
     // Live: what A writes next arrives too.
     write(&a, &site, "/later.html", b"later").await;
     eventually(&b, &followed, "the new file's blocks", |i| {
@@ -680,13 +708,13 @@ async fn folders_are_imported_and_exported_with_progress_and_a_summary() {
     let run = |stream: BoxStream<'static, Result<TransferUpdate, DaemonError>>| async move {
         let updates: Vec<_> = stream.map(|u| u.unwrap()).collect().await;
         match updates.last() {
-            Some(TransferUpdate::Done(summary)) => summary.clone(),
+            Some(TransferUpdate::Done { summary, .. }) => summary.clone(),
             other => panic!("no summary at the end: {other:?}"),
         }
     };
     let into = at(&site, None, "/www");
     let summary = run(a
-        .drive_import(local.to_str().unwrap(), &into, false)
+        .drive_import(local.to_str().unwrap(), &into, ImportOptions::default())
         .unwrap())
     .await;
     // The five entries and /www itself.
@@ -694,7 +722,7 @@ async fn folders_are_imported_and_exported_with_progress_and_a_summary() {
     let version = a.drive_info(&site.key).await.unwrap().version;
     // Again, unchanged: nothing written.
     let again = run(a
-        .drive_import(local.to_str().unwrap(), &into, false)
+        .drive_import(local.to_str().unwrap(), &into, ImportOptions::default())
         .unwrap())
     .await;
     assert_eq!(
@@ -705,7 +733,10 @@ async fn folders_are_imported_and_exported_with_progress_and_a_summary() {
     assert_eq!(a.drive_info(&site.key).await.unwrap().version, version);
 
     let out = dir.path().join("out");
-    let exported = run(a.drive_export(&into, out.to_str().unwrap()).unwrap()).await;
+    let exported = run(a
+        .drive_export(&into, out.to_str().unwrap(), ExportOptions::default())
+        .unwrap())
+    .await;
     assert_eq!(exported.added, 5, "{exported:?}");
     assert_eq!(
         std::fs::read(out.join("sub dir/big.bin")).unwrap(),
@@ -718,17 +749,24 @@ async fn folders_are_imported_and_exported_with_progress_and_a_summary() {
     assert!(out.join("sub dir/empty").is_dir());
 
     // Bad local paths.
-    let relative = a.drive_import("local", &into, false).err().unwrap();
+    let relative = a
+        .drive_import("local", &into, ImportOptions::default())
+        .err()
+        .unwrap();
     assert_eq!(relative.kind, ErrorKind::InvalidArgument, "{relative}");
     let missing = dir.path().join("missing");
     let err = a
-        .drive_import(missing.to_str().unwrap(), &into, false)
+        .drive_import(missing.to_str().unwrap(), &into, ImportOptions::default())
         .err()
         .unwrap();
     assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
     assert!(err.message.contains("missing"), "{err}");
     let err = a
-        .drive_import(local.to_str().unwrap(), &at(&site, Some(1), "/"), false)
+        .drive_import(
+            local.to_str().unwrap(),
+            &at(&site, Some(1), "/"),
+            ImportOptions::default(),
+        )
         .err()
         .unwrap();
     assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");

@@ -2,7 +2,7 @@
 //! listings, directories, symlinks, unlink and per-file metadata.
 
 use bytes::Bytes;
-use hypertrie::{GetOptions, Hypertrie, MountListOptions, PutOptions};
+use hypertrie::{GetOptions, Hypertrie, ListOptions, MountListOptions, PutOptions};
 use prost::Message;
 
 use crate::path::{key_of, resolve_link, unixify};
@@ -29,7 +29,55 @@ pub struct DirEntry {
     pub stat: Stat,
 }
 
+/// The regular files of a drive version and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// The version counted.
+    pub version: u64,
+    /// Regular files.
+    pub files: u64,
+    /// Their sizes, summed.
+    pub bytes: u64,
+}
+
 impl Drive {
+    /// The regular files of this version and their sizes, drives and hypercores mounted in
+    /// it not counted. Read from the metadata stored here: `None` when a metadata block of
+    /// the version is missing (a sparse remote drive), which a walk would wait for peers
+    /// to bring.
+    pub async fn stored_totals(&self) -> Result<Option<Totals>, Error> {
+        let trie = self.trie.trie();
+        let version = trie.version();
+        let mut totals = Totals {
+            version,
+            ..Totals::default()
+        };
+        if version < 2 {
+            // The header at most: nothing to walk.
+            return Ok(Some(totals));
+        }
+        if !trie.feed().has_range(0, version) {
+            return Ok(None);
+        }
+        // At this version: what is appended meanwhile is not needed, so not waited for.
+        let nodes = trie
+            .checkout(version)
+            .list("", ListOptions::default())
+            .await
+            .map_err(trie_at("/"))?;
+        for node in nodes {
+            // A value that is not a Stat is no file.
+            let Ok(stat) = Stat::decode(node.value.as_deref().unwrap_or_default()) else {
+                continue;
+            };
+            if stat.is_file() && stat.mount.is_none() {
+                totals.files += 1;
+                totals.bytes = totals.bytes.saturating_add(stat.size);
+            }
+        }
+        Ok(Some(totals))
+    }
+
     /// The names under the directory `path`, in trie hash order (not sorted): each direct
     /// child once (implicit directories included), or with `recursive` every entry's path
     /// relative to `path`, into mounted drives.

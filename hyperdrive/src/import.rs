@@ -8,17 +8,19 @@
 //! Import keeps mode and mtime (ms) of every entry and symlink targets as given; a
 //! changed file's content is found in the content feed when already there (dedup.rs),
 //! else appended as one contiguous run under the feed's writer lock, its Stat put after.
+//! A dry run goes through the same comparisons and lookups and leaves out every write.
 //! Export never writes outside the target: names with NUL, empty, `.` or `..` components
 //! are refused, symlinks are written as links (never followed), and nothing is written
 //! below a path that is not a directory it made or found. Files are written to a
 //! temporary name and renamed, so a symlink already at the path is replaced, not
 //! followed; modes lose setuid, setgid and sticky bits.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -50,6 +52,18 @@ pub struct ImportOptions {
     /// Remove the drive entries below the target that the local folder does not have
     /// (never a mount point, nor anything inside a mounted drive).
     pub remove_missing: bool,
+    /// Write nothing: report the progress and summary the import would have, from the
+    /// same comparisons and content lookups (a file whose content an earlier file of the
+    /// same import would bring counts as deduplicated, as it would be).
+    pub dry_run: bool,
+}
+
+/// Options of [`Drive::export`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExportOptions {
+    /// Write nothing locally: report the progress and summary the export would have, from
+    /// the same comparisons with the local files.
+    pub dry_run: bool,
 }
 
 /// A running [`Drive::import`] or [`Drive::export`]: resolves to its summary. It runs
@@ -86,7 +100,7 @@ impl Future for Transfer {
 }
 
 /// How far an import or export is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TransferProgress {
     /// Entries (files, directories, symlinks) done.
     pub entries_done: u64,
@@ -96,6 +110,9 @@ pub struct TransferProgress {
     pub bytes_done: u64,
     /// Bytes of regular files to do.
     pub bytes_total: u64,
+    /// The drive path (absolute) of the entry being transferred, or removed; `None`
+    /// before the first. Shared with the transfer, which builds each path once.
+    pub current: Option<Arc<str>>,
 }
 
 /// What an import or export did, entry by entry.
@@ -165,7 +182,13 @@ impl Tracker {
     }
 
     fn send(&self) {
-        self.sender.send_replace(self.progress);
+        self.sender.send_replace(self.progress.clone());
+    }
+
+    /// The entry at drive path `path` is next.
+    fn start(&mut self, path: &Arc<str>) {
+        self.progress.current = Some(path.clone());
+        self.send();
     }
 
     fn bytes(&mut self, n: u64) {
@@ -176,6 +199,66 @@ impl Tracker {
     fn entry(&mut self) {
         self.progress.entries_done += 1;
         self.send();
+    }
+}
+
+/// Where an import's writes go.
+enum Writes {
+    /// Into the drive.
+    Drive,
+    /// Nowhere: a dry run, noting the contents it would have appended.
+    DryRun(WouldAppend),
+}
+
+/// The local files whose contents a dry run would have appended, by size: a real import
+/// would find them in the content feed for a later file with the same content.
+#[derive(Default)]
+struct WouldAppend {
+    by_size: HashMap<u64, Vec<Noted>>,
+}
+
+/// A file [`WouldAppend`] noted, with the leaf hashes of its content once a file of the
+/// same size needed them.
+struct Noted {
+    path: PathBuf,
+    hashes: Option<Vec<Hash>>,
+}
+
+impl WouldAppend {
+    /// Whether the content of the local file at `path` (`size` bytes) is that of a file
+    /// noted before; if not, notes it. Files are hashed only when sizes are equal.
+    async fn note(&mut self, path: &Path, size: u64) -> Result<bool, Error> {
+        let path = path.to_path_buf();
+        let Some(earlier) = self.by_size.remove(&size) else {
+            let noted = Noted { path, hashes: None };
+            self.by_size.insert(size, vec![noted]);
+            return Ok(false);
+        };
+        let (earlier, found) = blocking(move || {
+            let mut earlier = earlier;
+            let hashes = hash_file(&path)?;
+            let mut found = false;
+            for noted in &mut earlier {
+                let theirs = match &mut noted.hashes {
+                    Some(theirs) => theirs,
+                    none => none.insert(hash_file(&noted.path)?),
+                };
+                if *theirs == hashes {
+                    found = true;
+                    break;
+                }
+            }
+            if !found {
+                earlier.push(Noted {
+                    path,
+                    hashes: Some(hashes),
+                });
+            }
+            Ok::<_, Error>((earlier, found))
+        })
+        .await??;
+        self.by_size.insert(size, earlier);
+        Ok(found)
     }
 }
 
@@ -245,15 +328,21 @@ impl Drive {
             skipped,
             ..TransferSummary::default()
         };
+        let mut writes = match options.dry_run {
+            true => Writes::DryRun(WouldAppend::default()),
+            false => Writes::Drive,
+        };
         let mut keys = HashSet::new();
         for entry in &entries {
             let key = join_key(&base, &entry.rel);
-            keys.insert(key.clone());
+            let path: Arc<str> = format!("/{key}").into();
+            tracker.start(&path);
             // The drive's root has no Stat of its own.
             if !key.is_empty() {
-                self.import_entry(&format!("/{key}"), entry, &mut summary, &mut tracker)
+                self.import_entry(&path, entry, &mut writes, &mut summary, &mut tracker)
                     .await?;
             }
+            keys.insert(key);
             tracker.entry();
         }
         if options.remove_missing {
@@ -269,13 +358,15 @@ impl Drive {
                 .map_err(trie_at(drive_path))?;
             for found in listed {
                 let key = found.node.key();
-                if !found.node.is_mount() && !keys.contains(key) {
-                    self.trie
-                        .del(key)
-                        .await
-                        .map_err(trie_at(&format!("/{key}")))?;
-                    summary.removed += 1;
+                if found.node.is_mount() || keys.contains(key) {
+                    continue;
                 }
+                let path: Arc<str> = format!("/{key}").into();
+                tracker.start(&path);
+                if !options.dry_run {
+                    self.trie.del(key).await.map_err(trie_at(&path))?;
+                }
+                summary.removed += 1;
             }
         }
         Ok(summary)
@@ -286,6 +377,7 @@ impl Drive {
         &self,
         path: &str,
         entry: &LocalEntry,
+        writes: &mut Writes,
         summary: &mut TransferSummary,
         tracker: &mut Tracker,
     ) -> Result<(), Error> {
@@ -360,8 +452,9 @@ impl Drive {
                         return Ok(());
                     }
                 }
-                let (run, size, appended) =
-                    owner.import_content(&entry.path, *size, tracker).await?;
+                let (run, size, appended) = owner
+                    .import_content(&entry.path, *size, writes, tracker)
+                    .await?;
                 if appended {
                     summary.bytes_written += size;
                 } else {
@@ -377,10 +470,12 @@ impl Drive {
                 }
             }
         };
-        let value = Bytes::from(stat.encode_to_vec());
-        trie.put(&key, value, PutOptions::default())
-            .await
-            .map_err(trie_at(path))?;
+        if let Writes::Drive = writes {
+            let value = Bytes::from(stat.encode_to_vec());
+            trie.put(&key, value, PutOptions::default())
+                .await
+                .map_err(trie_at(path))?;
+        }
         summary.count(match existing {
             None => Outcome::Added,
             Some(_) => Outcome::Changed,
@@ -407,12 +502,14 @@ impl Drive {
     }
 
     /// Puts the content of the local file at `path` (`size` bytes when listed) in this
-    /// drive's content feed: where it already is, or appended in batches as one run.
-    /// Returns the run, the bytes it holds and whether they were appended.
+    /// drive's content feed: where it already is, or appended in batches as one run (a
+    /// dry run only notes it, with the run it would start now). Returns the run, the
+    /// bytes it holds and whether they were (or would be) appended.
     async fn import_content(
         &self,
         path: &Path,
         size: u64,
+        writes: &mut Writes,
         tracker: &mut Tracker,
     ) -> Result<(Run, u64, bool), Error> {
         if !self.options.no_dedup {
@@ -432,6 +529,16 @@ impl Drive {
             }
         }
         let feed = self.content_feed().await?.clone();
+        if let Writes::DryRun(would_append) = writes {
+            let appended = self.options.no_dedup || !would_append.note(path, size).await?;
+            tracker.bytes(size);
+            let run = Run {
+                offset: feed.len(),
+                byte_offset: feed.byte_len(),
+                blocks: size.div_ceil(MAX_BLOCK as u64).max(1),
+            };
+            return Ok((run, size, appended));
+        }
         // Nothing else appends between this file's batches (every writer of several
         // batches takes the lock, and so does every file write).
         let _writer = feed.lock_writer().await;
@@ -494,14 +601,18 @@ impl Drive {
     /// directories (empty ones too) with theirs, symlinks as links to their targets as
     /// stored. Local files already equal are left alone. Refuses (see the module doc)
     /// entries that would escape the target or be written through a symlink.
-    pub fn export(&self, drive_path: &str, local_dir: &Path) -> Transfer {
+    pub fn export(&self, drive_path: &str, local_dir: &Path, options: ExportOptions) -> Transfer {
         let (sender, progress) = watch::channel(TransferProgress::default());
         let (drive, local_dir, drive_path) = (
             self.clone(),
             local_dir.to_path_buf(),
             drive_path.to_string(),
         );
-        let work = async move { drive.run_export(&drive_path, &local_dir, sender).await };
+        let work = async move {
+            drive
+                .run_export(&drive_path, &local_dir, options, sender)
+                .await
+        };
         Transfer {
             progress,
             work: Box::pin(work),
@@ -512,8 +623,10 @@ impl Drive {
         &self,
         drive_path: &str,
         local_dir: &Path,
+        options: ExportOptions,
         sender: watch::Sender<TransferProgress>,
     ) -> Result<TransferSummary, Error> {
+        let dry_run = options.dry_run;
         let base = key_of(drive_path);
         let root_stat = if base.is_empty() {
             None
@@ -592,43 +705,60 @@ impl Drive {
 
         let root = local_dir.to_path_buf();
         let made = root.clone();
-        blocking(move || fs::create_dir_all(&made).map_err(local(&made))).await??;
+        let root_made = blocking(move || make_root(&made, dry_run)).await??;
         // Directories whose attributes are set last, deepest first (writing into a
         // directory changes its mtime; a read-only one is written into first).
         let mut finish = vec![(root.clone(), root_stat)];
         let mut dirs: HashSet<String> = HashSet::from([String::new()]);
+        // Directories that were not there as directories: nothing in them is looked at
+        // (a dry run never makes them).
+        let mut made: HashSet<String> = HashSet::new();
+        if root_made {
+            made.insert(String::new());
+        }
         for (rel, item) in items {
-            let path = format!("/{}", join_key(&base, &rel));
+            let path: Arc<str> = format!("/{}", join_key(&base, &rel)).into();
+            tracker.start(&path);
             let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
             if !dirs.contains(parent) {
                 return Err(Error::Refused {
-                    path,
+                    path: path.to_string(),
                     reason: format!(
                         "/{} is not a directory in the drive",
                         join_key(&base, parent)
                     ),
                 });
             }
-            let local = root.join(&rel);
+            let at = Target {
+                path: root.join(&rel),
+                in_made_dir: made.contains(parent),
+                dry_run,
+            };
             let outcome = match item {
                 Item::Dir(stat) => {
-                    let (target, attrs) = (local.clone(), stat.clone());
-                    let outcome = blocking(move || make_dir(&target, attrs.as_ref())).await??;
+                    let (target, attrs) = (at.clone(), stat.clone());
+                    let (outcome, new) =
+                        blocking(move || make_dir(&target, attrs.as_ref())).await??;
+                    if new {
+                        made.insert(rel.clone());
+                    }
                     dirs.insert(rel);
-                    finish.push((local, stat));
+                    finish.push((at.path, stat));
                     outcome
                 }
                 Item::Symlink(stat) => {
                     let target = stat.linkname.clone().unwrap_or_default();
-                    blocking(move || make_symlink(&local, &target, stat.mtime)).await??
+                    blocking(move || make_symlink(&at, &target, stat.mtime)).await??
                 }
                 Item::File(stat, trie) => {
                     let source = self.reader_of(&path, stat.clone(), &trie, true).await?;
-                    let (outcome, written) = export_file(source, &local, &stat, &mut tracker)
+                    let (outcome, written) = export_file(source, &at, &stat, &mut tracker)
                         .await
                         .inspect_err(|_| {
-                            // Best effort: the temporary file is not the user's.
-                            let _ = fs::remove_file(temporary(&local));
+                            if !dry_run {
+                                // Best effort: the temporary file is not the user's.
+                                let _ = fs::remove_file(temporary(&at.path));
+                            }
                         })?;
                     summary.bytes_written += written;
                     outcome
@@ -636,6 +766,9 @@ impl Drive {
             };
             summary.count(outcome);
             tracker.entry();
+        }
+        if dry_run {
+            return Ok(summary);
         }
         blocking(move || {
             for (path, stat) in finish.iter().rev() {
@@ -658,23 +791,63 @@ enum Item {
     File(Stat, Hypertrie),
 }
 
+/// A local path an export writes to.
+#[derive(Clone, Debug)]
+struct Target {
+    path: PathBuf,
+    /// The directory it is in was made by this export (or would be, in a dry run): there
+    /// is nothing at the path yet.
+    in_made_dir: bool,
+    /// Decide, but write nothing.
+    dry_run: bool,
+}
+
+impl Target {
+    /// What is at the path now, not following a symlink.
+    fn existing(&self) -> Result<Option<fs::Metadata>, Error> {
+        if self.in_made_dir {
+            return Ok(None);
+        }
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) => Ok(Some(meta)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(local(&self.path)(e)),
+        }
+    }
+}
+
+/// Makes the local directory `root` an export writes into, with its parents, unless it is
+/// one (a dry run makes nothing). Returns whether it was not there.
+fn make_root(root: &Path, dry_run: bool) -> Result<bool, Error> {
+    match fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => Ok(false),
+        Ok(_) => Err(Error::Local {
+            path: root.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if !dry_run {
+                fs::create_dir_all(root).map_err(local(root))?;
+            }
+            Ok(true)
+        }
+        Err(e) => Err(local(root)(e)),
+    }
+}
+
 /// Writes one file: left alone if the local file's blocks hash to the drive file's leaves
 /// (attributes fixed if they differ); else streamed to a temporary name beside it, given
-/// its mode and mtime, and renamed over it. Returns the bytes written.
+/// its mode and mtime, and renamed over it. Returns the bytes written (or, in a dry run,
+/// that would be).
 async fn export_file(
     mut source: FileReader,
-    path: &Path,
+    at: &Target,
     stat: &Stat,
     tracker: &mut Tracker,
 ) -> Result<(Outcome, u64), Error> {
-    let p = path.to_path_buf();
-    let existing = blocking(move || match fs::symlink_metadata(&p) {
-        Ok(meta) => Ok(Some(meta)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(local(&p)(e)),
-    })
-    .await??;
-    let (mode, mtime) = (stat.mode & 0o777, stat.mtime);
+    let target = at.clone();
+    let existing = blocking(move || target.existing()).await??;
+    let (path, mode, mtime) = (&at.path, stat.mode & 0o777, stat.mtime);
     if let Some(meta) = &existing {
         if meta.is_dir() {
             return Err(is_a_directory(path));
@@ -693,11 +866,21 @@ async fn export_file(
                 if meta.mode() & 0o777 == mode && mtime_ms(meta) == mtime {
                     return Ok((Outcome::Unchanged, 0));
                 }
-                let p = path.to_path_buf();
-                blocking(move || set_attrs(&p, mode, mtime)).await??;
+                if !at.dry_run {
+                    let p = path.to_path_buf();
+                    blocking(move || set_attrs(&p, mode, mtime)).await??;
+                }
                 return Ok((Outcome::Changed, 0));
             }
         }
+    }
+    let outcome = match existing {
+        None => Outcome::Added,
+        Some(_) => Outcome::Changed,
+    };
+    if at.dry_run {
+        tracker.bytes(source.len());
+        return Ok((outcome, source.len()));
     }
     let temp = temporary(path);
     let t = temp.clone();
@@ -747,10 +930,6 @@ async fn export_file(
         fs::rename(&t, &p).map_err(local(&p))
     })
     .await??;
-    let outcome = match existing {
-        None => Outcome::Added,
-        Some(_) => Outcome::Changed,
-    };
     Ok((outcome, written))
 }
 
@@ -837,63 +1016,67 @@ fn set_mtime(path: &Path, mtime: u64) -> Result<(), Error> {
     .map_err(|e| local(path)(e.into()))
 }
 
-/// Makes the directory `path` (replacing a file or symlink there), writable by its owner
-/// while the export writes into it; its attributes are set at the end.
-fn make_dir(path: &Path, stat: Option<&Stat>) -> Result<Outcome, Error> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            if meta.mode() & 0o700 != 0o700 {
+/// Makes the directory `at` (replacing a file or symlink there), writable by its owner
+/// while the export writes into it; its attributes are set at the end. Returns whether it
+/// was not there as a directory.
+fn make_dir(at: &Target, stat: Option<&Stat>) -> Result<(Outcome, bool), Error> {
+    let path = &at.path;
+    let (outcome, replace) = match at.existing()? {
+        Some(meta) if meta.is_dir() => {
+            if meta.mode() & 0o700 != 0o700 && !at.dry_run {
                 let mode = fs::Permissions::from_mode((meta.mode() | 0o700) & 0o7777);
                 fs::set_permissions(path, mode).map_err(local(path))?;
             }
             let same = stat.is_none_or(|s| {
                 meta.mode() & 0o777 == s.mode & 0o777 && mtime_ms(&meta) == s.mtime
             });
-            Ok(if same {
-                Outcome::Unchanged
-            } else {
-                Outcome::Changed
-            })
+            let outcome = match same {
+                true => Outcome::Unchanged,
+                false => Outcome::Changed,
+            };
+            return Ok((outcome, false));
         }
-        Ok(_) => {
+        Some(_) => (Outcome::Changed, true),
+        None => (Outcome::Added, false),
+    };
+    if !at.dry_run {
+        if replace {
             fs::remove_file(path).map_err(local(path))?;
-            fs::create_dir(path).map_err(local(path))?;
-            Ok(Outcome::Changed)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir(path).map_err(local(path))?;
-            Ok(Outcome::Added)
-        }
-        Err(e) => Err(local(path)(e)),
+        fs::create_dir(path).map_err(local(path))?;
     }
+    Ok((outcome, true))
 }
 
-/// Makes `path` a symlink to `target` with mtime `mtime` (replacing a file or another
+/// Makes `at` a symlink to `target` with mtime `mtime` (replacing a file or another
 /// link there).
-fn make_symlink(path: &Path, target: &str, mtime: u64) -> Result<Outcome, Error> {
-    let outcome = match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => return Err(is_a_directory(path)),
-        Ok(meta) if meta.is_symlink() => {
+fn make_symlink(at: &Target, target: &str, mtime: u64) -> Result<Outcome, Error> {
+    let path = &at.path;
+    let (outcome, replace) = match at.existing()? {
+        Some(meta) if meta.is_dir() => return Err(is_a_directory(path)),
+        Some(meta) if meta.is_symlink() => {
             let current = fs::read_link(path).map_err(local(path))?;
             if current == Path::new(target) {
                 if mtime_ms(&meta) == mtime {
                     return Ok(Outcome::Unchanged);
                 }
-                set_mtime(path, mtime)?;
+                if !at.dry_run {
+                    set_mtime(path, mtime)?;
+                }
                 return Ok(Outcome::Changed);
             }
-            fs::remove_file(path).map_err(local(path))?;
-            Outcome::Changed
+            (Outcome::Changed, true)
         }
-        Ok(_) => {
-            fs::remove_file(path).map_err(local(path))?;
-            Outcome::Changed
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Outcome::Added,
-        Err(e) => return Err(local(path)(e)),
+        Some(_) => (Outcome::Changed, true),
+        None => (Outcome::Added, false),
     };
-    std::os::unix::fs::symlink(target, path).map_err(local(path))?;
-    set_mtime(path, mtime)?;
+    if !at.dry_run {
+        if replace {
+            fs::remove_file(path).map_err(local(path))?;
+        }
+        std::os::unix::fs::symlink(target, path).map_err(local(path))?;
+        set_mtime(path, mtime)?;
+    }
     Ok(outcome)
 }
 

@@ -27,13 +27,15 @@ mod write;
 
 use hypercore::PublicKey;
 
-pub use dir::{DirEntry, ReaddirOptions};
+pub use dir::{DirEntry, ReaddirOptions, Totals};
 pub use download::{
     Cleared, Downloading, FileStats, Mirror, MirrorStatus, Progress, WalkOptions, MAX_CONCURRENT,
 };
 pub use drive::{Drive, DriveOptions};
 pub use handle::{FileHandle, OpenFlags, MAX_FILE_SIZE};
-pub use import::{ImportOptions, Skipped, Transfer, TransferProgress, TransferSummary};
+pub use import::{
+    ExportOptions, ImportOptions, Skipped, Transfer, TransferProgress, TransferSummary,
+};
 pub use mount::{MountInfo, MountOptions, PathInfo};
 pub use path::key_of;
 pub use read::FileReader;

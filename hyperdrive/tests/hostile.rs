@@ -19,8 +19,8 @@ use bytes::Bytes;
 use corestore::{Corestore, CorestoreOptions};
 use hypercore::KeyPair;
 use hyperdrive::{
-    Drive, DriveOptions, Error, MountOptions, OpenFlags, ReaddirOptions, Stat, StatMount,
-    WalkOptions, WriteOptions, S_IFDIR, S_IFLNK, S_IFREG,
+    Drive, DriveOptions, Error, ExportOptions, MountOptions, OpenFlags, ReaddirOptions, Stat,
+    StatMount, WalkOptions, WriteOptions, S_IFDIR, S_IFLNK, S_IFREG,
 };
 use hypertrie::{Buckets, Hypertrie, MountRecord, Node, PutOptions};
 use prost::Message;
@@ -259,7 +259,10 @@ async fn reads(drive: &Drive, path: &str, out: &LocalPath) -> Answers {
         async { drive.download(path, WITH_MOUNTS).await?.await }.await
     );
     op!("file_stats", drive.file_stats(path, WITH_MOUNTS).await);
-    op!("export", drive.export(path, out).await);
+    op!(
+        "export",
+        drive.export(path, out, ExportOptions::default()).await
+    );
     let link = matches!(drive.lstat(path).await, Ok(stat) if stat.is_symlink());
     Answers {
         path: path.to_string(),
@@ -955,7 +958,7 @@ async fn drives_mounted_in_each_other_many_times_over_are_not_walked_for_ever() 
         .unwrap_err();
     assert!(too_many(&err), "{err}");
     let out = tmp.path().join("out");
-    let err = bounded("export", first.export("/", &out))
+    let err = bounded("export", first.export("/", &out, ExportOptions::default()))
         .await
         .unwrap_err();
     assert!(too_many(&err), "{err}");
@@ -995,7 +998,10 @@ async fn symlink_loops_give_errors_naming_the_path() {
     let answers = reads(&drive, "/dirlink", &out).await;
     answers.errors_name_the_path();
     // The whole tree is exported with the links as links.
-    let summary = drive.export("/", &out.join("all")).await.unwrap();
+    let summary = drive
+        .export("/", &out.join("all"), ExportOptions::default())
+        .await
+        .unwrap();
     assert!(summary.added >= 65, "{summary:?}");
     // A link to nothing cannot be a local link: it is left out, and named.
     assert_eq!(summary.skipped.len(), 1, "{summary:?}");

@@ -15,7 +15,9 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use bytes::Bytes;
-use hyperdrive::{Drive, DriveOptions, Error, ImportOptions, TransferSummary, WriteOptions};
+use hyperdrive::{
+    Drive, DriveOptions, Error, ExportOptions, ImportOptions, TransferSummary, WriteOptions,
+};
 use hypertrie::PutOptions;
 use nix::sys::stat::{utimensat, UtimensatFlags};
 use nix::sys::time::TimeSpec;
@@ -150,23 +152,38 @@ async fn a_tree_goes_in_and_comes_back_out_the_same() {
     let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
     make_tree(&src);
     let (_store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
+    let expected = TransferSummary {
+        added: ENTRIES,
+        deduplicated: 1,
+        // Every file's bytes once, but dup1's, which dup2 brings first.
+        bytes_written: 12 + 1_600_000 + 9 + 20 + 700_000 + 512 * 1024,
+        ..TransferSummary::default()
+    };
+
+    // A dry run tells it all, and writes nothing.
+    let dry_run = ImportOptions {
+        dry_run: true,
+        ..ImportOptions::default()
+    };
+    let empty = feeds(&drive).await;
+    let dry = drive.import(&src, "/", dry_run).await.unwrap();
+    assert_eq!(dry, expected);
+    assert_eq!(feeds(&drive).await, empty);
 
     let import = drive.import(&src, "/", ImportOptions::default());
     let progress = import.progress();
     let summary = import.await.unwrap();
-    let expected = TransferSummary {
-        added: ENTRIES,
-        deduplicated: 1,
-        // Every file's bytes once, but dup2's.
-        bytes_written: 12 + 1_600_000 + 9 + 20 + 700_000 + 512 * 1024,
-        ..TransferSummary::default()
-    };
     assert_eq!(summary, expected);
-    let done = *progress.borrow();
+    let done = progress.borrow().clone();
     assert_eq!(done.entries_done, done.entries_total);
     assert_eq!(done.entries_total, ENTRIES + 1, "the folder itself counts");
     assert_eq!(done.bytes_done, done.bytes_total);
     assert_eq!(done.bytes_total, expected.bytes_written + 700_000);
+    assert_eq!(
+        done.current.as_deref(),
+        Some("/ünïcødé ✓/файл.txt"),
+        "the last"
+    );
 
     // What JS sees: Stats with the local modes, mtimes and targets.
     let big = drive.stat("/a/big.bin").await.unwrap();
@@ -185,7 +202,16 @@ async fn a_tree_goes_in_and_comes_back_out_the_same() {
     assert_eq!((dup1.offset, dup1.blocks), (dup2.offset, dup2.blocks));
     assert_eq!(dup2.mode, 0o100444);
 
-    let summary = drive.export("/", &out).await.unwrap();
+    let dry = drive
+        .export("/", &out, ExportOptions { dry_run: true })
+        .await
+        .unwrap();
+    assert!(!out.exists(), "a dry run makes nothing");
+    let summary = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(dry, summary);
     assert_eq!(summary.added, ENTRIES);
     assert_eq!(summary.bytes_written, expected.bytes_written + 700_000);
     assert_eq!(snapshot(&out), snapshot(&src));
@@ -202,7 +228,10 @@ async fn a_tree_goes_in_and_comes_back_out_the_same() {
         }
     );
     assert_eq!(feeds(&drive).await, before);
-    let again = drive.export("/", &out).await.unwrap();
+    let again = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         again,
         TransferSummary {
@@ -223,7 +252,10 @@ async fn only_what_changed_is_rewritten() {
     make_tree(&src);
     let (_store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
     drive.import(&src, "/", import_options()).await.unwrap();
-    drive.export("/", &out).await.unwrap();
+    drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
 
     // Touched: a new Stat, its content found in the feed.
     set_mtime(&src.join("a/big.bin"), 1_700_000_000_000);
@@ -259,7 +291,10 @@ async fn only_what_changed_is_rewritten() {
     assert_eq!(drive.stat("/a/b/c/deep.txt").await.unwrap().mode, 0o100600);
 
     // Export rewrites those three: two contents, one by its attributes only.
-    let summary = drive.export("/", &out).await.unwrap();
+    let summary = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         (summary.changed, summary.unchanged, summary.bytes_written),
         (3, ENTRIES - 3, 12)
@@ -269,7 +304,10 @@ async fn only_what_changed_is_rewritten() {
     // A local file changed behind the export's back is put back; one only touched too.
     fs::write(out.join("a/big.bin"), b"scribbled over").unwrap();
     set_mtime(&out.join("dup1.bin"), 1_000);
-    let summary = drive.export("/", &out).await.unwrap();
+    let summary = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         (summary.changed, summary.bytes_written),
         (2, 1_600_000),
@@ -298,8 +336,18 @@ async fn removal_of_what_is_gone_locally_is_asked_for() {
     assert!(drive.stat("/a/b/c/deep.txt").await.is_ok());
     let options = ImportOptions {
         remove_missing: true,
+        ..ImportOptions::default()
     };
+    let before = feeds(&drive).await;
+    let dry_run = ImportOptions {
+        dry_run: true,
+        ..options
+    };
+    let dry = drive.import(&src, "/", dry_run).await.unwrap();
+    assert_eq!(feeds(&drive).await, before);
+    assert!(drive.stat("/a/b/c/deep.txt").await.is_ok());
     let summary = drive.import(&src, "/", options).await.unwrap();
+    assert_eq!(dry, summary);
     // a/b, a/b/c, a/b/c/deep.txt, empty, outside-the-import.
     assert_eq!((summary.removed, summary.changed), (5, 0), "{summary:?}");
     assert!(matches!(
@@ -342,14 +390,19 @@ async fn a_big_file_streams_in_as_one_run_and_out_again() {
     assert_eq!(drive.content_feed().await.unwrap().len(), 42);
     assert_eq!(drive.read_file("/backup/big").await.unwrap(), big);
 
-    drive.export("/backup", &out).await.unwrap();
+    drive
+        .export("/backup", &out, ExportOptions::default())
+        .await
+        .unwrap();
     assert_eq!(fs::read(out.join("big")).unwrap(), big);
     assert_eq!(
         fs::metadata(&out).unwrap().mode() & 0o777,
         fs::metadata(&src).unwrap().mode() & 0o777
     );
     assert!(matches!(
-        drive.export("/backup/big", &out).await,
+        drive
+            .export("/backup/big", &out, ExportOptions::default())
+            .await,
         Err(Error::WrongType { .. })
     ));
 }
@@ -416,7 +469,10 @@ async fn export_never_writes_outside_its_directory() {
         .unwrap();
     drive.symlink("../../outside", "/rel").await.unwrap();
     let out = tmp.path().join("out");
-    let summary = drive.export("/", &out).await.unwrap();
+    let summary = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
     assert_eq!(summary.added, 3);
     assert_eq!(fs::read_link(out.join("abs")).unwrap(), outside);
     assert_eq!(
@@ -428,7 +484,10 @@ async fn export_never_writes_outside_its_directory() {
     trie.put("abs/evil", value.clone(), PutOptions::default())
         .await
         .unwrap();
-    let err = drive.export("/", &out).await.unwrap_err();
+    let err = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::Refused { path, .. } if path == "/abs/evil"),
         "{err}"
@@ -442,7 +501,7 @@ async fn export_never_writes_outside_its_directory() {
             .await
             .unwrap();
         let err = drive
-            .export("/", &tmp.path().join("out2"))
+            .export("/", &tmp.path().join("out2"), ExportOptions::default())
             .await
             .unwrap_err();
         assert!(

@@ -1,11 +1,13 @@
 //! Helpers shared by the project's cross-crate tests and benchmarks: running the real JS
-//! peers in `tests/interop/` and generating the same deterministic block contents they do.
+//! peers in `tests/interop/` and generating the same deterministic block contents they do,
+//! and local folder trees to import and export.
 
 pub mod bench;
 pub mod cli;
 pub mod daemon;
 pub mod js_peer;
 pub mod raw_peer;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use corestore::{Corestore, CorestoreOptions};
-use hyperdrive::{Drive, DriveOptions, Error, ReaddirOptions, WriteOptions};
+use hyperdrive::{Drive, DriveOptions, Error, ExportOptions, ReaddirOptions, WriteOptions};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -77,12 +77,18 @@ async fn names_js_writes_and_hyperd_refuses_are_read_and_never_escape_on_export(
     let out = tmp.path().join("export").join("out");
     let outside = tmp.path().join("export").join("outside");
     std::fs::create_dir_all(&outside).unwrap();
-    let err = drive.export("/", &out).await.unwrap_err();
+    let err = drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Refused { .. }), "{err}");
     assert!(!out.exists(), "refused before writing");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     // What is safe exports.
-    let summary = drive.export("/safe", &out).await.unwrap();
+    let summary = drive
+        .export("/safe", &out, ExportOptions::default())
+        .await
+        .unwrap();
     assert_eq!(summary.added, 1);
     assert_eq!(std::fs::read(out.join("ok")).unwrap(), b"content of 8");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);

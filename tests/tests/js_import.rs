@@ -9,7 +9,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use hyperdrive::{ImportOptions, WriteOptions};
+use hyperdrive::{ExportOptions, ImportOptions, WriteOptions};
 use serde_json::Value;
 
 fn js(args: &[&str]) -> Value {
@@ -142,7 +142,10 @@ async fn js_reads_an_imported_drive_whose_files_share_blocks() {
     ];
     js(&args);
     let (store, drive) = hyperd_tests::open_default_drive(&store_dir).await.unwrap();
-    drive.export("/", &out).await.unwrap();
+    drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
     for (name, bytes, mode, mtime) in files() {
         let meta = fs::metadata(out.join(name)).unwrap();
         assert_eq!(fs::read(out.join(name)).unwrap(), bytes, "{name}");

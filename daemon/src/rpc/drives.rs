@@ -46,8 +46,8 @@ fn drive_info(info: DriveInfo) -> pb::DriveInfo {
         version: info.version,
         writable: info.writable,
         name: info.name.unwrap_or_default(),
-        files: 0,
-        bytes: 0,
+        files: info.totals.map_or(0, |t| t.files),
+        bytes: info.totals.map_or(0, |t| t.bytes),
         metadata_blocks_stored: info.metadata_blocks_stored,
         metadata_blocks: info.metadata_blocks,
         content_blocks_stored: info.content_blocks_stored,
@@ -143,14 +143,18 @@ fn transfer_update(update: TransferUpdate) -> pb::TransferUpdate {
             entries_total: p.entries_total,
             bytes_done: p.bytes_done,
             bytes_total: p.bytes_total,
-            current: String::new(),
+            current: p.current.as_deref().unwrap_or_default().to_string(),
             summary: None,
         },
-        TransferUpdate::Done(s) => pb::TransferUpdate {
-            entries_done: s.added + s.changed + s.unchanged + s.removed,
-            entries_total: s.added + s.changed + s.unchanged + s.removed,
-            bytes_done: s.bytes_written,
-            bytes_total: s.bytes_written,
+        TransferUpdate::Done {
+            progress: p,
+            summary: s,
+            version,
+        } => pb::TransferUpdate {
+            entries_done: p.entries_done,
+            entries_total: p.entries_total,
+            bytes_done: p.bytes_done,
+            bytes_total: p.bytes_total,
             current: String::new(),
             summary: Some(pb::TransferSummary {
                 added: s.added,
@@ -167,7 +171,7 @@ fn transfer_update(update: TransferUpdate) -> pb::TransferUpdate {
                         reason: k.reason,
                     })
                     .collect(),
-                version: 0,
+                version,
             }),
         },
     }
@@ -187,10 +191,6 @@ fn write_options(attributes: Option<pb::FileAttributes>) -> hyperdrive::WriteOpt
             .map(|(k, v)| (k, v.to_vec()))
             .collect(),
     }
-}
-
-fn no_dry_run() -> Status {
-    Status::unimplemented("dry_run is not supported yet: run without it")
 }
 
 #[tonic::async_trait]
@@ -532,9 +532,9 @@ impl drives_server::Drives for DrivesService {
         request: Request<pb::VersionRequest>,
     ) -> Result<Response<pb::VersionResponse>, Status> {
         let at = location("drive", request.into_inner().drive)?;
-        let info = self.daemon.drive_info(&at.key).await.map_err(status)?;
+        let drive = self.daemon.drive(&at.key).map_err(status)?;
         Ok(Response::new(pb::VersionResponse {
-            version: info.version,
+            version: drive.version(),
         }))
     }
 
@@ -548,13 +548,7 @@ impl drives_server::Drives for DrivesService {
         let at = location("location", request.location)?;
         let version = match at.version {
             Some(v) => v,
-            None => {
-                self.daemon
-                    .drive_info(&at.key)
-                    .await
-                    .map_err(status)?
-                    .version
-            }
+            None => self.daemon.drive(&at.key).map_err(status)?.version(),
         };
         let changes = self.daemon.drive_diff(&at, request.from).map_err(status)?;
         Ok(Response::new(server_stream(changes, move |c| {
@@ -653,13 +647,14 @@ impl drives_server::Drives for DrivesService {
         request: Request<pb::ImportRequest>,
     ) -> Result<Response<Self::ImportStream>, Status> {
         let request = request.into_inner();
-        if request.dry_run {
-            return Err(no_dry_run());
-        }
         let at = location("location", request.location)?;
+        let options = hyperdrive::ImportOptions {
+            remove_missing: request.delete,
+            dry_run: request.dry_run,
+        };
         let updates = self
             .daemon
-            .drive_import(&request.local_path, &at, request.delete)
+            .drive_import(&request.local_path, &at, options)
             .map_err(status)?;
         Ok(Response::new(server_stream(updates, transfer_update)))
     }
@@ -671,13 +666,13 @@ impl drives_server::Drives for DrivesService {
         request: Request<pb::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         let request = request.into_inner();
-        if request.dry_run {
-            return Err(no_dry_run());
-        }
         let at = location("location", request.location)?;
+        let options = hyperdrive::ExportOptions {
+            dry_run: request.dry_run,
+        };
         let updates = self
             .daemon
-            .drive_export(&at, &request.local_path)
+            .drive_export(&at, &request.local_path, options)
             .map_err(status)?;
         Ok(Response::new(server_stream(updates, transfer_update)))
     }
