@@ -181,7 +181,8 @@ impl Daemon {
             content_blocks_stored,
             content_blocks,
             peers: metadata.stats().peers.len() as u32,
-            all,
+            // A drive written here has every block of its own.
+            all: all || drive.writable(),
         }
     }
 
