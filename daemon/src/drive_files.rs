@@ -13,7 +13,7 @@ use hyperdrive::{DirEntry, Drive, MountInfo, MountOptions, ReaddirOptions, Stat,
 
 use crate::daemon::Daemon;
 use crate::drives::DriveLocation;
-use crate::error::{DaemonError, Result};
+use crate::error::{DaemonError, ErrorKind, Result};
 
 /// How long a read waits for a peer to serve a block when the caller gives no timeout.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,7 +46,7 @@ impl Daemon {
         } else {
             drive.stat(&at.path).await
         };
-        stat.map_err(DaemonError::drive)
+        stat.map_err(|e| unknown_drive(&drive, at, DaemonError::drive(e)))
     }
 
     /// The entries of the directory at `at` (with their Stats when `stats`).
@@ -57,27 +57,36 @@ impl Daemon {
         stats: bool,
     ) -> Result<Vec<DirEntry>> {
         let drive = self.drive_at(at)?;
-        let stat = drive.stat(&at.path).await.map_err(DaemonError::drive)?;
+        let stat = drive
+            .stat(&at.path)
+            .await
+            .map_err(|e| unknown_drive(&drive, at, DaemonError::drive(e)))?;
         if !stat.is_dir() {
             return Err(DaemonError::precondition(format!("{at}: not a directory")));
         }
-        if stats {
-            return drive
+        let entries = if stats {
+            drive
                 .readdir_stats(&at.path, options)
                 .await
-                .map_err(DaemonError::drive);
+                .map_err(DaemonError::drive)?
+        } else {
+            let names = drive
+                .readdir_names(&at.path, options)
+                .await
+                .map_err(DaemonError::drive)?;
+            names
+                .into_iter()
+                .map(|name| DirEntry {
+                    name,
+                    stat: Stat::default(),
+                })
+                .collect()
+        };
+        if entries.is_empty() && nothing_known(&drive) {
+            let empty = DaemonError::not_found(format!("{at}: no entries"));
+            return Err(unknown_drive(&drive, at, empty));
         }
-        let names = drive
-            .readdir_names(&at.path, options)
-            .await
-            .map_err(DaemonError::drive)?;
-        Ok(names
-            .into_iter()
-            .map(|name| DirEntry {
-                name,
-                stat: Stat::default(),
-            })
-            .collect())
+        Ok(entries)
     }
 
     /// The bytes of the file at `at` from `start` to `end` (exclusive; `None`: its end),
@@ -96,7 +105,10 @@ impl Daemon {
             )));
         }
         let drive = self.drive_at(at)?;
-        let stat = drive.stat(&at.path).await.map_err(DaemonError::drive)?;
+        let stat = drive
+            .stat(&at.path)
+            .await
+            .map_err(|e| unknown_drive(&drive, at, DaemonError::drive(e)))?;
         if stat.is_dir() {
             return Err(DaemonError::precondition(format!("{at}: is a directory")));
         }
@@ -105,7 +117,7 @@ impl Daemon {
         let timeout = timeout.unwrap_or(READ_TIMEOUT);
         let no_peer = move |at: &DriveLocation| {
             DaemonError::new(
-                crate::error::ErrorKind::DeadlineExceeded,
+                ErrorKind::DeadlineExceeded,
                 format!("{at}: no peer served the next block within {timeout:?}"),
             )
         };
@@ -308,4 +320,22 @@ impl Daemon {
         }
         self.drive(&at.key)
     }
+}
+
+/// A followed drive of which nothing is known yet: no peer has served its first block.
+fn nothing_known(drive: &Drive) -> bool {
+    !drive.writable() && drive.version() == 0
+}
+
+/// `error`, which says so when it is NOT_FOUND in a drive [`nothing_known`] of: the path
+/// may well exist.
+fn unknown_drive(drive: &Drive, at: &DriveLocation, error: DaemonError) -> DaemonError {
+    if error.kind != ErrorKind::NotFound || !nothing_known(drive) {
+        return error;
+    }
+    DaemonError::not_found(format!(
+        "{}: nothing of drive {} is known here yet: no peer has served it (see `hyperctl \
+         peer ls`)",
+        error.message, at.key
+    ))
 }

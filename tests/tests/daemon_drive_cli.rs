@@ -344,6 +344,17 @@ fn drive_commands_on_one_daemon() {
         "version",
     );
 
+    // A followed drive no peer has served: reads say so rather than "no such file".
+    let unknown = "ab".repeat(32);
+    ok(&d, &["drive", "follow", &unknown]);
+    fails(&d, &["drive", "ls", &unknown], "nothing of drive");
+    fails(
+        &d,
+        &["drive", "cat", &format!("{unknown}/a.txt")],
+        "no peer has served it",
+    );
+    ok(&d, &["drive", "rm-drive", &unknown]);
+
     // rm-drive: gone from the list and from the daemon.
     ok(&d, &["drive", "rm-drive", &other_key]);
     fails(&d, &["drive", "info", &other_key], &other_key);
