@@ -614,6 +614,28 @@ async fn versions_changes_downloads_and_clears() {
             (4, "one.txt".into())
         ]
     );
+    // At a checkout, up to its version; versions past the drive's are refused.
+    let history: Vec<u64> = a
+        .drive_history(&at(&docs, Some(3), "/"), 0, None, false)
+        .unwrap()
+        .map(|e| e.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(history, [2, 3]);
+    for (at, since, until, live, names) in [
+        (at(&docs, None, "/"), 9, None, false, "since 9"),
+        (at(&docs, None, "/"), 0, Some(9), false, "until 9"),
+        (at(&docs, Some(9), "/"), 0, None, false, "version 9"),
+        (at(&docs, Some(3), "/"), 0, None, true, "checkout"),
+    ] {
+        let err = a.drive_history(&at, since, until, live).err().unwrap();
+        assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+        assert!(err.message.contains(names), "{err}");
+    }
+    // A live history may wait for a version to come.
+    assert!(a
+        .drive_history(&at(&docs, None, "/"), 0, Some(9), true)
+        .is_ok());
 
     // A watch reports what is written after it started.
     let mut watch = a.drive_watch(&at(&docs, None, "/")).unwrap();
