@@ -132,9 +132,18 @@ impl Daemon {
         Ok(out)
     }
 
-    /// Stops holding a drive and deletes its metadata and content cores (drives mounted
-    /// in it are other drives and stay).
-    pub async fn remove_drive(&self, key: &PublicKey) -> Result<()> {
+    /// Stops holding the drive `at` names and deletes its metadata and content cores
+    /// (drives mounted in it are other drives and stay). A location with a path or a
+    /// version names something in the drive, most likely meant for `rm`: refused, so
+    /// that a file's URL never removes its whole drive.
+    pub async fn remove_drive(&self, at: &DriveLocation) -> Result<()> {
+        let key = &at.key;
+        if at.path != "/" || at.version.is_some() {
+            return Err(DaemonError::invalid(format!(
+                "{at} names a path or a version in drive {key}; to remove the whole \
+                 drive, name only the drive (hyper://{key}); to remove a file, use rm"
+            )));
+        }
         let drive = self.drive(key)?;
         let content = drive.content_key();
         self.drives().release(key);

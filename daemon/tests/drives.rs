@@ -132,8 +132,16 @@ async fn drives_are_created_followed_listed_removed_and_kept_across_restarts() {
         b"hello drives"
     );
 
+    // A location inside the drive does not remove it.
+    for inside in [at(&docs, None, "/readme.md"), at(&docs, Some(2), "/")] {
+        let err = b.remove_drive(&inside).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+        assert!(err.message.contains(&inside.to_string()), "{err}");
+    }
+    assert_eq!(b.list_drives().await.unwrap().len(), 1);
+
     // Removed, it is gone, and stays gone after a restart.
-    b.remove_drive(&docs.key).await.unwrap();
+    b.remove_drive(&at(&docs, None, "/")).await.unwrap();
     let gone = b.drive_info(&docs.key).await.unwrap_err();
     assert_eq!(gone.kind, ErrorKind::NotFound, "{gone}");
     assert!(gone.message.contains(&docs.key.to_string()), "{gone}");
@@ -144,7 +152,10 @@ async fn drives_are_created_followed_listed_removed_and_kept_across_restarts() {
     let (b, _b_lock) = start(&b_home).await;
     assert!(b.list_drives().await.unwrap().is_empty());
     assert_eq!(
-        b.remove_drive(&docs.key).await.unwrap_err().kind,
+        b.remove_drive(&at(&docs, None, "/"))
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::NotFound
     );
     b.shutdown().await;

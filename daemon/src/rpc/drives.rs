@@ -245,7 +245,7 @@ impl drives_server::Drives for DrivesService {
         request: Request<pb::RemoveDriveRequest>,
     ) -> Result<Response<pb::RemoveDriveResponse>, Status> {
         let at = location("drive", request.into_inner().drive)?;
-        self.daemon.remove_drive(&at.key).await.map_err(status)?;
+        self.daemon.remove_drive(&at).await.map_err(status)?;
         Ok(Response::new(pb::RemoveDriveResponse {}))
     }
 
