@@ -233,12 +233,19 @@ impl Daemon {
         drive.readlink(&at.path).await.map_err(DaemonError::drive)
     }
 
-    /// Moves the entry at `from` (a whole tree for a directory) to `to`, a path of the
-    /// same drive.
-    pub async fn drive_rename(&self, from: &DriveLocation, to: &str) -> Result<()> {
+    /// Moves the entry at `from` (a whole tree for a directory) to `to`, in the same
+    /// drive (a file's blocks live in its drive's content core), and both at its latest
+    /// version.
+    pub async fn drive_rename(&self, from: &DriveLocation, to: &DriveLocation) -> Result<()> {
+        if to.key != from.key {
+            return Err(DaemonError::invalid(format!(
+                "cannot move {from} to another drive ({to})"
+            )));
+        }
+        self.writable_drive_at(to)?;
         let drive = self.writable_drive_at(from)?;
         drive
-            .rename(&from.path, to)
+            .rename(&from.path, &to.path)
             .await
             .map_err(DaemonError::drive)
     }

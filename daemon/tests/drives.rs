@@ -469,7 +469,22 @@ async fn moves_truncates_metadata_and_mounts() {
     };
     write("/notes/a.txt", b"0123456789").await;
 
-    a.drive_rename(&at(&home, None, "/notes"), "/archive")
+    // Not to a checkout, nor to another drive.
+    for (to, kind) in [
+        (
+            at(&home, Some(2), "/archive"),
+            ErrorKind::FailedPrecondition,
+        ),
+        (at(&photos, None, "/archive"), ErrorKind::InvalidArgument),
+    ] {
+        let err = a
+            .drive_rename(&at(&home, None, "/notes"), &to)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, kind, "{err}");
+        assert!(err.message.contains(&to.to_string()), "{err}");
+    }
+    a.drive_rename(&at(&home, None, "/notes"), &at(&home, None, "/archive"))
         .await
         .unwrap();
     assert_eq!(
@@ -537,7 +552,10 @@ async fn moves_truncates_metadata_and_mounts() {
         ("/photos", photos.key)
     );
     let across = a
-        .drive_rename(&at(&home, None, "/archive/a.txt"), "/photos/a.txt")
+        .drive_rename(
+            &at(&home, None, "/archive/a.txt"),
+            &at(&home, None, "/photos/a.txt"),
+        )
         .await
         .unwrap_err();
     assert_eq!(across.kind, ErrorKind::InvalidArgument, "{across}");
