@@ -2,15 +2,19 @@
 //! malformed URLs, keys, paths and versions, writes to a followed drive and to a
 //! checkout, broken upload streams and unknown drives get the code the proto documents
 //! and a message naming the input, while the daemon keeps answering and nothing stored
-//! changes.
+//! changes. And a thousand concurrent readers on one daemon all get their exact bytes
+//! while it stays responsive and its memory bounded.
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use hyperd_proto::v1::daemon_client::DaemonClient;
 use hyperd_proto::v1::drives_client::DrivesClient;
 use hyperd_proto::v1::write_file_request::Part;
 use hyperd_proto::v1::*;
@@ -1086,4 +1090,280 @@ async fn bad_input_gets_the_documented_code_and_the_daemon_keeps_serving() {
         .into_inner()
         .drives;
     assert_eq!(drives.len(), 2, "{drives:?}");
+}
+
+/// The daemon's RSS once it has stopped moving (within 5 s).
+async fn settled_rss(daemon: &Daemon) -> u64 {
+    let mut last = daemon.rss().unwrap();
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = daemon.rss().unwrap();
+        if now.abs_diff(last) < MIB {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+const MIB: u64 = 1 << 20;
+
+/// `readers` concurrent ReadFile streams of `files` (by turns) over `channels`: each
+/// opened, then, once all are open, read to the end. The number that did not get their
+/// exact bytes, with the first few errors.
+async fn concurrent_reads(
+    channels: &[Channel],
+    readers: usize,
+    files: &[(Location, Arc<Vec<u8>>)],
+    all_open: Arc<tokio::sync::Barrier>,
+) -> tokio::task::JoinSet<Result<(), String>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..readers {
+        let mut d = DrivesClient::new(channels[i % channels.len()].clone());
+        let (location, expected) = files[i % files.len()].clone();
+        let all_open = all_open.clone();
+        tasks.spawn(async move {
+            let request = ReadFileRequest {
+                location: Some(location.clone()),
+                start: 0,
+                end: None,
+                timeout_ms: 0,
+            };
+            let opened = d.read_file(request).await;
+            // Waiting here even after a failure, so that the others are not held up.
+            all_open.wait().await;
+            let mut stream = opened.map_err(|s| format!("reader {i}: {s}"))?.into_inner();
+            let mut got = Vec::with_capacity(expected.len());
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|s| format!("reader {i}: {s}"))?
+            {
+                got.extend_from_slice(&chunk.data);
+            }
+            if got != *expected {
+                return Err(format!(
+                    "reader {i} of {}: {} bytes, not the {} written",
+                    location.url,
+                    got.len(),
+                    expected.len()
+                ));
+            }
+            Ok(())
+        });
+    }
+    tasks
+}
+
+/// Waits for `tasks`, `limit` at most; panics with the first failures.
+async fn all_succeed(
+    what: &str,
+    mut tasks: tokio::task::JoinSet<Result<(), String>>,
+    limit: Duration,
+) {
+    let count = tasks.len();
+    let mut failures = Vec::new();
+    tokio::time::timeout(limit, async {
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done.unwrap() {
+                failures.push(e);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "{what}: {} of {count} still running after {limit:?}",
+            tasks.len()
+        )
+    });
+    failures.truncate(5);
+    assert!(
+        failures.is_empty(),
+        "{what} failed, e.g.:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_readers_get_their_exact_bytes() {
+    const READERS: usize = 1_000;
+    // 250 streams a connection: more than HTTP/2 clients open before the server's
+    // settings (100); hyperd sets no limit.
+    const CONNECTIONS: usize = 4;
+    let a = Daemon::start().unwrap();
+    let mut d = DrivesClient::new(a.channel().await.unwrap());
+    let key = d
+        .create(CreateDriveRequest {
+            name: "many".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let mut files = Vec::new();
+    // Uploaded in 64 KiB messages, as the blocks JS writes: a 1 MiB file is 16 blocks.
+    for (n, size) in [(0u32, 1 << 20), (1, 70_000), (2, 10), (3, 0)] {
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + n) as u8).collect();
+        let at = url(&key, &format!("/f{n}.bin"));
+        let chunks = bytes.chunks(64 << 10).map(|c| data(c.to_vec()));
+        let upload = std::iter::once(start(at.clone())).chain(chunks);
+        d.write_file(futures::stream::iter(upload.collect::<Vec<_>>()))
+            .await
+            .unwrap();
+        files.push((at, Arc::new(bytes)));
+    }
+    for n in 0..40 {
+        let at = url(&key, &format!("/dir/{n}"));
+        d.write_file(futures::stream::iter(vec![
+            start(at),
+            data(vec![n as u8; 100]),
+        ]))
+        .await
+        .unwrap();
+    }
+    let before = settled_rss(&a).await;
+
+    // The peak RSS while the readers run.
+    let (peak, done) = (
+        Arc::new(AtomicU64::new(before)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let sampler = {
+        let (peak, done, pid) = (peak.clone(), done.clone(), a.pid().unwrap());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(rss) = hyperd_tests::daemon::rss_of(pid) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS {
+        channels.push(a.channel().await.unwrap());
+    }
+    let all_open = Arc::new(tokio::sync::Barrier::new(READERS + 1));
+    let readers = concurrent_reads(&channels, READERS, &files, all_open.clone()).await;
+    tokio::time::timeout(Duration::from_secs(60), all_open.wait())
+        .await
+        .expect("the thousand streams opened");
+    let opened = started.elapsed();
+
+    // While they read: Stats and Readdirs on the same connections, and the daemon's
+    // Status on a new one, answered at once.
+    let mut others = tokio::task::JoinSet::new();
+    for i in 0..120 {
+        let mut d = DrivesClient::new(channels[i % CONNECTIONS].clone());
+        let (at, expected) = files[i % files.len()].clone();
+        let dir = url(&key, "/dir");
+        others.spawn(async move {
+            if i % 6 == 0 {
+                let pages = d.readdir(ReaddirRequest {
+                    location: Some(dir),
+                    ..ReaddirRequest::default()
+                });
+                let pages: Vec<_> = pages
+                    .await
+                    .map_err(|s| s.to_string())?
+                    .into_inner()
+                    .collect()
+                    .await;
+                let n: usize = pages
+                    .into_iter()
+                    .map(|p| p.map(|p| p.entries.len()).unwrap_or(0))
+                    .sum();
+                return if n == 40 {
+                    Ok(())
+                } else {
+                    Err(format!("readdir listed {n} of 40"))
+                };
+            }
+            let stat = d
+                .stat(StatRequest {
+                    location: Some(at),
+                    lstat: false,
+                })
+                .await
+                .map_err(|s| s.to_string())?;
+            let size = stat.into_inner().stat.unwrap().size;
+            if size == expected.len() as u64 {
+                Ok(())
+            } else {
+                Err(format!("stat: size {size}"))
+            }
+        });
+    }
+    let asked = Instant::now();
+    let mut status = DaemonClient::new(a.channel().await.unwrap());
+    let answer =
+        tokio::time::timeout(Duration::from_secs(5), status.status(StatusRequest {})).await;
+    let answered = asked.elapsed();
+    assert!(
+        matches!(answer, Ok(Ok(_))),
+        "Status during the storm: {answer:?}"
+    );
+
+    all_succeed("the readers", readers, Duration::from_secs(120)).await;
+    all_succeed("the stats and readdirs", others, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    let total: usize = files.iter().map(|(_, b)| b.len()).sum::<usize>() * READERS / files.len();
+    eprintln!(
+        "{READERS} readers over {CONNECTIONS} connections, {} MB: open after {opened:?}, done after \
+         {took:?}; Status answered in {answered:?}; RSS {} MiB before, {} MiB at the peak",
+        total / 1_000_000,
+        before / MIB,
+        peak / MIB
+    );
+    // Each open stream holds a few of the blocks it reads ahead (about 130 MiB in all;
+    // 320 MiB when each read 1 MiB ahead).
+    assert!(
+        peak <= before + 224 * MIB,
+        "RSS peaked at {} MiB from {} MiB",
+        peak / MIB,
+        before / MIB
+    );
+
+    // A follower reading a file whose blocks it does not have yet, 200 times at once:
+    // fetched from the writer, every reader gets the exact bytes.
+    let b = Daemon::start().unwrap();
+    let out = b.ctl(&["peer", "connect", &a.listen]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut bd = DrivesClient::new(b.channel().await.unwrap());
+    bd.follow(FollowDriveRequest {
+        drive: Some(url(&key, "")),
+        all: false,
+    })
+    .await
+    .unwrap();
+    let big = vec![files[0].clone()];
+    let all_open = Arc::new(tokio::sync::Barrier::new(201));
+    let channel = [b.channel().await.unwrap()];
+    let readers = concurrent_reads(&channel, 200, &big, all_open.clone()).await;
+    tokio::time::timeout(Duration::from_secs(30), all_open.wait())
+        .await
+        .expect("the follower's streams opened");
+    all_succeed("the follower's readers", readers, Duration::from_secs(60)).await;
+
+    // Both still serve.
+    assert_eq!(
+        read_all(&mut d, files[1].0.clone(), 0, None).await.unwrap(),
+        *files[1].1
+    );
+    assert_eq!(
+        read_all(&mut bd, files[1].0.clone(), 0, None)
+            .await
+            .unwrap(),
+        *files[1].1
+    );
 }
