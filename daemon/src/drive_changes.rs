@@ -41,7 +41,8 @@ impl Daemon {
     }
 
     /// The drive's changes from `since` (to `until`, or with `live` on as new ones come),
-    /// each with the version it made.
+    /// each with the version it made; at a checkout, up to its version. Versions past the
+    /// drive's are refused, except an `until` that a live history waits for.
     pub fn drive_history(
         &self,
         at: &DriveLocation,
@@ -49,11 +50,31 @@ impl Daemon {
         until: Option<u64>,
         live: bool,
     ) -> Result<BoxStream<'static, Result<HistoryEntry>>> {
-        let drive = self.drive(&at.key)?;
-        if let Some(until) = until.filter(|&u| u < since) {
+        let drive = self.drive_at(at)?;
+        if live && at.version.is_some() {
             return Err(DaemonError::invalid(format!(
-                "{at}: until {until} is before since {since}"
+                "{at}: a checkout never changes; follow the history of the latest version"
             )));
+        }
+        let version = drive.version();
+        let past = |what: &str, v: u64| {
+            DaemonError::invalid(format!(
+                "{at}: {what} {v} is past the drive's version {version}"
+            ))
+        };
+        if since > version {
+            return Err(past("since", since));
+        }
+        let until = until.or(at.version);
+        if let Some(until) = until {
+            if until < since {
+                return Err(DaemonError::invalid(format!(
+                    "{at}: until {until} is before since {since}"
+                )));
+            }
+            if until > version && !live {
+                return Err(past("until", until));
+            }
         }
         let options = HistoryOptions { since, until, live };
         let entries = drive

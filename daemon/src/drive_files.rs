@@ -18,6 +18,12 @@ use crate::error::{DaemonError, ErrorKind, Result};
 /// How long a read waits for a peer to serve a block when the caller gives no timeout.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many bytes of stored blocks a read stream reads at once. An open stream holds about
+/// three such runs (one being sent, one read ahead, one kept by a chunk still queued for
+/// the client): with the 1 MiB a lone reader uses, a thousand readers of 1 MiB files
+/// took 320 MiB, with this 130 MiB, in the same time.
+const STREAM_READ_AHEAD: u64 = 128 << 10;
+
 impl Daemon {
     /// The drive `at` names, checked out at its version if it gives one.
     pub fn drive_at(&self, at: &DriveLocation) -> Result<Drive> {
@@ -125,7 +131,8 @@ impl Daemon {
         let reader = tokio::time::timeout(timeout, drive.read_range(&at.path, start, length))
             .await
             .map_err(|_| no_peer(at))?
-            .map_err(DaemonError::drive)?;
+            .map_err(DaemonError::drive)?
+            .with_read_ahead(STREAM_READ_AHEAD);
         let at = at.clone();
         let chunks = futures::stream::unfold(Some(reader), move |reader| {
             let at = at.clone();
@@ -245,12 +252,19 @@ impl Daemon {
         drive.readlink(&at.path).await.map_err(DaemonError::drive)
     }
 
-    /// Moves the entry at `from` (a whole tree for a directory) to `to`, a path of the
-    /// same drive.
-    pub async fn drive_rename(&self, from: &DriveLocation, to: &str) -> Result<()> {
+    /// Moves the entry at `from` (a whole tree for a directory) to `to`, in the same
+    /// drive (a file's blocks live in its drive's content core), and both at its latest
+    /// version.
+    pub async fn drive_rename(&self, from: &DriveLocation, to: &DriveLocation) -> Result<()> {
+        if to.key != from.key {
+            return Err(DaemonError::invalid(format!(
+                "cannot move {from} to another drive ({to})"
+            )));
+        }
+        self.writable_drive_at(to)?;
         let drive = self.writable_drive_at(from)?;
         drive
-            .rename(&from.path, to)
+            .rename(&from.path, &to.path)
             .await
             .map_err(DaemonError::drive)
     }

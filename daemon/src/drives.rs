@@ -136,9 +136,18 @@ impl Daemon {
         Ok(out)
     }
 
-    /// Stops holding a drive and deletes its metadata and content cores (drives mounted
-    /// in it are other drives and stay).
-    pub async fn remove_drive(&self, key: &PublicKey) -> Result<()> {
+    /// Stops holding the drive `at` names and deletes its metadata and content cores
+    /// (drives mounted in it are other drives and stay). A location with a path or a
+    /// version names something in the drive, most likely meant for `rm`: refused, so
+    /// that a file's URL never removes its whole drive.
+    pub async fn remove_drive(&self, at: &DriveLocation) -> Result<()> {
+        let key = &at.key;
+        if at.path != "/" || at.version.is_some() {
+            return Err(DaemonError::invalid(format!(
+                "{at} names a path or a version in drive {key}; to remove the whole \
+                 drive, name only the drive (hyper://{key}); to remove a file, use rm"
+            )));
+        }
         let drive = self.drive(key)?;
         let content = drive.content_key();
         self.drives().release(key);
@@ -239,13 +248,22 @@ pub struct DriveLocation {
 impl DriveLocation {
     /// The location a front end was given: a URL `hyper://KEY[+VERSION][/path]`, the key,
     /// version and path as fields, or both when they agree (an empty field takes the
-    /// URL's). A path without its leading `/` gets one; an empty one is the root.
+    /// URL's). A path without its leading `/` gets one; an empty one is the root. A path
+    /// no drive could hold (see [`hyperdrive::check_path`]) is refused here, for every
+    /// operation alike, rather than read as a path that is not there.
     pub fn from_parts(
         url: &str,
         key: &str,
         version: Option<u64>,
         path: &str,
     ) -> Result<DriveLocation> {
+        let location = Self::parse(url, key, version, path)?;
+        hyperdrive::check_path(&location.path).map_err(DaemonError::drive)?;
+        Ok(location)
+    }
+
+    /// [`Self::from_parts`] before the path is checked.
+    fn parse(url: &str, key: &str, version: Option<u64>, path: &str) -> Result<DriveLocation> {
         let from_url = match url.trim() {
             "" => None,
             text => Some(DriveUrl::parse(text).map_err(|e| DaemonError::invalid(e.to_string()))?),
@@ -384,6 +402,11 @@ mod tests {
             (url.as_str(), OTHER, None, "", OTHER),
             (url.as_str(), "", Some(4), "", "version 4"),
             (url.as_str(), "", None, "/other", "\"/other\""),
+            ("", HEX, None, "/a/../b", "/a/../b: has a . or .. component"),
+            (&format!("hyper://{HEX}/a/./b"), "", None, "", "/a/./b"),
+            ("", HEX, None, "/a\0b", "NUL"),
+            ("", HEX, None, &format!("/{}", "n".repeat(256)), "255"),
+            ("", HEX, None, &"/d".repeat(2500), "4096"),
         ] {
             let err = DriveLocation::from_parts(url, key, version, path).unwrap_err();
             assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");

@@ -151,8 +151,16 @@ async fn drives_are_created_followed_listed_removed_and_kept_across_restarts() {
         b"hello drives"
     );
 
+    // A location inside the drive does not remove it.
+    for inside in [at(&docs, None, "/readme.md"), at(&docs, Some(2), "/")] {
+        let err = b.remove_drive(&inside).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+        assert!(err.message.contains(&inside.to_string()), "{err}");
+    }
+    assert_eq!(b.list_drives().await.unwrap().len(), 1);
+
     // Removed, it is gone, and stays gone after a restart.
-    b.remove_drive(&docs.key).await.unwrap();
+    b.remove_drive(&at(&docs, None, "/")).await.unwrap();
     let gone = b.drive_info(&docs.key).await.unwrap_err();
     assert_eq!(gone.kind, ErrorKind::NotFound, "{gone}");
     assert!(gone.message.contains(&docs.key.to_string()), "{gone}");
@@ -163,7 +171,10 @@ async fn drives_are_created_followed_listed_removed_and_kept_across_restarts() {
     let (b, _b_lock) = start(&b_home).await;
     assert!(b.list_drives().await.unwrap().is_empty());
     assert_eq!(
-        b.remove_drive(&docs.key).await.unwrap_err().kind,
+        b.remove_drive(&at(&docs, None, "/"))
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::NotFound
     );
     b.shutdown().await;
@@ -486,7 +497,22 @@ async fn moves_truncates_metadata_and_mounts() {
     };
     write("/notes/a.txt", b"0123456789").await;
 
-    a.drive_rename(&at(&home, None, "/notes"), "/archive")
+    // Not to a checkout, nor to another drive.
+    for (to, kind) in [
+        (
+            at(&home, Some(2), "/archive"),
+            ErrorKind::FailedPrecondition,
+        ),
+        (at(&photos, None, "/archive"), ErrorKind::InvalidArgument),
+    ] {
+        let err = a
+            .drive_rename(&at(&home, None, "/notes"), &to)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, kind, "{err}");
+        assert!(err.message.contains(&to.to_string()), "{err}");
+    }
+    a.drive_rename(&at(&home, None, "/notes"), &at(&home, None, "/archive"))
         .await
         .unwrap();
     assert_eq!(
@@ -554,7 +580,10 @@ async fn moves_truncates_metadata_and_mounts() {
         ("/photos", photos.key)
     );
     let across = a
-        .drive_rename(&at(&home, None, "/archive/a.txt"), "/photos/a.txt")
+        .drive_rename(
+            &at(&home, None, "/archive/a.txt"),
+            &at(&home, None, "/photos/a.txt"),
+        )
         .await
         .unwrap_err();
     assert_eq!(across.kind, ErrorKind::InvalidArgument, "{across}");
@@ -642,6 +671,28 @@ async fn versions_changes_downloads_and_clears() {
             (4, "one.txt".into())
         ]
     );
+    // At a checkout, up to its version; versions past the drive's are refused.
+    let history: Vec<u64> = a
+        .drive_history(&at(&docs, Some(3), "/"), 0, None, false)
+        .unwrap()
+        .map(|e| e.unwrap().version)
+        .collect()
+        .await;
+    assert_eq!(history, [2, 3]);
+    for (at, since, until, live, names) in [
+        (at(&docs, None, "/"), 9, None, false, "since 9"),
+        (at(&docs, None, "/"), 0, Some(9), false, "until 9"),
+        (at(&docs, Some(9), "/"), 0, None, false, "version 9"),
+        (at(&docs, Some(3), "/"), 0, None, true, "checkout"),
+    ] {
+        let err = a.drive_history(&at, since, until, live).err().unwrap();
+        assert_eq!(err.kind, ErrorKind::InvalidArgument, "{err}");
+        assert!(err.message.contains(names), "{err}");
+    }
+    // A live history may wait for a version to come.
+    assert!(a
+        .drive_history(&at(&docs, None, "/"), 0, Some(9), true)
+        .is_ok());
 
     // A watch reports what is written after it started.
     let mut watch = a.drive_watch(&at(&docs, None, "/")).await.unwrap();

@@ -37,7 +37,7 @@ pub use import::{
     ExportOptions, ImportOptions, Skipped, Transfer, TransferProgress, TransferSummary,
 };
 pub use mount::{MountInfo, MountOptions, PathInfo};
-pub use path::key_of;
+pub use path::{check_path, key_of};
 pub use read::FileReader;
 pub use stat::{MetadataEntry, Stat, StatMount, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 pub use versions::{DriveChange, HistoryEntry, HistoryOptions};

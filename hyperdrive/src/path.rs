@@ -50,17 +50,16 @@ const MAX_PATH: usize = 4096;
 /// Longest name a write accepts (Linux `NAME_MAX`).
 const MAX_NAME: usize = 255;
 
-/// The trie key `path` is written at, refusing what no filesystem could hold or would
-/// read back as written: the root, NUL bytes, `.` and `..` names (JS keeps them, and
-/// readers resolve them to other paths), names over 255 bytes, paths over 4096.
-pub(crate) fn write_key(path: &str) -> Result<String, crate::Error> {
+/// The trie key of `path`, refusing what no filesystem could hold or would read back as
+/// written: NUL bytes, `.` and `..` names (JS keeps them, and readers resolve them to
+/// other paths), names over 255 bytes, paths over 4096. What every write checks, and
+/// what a caller can check before any other operation (the root is fine).
+pub fn check_path(path: &str) -> Result<String, crate::Error> {
     let key = key_of(path);
     let reason = if path.len() > MAX_PATH {
         "longer than 4096 bytes"
     } else if path.contains('\0') {
         "contains a NUL byte"
-    } else if key.is_empty() {
-        "is the root directory"
     } else if key.split('/').any(|c| c == "." || c == "..") {
         "has a . or .. component"
     } else if key.split('/').any(|c| c.len() > MAX_NAME) {
@@ -72,6 +71,18 @@ pub(crate) fn write_key(path: &str) -> Result<String, crate::Error> {
         path: path.to_string(),
         reason,
     })
+}
+
+/// The trie key `path` is written at: [`check_path`], and not the root.
+pub(crate) fn write_key(path: &str) -> Result<String, crate::Error> {
+    let key = check_path(path)?;
+    if key.is_empty() {
+        return Err(crate::Error::InvalidPath {
+            path: path.to_string(),
+            reason: "is the root directory",
+        });
+    }
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -97,5 +108,8 @@ mod tests {
         for bad in ["/", "", "/a/../b", "./.", "/a\0b", &long_name, &long_path] {
             assert!(write_key(bad).is_err(), "{bad:?}");
         }
+        // Any operation may name the root.
+        assert_eq!(check_path("/").ok().as_deref(), Some(""));
+        assert!(check_path("/a/../b").is_err());
     }
 }

@@ -20,7 +20,8 @@ use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
 use crate::{Drive, Error, Stat};
 
-/// Stored blocks read with one call when reading on sequentially.
+/// Stored blocks read with one call when reading on sequentially, unless the reader is
+/// told otherwise ([`FileReader::with_read_ahead`]).
 const RUN_BYTES: u64 = 1 << 20;
 /// Most bytes [`Drive::read_file`] allocates before reading them.
 const PREALLOCATE: u64 = 16 << 20;
@@ -107,6 +108,8 @@ pub struct FileReader {
     prefetch: Option<(u64, Download)>,
     /// The block after the range's last byte, once known.
     end_block: Option<u64>,
+    /// Most bytes of stored blocks read with one call.
+    run_bytes: u64,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -326,7 +329,17 @@ impl FileReader {
             linear,
             prefetch: None,
             end_block: Some(extent.end_block()),
+            run_bytes: RUN_BYTES,
         }
+    }
+
+    /// Reads at most `bytes` of stored blocks at once, and reads ahead when less than
+    /// half of that is left (1 MiB unless set; a run holds at least one block). What a
+    /// reader holds while its consumer is slow is about twice this: a server with many
+    /// readers sets it lower than a single reader wants for speed.
+    pub fn with_read_ahead(mut self, bytes: u64) -> FileReader {
+        self.run_bytes = bytes;
+        self
     }
 
     /// Limits reading to `length` bytes (all, with `None`) from byte `start`.
@@ -436,6 +449,7 @@ impl FileReader {
         let path = self.path.clone();
         let linear = self.linear;
         let prefetching_from = self.prefetch.as_ref().map(|(from, _)| *from);
+        let run_bytes = self.run_bytes;
         let mut end_block = self.end_block;
         let range_end = extent.byte_offset + self.end.saturating_sub(1);
         let fetch = async move {
@@ -483,7 +497,7 @@ impl FileReader {
             let mut blocks = Vec::new();
             if run {
                 blocks = feed
-                    .read_run(index, extent.end_block(), RUN_BYTES)
+                    .read_run(index, extent.end_block(), run_bytes)
                     .await
                     .map_err(|e| origin.error(e))?;
             }
@@ -531,7 +545,7 @@ impl FileReader {
         }
         let Some((_, at)) = self.next else { return };
         let ahead = at.saturating_sub(self.pos);
-        if at >= self.end || ahead > RUN_BYTES / 2 {
+        if at >= self.end || ahead > self.run_bytes / 2 {
             return;
         }
         self.start_fetch(at);

@@ -245,7 +245,7 @@ impl drives_server::Drives for DrivesService {
         request: Request<pb::RemoveDriveRequest>,
     ) -> Result<Response<pb::RemoveDriveResponse>, Status> {
         let at = location("drive", request.into_inner().drive)?;
-        self.daemon.remove_drive(&at.key).await.map_err(status)?;
+        self.daemon.remove_drive(&at).await.map_err(status)?;
         Ok(Response::new(pb::RemoveDriveResponse {}))
     }
 
@@ -393,22 +393,14 @@ impl drives_server::Drives for DrivesService {
         let to = request
             .to
             .ok_or_else(|| Status::invalid_argument("to is required"))?;
-        // A bare path is in the same drive; a location must name the same drive.
-        let to_path = if to.url.is_empty() && to.key.is_empty() {
-            DriveLocation::from_parts("", &from.key.to_hex(), None, &to.path)
+        // A bare path is in the same drive.
+        let to = if to.url.is_empty() && to.key.is_empty() {
+            DriveLocation::from_parts("", &from.key.to_hex(), to.version, &to.path)
         } else {
             DriveLocation::from_parts(&to.url, &to.key, to.version, &to.path)
         }
         .map_err(status)?;
-        if to_path.key != from.key {
-            return Err(Status::invalid_argument(format!(
-                "cannot move {from} to another drive ({to_path})"
-            )));
-        }
-        self.daemon
-            .drive_rename(&from, &to_path.path)
-            .await
-            .map_err(status)?;
+        self.daemon.drive_rename(&from, &to).await.map_err(status)?;
         Ok(Response::new(pb::RenameResponse {}))
     }
 
