@@ -1301,12 +1301,13 @@ pub async fn import(
     .await
 }
 
-/// `drive export URL DIR [--dry-run]`.
+/// `drive export URL DIR [--dry-run] [--timeout-ms MS]`.
 pub async fn export(
     client: &Client,
     url: Url,
     local: &Path,
     dry_run: bool,
+    timeout_ms: u32,
     json: bool,
 ) -> anyhow::Result<()> {
     let local = absolute(local)?;
@@ -1314,6 +1315,7 @@ pub async fn export(
         location: url.location(),
         local_path: local.clone(),
         dry_run,
+        timeout_ms,
     };
     let updates = client.unary(client.drives().export(request)).await?;
     transfer(

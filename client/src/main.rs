@@ -208,7 +208,7 @@ enum DriveCommand {
         /// End (exclusive) [default: the end of the file]
         #[arg(long)]
         end: Option<u64>,
-        /// How long hyperd waits for peers to serve a block [default: hyperd's, 30 s]
+        /// How long hyperd waits for peers to serve a block [default: 30 s]
         #[arg(long, value_name = "MS", default_value_t = 0)]
         timeout_ms: u32,
     },
@@ -316,6 +316,9 @@ enum DriveCommand {
         /// Report what would be written, write nothing
         #[arg(long)]
         dry_run: bool,
+        /// How long hyperd waits for peers to serve blocks before it gives up [default: 30 s]
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        timeout_ms: u32,
     },
 }
 
@@ -722,7 +725,8 @@ async fn drive(
             url: u,
             dir,
             dry_run,
-        } => drives::export(c, url(&u)?, &dir, dry_run, json).await,
+            timeout_ms,
+        } => drives::export(c, url(&u)?, &dir, dry_run, timeout_ms, json).await,
     }
 }
 

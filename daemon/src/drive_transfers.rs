@@ -4,7 +4,7 @@
 //! stops between two batches, every file written whole.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{BoxStream, StreamExt};
 use hyperdrive::{
@@ -12,8 +12,9 @@ use hyperdrive::{
 };
 
 use crate::daemon::Daemon;
+use crate::drive_files::READ_TIMEOUT;
 use crate::drives::DriveLocation;
-use crate::error::{shorten, DaemonError, Result};
+use crate::error::{shorten, DaemonError, ErrorKind, Result};
 
 /// How often a transfer reports progress at most.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -51,36 +52,51 @@ impl Daemon {
         }
         let drive = self.drive(&at.key)?;
         let transfer = drive.import(&local, &at.path, options);
-        Ok(self.transfer(transfer, drive))
+        Ok(self.transfer(transfer, drive, None))
     }
 
     /// Writes the drive's tree at `at` into the local directory `local` (created if
     /// missing; see [`hyperdrive::Drive::export`]), or with a dry run reports what that
-    /// would do.
+    /// would do. Blocks come from peers: an export that does not move for `timeout`
+    /// (default [`READ_TIMEOUT`]) fails with DEADLINE_EXCEEDED, as a read does.
     pub fn drive_export(
         &self,
         at: &DriveLocation,
         local: &str,
         options: ExportOptions,
+        timeout: Option<Duration>,
     ) -> Result<BoxStream<'static, Result<TransferUpdate>>> {
         let local = local_dir(local, false)?;
         let drive = self.drive_at(at)?;
         let transfer = drive.export(&at.path, &local, options);
-        Ok(self.transfer(transfer, drive))
+        let stall = (at.to_string(), timeout.unwrap_or(READ_TIMEOUT));
+        Ok(self.transfer(transfer, drive, Some(stall)))
     }
 
     /// The updates of `transfer` on `drive`: its progress at most every
-    /// [`PROGRESS_EVERY`], then its summary.
+    /// [`PROGRESS_EVERY`], then its summary. With `stall` (what, limit), a transfer
+    /// that does not move for `limit` fails with DEADLINE_EXCEEDED.
     fn transfer(
         &self,
         transfer: Transfer,
         drive: Drive,
+        stall: Option<(String, Duration)>,
     ) -> BoxStream<'static, Result<TransferUpdate>> {
         let progress = transfer.progress();
-        let updates = futures::stream::unfold(Some((Box::pin(transfer), progress)), move |state| {
-            let drive = drive.clone();
+        let start = (Box::pin(transfer), progress, Instant::now());
+        let updates = futures::stream::unfold(Some(start), move |state| {
+            let (drive, stall) = (drive.clone(), stall.clone());
             async move {
-                let (mut transfer, mut progress) = state?;
+                let (mut transfer, mut progress, mut moved) = state?;
+                if let Some((what, limit)) = stall.filter(|(_, limit)| moved.elapsed() >= *limit) {
+                    let current = progress.borrow().current.clone();
+                    let at = current.map_or(String::new(), |c| format!(" at {c}"));
+                    let error = DaemonError::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!("{what}: no progress{at} for {limit:?}: no peer served the blocks it needs"),
+                    );
+                    return Some((Err(error), None));
+                }
                 tokio::select! {
                     done = &mut transfer => {
                         let done = done.map_err(DaemonError::drive).map(|summary| {
@@ -93,8 +109,15 @@ impl Daemon {
                         Some((done, None))
                     }
                     _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                        // Seen now, so the next check sees only later movement.
+                        if progress.has_changed().unwrap_or(false) {
+                            moved = Instant::now();
+                        }
                         let now = progress.borrow_and_update().clone();
-                        Some((Ok(TransferUpdate::Progress(now)), Some((transfer, progress))))
+                        Some((
+                            Ok(TransferUpdate::Progress(now)),
+                            Some((transfer, progress, moved)),
+                        ))
                     }
                 }
             }

@@ -785,7 +785,7 @@ async fn folders_are_imported_and_exported_with_progress_and_a_summary() {
 
     let out = dir.path().join("out");
     let exported = run(a
-        .drive_export(&into, out.to_str().unwrap(), ExportOptions::default())
+        .drive_export(&into, out.to_str().unwrap(), ExportOptions::default(), None)
         .unwrap())
     .await;
     assert_eq!(exported.added, 5, "{exported:?}");

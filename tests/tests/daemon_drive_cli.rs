@@ -344,6 +344,24 @@ fn drive_commands_on_one_daemon() {
         "version",
     );
 
+    // Content no peer serves: an export gives up as a read does.
+    ok(&d, &["drive", "clear", &url("/notes/b.txt")]);
+    let out = work.path().join("export");
+    let started = Instant::now();
+    fails(
+        &d,
+        &[
+            "drive",
+            "export",
+            &url("/notes"),
+            out.to_str().unwrap(),
+            "--timeout-ms",
+            "500",
+        ],
+        "no peer served",
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
     // A followed drive no peer has served: reads say so rather than "no such file".
     let unknown = "ab".repeat(32);
     ok(&d, &["drive", "follow", &unknown]);

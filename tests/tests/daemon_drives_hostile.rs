@@ -289,6 +289,7 @@ fn reading_calls(d: &Drives, at: &Location, local: &Local) -> Vec<(&'static str,
                 location: at(),
                 local_path: local.out.clone(),
                 dry_run: false,
+                timeout_ms: 0,
             };
             streamed!(d, export, r)
         }),
@@ -983,6 +984,7 @@ async fn bad_input_gets_the_documented_code_and_the_daemon_keeps_serving() {
                     location: Some(url(&key, "/dir")),
                     local_path: "out".into(),
                     dry_run: false,
+                    timeout_ms: 0,
                 };
                 streamed!(d, export, r)
             },

@@ -150,6 +150,7 @@ async fn export(
         location: Some(root(key)),
         local_path: out.to_str().unwrap().into(),
         dry_run,
+        timeout_ms: 0,
     };
     run(drives.export(request).await.unwrap().into_inner()).await
 }

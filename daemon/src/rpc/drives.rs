@@ -311,8 +311,7 @@ impl drives_server::Drives for DrivesService {
     ) -> Result<Response<Self::ReadFileStream>, Status> {
         let request = request.into_inner();
         let at = location("location", request.location)?;
-        let timeout =
-            (request.timeout_ms > 0).then(|| Duration::from_millis(request.timeout_ms.into()));
+        let timeout = millis(request.timeout_ms);
         let chunks = self
             .daemon
             .drive_read(&at, request.start, request.end, timeout)
@@ -664,8 +663,18 @@ impl drives_server::Drives for DrivesService {
         };
         let updates = self
             .daemon
-            .drive_export(&at, &request.local_path, options)
+            .drive_export(
+                &at,
+                &request.local_path,
+                options,
+                millis(request.timeout_ms),
+            )
             .map_err(status)?;
         Ok(Response::new(server_stream(updates, transfer_update)))
     }
+}
+
+/// A request's `timeout_ms`: `None` for 0 (the daemon's default).
+fn millis(timeout_ms: u32) -> Option<Duration> {
+    (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms.into()))
 }
