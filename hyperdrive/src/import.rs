@@ -313,9 +313,10 @@ impl Drive {
         options: ImportOptions,
         sender: watch::Sender<TransferProgress>,
     ) -> Result<TransferSummary, Error> {
+        // Checked before the walk: a bad base would otherwise fail only at the first write.
+        let base = crate::check_path(drive_path)?;
         let root = local_dir.to_path_buf();
         let (entries, skipped) = blocking(move || walk(&root)).await??;
-        let base = key_of(drive_path);
         let bytes = entries
             .iter()
             .map(|e| match e.kind {

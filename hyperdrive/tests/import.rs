@@ -513,3 +513,17 @@ async fn export_never_writes_outside_its_directory() {
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     assert!(!tmp.path().join("out2").exists(), "refused before writing");
 }
+
+#[tokio::test]
+async fn an_import_into_a_path_no_drive_could_hold_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    make_tree(&src);
+    let (_store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
+    let before = drive.version();
+    for bad in ["/a/../b", "/x\0y", &format!("/{}", "n".repeat(256))] {
+        let err = drive.import(&src, bad, import_options()).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidPath { .. }), "{bad:?}: {err}");
+    }
+    assert_eq!(drive.version(), before);
+}
