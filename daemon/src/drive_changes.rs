@@ -21,12 +21,12 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 impl Daemon {
     /// What changed under the path of `at` between version `from` and `at`'s version
-    /// (or the latest).
+    /// (or the latest), each change with that newer version.
     pub fn drive_diff(
         &self,
         at: &DriveLocation,
         from: u64,
-    ) -> Result<BoxStream<'static, Result<DriveChange>>> {
+    ) -> Result<BoxStream<'static, Result<HistoryEntry>>> {
         let drive = self.drive_at(at)?;
         if from > drive.version() {
             return Err(DaemonError::invalid(format!(
@@ -34,9 +34,12 @@ impl Daemon {
                 drive.version()
             )));
         }
-        let changes = drive
-            .diff(from, &at.path)
-            .map(|change| change.map_err(DaemonError::drive));
+        let version = drive.version();
+        let changes = drive.diff(from, &at.path).map(move |change| {
+            change
+                .map(|change| HistoryEntry { version, change })
+                .map_err(DaemonError::drive)
+        });
         Ok(self.until_stopped(changes.boxed()))
     }
 
@@ -87,11 +90,12 @@ impl Daemon {
     /// each batch as the diff from the version seen before; inside mounted drives too
     /// (the drive holding the path, and those mounted at or below it), with paths from
     /// the root of the drive watched. Changes in a drive mounted after the watch started
-    /// count from when the watch first saw the mount.
+    /// count from when the watch first saw the mount. Each change comes with the watched
+    /// drive's version when it was seen.
     pub async fn drive_watch(
         &self,
         at: &DriveLocation,
-    ) -> Result<BoxStream<'static, Result<DriveChange>>> {
+    ) -> Result<BoxStream<'static, Result<HistoryEntry>>> {
         if at.version.is_some() {
             return Err(DaemonError::invalid(format!(
                 "{at}: a checkout never changes; watch the latest version"
@@ -257,10 +261,11 @@ impl Watching {
     }
 
     /// What changed under the path since the versions seen, if anything did.
-    async fn changes(&mut self) -> Result<Option<BoxStream<'static, Result<DriveChange>>>> {
+    async fn changes(&mut self) -> Result<Option<BoxStream<'static, Result<HistoryEntry>>>> {
         self.find_mounted().await?;
         let mut diffs = Vec::new();
         let now = self.drive.version();
+        let version = now;
         if now != self.seen {
             let diff = self.drive.diff(self.seen, &self.path);
             diffs.push(diff.map(|c| c.map_err(DaemonError::drive)).boxed());
@@ -277,7 +282,13 @@ impl Watching {
                 mounted.seen = now;
             }
         }
-        Ok((!diffs.is_empty()).then(|| futures::stream::iter(diffs).flatten().boxed()))
+        let entries = move |change: Result<DriveChange>| {
+            change.map(|change| HistoryEntry { version, change })
+        };
+        Ok(
+            (!diffs.is_empty())
+                .then(|| futures::stream::iter(diffs).flatten().map(entries).boxed()),
+        )
     }
 }
 

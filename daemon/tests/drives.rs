@@ -13,7 +13,8 @@ use hyperd::{
 };
 use hyperd_config::{Config, Home};
 use hyperdrive::{
-    DriveChange, ExportOptions, ImportOptions, MountOptions, ReaddirOptions, Totals, WriteOptions,
+    DriveChange, ExportOptions, HistoryEntry, ImportOptions, MountOptions, ReaddirOptions, Totals,
+    WriteOptions,
 };
 
 /// A daemon and the lock on its home.
@@ -638,7 +639,11 @@ async fn versions_changes_downloads_and_clears() {
     let diff: Vec<DriveChange> = a
         .drive_diff(&at(&docs, None, "/"), 2)
         .unwrap()
-        .map(|c| c.unwrap())
+        .map(|e| {
+            let e = e.unwrap();
+            assert_eq!(e.version, 4, "a diff's changes carry the newer version");
+            e.change
+        })
         .collect()
         .await;
     assert!(
@@ -702,7 +707,8 @@ async fn versions_changes_downloads_and_clears() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(change.path(), "three.txt");
+    assert_eq!(change.change.path(), "three.txt");
+    assert_eq!(change.version, 5);
     drop(watch);
 
     // A follower downloads a tree with progress, counts what it stores, clears it.
@@ -826,13 +832,14 @@ async fn folders_are_imported_and_exported_with_progress_and_a_summary() {
 
 /// The next change of `watch`, within 20 s.
 async fn next_change(
-    watch: &mut BoxStream<'static, Result<DriveChange, DaemonError>>,
+    watch: &mut BoxStream<'static, Result<HistoryEntry, DaemonError>>,
 ) -> DriveChange {
     tokio::time::timeout(Duration::from_secs(20), watch.next())
         .await
         .expect("no change within 20 s")
         .unwrap()
         .unwrap()
+        .change
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

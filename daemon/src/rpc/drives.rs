@@ -537,13 +537,9 @@ impl drives_server::Drives for DrivesService {
     ) -> Result<Response<Self::DiffStream>, Status> {
         let request = request.into_inner();
         let at = location("location", request.location)?;
-        let version = match at.version {
-            Some(v) => v,
-            None => self.daemon.drive(&at.key).map_err(status)?.version(),
-        };
         let changes = self.daemon.drive_diff(&at, request.from).map_err(status)?;
-        Ok(Response::new(server_stream(changes, move |c| {
-            change(version, c)
+        Ok(Response::new(server_stream(changes, |e| {
+            change(e.version, e.change)
         })))
     }
 
@@ -571,10 +567,9 @@ impl drives_server::Drives for DrivesService {
         request: Request<pb::WatchDriveRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let at = location("location", request.into_inner().location)?;
-        let drive = self.daemon.drive(&at.key).map_err(status)?;
         let changes = self.daemon.drive_watch(&at).await.map_err(status)?;
-        Ok(Response::new(server_stream(changes, move |c| {
-            change(drive.version(), c)
+        Ok(Response::new(server_stream(changes, |e| {
+            change(e.version, e.change)
         })))
     }
 
