@@ -57,6 +57,9 @@ enum Command {
     #[command(subcommand, arg_required_else_help = true)]
     Core(CoreCommand),
     /// Hyperdrives: create, follow, browse, write, import, export
+    ///
+    /// URL arguments are hyper://KEY[+VERSION]/path (hyper:// may be left out);
+    /// +VERSION reads that version of the drive, read-only.
     #[command(subcommand, arg_required_else_help = true)]
     Drive(DriveCommand),
     /// Peer connections
@@ -163,8 +166,6 @@ enum CoreCommand {
     Watch { key: String },
 }
 
-/// URL arguments are `hyper://KEY[+VERSION]/path` (the `hyper://` may be left out);
-/// `+VERSION` reads that version of the drive (read-only).
 #[derive(Subcommand)]
 enum DriveCommand {
     /// Create a writable drive and print its key

@@ -42,6 +42,7 @@ fn help_works() {
         "stop",
         "status",
         "core",
+        "drive",
         "peer",
         "service",
         "completions",
@@ -130,6 +131,45 @@ fn keys_are_checked_before_connecting() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn drive_urls_are_checked_before_connecting() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().to_str().unwrap();
+    for (args, reason) in [
+        (
+            vec!["drive", "ls", "hyper://abc/x"],
+            "the key is not 64 hex characters",
+        ),
+        (
+            vec!["drive", "cat", "dat://x"],
+            "the scheme is not hyper://",
+        ),
+        (
+            vec!["drive", "cat", &format!("{KEY}+v1/a")],
+            "the version after '+' is not a number",
+        ),
+        (vec!["drive", "mv", "nope", "/b"], "not a drive URL"),
+        (
+            vec!["drive", "mount", &format!("{KEY}/m"), "zz"],
+            "invalid key 'zz'",
+        ),
+    ] {
+        let mut all = vec!["--home", home];
+        all.extend(&args);
+        let (output, _, stderr) = run(&mut hyperctl(&all));
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let line = one_line(&stderr);
+        assert!(line.contains(reason), "{args:?}: {line}");
+    }
+    // A good URL gets as far as the (missing) daemon.
+    let (output, _, stderr) = run(&mut hyperctl(&["--home", home, "drive", "ls", KEY]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        one_line(&stderr).contains("hyperd is not running"),
+        "{stderr}"
+    );
 }
 
 #[test]
