@@ -543,27 +543,37 @@ impl Drive {
         // Nothing else appends between this file's batches (every writer of several
         // batches takes the lock, and so does every file write).
         let _writer = feed.lock_writer().await;
-        let p = path.to_path_buf();
-        let mut file = blocking(move || open_regular(&p)).await??;
+        let mut file = None;
         let mut run: Option<Run> = None;
         let mut total = 0;
         loop {
-            let p = path.to_path_buf();
-            let (f, mut blocks, eof) = blocking(move || read_batch(file, &p)).await??;
-            file = f;
-            if blocks.is_empty() {
-                if run.is_some() {
-                    break;
+            // Opening, reading a batch and appending it are one hop to the blocking pool:
+            // a file of one batch (nearly every file) costs one hop, not three.
+            let (p, f, first) = (path.to_path_buf(), feed.clone(), run.is_none());
+            let (opened, batch, eof) = blocking(move || {
+                let opened = match file {
+                    Some(opened) => opened,
+                    None => open_regular(&p)?,
+                };
+                let (opened, mut blocks, eof) = read_batch(opened, &p)?;
+                if blocks.is_empty() {
+                    if !first {
+                        return Ok((opened, None, true));
+                    }
+                    // An empty file is one empty block, as in JS.
+                    blocks.push(Bytes::new());
                 }
-                // An empty file is one empty block, as in JS.
-                blocks.push(Bytes::new());
-            }
-            let count = blocks.len() as u64;
-            let bytes: u64 = blocks.iter().map(|b| b.len() as u64).sum();
-            let appended = feed
-                .append_batch_at(blocks)
-                .await
-                .map_err(|source| self.content_error(source))?;
+                let count = blocks.len() as u64;
+                let bytes: u64 = blocks.iter().map(|b| b.len() as u64).sum();
+                let appended = f.append_batch_blocking(blocks);
+                Ok::<_, Error>((opened, Some((appended, count, bytes)), eof))
+            })
+            .await??;
+            file = Some(opened);
+            let Some((appended, count, bytes)) = batch else {
+                break;
+            };
+            let appended = appended.map_err(|source| self.content_error(source))?;
             match &mut run {
                 None => {
                     run = Some(Run {

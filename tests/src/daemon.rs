@@ -230,13 +230,24 @@ impl Drop for Daemon {
 
 /// The resident memory of process `pid`, in bytes.
 pub fn rss_of(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    proc_status_bytes(pid, "VmRSS")
+}
+
+/// The peak resident memory of process `pid` so far, in bytes (`VmHWM`).
+pub fn peak_rss_of(pid: u32) -> Result<u64> {
+    proc_status_bytes(pid, "VmHWM")
+}
+
+/// A `kB` field of `/proc/PID/status`, in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc/PID/status")?;
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
     Ok(kb * 1024)
 }
 
