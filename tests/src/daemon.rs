@@ -188,6 +188,21 @@ impl Daemon {
         rss_of(pid)
     }
 
+    /// The daemon's resident memory once it has stopped moving (two readings 200 ms apart
+    /// within 1 MiB), or the last reading after 5 s.
+    pub async fn settled_rss(&self) -> Result<u64> {
+        let mut last = self.rss()?;
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.rss()?;
+            if now.abs_diff(last) < 1 << 20 {
+                return Ok(now);
+            }
+            last = now;
+        }
+        Ok(last)
+    }
+
     /// The daemon's open file descriptors.
     pub fn open_fds(&self) -> Result<usize> {
         let pid = self.pid().context("the daemon is not running")?;

@@ -1094,20 +1094,6 @@ async fn bad_input_gets_the_documented_code_and_the_daemon_keeps_serving() {
     assert_eq!(drives.len(), 2, "{drives:?}");
 }
 
-/// The daemon's RSS once it has stopped moving (within 5 s).
-async fn settled_rss(daemon: &Daemon) -> u64 {
-    let mut last = daemon.rss().unwrap();
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = daemon.rss().unwrap();
-        if now.abs_diff(last) < MIB {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
 const MIB: u64 = 1 << 20;
 
 /// `readers` concurrent ReadFile streams of `files` (by turns) over `channels`: each
@@ -1224,7 +1210,7 @@ async fn a_thousand_concurrent_readers_get_their_exact_bytes() {
         .await
         .unwrap();
     }
-    let before = settled_rss(&a).await;
+    let before = a.settled_rss().await.unwrap();
 
     // The peak RSS while the readers run.
     let (peak, done) = (

@@ -13,20 +13,6 @@ use hyperd_tests::daemon::Daemon;
 const MIB: u64 = 1 << 20;
 const BLOCK: usize = 8 << 20;
 
-/// The daemon's RSS once it has stopped moving (within 5 s).
-async fn settled_rss(daemon: &Daemon) -> u64 {
-    let mut last = daemon.rss().unwrap();
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = daemon.rss().unwrap();
-        if now.abs_diff(last) < MIB {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_streams_hold_a_few_blocks_each_and_give_them_back() {
     let daemon = Daemon::start().unwrap();
@@ -50,7 +36,7 @@ async fn unread_streams_hold_a_few_blocks_each_and_give_them_back() {
     }
     // Past the daemon's periodic trim of freed memory.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let before = settled_rss(&daemon).await;
+    let before = daemon.settled_rss().await.unwrap();
 
     // 16 clients each open a read of the whole core and never read from it.
     let mut streams = Vec::new();
@@ -72,7 +58,7 @@ async fn unread_streams_hold_a_few_blocks_each_and_give_them_back() {
     }
     // Past the daemon's periodic trim, so that only memory in use is counted.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let held = settled_rss(&daemon).await;
+    let held = daemon.settled_rss().await.unwrap();
     let per_stream = held.saturating_sub(before) / 16;
     eprintln!(
         "RSS before {} MiB, with 16 unread streams {} MiB: {} MiB a stream",
@@ -126,7 +112,7 @@ async fn half_sent_large_frames_are_bounded_across_connections() {
     use hyperd_tests::raw_peer::RawPeer;
     let daemon = Daemon::start().unwrap();
     let address: std::net::SocketAddr = daemon.listen.parse().unwrap();
-    let before = settled_rss(&daemon).await;
+    let before = daemon.settled_rss().await.unwrap();
     // 16 peers (from 4 addresses) each send 7 MB of a frame just under 8 MiB, then stall:
     // 112 MB if the daemon buffered them all.
     let body = (8 << 20) - 64;
@@ -143,7 +129,7 @@ async fn half_sent_large_frames_are_bounded_across_connections() {
     }
     // Long enough for the daemon to take in what it will (7 MB a peer).
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let held = settled_rss(&daemon).await;
+    let held = daemon.settled_rss().await.unwrap();
     eprintln!(
         "RSS before {} MiB, with 16 half-sent 8 MiB frames {} MiB",
         before / MIB,
