@@ -236,6 +236,22 @@ impl AppendBase {
         Ok(self.sign_hashed(blocks, &hashes_of(blocks)))
     }
 
+    /// [`Self::sign`] for blocks whose leaf hashes are already computed (`hashes[i]` is
+    /// the leaf hash of `blocks[i]`).
+    pub(crate) fn sign_with_hashes(
+        &self,
+        blocks: &[&[u8]],
+        hashes: &[crypto::Hash],
+    ) -> Result<SignedAppend> {
+        check_blocks(self.start, blocks)?;
+        if hashes.len() != blocks.len() {
+            return Err(Error::Internal {
+                reason: format!("{} leaf hashes for {} blocks", hashes.len(), blocks.len()),
+            });
+        }
+        Ok(self.sign_hashed(blocks, hashes))
+    }
+
     fn sign_hashed(&self, blocks: &[&[u8]], hashes: &[crypto::Hash]) -> SignedAppend {
         let start = self.start;
         let leaves: Vec<Node> = hashes

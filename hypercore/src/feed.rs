@@ -16,7 +16,7 @@ use crate::core::{
     AuditReport, FeedCore, FeedOptions, Origin, Proof, ProofRequest, PutOutcome, SeekOutcome,
     SignatureAt, SignedAppend,
 };
-use crate::crypto::{DiscoveryKey, PublicKey, Signature};
+use crate::crypto::{self, DiscoveryKey, PublicKey, Signature};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::storage::{DiskStorage, MemoryStorage, Storage};
@@ -91,6 +91,51 @@ pub struct PreparedAppend {
     blocks: Vec<Bytes>,
     /// `None` for a large batch, hashed while it is written.
     signed: Option<SignedAppend>,
+}
+
+/// Blocks with their merkle leaf hashes, hashed ahead of an append (on any thread, with
+/// no lock held) so that [`Feed::prepare_hashed`] has only the tree and one signature
+/// left to compute. Built only by hashing, so a hash always matches its block.
+#[derive(Debug, Default)]
+pub struct HashedBlocks {
+    blocks: Vec<Bytes>,
+    hashes: Vec<crypto::Hash>,
+}
+
+impl HashedBlocks {
+    /// Hashes `blocks` (several at a time: SIMD hashing across blocks is what makes a
+    /// batch of many small blocks cheaper than hashing them one by one).
+    pub fn new(blocks: Vec<Bytes>) -> HashedBlocks {
+        let mut hashes = Vec::with_capacity(blocks.len());
+        crypto::leaf_hashes(&blocks, &mut hashes);
+        HashedBlocks { blocks, hashes }
+    }
+
+    /// The blocks.
+    pub fn blocks(&self) -> &[Bytes] {
+        &self.blocks
+    }
+
+    /// The leaf hash of each block.
+    pub fn hashes(&self) -> &[crypto::Hash] {
+        &self.hashes
+    }
+
+    /// How many blocks there are.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Removes the blocks in `range` with their hashes.
+    pub fn remove(&mut self, range: std::ops::Range<usize>) {
+        self.blocks.drain(range.clone());
+        self.hashes.drain(range);
+    }
 }
 
 /// Options for [`Feed::get_with`].
@@ -424,6 +469,19 @@ impl Feed {
         let base = self.with_core(|c| c.append_base())?;
         let refs: Vec<&[u8]> = blocks.iter().map(|b| &b[..]).collect();
         let signed = base.sign(&refs)?;
+        Ok(PreparedAppend {
+            blocks,
+            signed: Some(signed),
+        })
+    }
+
+    /// [`Feed::prepare_append`] for blocks already hashed: only the tree and the signature
+    /// are computed (CPU work: one Ed25519 signature).
+    pub fn prepare_hashed(&self, hashed: HashedBlocks) -> Result<PreparedAppend> {
+        let HashedBlocks { blocks, hashes } = hashed;
+        let base = self.with_core(|c| c.append_base())?;
+        let refs: Vec<&[u8]> = blocks.iter().map(|b| &b[..]).collect();
+        let signed = base.sign_with_hashes(&refs, &hashes)?;
         Ok(PreparedAppend {
             blocks,
             signed: Some(signed),

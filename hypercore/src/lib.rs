@@ -34,7 +34,9 @@ pub use crate::core::{
 pub use crate::crypto::{DiscoveryKey, KeyPair, PublicKey, SecretKey, Signature};
 pub use crate::encoding::{Binary, Json, Typed, Utf8, ValueEncoding};
 pub use crate::error::{Error, Result};
-pub use crate::feed::{Appended, Demand, Event, Feed, GetOptions, PreparedAppend, EVENT_BACKLOG};
+pub use crate::feed::{
+    Appended, Demand, Event, Feed, GetOptions, HashedBlocks, PreparedAppend, EVENT_BACKLOG,
+};
 pub use crate::node::Node;
 pub use crate::stream::{ReadStreamOptions, WriteSink};
 pub use crate::tree::RemoteTree;

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hypercore::storage::{DiskStorage, MemoryStorage};
 use hypercore::{
-    Error, Event, Feed, FeedOptions, GetOptions, Json, KeyPair, Origin, Proof, ProofRequest,
-    ReadStreamOptions, RemoteTree, Utf8,
+    Error, Event, Feed, FeedOptions, GetOptions, HashedBlocks, Json, KeyPair, Origin, Proof,
+    ProofRequest, ReadStreamOptions, RemoteTree, Utf8,
 };
 use hyperd_testkit::memory_clone;
 
@@ -907,35 +907,42 @@ async fn feed_of(kp: &KeyPair) -> Feed {
 #[tokio::test]
 async fn prepared_appends_store_what_plain_appends_store() {
     let kp = KeyPair::from_seed(&[3; 32]);
-    let (plain, prepared) = (feed_of(&kp).await, feed_of(&kp).await);
-    let batches: [&[&str]; 3] = [&["a", "bc"], &["def"], &["", "g", "hi", "j"]];
+    let (plain, prepared, hashed) = (feed_of(&kp).await, feed_of(&kp).await, feed_of(&kp).await);
+    let big = "x".repeat(700_000);
+    let batches: [&[&str]; 4] = [&["a", "bc"], &["def"], &["", "g", "hi", "j"], &[&big, &big]];
     for batch in batches {
-        let blocks: Vec<Bytes> = batch.iter().map(|b| Bytes::from(*b)).collect();
+        let blocks: Vec<Bytes> = batch.iter().map(|b| Bytes::from(b.to_string())).collect();
         let at = plain.append_batch_at(blocks.clone()).await.unwrap();
-        let p = prepared.clone();
+        let (p, h) = (prepared.clone(), hashed.clone());
         let got = tokio::task::spawn_blocking(move || {
-            let signed = p.prepare_append(blocks).unwrap();
-            p.commit_append(signed).unwrap()
+            let signed = p.prepare_append(blocks.clone()).unwrap();
+            let ahead = h.prepare_hashed(HashedBlocks::new(blocks)).unwrap();
+            (
+                p.commit_append(signed).unwrap(),
+                h.commit_append(ahead).unwrap(),
+            )
         })
         .await
         .unwrap();
-        assert_eq!(got, at);
+        assert_eq!(got, (at, at));
     }
-    assert_eq!(prepared.byte_len(), plain.byte_len());
-    for index in 0..plain.len() {
-        assert_eq!(
-            prepared.get(index).await.unwrap(),
-            plain.get(index).await.unwrap()
-        );
-        // Same blocks, same key: same tree and the same (deterministic) signatures.
-        assert_eq!(
-            prepared.root_hashes(index).unwrap(),
-            plain.root_hashes(index).unwrap()
-        );
-        assert_eq!(
-            prepared.signature(index).unwrap(),
-            plain.signature(index).unwrap()
-        );
+    for feed in [&prepared, &hashed] {
+        assert_eq!(feed.byte_len(), plain.byte_len());
+        for index in 0..plain.len() {
+            assert_eq!(
+                feed.get(index).await.unwrap(),
+                plain.get(index).await.unwrap()
+            );
+            // Same blocks, same key: same tree and the same (deterministic) signatures.
+            assert_eq!(
+                feed.root_hashes(index).unwrap(),
+                plain.root_hashes(index).unwrap()
+            );
+            assert_eq!(
+                feed.signature(index).unwrap(),
+                plain.signature(index).unwrap()
+            );
+        }
     }
 }
 

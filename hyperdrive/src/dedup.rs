@@ -27,7 +27,7 @@ const MAX_INDEXED: usize = 1 << 18;
 const SCAN_STEP: u64 = 1024;
 
 /// Where a file's content lies in the content feed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Run {
     /// Index of the first block.
     pub offset: u64,

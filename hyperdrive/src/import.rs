@@ -8,6 +8,8 @@
 //! Import keeps mode and mtime (ms) of every entry and symlink targets as given; a
 //! changed file's content is found in the content feed when already there (dedup.rs),
 //! else appended as one contiguous run under the feed's writer lock, its Stat put after.
+//! Small files, directories and symlinks go in groups (group.rs): many files' contents in
+//! one append, their Stats in one trie batch, the next group read while one is written.
 //! A dry run goes through the same comparisons and lookups and leaves out every write.
 //! Export never writes outside the target: names with NUL, empty, `.` or `..` components
 //! are refused, symlinks are written as links (never followed), and nothing is written
@@ -37,6 +39,9 @@ use std::task::{Context, Poll};
 use tokio::sync::watch;
 
 use crate::dedup::{blocking, Run};
+use group::Groups;
+
+mod group;
 use crate::dir::decode_stat;
 use crate::path::key_of;
 use crate::{trie_at, Drive, Error, FileReader, Stat, MAX_BLOCK};
@@ -262,8 +267,39 @@ impl WouldAppend {
     }
 }
 
+/// What an import does with one entry, compared with the drive ([`Drive::decide`]).
+enum Decision {
+    /// Nothing: it is unchanged or cannot be imported (counted in the summary).
+    Done,
+    /// Put this Stat (a directory or symlink).
+    Put(Place, Stat),
+    /// Put the file's content, then its Stat; unless the content is that of the Stat
+    /// given, which has the file's size and attributes.
+    File(Place, Option<Stat>),
+}
+
+/// Where an entry goes: the drive owning its path (this one or one mounted in it), that
+/// drive's trie and the key there.
+struct Place {
+    owner: Drive,
+    trie: Hypertrie,
+    key: String,
+    /// Whether the key had an entry.
+    existed: bool,
+}
+
+impl Place {
+    /// How a write here counts.
+    fn outcome(&self) -> Outcome {
+        match self.existed {
+            false => Outcome::Added,
+            true => Outcome::Changed,
+        }
+    }
+}
+
 /// One entry of a local folder.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct LocalEntry {
     /// Its path below the folder, `/`-separated ("" for the folder itself).
     rel: String,
@@ -275,7 +311,14 @@ struct LocalEntry {
     mtime: u64,
 }
 
-#[derive(Debug)]
+impl LocalEntry {
+    /// Whether `stat` has this entry's mode and mtime.
+    fn same_attrs(&self, stat: &Stat) -> bool {
+        stat.mode & 0o7777 == self.mode && stat.mtime == self.mtime
+    }
+}
+
+#[derive(Clone, Debug)]
 enum LocalKind {
     Dir,
     File { size: u64 },
@@ -334,18 +377,38 @@ impl Drive {
             false => Writes::Drive,
         };
         let mut keys = HashSet::new();
+        let mut groups = Groups::default();
         for entry in &entries {
             let key = join_key(&base, &entry.rel);
             let path: Arc<str> = format!("/{key}").into();
             tracker.start(&path);
             // The drive's root has no Stat of its own.
             if !key.is_empty() {
-                self.import_entry(&path, entry, &mut writes, &mut summary, &mut tracker)
-                    .await?;
+                let decision = self.decide(&path, entry, &mut summary).await?;
+                let Some(decision) = groups
+                    .take(&path, entry, decision, &writes, &mut summary, &mut tracker)
+                    .await?
+                else {
+                    keys.insert(key);
+                    continue;
+                };
+                if !matches!(decision, Decision::Done) {
+                    groups.finish(&mut summary, &mut tracker).await?;
+                }
+                self.import_decided(
+                    &path,
+                    entry,
+                    decision,
+                    &mut writes,
+                    &mut summary,
+                    &mut tracker,
+                )
+                .await?;
             }
             keys.insert(key);
             tracker.entry();
         }
+        groups.finish(&mut summary, &mut tracker).await?;
         if options.remove_missing {
             let all = MountListOptions {
                 recursive: true,
@@ -373,15 +436,14 @@ impl Drive {
         Ok(summary)
     }
 
-    /// Imports one entry at drive path `path`.
-    async fn import_entry(
+    /// Compares the entry at drive path `path` with what the drive holds there: counts
+    /// it in `summary` when nothing is to be written, else says what is.
+    async fn decide(
         &self,
         path: &str,
         entry: &LocalEntry,
-        writes: &mut Writes,
         summary: &mut TransferSummary,
-        tracker: &mut Tracker,
-    ) -> Result<(), Error> {
+    ) -> Result<Decision, Error> {
         let (owner, trie, key) = self.owner_of(path).await?;
         if !trie.writable() {
             return Err(Error::NotWritable {
@@ -394,7 +456,6 @@ impl Drive {
             .await
             .map_err(trie_at(path))?
             .and_then(|node| decode_stat(&key, node.value.as_deref()).ok());
-        let same_attrs = |s: &Stat| s.mode & 0o7777 == entry.mode && s.mtime == entry.mtime;
         if let Some(mount) = existing.as_ref().filter(|s| s.mount.is_some()) {
             // A local directory's entries go into the drive mounted there; nothing else
             // replaces a mount.
@@ -406,19 +467,25 @@ impl Drive {
                     reason: format!("{path} is a mount in the drive"),
                 });
             }
-            return Ok(());
+            return Ok(Decision::Done);
         }
+        let place = Place {
+            owner,
+            trie,
+            key,
+            existed: existing.is_some(),
+        };
         let now = self.now();
         let stat = match &entry.kind {
             LocalKind::Dir => {
                 if existing
                     .as_ref()
-                    .is_some_and(|s| s.is_dir() && same_attrs(s))
+                    .is_some_and(|s| s.is_dir() && entry.same_attrs(s))
                 {
                     summary.count(Outcome::Unchanged);
-                    return Ok(());
+                    return Ok(Decision::Done);
                 }
-                let content = owner.content_feed().await?;
+                let content = place.owner.content_feed().await?;
                 Stat {
                     offset: content.len(),
                     byte_offset: content.byte_len(),
@@ -434,7 +501,7 @@ impl Drive {
                 };
                 if existing.as_ref().is_some_and(same) {
                     summary.count(Outcome::Unchanged);
-                    return Ok(());
+                    return Ok(Decision::Done);
                 }
                 // Symlinks keep JS's mode: a local link's mode means nothing.
                 Stat {
@@ -443,44 +510,70 @@ impl Drive {
                 }
             }
             LocalKind::File { size } => {
-                if let Some(s) = existing
-                    .as_ref()
-                    .filter(|s| s.is_file() && s.size == *size && s.blocks > 0 && same_attrs(s))
-                {
-                    if owner.same_content(&entry.path, s).await? {
-                        tracker.bytes(*size);
+                // Same size and attributes: maybe the same content, which only reading
+                // the file can tell.
+                let maybe_same = existing
+                    .filter(|s| s.is_file() && s.size == *size && s.blocks > 0)
+                    .filter(|s| entry.same_attrs(s));
+                return Ok(Decision::File(place, maybe_same));
+            }
+        };
+        Ok(Decision::Put(place, stat))
+    }
+
+    /// Imports one entry at drive path `path`, as [`Self::decide`] decided.
+    async fn import_decided(
+        &self,
+        path: &str,
+        entry: &LocalEntry,
+        decision: Decision,
+        writes: &mut Writes,
+        summary: &mut TransferSummary,
+        tracker: &mut Tracker,
+    ) -> Result<(), Error> {
+        let (place, stat) = match decision {
+            Decision::Done => return Ok(()),
+            Decision::Put(place, stat) => (place, stat),
+            Decision::File(place, maybe_same) => {
+                let LocalKind::File { size } = entry.kind else {
+                    unreachable!("a file decision is made for files only");
+                };
+                if let Some(s) = maybe_same {
+                    if place.owner.same_content(&entry.path, &s).await? {
+                        tracker.bytes(size);
                         summary.count(Outcome::Unchanged);
                         return Ok(());
                     }
                 }
-                let (run, size, appended) = owner
-                    .import_content(&entry.path, *size, writes, tracker)
+                let (run, size, appended) = place
+                    .owner
+                    .import_content(&entry.path, size, writes, tracker)
                     .await?;
                 if appended {
                     summary.bytes_written += size;
                 } else {
                     summary.deduplicated += 1;
                 }
-                Stat {
+                let stat = Stat {
                     size,
                     blocks: run.blocks,
                     offset: run.offset,
                     byte_offset: run.byte_offset,
                     mtime: entry.mtime,
-                    ..Stat::file(entry.mode, now)
-                }
+                    ..Stat::file(entry.mode, self.now())
+                };
+                (place, stat)
             }
         };
         if let Writes::Drive = writes {
             let value = Bytes::from(stat.encode_to_vec());
-            trie.put(&key, value, PutOptions::default())
+            place
+                .trie
+                .put(&place.key, value, PutOptions::default())
                 .await
                 .map_err(trie_at(path))?;
         }
-        summary.count(match existing {
-            None => Outcome::Added,
-            Some(_) => Outcome::Changed,
-        });
+        summary.count(place.outcome());
         Ok(())
     }
 

@@ -527,3 +527,107 @@ async fn an_import_into_a_path_no_drive_could_hold_writes_nothing() {
     }
     assert_eq!(drive.version(), before);
 }
+
+/// Many small files are imported in groups (one content append and one trie batch per
+/// group): a folder of several groups' worth, with a file too big for a group in the
+/// middle, repeated contents within and across groups, and a directory that is a mount
+/// in the drive, goes in and comes back out exactly, each content stored once per drive.
+#[tokio::test]
+async fn many_small_files_across_groups_a_big_file_and_a_mount_import_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+    let mut distinct = 0u64;
+    let mut repeats = 0u64;
+    let mut entries = 0u64;
+    let mut ms = 1_600_000_000_000;
+    for d in 0..3 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        entries += 1;
+        for i in 0..250u32 {
+            let n = d * 250 + i;
+            // Every 40th file repeats the first one's content (the first group's, or its
+            // own group's); the rest are distinct, from 0 to 20 kB.
+            let bytes = match n % 40 {
+                0 => {
+                    repeats += u64::from(n > 0);
+                    data(3_000, 0)
+                }
+                _ => {
+                    let bytes = data((n as usize * 7_919) % 20_000, n);
+                    distinct += bytes.len() as u64;
+                    bytes
+                }
+            };
+            let path = dir.join(format!("f{i:03}"));
+            fs::write(&path, &bytes).unwrap();
+            chmod(&path, if n % 3 == 0 { 0o755 } else { 0o640 });
+            set_mtime(&path, ms);
+            ms += 1_001;
+            entries += 1;
+        }
+    }
+    // Between d1's files in walk order: imported alone, after the groups before it.
+    let huge = data(4 * 1024 * 1024 + 1, 9);
+    fs::write(src.join("d1/huge.bin"), &huge).unwrap();
+    distinct += huge.len() as u64;
+    entries += 1;
+    fs::create_dir(src.join("mnt")).unwrap();
+    let mut mounted_bytes = 0;
+    for i in 0..30u32 {
+        let bytes = data(1_000 + i as usize, 1_000 + i);
+        mounted_bytes += bytes.len() as u64;
+        fs::write(src.join(format!("mnt/m{i:02}")), bytes).unwrap();
+        entries += 1;
+    }
+
+    let (store, drive) = open(&tmp.path().join("store"), DriveOptions::default()).await;
+    let mounted = common::another_drive(&store).await;
+    drive
+        .mount("/mnt", mounted.key(), hyperdrive::MountOptions::default())
+        .await
+        .unwrap();
+    let summary = drive.import(&src, "/", import_options()).await.unwrap();
+    assert_eq!(
+        summary,
+        TransferSummary {
+            // The local "mnt" is the mount: its files go into the mounted drive.
+            added: entries,
+            unchanged: 1,
+            deduplicated: repeats,
+            bytes_written: distinct + 3_000 + mounted_bytes,
+            ..TransferSummary::default()
+        }
+    );
+    assert_eq!(
+        drive.content_feed().await.unwrap().byte_len(),
+        distinct + 3_000,
+        "each content once"
+    );
+    assert_eq!(
+        mounted.content_feed().await.unwrap().byte_len(),
+        mounted_bytes
+    );
+    assert_eq!(mounted.read_file("/m07").await.unwrap(), data(1_007, 1_007));
+    assert_eq!(drive.read_file("/d1/huge.bin").await.unwrap(), huge);
+    let (first, repeat) = (
+        drive.stat("/d0/f000").await.unwrap(),
+        drive.stat("/d2/f020").await.unwrap(),
+    );
+    assert_eq!((first.offset, first.size), (repeat.offset, repeat.size));
+
+    drive
+        .export("/", &out, ExportOptions::default())
+        .await
+        .unwrap();
+    let (mut theirs, mut ours) = (snapshot(&src), snapshot(&out));
+    // The mount point's own attributes are the mount's.
+    theirs.remove("mnt");
+    ours.remove("mnt");
+    assert_eq!(ours, theirs);
+
+    let before = (feeds(&drive).await, feeds(&mounted).await);
+    let again = drive.import(&src, "/", import_options()).await.unwrap();
+    assert_eq!(again.unchanged, entries + 1);
+    assert_eq!((feeds(&drive).await, feeds(&mounted).await), before);
+}

@@ -306,6 +306,33 @@ async fn a_drive_written_through_the_api_is_read_in_full_by_a_js_peer() {
     // Written and linked through the mount: both land in the mounted drive.
     write(w, &main, "/sub/through.txt", None, &[b"through the mount"]).await;
     symlink(w, &main, "/into-mount", "/sub/inner.txt").await;
+    // An imported folder: its small files go in as grouped appends (one content batch
+    // and one metadata batch for many files), which JS must verify and read as well.
+    let folder = tempfile::tempdir().unwrap();
+    let imported: Vec<(String, Vec<u8>)> = (0..40u32)
+        .map(|i| {
+            let name = format!("imported/d{}/f{i:02}", i % 3);
+            let len = [0, 1, 5_000, 600_000][i as usize % 4] + i as usize;
+            (name, pattern(100 + u64::from(i % 37), len))
+        })
+        .collect();
+    for (name, bytes) in &imported {
+        let path = folder.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    let request = pb::ImportRequest {
+        local_path: dir_str(folder.path()).into(),
+        location: at(&main, "/"),
+        delete: false,
+        dry_run: false,
+    };
+    let mut updates = w.import(request).await.unwrap().into_inner();
+    let mut summary = None;
+    while let Some(update) = updates.next().await {
+        summary = update.unwrap().summary.or(summary);
+    }
+    assert_eq!(summary.expect("an import summary").added, 44);
     let version = w
         .version(pb::VersionRequest {
             drive: at(&main, ""),
@@ -345,6 +372,12 @@ async fn a_drive_written_through_the_api_is_read_in_full_by_a_js_peer() {
     for (name, bytes) in expected {
         assert!(
             js_bytes(&list, name, "hex") == bytes,
+            "/{name} as JS read it"
+        );
+    }
+    for (name, bytes) in &imported {
+        assert!(
+            js_bytes(&list, name, "hex") == *bytes,
             "/{name} as JS read it"
         );
     }
