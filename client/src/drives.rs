@@ -19,10 +19,11 @@ use hyperd_proto::v1::{
     CreateDriveRequest, DeleteMetadataRequest, DiffRequest, DirEntry, DriveChange,
     DriveClearRequest, DriveDownloadRequest, DriveInfo, DriveInfoRequest, ExportRequest,
     FileAttributes, FileStatsRequest, FollowDriveRequest, HistoryRequest, ImportRequest,
-    ListDrivesRequest, Location, MkdirRequest, MountRequest, MountTarget, MountsRequest,
-    ReadFileRequest, ReaddirRequest, RemoveDriveRequest, RenameRequest, RmRequest,
-    SetMetadataRequest, Stat, StatRequest, SymlinkRequest, TransferSummary, TransferUpdate,
-    TruncateRequest, UnmountRequest, WatchDriveRequest, WriteFileRequest, WriteFileStart,
+    ListDrivesRequest, LocateFileRequest, LocateFileResponse, Location, MkdirRequest, MountRequest,
+    MountTarget, MountsRequest, ReadFileRequest, ReaddirRequest, RemoveDriveRequest, RenameRequest,
+    RmRequest, SetMetadataRequest, Stat, StatRequest, StorageClearsRequest, SymlinkRequest,
+    TransferSummary, TransferUpdate, TruncateRequest, UnmountRequest, WatchDriveRequest,
+    WriteFileRequest, WriteFileStart,
 };
 use hyperd_proto::DriveUrl;
 use indicatif::ProgressBar;
@@ -512,13 +513,64 @@ pub async fn ls(client: &Client, url: Url, options: LsOptions, json: bool) -> an
 pub async fn cat(
     client: &Client,
     url: Url,
-    start: u64,
-    end: Option<u64>,
+    range: (u64, Option<u64>),
     timeout_ms: u32,
+    via: Via,
 ) -> anyhow::Result<()> {
+    read_into(client, &url, range, timeout_ms, via, &mut output::write_raw).await?;
+    Ok(())
+}
+
+/// How a read gets a file's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// From the daemon's storage when it can be read here, else through the API.
+    Storage,
+    /// Through the API (ReadFile) only.
+    Api,
+}
+
+/// How many bytes a read takes from the daemon's storage between two checks that no
+/// clear removed them meanwhile.
+const STORAGE_CHUNK: u64 = 8 << 20;
+const PAGE: usize = 4096;
+
+/// Hands bytes `range` (start, end) of the file at `url` to `out` in order; returns how
+/// many. When the daemon says where they lie in its storage and that file can be opened
+/// here (LocateFile), they are read from there, each chunk used only once StorageClears
+/// says no clear happened since (a clear punches the blocks out); whatever that did not
+/// give is read through ReadFile. `Via::Api` always uses ReadFile.
+async fn read_into(
+    client: &Client,
+    url: &Url,
+    (start, end): (u64, Option<u64>),
+    timeout_ms: u32,
+    via: Via,
+    out: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut done = 0;
+    if via == Via::Storage {
+        let request = LocateFileRequest {
+            location: url.location(),
+            start,
+            end,
+        };
+        // Any refusal (blocks missing, an older daemon) leaves the read to ReadFile,
+        // which also reports errors such as a missing file.
+        let located = client
+            .unary(client.drives().locate_file(client.request(request)))
+            .await;
+        if let Ok(located) = located {
+            let (read, complete) = read_stored(client, &located, out).await?;
+            if complete {
+                return Ok(read);
+            }
+            done = read;
+        }
+    }
     let request = ReadFileRequest {
         location: url.location(),
-        start,
+        start: start + done,
         end,
         timeout_ms,
     };
@@ -528,9 +580,50 @@ pub async fn cat(
         .await
         .map_err(|status| client.status_error(status))?
     {
-        output::write_raw(&chunk.data)?;
+        out(&chunk.data)?;
+        done += chunk.data.len() as u64;
     }
-    Ok(())
+    Ok(done)
+}
+
+/// Reads what LocateFile `located` says from the daemon's storage into `out`: the bytes
+/// handed over and whether that was all of them (not if the file cannot be opened here,
+/// or a clear happened).
+async fn read_stored(
+    client: &Client,
+    located: &LocateFileResponse,
+    out: &mut dyn FnMut(&[u8]) -> anyhow::Result<()>,
+) -> anyhow::Result<(u64, bool)> {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = File::open(&located.data_path) else {
+        return Ok((0, false));
+    };
+    // Page-aligned: the kernel copies into a misaligned buffer at a fraction of the
+    // speed on some CPUs (2.5 against 10 GB/s measured here).
+    let size = located.length.min(STORAGE_CHUNK) as usize;
+    let mut raw = vec![0; size + PAGE];
+    let skip = raw.as_ptr().align_offset(PAGE).min(PAGE);
+    let buf = &mut raw[skip..skip + size];
+    let mut done = 0;
+    while done < located.length {
+        let n = (located.length - done).min(STORAGE_CHUNK) as usize;
+        // A short read means a clear cut the file; the check below says so too.
+        if file
+            .read_exact_at(&mut buf[..n], located.offset + done)
+            .is_err()
+        {
+            return Ok((done, false));
+        }
+        let clears = client
+            .unary(client.drives().storage_clears(StorageClearsRequest {}))
+            .await;
+        if clears.map(|c| c.clears).ok() != Some(located.clears) {
+            return Ok((done, false));
+        }
+        out(&buf[..n])?;
+        done += n as u64;
+    }
+    Ok((done, true))
 }
 
 /// `drive put LOCAL|- URL`: writes a local file (or stdin) to a path; a URL ending in
@@ -666,10 +759,11 @@ pub async fn get(
     client: &Client,
     url: Url,
     local: Option<PathBuf>,
+    via: Via,
     json: bool,
 ) -> anyhow::Result<()> {
     if local.as_deref() == Some(Path::new("-")) {
-        return cat(client, url, 0, None, 0).await;
+        return cat(client, url, (0, None), 0, via).await;
     }
     let request = StatRequest {
         location: url.location(),
@@ -697,7 +791,7 @@ pub async fn get(
         _ => PathBuf::from("."),
     };
     let partial = tempfile_in(&dir, &file_name)?;
-    let result = fetch_into(client, &url, &partial.1, stat.size).await;
+    let result = fetch_into(client, &url, &partial.1, stat.size, via).await;
     let written = match result {
         Ok(n) => n,
         Err(e) => {
@@ -738,32 +832,31 @@ fn tempfile_in(dir: &Path, name: &str) -> anyhow::Result<(PathBuf, File)> {
     Ok((path, file))
 }
 
-/// Streams the file at `url` into `file` with a progress bar; returns the bytes written.
-async fn fetch_into(client: &Client, url: &Url, file: &File, size: u64) -> anyhow::Result<u64> {
-    let request = ReadFileRequest {
-        location: url.location(),
-        start: 0,
-        end: None,
-        timeout_ms: 0,
-    };
-    let mut chunks = client.unary(client.drives().read_file(request)).await?;
+/// Copies the file at `url` into `file` with a progress bar; returns the bytes written.
+async fn fetch_into(
+    client: &Client,
+    url: &Url,
+    file: &File,
+    size: u64,
+    via: Via,
+) -> anyhow::Result<u64> {
     let bar = output::progress_bar(size, true);
     let mut out = io::BufWriter::with_capacity(CHUNK, file);
     let mut written = 0u64;
-    loop {
-        let chunk = match chunks.message().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(status) => {
-                bar.abandon();
-                return Err(client.status_error(status));
-            }
-        };
-        out.write_all(&chunk.data)
-            .context("writing the local file")?;
-        written += chunk.data.len() as u64;
+    let mut write = |chunk: &[u8]| -> anyhow::Result<()> {
+        out.write_all(chunk).context("writing the local file")?;
+        written += chunk.len() as u64;
         bar.set_position(written);
-    }
+        Ok(())
+    };
+    let result = read_into(client, url, (0, None), 0, via, &mut write).await;
+    let written = match result {
+        Ok(written) => written,
+        Err(e) => {
+            bar.abandon();
+            return Err(e);
+        }
+    };
     out.flush().context("writing the local file")?;
     bar.finish_and_clear();
     Ok(written)

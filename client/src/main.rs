@@ -212,11 +212,20 @@ enum DriveCommand {
         /// How long hyperd waits for peers to serve a block [default: 30 s]
         #[arg(long, value_name = "MS", default_value_t = 0)]
         timeout_ms: u32,
+        /// Read through the API, not from the daemon's storage even where it can be read
+        #[arg(long)]
+        stream: bool,
     },
     /// Write a local file (- for stdin) to a drive path (a URL ending in / keeps the name)
     Put { local: PathBuf, url: String },
     /// Copy a file out of a drive [LOCAL: default its name here; a directory; - for stdout]
-    Get { url: String, local: Option<PathBuf> },
+    Get {
+        url: String,
+        local: Option<PathBuf>,
+        /// Read through the API, not from the daemon's storage even where it can be read
+        #[arg(long)]
+        stream: bool,
+    },
     /// Show an entry's attributes (a symlink itself, unless -L)
     Stat {
         url: String,
@@ -654,6 +663,10 @@ async fn drive(
     // A typo is reported without a daemon.
     drive_urls(&command)?;
     let url = |text: &str| Url::parse(text);
+    let via = |stream: bool| match stream {
+        true => drives::Via::Api,
+        false => drives::Via::Storage,
+    };
     let client = connect::connect(home, timeout).await?;
     let c = &client;
     match command {
@@ -680,9 +693,14 @@ async fn drive(
             start,
             end,
             timeout_ms,
-        } => drives::cat(c, url(&u)?, start, end, timeout_ms).await,
+            stream,
+        } => drives::cat(c, url(&u)?, (start, end), timeout_ms, via(stream)).await,
         D::Put { local, url: u } => drives::put(c, &local, url(&u)?, json).await,
-        D::Get { url: u, local } => drives::get(c, url(&u)?, local, json).await,
+        D::Get {
+            url: u,
+            local,
+            stream,
+        } => drives::get(c, url(&u)?, local, via(stream), json).await,
         D::Stat {
             url: u,
             dereference,

@@ -149,6 +149,37 @@ impl Daemon {
         Ok(self.until_stopped(chunks.boxed()))
     }
 
+    /// Where bytes `[start, end)` of the file at `at` lie in this daemon's storage, for a
+    /// client on this machine to read them itself (see [`Drive::locate`]); valid while
+    /// [`Self::storage_clears`] says the same number of clears as the answer.
+    pub async fn drive_locate(
+        &self,
+        at: &DriveLocation,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<hypercore::StoredFile> {
+        if let Some(end) = end.filter(|&end| end < start) {
+            return Err(DaemonError::invalid(format!(
+                "{at}: end {end} is before start {start}"
+            )));
+        }
+        let drive = self.drive_at(at)?;
+        drive
+            .locate(&at.path, start, end)
+            .await
+            .map_err(|e| unknown_drive(&drive, at, DaemonError::drive(e)))?
+            .ok_or_else(|| {
+                DaemonError::precondition(format!(
+                    "{at}: not every block of the file is stored here; read it instead"
+                ))
+            })
+    }
+
+    /// How many clears removed stored blocks in this daemon so far.
+    pub fn storage_clears(&self) -> u64 {
+        hypercore::Feed::clears()
+    }
+
     /// Writes the file at `at` from `data`: it appears, whole, once `data` ends; if
     /// `data` fails first (the client went away), the path is left as it was. Returns
     /// its Stat and the drive's version after.

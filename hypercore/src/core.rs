@@ -175,6 +175,15 @@ pub enum SeekOutcome {
     },
 }
 
+/// Clears that removed blocks, of any feed of this process: a number that only grows
+/// (a feed's own count would start again when it is reopened).
+static CLEARS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// [`CLEARS`] now.
+pub(crate) fn clears() -> u64 {
+    CLEARS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The synchronous state of an open feed.
 pub struct FeedCore {
     store: FeedStore,
@@ -681,6 +690,11 @@ impl FeedCore {
         Ok(length)
     }
 
+    /// The data file's path, when the feed is stored in files.
+    pub fn data_path(&self) -> Option<&std::path::Path> {
+        self.store.data_path()
+    }
+
     /// Whether block `index` is stored locally.
     pub fn has(&self, index: u64) -> bool {
         self.bitfield.has_block(index)
@@ -824,6 +838,8 @@ impl FeedCore {
             return Ok(false);
         }
         self.downloaded -= changed;
+        // Counted before any byte is removed (see `Feed::stored_file`).
+        CLEARS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // Free the bytes when the tree can say where they are (a sparse clone may not).
         let from = self.byte_offset(start);
         let to = if end == self.length {
@@ -838,6 +854,23 @@ impl FeedCore {
         }
         self.flush_bitfield()?;
         Ok(true)
+    }
+
+    /// Where blocks `[start, end)` are in the data file: their first byte and how many
+    /// bytes they hold, from the tree (their nodes must be stored).
+    pub fn byte_range(&mut self, start: u64, end: u64) -> Result<(u64, u64)> {
+        let from = self.byte_offset(start)?;
+        let to = match end == self.length {
+            true => self.byte_length,
+            false => self.byte_offset(end)?,
+        };
+        let length = to.checked_sub(from).ok_or_else(|| {
+            self.corrupt(
+                FileKind::Tree,
+                format!("blocks {start}..{end} end before they start"),
+            )
+        })?;
+        Ok((from, length))
     }
 
     /// Byte offset of block `index`: the sizes of the roots to its left.

@@ -138,6 +138,19 @@ impl HashedBlocks {
     }
 }
 
+/// Where stored blocks lie on disk ([`Feed::stored_file`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredFile {
+    /// The feed's data file: block `i` is at its byte offset there.
+    pub path: std::path::PathBuf,
+    /// Where the first block starts in it.
+    pub offset: u64,
+    /// How many bytes the blocks hold.
+    pub length: u64,
+    /// [`Feed::clears`] when the blocks were found stored.
+    pub clears: u64,
+}
+
 /// Options for [`Feed::get_with`].
 #[derive(Clone, Copy, Debug)]
 pub struct GetOptions {
@@ -722,6 +735,41 @@ impl Feed {
     /// Whether the hash (leaf node) of block `index` is stored, with or without its data.
     pub fn has_hash(&self, index: u64) -> bool {
         self.with_core(|c| Ok(c.has_hash(index))).unwrap_or(false)
+    }
+
+    /// Where blocks `[start, end)`, all stored, lie: the feed's data file, which holds
+    /// every block at its byte offset, and their bytes' place there (from the tree). For a process on this machine to read them itself
+    /// (a "short-circuit" read): stored bytes stay as they are until a clear removes
+    /// blocks, so bytes read from the file are the blocks' as long as [`Feed::clears`]
+    /// still says [`StoredFile::clears`] after the read. `None` when a block is missing or
+    /// the feed is not stored in files.
+    pub fn stored_file(&self, start: u64, end: u64) -> Option<StoredFile> {
+        self.with_core(|c| {
+            // Counted before the check: a clear after it shows as a change.
+            let clears = crate::core::clears();
+            if start >= end || end > c.len() || !c.has_range(start, end) {
+                return Ok(None);
+            }
+            let Some(path) = c.data_path().map(|p| p.to_path_buf()) else {
+                return Ok(None);
+            };
+            let (offset, length) = c.byte_range(start, end)?;
+            Ok(Some(StoredFile {
+                path,
+                offset,
+                length,
+                clears,
+            }))
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// How many clears removed blocks of any feed of this process so far: each is
+    /// counted before it removes a byte, so bytes read before this says an unchanged
+    /// number were not touched by one.
+    pub fn clears() -> u64 {
+        crate::core::clears()
     }
 
     /// Whether every block in `[start, end)` is stored locally.

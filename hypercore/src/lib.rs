@@ -35,7 +35,8 @@ pub use crate::crypto::{DiscoveryKey, KeyPair, PublicKey, SecretKey, Signature};
 pub use crate::encoding::{Binary, Json, Typed, Utf8, ValueEncoding};
 pub use crate::error::{Error, Result};
 pub use crate::feed::{
-    Appended, Demand, Event, Feed, GetOptions, HashedBlocks, PreparedAppend, EVENT_BACKLOG,
+    Appended, Demand, Event, Feed, GetOptions, HashedBlocks, PreparedAppend, StoredFile,
+    EVENT_BACKLOG,
 };
 pub use crate::node::Node;
 pub use crate::stream::{ReadStreamOptions, WriteSink};

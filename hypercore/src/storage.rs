@@ -75,6 +75,10 @@ pub trait RandomAccess: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
+    /// The file's path, when it is a file another process could open.
+    fn path(&self) -> Option<&Path> {
+        None
+    }
     /// Forgets `len` bytes at `offset` (reads may then return zeros); shrinks the file if
     /// the range reaches its end.
     fn delete(&self, offset: u64, len: u64) -> io::Result<()>;
@@ -202,6 +206,10 @@ struct DiskFile {
 }
 
 impl RandomAccess for DiskFile {
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let mut done = 0;
         while done < buf.len() {

@@ -157,6 +157,11 @@ impl FeedStore {
         })
     }
 
+    /// The data file's path, when the feed is stored in files.
+    pub fn data_path(&self) -> Option<&std::path::Path> {
+        self.data.path()
+    }
+
     /// Where the feed lives, for messages.
     pub fn location(&self) -> &str {
         &self.location

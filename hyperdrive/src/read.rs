@@ -14,7 +14,7 @@ use bytes::Bytes;
 use corestore::Core;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
-use hypercore::{Feed, PublicKey};
+use hypercore::{Feed, PublicKey, StoredFile};
 use hypercore_replication::{Download, DownloadRange};
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
@@ -140,6 +140,48 @@ impl Drive {
         length: Option<u64>,
     ) -> Result<FileReader, Error> {
         self.open_reader(path, start, length, true).await
+    }
+
+    /// Where bytes `[start, end)` of the file at `path` (through symlinks; `end` at most
+    /// its size, `None` for its end) lie on this machine's disk, for a process here to
+    /// read them itself: `None` unless every block of the file is stored and its Stat
+    /// agrees with the content feed's tree about its bytes (a mounted hypercore, a
+    /// sparse copy or a feed kept in memory is read through [`Self::read_range`]). See
+    /// [`hypercore::Feed::stored_file`] for how long they stay there.
+    pub async fn locate(
+        &self,
+        path: &str,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<Option<StoredFile>, Error> {
+        let (stat, trie) = self.stat_located(path).await?;
+        if stat.is_dir() {
+            return Err(Error::WrongType {
+                path: path.to_string(),
+                reason: "is a directory",
+            });
+        }
+        if stat.mount.is_some() {
+            return Ok(None);
+        }
+        let owner = self.drive_of(&trie).await?;
+        let feed = owner.content_feed().await?;
+        let Some(end_block) = stat.offset.checked_add(stat.blocks) else {
+            return Ok(None);
+        };
+        let stored = match feed.stored_file(stat.offset, end_block) {
+            Some(stored) if stored.length == stat.size && stored.offset == stat.byte_offset => {
+                stored
+            }
+            _ => return Ok(None),
+        };
+        let start = start.min(stat.size);
+        let end = end.map_or(stat.size, |end| end.clamp(start, stat.size));
+        Ok(Some(StoredFile {
+            offset: stored.offset + start,
+            length: end - start,
+            ..stored
+        }))
     }
 
     /// The bytes of the file at `path` (through symlinks).

@@ -16,8 +16,11 @@
 //!   (`Drive::write_stream`, 1 MiB writes as hyperctl sends them, so both content feeds
 //!   get the same blocks); MB/s, target ≥ 60 % of in-process.
 //! * cat: `hyperctl drive cat` of that file into /dev/null, against draining
-//!   `Drive::read_range` in-process; target ≥ 60 %. The uncounted first run goes through
-//!   a pipe and checks every byte; a drained pipe is timed too, for information.
+//!   `Drive::read_range` in-process; target ≥ 60 %. hyperctl reads the bytes from the
+//!   daemon's storage where the daemon says they lie (LocateFile, checked against clears
+//!   with StorageClears); `cat --stream`, through the ReadFile stream, is timed too, for
+//!   information. The uncounted first run goes through a pipe and checks every byte both
+//!   ways; a drained pipe is timed too, for information.
 //! * import: `hyperctl drive import` of a tree of 10,000 files (1 KiB to 1 MiB,
 //!   log-uniform, about 1.5 GB, in 10 x 10 directories; made from a seeded RNG), each
 //!   run a fresh `hyperd` and a new drive, against hyperdrive-daemon's `hyperdrive import`
@@ -233,7 +236,8 @@ fn put_and_cat(
     let file = file.to_str().context("temp path is not UTF-8")?;
     let daemon = Daemon::start()?;
     let (mut put, mut write) = (Figure::new("MB/s"), Figure::new("MB/s"));
-    let (mut cat, mut cat_pipe, mut read, mut floor) = (
+    let (mut cat, mut cat_stream, mut cat_pipe, mut read, mut floor) = (
+        Figure::new("MB/s"),
         Figure::new("MB/s"),
         Figure::new("MB/s"),
         Figure::new("MB/s"),
@@ -255,15 +259,18 @@ fn put_and_cat(
             written["size"] == bytes,
             "hyperctl drive put wrote {written}"
         );
-        let (cat_rate, pipe_rate) = if run == 0 {
+        let (cat_rate, stream_rate, pipe_rate) = if run == 0 {
+            let stream = cat_through_pipe(&daemon, &url, &["--stream"], Some(&data))?;
             (
-                mb_per_s(bytes, cat_through_pipe(&daemon, &url, Some(&data))?),
+                mb_per_s(bytes, cat_through_pipe(&daemon, &url, &[], Some(&data))?),
+                mb_per_s(bytes, stream),
                 None,
             )
         } else {
-            let null = mb_per_s(bytes, cat_to_null(&daemon, &url)?);
-            let pipe = mb_per_s(bytes, cat_through_pipe(&daemon, &url, None)?);
-            (null, Some(pipe))
+            let null = mb_per_s(bytes, cat_to_null(&daemon, &url, &[])?);
+            let stream = mb_per_s(bytes, cat_to_null(&daemon, &url, &["--stream"])?);
+            let pipe = mb_per_s(bytes, cat_through_pipe(&daemon, &url, &[], None)?);
+            (null, stream, Some(pipe))
         };
         daemon.ctl_json(&["drive", "rm-drive", &url])?;
 
@@ -276,7 +283,8 @@ fn put_and_cat(
         let (write_rate, read_rate) = (mb_per_s(bytes, write_secs), mb_per_s(bytes, read_secs));
         progress(&format!(
             "{} {run}: put {put_rate:.0} MB/s, in-process write {write_rate:.0} MB/s; \
-             cat {cat_rate:.0} MB/s{}, in-process read {read_rate:.0} MB/s; \
+             cat {cat_rate:.0} MB/s{}, cat --stream {stream_rate:.0} MB/s, \
+             in-process read {read_rate:.0} MB/s; \
              pread + Unix socket {floor_rate:.0} MB/s",
             if run == 0 { "warm-up" } else { "run" },
             pipe_rate.map_or_else(
@@ -288,6 +296,7 @@ fn put_and_cat(
             put.runs.push(put_rate);
             write.runs.push(write_rate);
             cat.runs.push(cat_rate);
+            cat_stream.runs.push(stream_rate);
             cat_pipe.runs.push(pipe_rate.unwrap_or(f64::NAN));
             read.runs.push(read_rate);
             floor.runs.push(floor_rate);
@@ -308,6 +317,14 @@ fn put_and_cat(
             cat,
             ("in-process", read.clone()),
             Some((0.6, ">= 60%")),
+        )
+        .as_percent(),
+        Row::new(
+            "cat-stream",
+            "hyperctl drive cat --stream > /dev/null",
+            cat_stream,
+            ("in-process", read.clone()),
+            None,
         )
         .as_percent(),
         Row::new(
@@ -404,13 +421,14 @@ async fn in_process(
     Ok((write_secs, read_secs))
 }
 
-/// `hyperctl drive cat URL > /dev/null`; seconds.
-fn cat_to_null(daemon: &Daemon, url: &str) -> Result<f64> {
+/// `hyperctl drive cat URL [extra…] > /dev/null`; seconds.
+fn cat_to_null(daemon: &Daemon, url: &str, extra: &[&str]) -> Result<f64> {
     let start = Instant::now();
     let status = Command::new(bin("hyperctl")?)
         .arg("--home")
         .arg(&daemon.home)
         .args(["drive", "cat", url])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .status()?;
@@ -422,14 +440,20 @@ fn cat_to_null(daemon: &Daemon, url: &str) -> Result<f64> {
     Ok(secs)
 }
 
-/// `hyperctl drive cat URL | (this process)`, counting the bytes and, given `expect`,
-/// checking them; seconds until hyperctl exited and every byte was read.
-fn cat_through_pipe(daemon: &Daemon, url: &str, expect: Option<&[u8]>) -> Result<f64> {
+/// `hyperctl drive cat URL [extra…] | (this process)`, counting the bytes and, given
+/// `expect`, checking them; seconds until hyperctl exited and every byte was read.
+fn cat_through_pipe(
+    daemon: &Daemon,
+    url: &str,
+    extra: &[&str],
+    expect: Option<&[u8]>,
+) -> Result<f64> {
     let start = Instant::now();
     let mut child = Command::new(bin("hyperctl")?)
         .arg("--home")
         .arg(&daemon.home)
         .args(["drive", "cat", url])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()?;

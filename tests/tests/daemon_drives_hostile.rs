@@ -240,6 +240,14 @@ fn reading_calls(d: &Drives, at: &Location, local: &Local) -> Vec<(&'static str,
             };
             streamed!(d, read_file, r)
         }),
+        ("LocateFile", {
+            let r = LocateFileRequest {
+                location: at(),
+                start: 0,
+                end: None,
+            };
+            unary!(d, locate_file, r)
+        }),
         (
             "Readlink",
             unary!(d, readlink, ReadlinkRequest { location: at() }),
@@ -785,6 +793,11 @@ async fn bad_input_gets_the_documented_code_and_the_daemon_keeps_serving() {
         end,
         timeout_ms: 0,
     };
+    let locate = |location: Location, start, end| LocateFileRequest {
+        location: Some(location),
+        start,
+        end,
+    };
     let own: Vec<(&str, Call, Code, String)> = vec![
         (
             "Create with a 300-byte name",
@@ -867,6 +880,18 @@ async fn bad_input_gets_the_documented_code_and_the_daemon_keeps_serving() {
         (
             "ReadFile of a directory",
             streamed!(d, read_file, read(url(&key, "/dir"), 0, None)),
+            Code::FailedPrecondition,
+            "/dir".into(),
+        ),
+        (
+            "LocateFile with end before start",
+            unary!(d, locate_file, locate(file(), 10, Some(5))),
+            Code::InvalidArgument,
+            "end 5".into(),
+        ),
+        (
+            "LocateFile of a directory",
+            unary!(d, locate_file, locate(url(&key, "/dir"), 0, None)),
             Code::FailedPrecondition,
             "/dir".into(),
         ),

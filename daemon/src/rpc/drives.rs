@@ -322,6 +322,34 @@ impl drives_server::Drives for DrivesService {
         })))
     }
 
+    async fn locate_file(
+        &self,
+        request: Request<pb::LocateFileRequest>,
+    ) -> Result<Response<pb::LocateFileResponse>, Status> {
+        let request = request.into_inner();
+        let at = location("location", request.location)?;
+        let stored = self
+            .daemon
+            .drive_locate(&at, request.start, request.end)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::LocateFileResponse {
+            data_path: stored.path.display().to_string(),
+            offset: stored.offset,
+            length: stored.length,
+            clears: stored.clears,
+        }))
+    }
+
+    async fn storage_clears(
+        &self,
+        _request: Request<pb::StorageClearsRequest>,
+    ) -> Result<Response<pb::StorageClearsResponse>, Status> {
+        Ok(Response::new(pb::StorageClearsResponse {
+            clears: self.daemon.storage_clears(),
+        }))
+    }
+
     async fn write_file(
         &self,
         request: Request<Streaming<pb::WriteFileRequest>>,
