@@ -11,16 +11,15 @@ use common::open;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::Path;
 
 use bytes::Bytes;
+use hyperd_testkit::files;
 use hyperdrive::{
     Drive, DriveOptions, Error, ExportOptions, ImportOptions, TransferSummary, WriteOptions,
 };
 use hypertrie::PutOptions;
-use nix::sys::stat::{utimensat, UtimensatFlags};
-use nix::sys::time::TimeSpec;
 
 fn data(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
@@ -28,21 +27,12 @@ fn data(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-/// Sets the mtime of `path` (a symlink itself, not its target) to `ms`.
 fn set_mtime(path: &Path, ms: u64) {
-    let time = TimeSpec::new((ms / 1000) as i64, ((ms % 1000) * 1_000_000) as i64);
-    utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &time,
-        &time,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .unwrap();
+    files::set_mtime(path, ms).unwrap();
 }
 
 fn chmod(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    files::chmod(path, mode).unwrap();
 }
 
 /// Entries of the tree `make_tree` makes.

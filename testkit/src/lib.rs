@@ -1,8 +1,9 @@
 //! Helpers shared by the workspace's tests (a dev-dependency only): a raw Noise handshake
 //! for peers that then say whatever a test wants, sparse or full in-memory clones of a
-//! feed, loopback TCP pairs, two protocols connected to each other, and the vectors JS
-//! wrote that several crates check.
+//! feed, loopback TCP pairs, two protocols connected to each other, local file attributes
+//! set exactly, and the vectors JS wrote that several crates check.
 
+pub mod files;
 pub mod handshake;
 
 use anyhow::{Context, Result};
