@@ -25,6 +25,24 @@ struct Args {
     /// Print the default configuration, with every setting explained, and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+/// Other ways to run.
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Run a DHT bootstrap node (hyperswarm 2 / dht-rpc 4) for JS and Rust peers, in the
+    /// foreground, until SIGINT or SIGTERM: no home, no storage, no API. Prints one JSON
+    /// line with its address and id when it is ready.
+    Bootstrap {
+        /// UDP address to serve on (IPv4).
+        #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:49737")]
+        listen: std::net::SocketAddrV4,
+        /// Send no node id: peers then keep it out of their routing tables.
+        #[arg(long)]
+        ephemeral: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +62,9 @@ fn run() -> anyhow::Result<()> {
     if args.print_config {
         print!("{}", hyperd_config::DOCUMENTED_DEFAULTS);
         return Ok(());
+    }
+    if let Some(Mode::Bootstrap { listen, ephemeral }) = args.mode {
+        return bootstrap(listen, ephemeral);
     }
     let home = Home::resolve(args.home.as_deref())?;
     let mut config = match &args.config {
@@ -86,6 +107,35 @@ fn run() -> anyhow::Result<()> {
         config,
         hyperd::StartOptions { file_limit },
     ))
+}
+
+/// `hyperd bootstrap`: a DHT node serving until a signal.
+fn bootstrap(listen: std::net::SocketAddrV4, ephemeral: bool) -> anyhow::Result<()> {
+    init_logging("info");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = hyperswarm::DhtServer::bind(listen, !ephemeral)
+            .await
+            .with_context(|| format!("binding the DHT node to {listen}"))?;
+        let id = server.id().map(|id| hex::encode(id.0));
+        println!(
+            "{}",
+            serde_json::json!({ "listening": server.local_addr().to_string(), "id": id })
+        );
+        tracing::info!("DHT bootstrap node on {}", server.local_addr());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        let stop = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        server.run(stop).await.context("serving the DHT")
+    })
 }
 
 fn init_logging(level: &str) {

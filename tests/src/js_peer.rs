@@ -79,7 +79,8 @@ impl JsPeer {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn line(&mut self) -> Result<Value> {
+    /// Its next line of stdout, parsed (failing after [`JS_LIMIT`] of silence).
+    pub async fn line(&mut self) -> Result<Value> {
         let line = tokio::time::timeout(JS_LIMIT, self.stdout.next_line())
             .await
             .with_context(|| {
@@ -94,6 +95,16 @@ impl JsPeer {
         };
         serde_json::from_str(&line)
             .with_context(|| format!("parsing a line of node {}: {line}", self.script))
+    }
+
+    /// Reads lines until one whose `event` is `event`; returns it.
+    pub async fn until(&mut self, event: &str) -> Result<Value> {
+        loop {
+            let line = self.line().await?;
+            if line["event"] == event {
+                return Ok(line);
+            }
+        }
     }
 
     /// Sends `command` and returns the answer, failing unless it says `"ok": true`.

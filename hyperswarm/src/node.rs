@@ -1,0 +1,381 @@
+//! What a dht-rpc 4 node answers, without I/O (the socket and timers are `server.rs`'s):
+//! `_ping`, `_find_node`, `_holepunch` (relaying between two peers) and @hyperswarm/dht's
+//! `peers` (storing announcements and answering lookups), with roundtrip tokens on every
+//! answer and checked on every update, as the JS node does (spec §2.5–2.8, §3.4). A node
+//! with an id is persistent: it sends its id and others add it to their routing tables.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use crate::compact::{self, NodeInfo, PEER_LEN};
+use crate::message::{Holepunch, Message, MessageType};
+use crate::peers::{PeersInput, PeersOutput};
+use crate::store::RecordStore;
+use crate::token::{token, TOKEN_LEN};
+use crate::Id;
+
+/// Nodes a `_find_node` answer (and every `closerNodes`) lists at most.
+pub const K: usize = 20;
+/// Remote peers a lookup answer gives at most (local ones count against it).
+const MAX_PEERS: usize = 128;
+/// LAN peers a lookup answer gives at most.
+const MAX_LOCAL_PEERS: usize = 32;
+/// Contacts the routing table keeps at most: past it the least recently seen goes, so a
+/// flood of made-up ids costs bounded memory.
+pub const MAX_CONTACTS: usize = 4096;
+
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Where.
+    pub to: SocketAddrV4,
+    /// What.
+    pub datagram: Vec<u8>,
+}
+
+/// What a node saw happen, for a daemon to count or show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A peer announced itself under a topic.
+    Announce {
+        /// The topic.
+        topic: Bytes,
+        /// The address stored.
+        peer: SocketAddrV4,
+    },
+    /// A peer withdrew its announcement.
+    Unannounce {
+        /// The topic.
+        topic: Bytes,
+        /// The address removed.
+        peer: SocketAddrV4,
+    },
+    /// A peer looked a topic up.
+    Lookup {
+        /// The topic.
+        topic: Bytes,
+        /// Who asked.
+        from: SocketAddrV4,
+    },
+    /// A hole punch was relayed.
+    Holepunch {
+        /// Who asked.
+        from: SocketAddrV4,
+        /// To whom it was relayed.
+        to: SocketAddrV4,
+    },
+}
+
+/// A dht-rpc node's state: its id, token secrets, routing table and stored announcements.
+#[derive(Debug)]
+pub struct Node {
+    id: Option<Id>,
+    /// Current, then previous.
+    secrets: [[u8; TOKEN_LEN]; 2],
+    /// Persistent nodes heard from, with the tick they were last heard at.
+    contacts: HashMap<Id, (SocketAddrV4, u64)>,
+    tick: u64,
+    peers: RecordStore<[u8; PEER_LEN]>,
+    local_peers: RecordStore<[u8; compact::LOCAL_PEER_LEN]>,
+}
+
+impl Node {
+    /// A node with `id` (persistent) or none (ephemeral), minting tokens with `secret`.
+    pub fn new(id: Option<Id>, secret: [u8; TOKEN_LEN]) -> Node {
+        Node {
+            id,
+            secrets: [secret, secret],
+            contacts: HashMap::new(),
+            tick: 0,
+            peers: RecordStore::default(),
+            local_peers: RecordStore::default(),
+        }
+    }
+
+    /// Its id, if persistent.
+    pub fn id(&self) -> Option<Id> {
+        self.id
+    }
+
+    /// Starts minting tokens with `secret`; tokens of the one before stay valid until
+    /// the next rotation (JS rotates every 5 minutes).
+    pub fn rotate_secret(&mut self, secret: [u8; TOKEN_LEN]) {
+        self.secrets = [secret, self.secrets[0]];
+    }
+
+    /// Ends a generation of stored announcements (every [`crate::store::GENERATION`]).
+    pub fn turn_records(&mut self) {
+        self.peers.turn();
+        self.local_peers.turn();
+    }
+
+    /// Announcements stored.
+    pub fn records(&self) -> usize {
+        self.peers.len() + self.local_peers.len()
+    }
+
+    /// Persistent nodes in the routing table.
+    pub fn contacts(&self) -> usize {
+        self.contacts.len()
+    }
+
+    /// Handles a datagram from `from`: the datagrams to send in answer (none for what
+    /// does not decode or is not to be answered), and what happened.
+    pub fn receive(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddrV4,
+    ) -> (Vec<Outgoing>, Option<NodeEvent>) {
+        let Ok(message) = Message::decode(datagram) else {
+            return (Vec::new(), None);
+        };
+        if from.port() == 0 || message.id.as_ref().is_some_and(|id| id.len() != 32) {
+            return (Vec::new(), None);
+        }
+        if message.kind == MessageType::Update && !self.token_is_valid(&message, from) {
+            return (Vec::new(), None);
+        }
+        self.tick += 1;
+        if let Some(id) = message.id.as_deref().filter(|_| message.version >= Some(1)) {
+            self.add_contact(Id::from_slice(id).expect("checked: 32 bytes"), from);
+        }
+        match message.kind {
+            MessageType::Response => (Vec::new(), None),
+            MessageType::Query | MessageType::Update => self.request(message, from),
+        }
+    }
+
+    fn token_is_valid(&self, message: &Message, from: SocketAddrV4) -> bool {
+        let Some(given) = message.roundtrip_token.as_deref() else {
+            return false;
+        };
+        self.secrets
+            .iter()
+            .any(|secret| token(secret, *from.ip())[..] == *given)
+    }
+
+    fn add_contact(&mut self, id: Id, addr: SocketAddrV4) {
+        if self.id == Some(id) {
+            return;
+        }
+        if self.contacts.len() >= MAX_CONTACTS && !self.contacts.contains_key(&id) {
+            let oldest = self
+                .contacts
+                .iter()
+                .min_by_key(|(_, (_, seen))| *seen)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.contacts.remove(&oldest);
+            }
+        }
+        self.contacts.insert(id, (addr, self.tick));
+    }
+
+    /// The [`K`] contacts closest to `target`.
+    fn closest(&self, target: &[u8]) -> Vec<NodeInfo> {
+        let Some(target) = Id::from_slice(target) else {
+            return Vec::new();
+        };
+        let mut nodes: Vec<NodeInfo> = self
+            .contacts
+            .iter()
+            .map(|(id, (addr, _))| NodeInfo {
+                id: *id,
+                addr: *addr,
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.id.distance(&target));
+        nodes.truncate(K);
+        nodes
+    }
+
+    /// A response to `request` from `from`, with a token unless it carries an error.
+    fn response(&self, request: &Message, from: SocketAddrV4) -> Message {
+        Message {
+            version: Some(1),
+            kind: MessageType::Response,
+            rid: request.rid,
+            to: Some(Bytes::copy_from_slice(&compact::encode_peer(from))),
+            id: self.id.map(|id| Bytes::copy_from_slice(&id.0)),
+            target: None,
+            closer_nodes: None,
+            roundtrip_token: Some(Bytes::copy_from_slice(&token(&self.secrets[0], *from.ip()))),
+            command: None,
+            error: None,
+            value: None,
+        }
+    }
+
+    fn reply(message: Message, to: SocketAddrV4) -> Vec<Outgoing> {
+        vec![Outgoing {
+            to,
+            datagram: message.encode(),
+        }]
+    }
+
+    fn request(
+        &mut self,
+        message: Message,
+        from: SocketAddrV4,
+    ) -> (Vec<Outgoing>, Option<NodeEvent>) {
+        let query = message.kind == MessageType::Query;
+        match message.command.as_deref() {
+            Some("_ping") if query => {
+                let ours = self.id.map(|id| id.0.to_vec());
+                if message
+                    .value
+                    .as_ref()
+                    .is_some_and(|v| Some(&v[..]) != ours.as_deref())
+                {
+                    return (Vec::new(), None);
+                }
+                let mut answer = self.response(&message, from);
+                answer.value = answer.to.clone();
+                (Self::reply(answer, from), None)
+            }
+            Some("_find_node") if query => {
+                let Some(target) = message.target.as_deref().filter(|t| t.len() == 32) else {
+                    return (Vec::new(), None);
+                };
+                let mut answer = self.response(&message, from);
+                answer.closer_nodes = Some(compact::encode_nodes(&self.closest(target)).into());
+                (Self::reply(answer, from), None)
+            }
+            Some("_holepunch") if query => self.holepunch(message, from),
+            None => (Vec::new(), None),
+            // Any other command, `_`-prefixed ones included, is a custom command.
+            Some(command) => {
+                let Some(target) = message.target.clone() else {
+                    return (Vec::new(), None);
+                };
+                let closer = Some(Bytes::from(compact::encode_nodes(&self.closest(&target))));
+                if command != "peers" {
+                    let mut answer = self.response(&message, from);
+                    answer.roundtrip_token = None;
+                    answer.closer_nodes = closer;
+                    answer.error = Some("Unsupported command".into());
+                    return (Self::reply(answer, from), None);
+                }
+                self.peers_command(message, target, closer, from)
+            }
+        }
+    }
+
+    fn holepunch(
+        &mut self,
+        message: Message,
+        from: SocketAddrV4,
+    ) -> (Vec<Outgoing>, Option<NodeEvent>) {
+        let Some(punch) = message
+            .value
+            .as_ref()
+            .and_then(|v| Holepunch::decode(&v[..]).ok())
+        else {
+            return (Vec::new(), None);
+        };
+        if let Some(to) = punch.to.as_deref() {
+            let Ok(to) = compact::decode_peer(to) else {
+                return (Vec::new(), None);
+            };
+            if to == from {
+                return (Vec::new(), None);
+            }
+            let relayed = Message {
+                version: Some(1),
+                id: self.id.map(|id| Bytes::copy_from_slice(&id.0)),
+                to: Some(Bytes::copy_from_slice(&compact::encode_peer(to))),
+                value: Some(
+                    Holepunch {
+                        from: Some(Bytes::copy_from_slice(&compact::encode_peer(from))),
+                        to: None,
+                    }
+                    .encode_to_vec()
+                    .into(),
+                ),
+                ..message
+            };
+            let event = NodeEvent::Holepunch { from, to };
+            return (Self::reply(relayed, to), Some(event));
+        }
+        // Asked by a relay to answer the peer it names, or asked directly.
+        let answer_to = match punch.from.as_deref().map(compact::decode_peer) {
+            Some(Ok(peer)) => peer,
+            Some(Err(_)) => return (Vec::new(), None),
+            None => from,
+        };
+        (
+            Self::reply(self.response(&message, answer_to), answer_to),
+            None,
+        )
+    }
+
+    fn peers_command(
+        &mut self,
+        message: Message,
+        topic: Bytes,
+        closer: Option<Bytes>,
+        from: SocketAddrV4,
+    ) -> (Vec<Outgoing>, Option<NodeEvent>) {
+        let value = message.value.clone().unwrap_or_default();
+        let Ok(input) = PeersInput::decode(value) else {
+            return (Vec::new(), None);
+        };
+        let mut answer = self.response(&message, from);
+        answer.closer_nodes = closer;
+        let port = match input.port.unwrap_or(0) {
+            0 => u32::from(from.port()),
+            port => port,
+        };
+        let Ok(port) = u16::try_from(port) else {
+            answer.roundtrip_token = None;
+            answer.error = Some("Invalid port".into());
+            return (Self::reply(answer, from), None);
+        };
+        let peer = SocketAddrV4::new(*from.ip(), port);
+        let remote = compact::encode_peer(peer);
+        let local = input
+            .local_address
+            .as_deref()
+            .filter(|l| l.len() == PEER_LEN)
+            .map(|l| {
+                let mut key = topic.to_vec();
+                key.extend_from_slice(&l[..2]);
+                (key, <[u8; 4]>::try_from(&l[2..]).expect("4 bytes"))
+            });
+        if message.kind == MessageType::Update {
+            let event = if input.unannounce == Some(true) {
+                self.peers.remove(&topic, &remote);
+                if let Some((key, record)) = &local {
+                    self.local_peers.remove(key, record);
+                }
+                NodeEvent::Unannounce { topic, peer }
+            } else {
+                self.peers.add(&topic, remote);
+                if let Some((key, record)) = local {
+                    self.local_peers.add(&key, record);
+                }
+                NodeEvent::Announce { topic, peer }
+            };
+            return (Self::reply(answer, from), Some(event));
+        }
+        let locals = match &local {
+            Some((key, record)) => self.local_peers.get(key, MAX_LOCAL_PEERS, Some(record)),
+            None => Vec::new(),
+        };
+        let remotes = self
+            .peers
+            .get(&topic, MAX_PEERS - locals.len(), Some(&remote));
+        let output = PeersOutput {
+            peers: (!remotes.is_empty()).then(|| remotes.concat().into()),
+            local_peers: (!locals.is_empty()).then(|| locals.concat().into()),
+        };
+        answer.value = Some(output.encode_to_vec().into());
+        (
+            Self::reply(answer, from),
+            Some(NodeEvent::Lookup { topic, from }),
+        )
+    }
+}

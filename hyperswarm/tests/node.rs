@@ -1,0 +1,240 @@
+//! The node's answers, datagram in, datagrams out, as JS peers exchange them with a JS
+//! node: pings, announce then lookup with tokens, hole punches relayed, closer nodes.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use bytes::Bytes;
+use hyperswarm::compact::{self, NodeInfo};
+use hyperswarm::node::{Node, NodeEvent, Outgoing};
+use hyperswarm::{Holepunch, Id, Message, MessageType, PeersInput, PeersOutput};
+use prost::Message as _;
+
+const TOPIC: [u8; 32] = [0xa1; 32];
+
+fn addr(last: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), port)
+}
+
+fn request(kind: MessageType, rid: u64, command: &str) -> Message {
+    Message {
+        version: Some(1),
+        kind,
+        rid,
+        to: None,
+        id: None,
+        target: None,
+        closer_nodes: None,
+        roundtrip_token: None,
+        command: Some(command.into()),
+        error: None,
+        value: None,
+    }
+}
+
+fn one(out: (Vec<Outgoing>, Option<NodeEvent>)) -> (SocketAddrV4, Message, Option<NodeEvent>) {
+    let (mut sent, event) = out;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let sent = sent.remove(0);
+    (sent.to, Message::decode(&sent.datagram).unwrap(), event)
+}
+
+#[test]
+fn pings_are_answered_with_the_address_seen_unless_another_node_was_meant() {
+    let mut node = Node::new(Some(Id([0x22; 32])), [7; 32]);
+    let a = addr(1, 40001);
+    let mut ping = request(MessageType::Query, 4660, "_ping");
+    ping.value = Some(Bytes::from_static(&[0x22; 32]));
+    let (to, answer, _) = one(node.receive(&ping.encode(), a));
+    assert_eq!(to, a);
+    assert_eq!((answer.kind, answer.rid), (MessageType::Response, 4660));
+    assert_eq!(compact::decode_peer(answer.value.as_ref().unwrap()), Ok(a));
+    assert_eq!(answer.to, answer.value);
+    assert_eq!(answer.id.as_deref(), Some(&[0x22; 32][..]));
+    assert_eq!(answer.roundtrip_token.unwrap().len(), 32);
+    ping.value = Some(Bytes::from_static(&[0x33; 32]));
+    assert!(
+        node.receive(&ping.encode(), a).0.is_empty(),
+        "meant for another id"
+    );
+    assert!(node.receive(b"\x58\x01 not protobuf", a).0.is_empty());
+    assert!(
+        node.receive(&ping.encode(), addr(1, 0)).0.is_empty(),
+        "port 0"
+    );
+}
+
+#[test]
+fn an_announcement_needs_the_token_and_is_found_by_lookups() {
+    let mut node = Node::new(None, [7; 32]);
+    let (a, b) = (addr(1, 40001), addr(1, 40002));
+    let mut announce = request(MessageType::Query, 9, "peers");
+    announce.target = Some(Bytes::from_static(&TOPIC));
+    announce.value = Some(
+        PeersInput {
+            port: Some(0),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into(),
+    );
+    let (_, answer, _) = one(node.receive(&announce.encode(), a));
+    let token = answer.roundtrip_token.clone().unwrap();
+    assert_eq!(answer.closer_nodes.as_deref(), Some(&[][..]));
+    assert_eq!(
+        answer.value.as_deref(),
+        Some(&[][..]),
+        "nothing stored yet: 4a 00"
+    );
+
+    let mut update = Message {
+        kind: MessageType::Update,
+        rid: 10,
+        ..announce.clone()
+    };
+    update.roundtrip_token = Some(Bytes::from_static(&[0; 32]));
+    assert!(
+        node.receive(&update.encode(), a).0.is_empty(),
+        "a wrong token is dropped"
+    );
+    assert_eq!(node.records(), 0);
+    update.roundtrip_token = Some(token.clone());
+    let (_, _, event) = one(node.receive(&update.encode(), a));
+    assert_eq!(
+        event,
+        Some(NodeEvent::Announce {
+            topic: Bytes::from_static(&TOPIC),
+            peer: a
+        })
+    );
+    // The token is bound to the IP: another port of the same host may use it.
+    update.value = Some(
+        PeersInput {
+            port: Some(49737),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into(),
+    );
+    one(node.receive(&update.encode(), addr(1, 40003)));
+
+    let mut lookup = request(MessageType::Query, 8, "peers");
+    lookup.target = Some(Bytes::from_static(&TOPIC));
+    lookup.value = Some(Bytes::new());
+    let (to, answer, _) = one(node.receive(&lookup.encode(), b));
+    assert_eq!(to, b);
+    let output = PeersOutput::decode(answer.value.unwrap()).unwrap();
+    let mut found = compact::decode_peers(&output.peers.unwrap()).unwrap();
+    found.sort();
+    assert_eq!(found, [a, addr(1, 49737)]);
+    // The announcer is not told about itself.
+    let (_, answer, _) = one(node.receive(&lookup.encode(), a));
+    let output = PeersOutput::decode(answer.value.unwrap()).unwrap();
+    assert_eq!(
+        compact::decode_peers(&output.peers.unwrap()).unwrap(),
+        [addr(1, 49737)]
+    );
+
+    // Unannounced, and after two generations anything not announced again is gone.
+    let mut gone = update.clone();
+    gone.value = Some(
+        PeersInput {
+            port: Some(0),
+            unannounce: Some(true),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into(),
+    );
+    one(node.receive(&gone.encode(), a));
+    node.turn_records();
+    node.turn_records();
+    assert_eq!(node.records(), 0);
+
+    let mut bad = announce.clone();
+    bad.value = Some(
+        PeersInput {
+            port: Some(70_000),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into(),
+    );
+    let (_, answer, _) = one(node.receive(&bad.encode(), a));
+    assert_eq!(answer.error.as_deref(), Some("Invalid port"));
+    assert_eq!(answer.roundtrip_token, None);
+    let mut other = announce.clone();
+    other.command = Some("mutable-store".into());
+    let (_, answer, _) = one(node.receive(&other.encode(), a));
+    assert_eq!(answer.error.as_deref(), Some("Unsupported command"));
+}
+
+#[test]
+fn hole_punches_are_relayed_and_answered_to_the_asker() {
+    let mut relay = Node::new(Some(Id([0x66; 32])), [7; 32]);
+    let mut b_node = Node::new(None, [8; 32]);
+    let (a, b, r) = (addr(1, 40001), addr(2, 40002), addr(3, 49737));
+    let mut ask = request(MessageType::Query, 13, "_holepunch");
+    ask.to = Some(Bytes::copy_from_slice(&compact::encode_peer(r)));
+    ask.value = Some(
+        Holepunch {
+            from: None,
+            to: Some(Bytes::copy_from_slice(&compact::encode_peer(b))),
+        }
+        .encode_to_vec()
+        .into(),
+    );
+    let (to, relayed, event) = one(relay.receive(&ask.encode(), a));
+    assert_eq!(to, b);
+    assert_eq!(event, Some(NodeEvent::Holepunch { from: a, to: b }));
+    assert_eq!((relayed.kind, relayed.rid), (MessageType::Query, 13));
+    assert_eq!(relayed.id.as_deref(), Some(&[0x66; 32][..]));
+    let punch = Holepunch::decode(relayed.value.clone().unwrap()).unwrap();
+    assert_eq!(compact::decode_peer(punch.from.as_ref().unwrap()), Ok(a));
+    // B answers A directly, with A's rid.
+    let (to, answer, _) = one(b_node.receive(&relayed.encode(), r));
+    assert_eq!(to, a);
+    assert_eq!((answer.kind, answer.rid), (MessageType::Response, 13));
+    // A punch to the asker itself, and the bare direct packet, are ignored.
+    let mut own = ask.clone();
+    own.value = Some(
+        Holepunch {
+            from: None,
+            to: Some(Bytes::copy_from_slice(&compact::encode_peer(a))),
+        }
+        .encode_to_vec()
+        .into(),
+    );
+    assert!(relay.receive(&own.encode(), a).0.is_empty());
+    let mut direct = ask.clone();
+    direct.value = None;
+    assert!(relay.receive(&direct.encode(), a).0.is_empty());
+}
+
+#[test]
+fn find_node_lists_the_closest_persistent_nodes_and_never_ephemeral_ones() {
+    let mut node = Node::new(Some(Id([0; 32])), [7; 32]);
+    for i in 1..=30u8 {
+        let mut ping = request(MessageType::Query, u64::from(i), "_ping");
+        ping.id = Some(Bytes::copy_from_slice(&[i; 32]));
+        node.receive(&ping.encode(), addr(i, 1000 + u16::from(i)));
+    }
+    let ephemeral = request(MessageType::Query, 99, "_ping");
+    node.receive(&ephemeral.encode(), addr(99, 9999));
+    assert_eq!(node.contacts(), 30);
+    let mut find = request(MessageType::Query, 5, "_find_node");
+    find.target = Some(Bytes::copy_from_slice(&[1; 32]));
+    let (_, answer, _) = one(node.receive(&find.encode(), addr(1, 1001)));
+    let nodes = compact::decode_nodes(&answer.closer_nodes.unwrap()).unwrap();
+    assert_eq!(nodes.len(), 20);
+    assert_eq!(
+        nodes[0],
+        NodeInfo {
+            id: Id([1; 32]),
+            addr: addr(1, 1001)
+        }
+    );
+    assert!(nodes.iter().all(|n| n.addr != addr(99, 9999)));
+    find.target = Some(Bytes::from_static(b"short"));
+    assert!(node.receive(&find.encode(), addr(1, 1001)).0.is_empty());
+}

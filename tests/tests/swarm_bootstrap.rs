@@ -1,0 +1,110 @@
+//! `hyperd bootstrap` as the DHT bootstrap node of real JS hyperswarm 2 peers
+//! (`tests/interop/swarm-peer.js`: hyperswarm 2.15.3, @hyperswarm/dht 4.0.1, dht-rpc
+//! 4.9.6), on loopback only: one peer announces a topic, another looks it up through
+//! the node alone, they connect (the node relays the hole punch for their uTP attempt)
+//! and exchange a line. Garbage sent to the node does not stop it.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hyperd_tests::daemon::bin;
+use hyperd_tests::js_peer::JsPeer;
+
+/// A `hyperd bootstrap` child, killed when dropped.
+struct Bootstrap {
+    child: Child,
+    addr: String,
+}
+
+impl Bootstrap {
+    fn start() -> Bootstrap {
+        // Not 127.0.0.1: Dat2 networkers ignore peers there (spec §8), and the JS
+        // peers' own address then differs from the node's.
+        let mut child = Command::new(bin("hyperd").unwrap())
+            .args(["bootstrap", "--listen", "127.0.0.2:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(ready["id"].as_str().unwrap().len(), 64, "{ready}");
+        Bootstrap {
+            child,
+            addr: ready["listening"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Bootstrap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_peers_find_each_other_through_a_hyperd_bootstrap_node() {
+    let mut node = Bootstrap::start();
+    // Garbage first: datagrams that are not dht-rpc, and a truncated one.
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for datagram in [
+        &b""[..],
+        b"\x58\x01\x08",
+        b"GET / HTTP/1.1\r\n",
+        &[0xff; 1400],
+    ] {
+        junk.send_to(datagram, &node.addr).unwrap();
+    }
+    let topic = hex::encode([0x5a; 32]);
+    let peer = |announce: bool, message: &'static str| {
+        let mut args = vec![
+            "--topic",
+            &topic,
+            "--bootstrap",
+            &node.addr,
+            "--message",
+            message,
+        ];
+        if announce {
+            args.push("--announce");
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_string).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            JsPeer::spawn("swarm-peer.js", &args).await.unwrap()
+        }
+    };
+    let (mut announcer, ready) = peer(true, "from the announcer").await;
+    assert_eq!(ready["event"], "listening");
+    // Its announcement reaches the node before the lookup starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut looker, _) = peer(false, "from the looker").await;
+
+    let found = looker.until("peer").await.unwrap();
+    assert_eq!(found["port"], announcer_port(&ready));
+    let node_port: u64 = node.addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(
+        found["referrer"], node_port,
+        "found through the hyperd node"
+    );
+    let heard = looker.until("received").await.unwrap();
+    assert_eq!(heard["text"], "from the announcer");
+    let heard = announcer.until("received").await.unwrap();
+    assert_eq!(heard["text"], "from the looker");
+    assert!(node.is_running());
+}
+
+fn announcer_port(ready: &serde_json::Value) -> u64 {
+    ready["port"].as_u64().unwrap()
+}
