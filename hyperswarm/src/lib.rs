@@ -9,6 +9,7 @@
 //! the connection layer come next.
 
 pub mod compact;
+pub mod dht;
 pub mod mdns;
 pub mod message;
 pub mod node;
@@ -18,6 +19,7 @@ pub mod store;
 pub mod token;
 
 pub use compact::{CompactError, Id, LocalPeer, NodeInfo};
+pub use dht::{Dht, DhtError, FoundPeer};
 pub use message::{DecodeError, Holepunch, Message, MessageType};
 pub use peers::{PeersInput, PeersOutput};
 pub use server::DhtServer;

@@ -174,8 +174,8 @@ impl Node {
         self.contacts.insert(id, (addr, self.tick));
     }
 
-    /// The [`K`] contacts closest to `target`.
-    fn closest(&self, target: &[u8]) -> Vec<NodeInfo> {
+    /// The [`K`] contacts closest to `target` (none for a target that is not 32 bytes).
+    pub fn closest(&self, target: &[u8]) -> Vec<NodeInfo> {
         let Some(target) = Id::from_slice(target) else {
             return Vec::new();
         };
