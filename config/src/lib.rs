@@ -121,8 +121,12 @@ pub enum Durability {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Address for peer (replication) connections; `""` disables listening.
+    /// Address for peer (replication) connections; `""` disables listening. The DHT uses
+    /// the same port over UDP.
     pub listen: String,
+    /// DHT bootstrap nodes (hyperswarm 2 / dht-rpc 4, IPv4 `HOST:PORT`); empty: no DHT,
+    /// peers come from `peer connect` only.
+    pub bootstrap: Vec<std::net::SocketAddrV4>,
     /// Most incoming peer connections at once (handshaking or open); when full, a new one
     /// takes the place of one still handshaking or replicating nothing, or is refused.
     pub max_peers: usize,
@@ -157,6 +161,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: format!("0.0.0.0:{DEFAULT_PEER_PORT}"),
+            bootstrap: Vec::new(),
             max_peers: 256,
             max_peers_per_ip: 16,
             max_outbound_peers: 64,
@@ -174,7 +179,14 @@ impl Default for Config {
 pub const DOCUMENTED_DEFAULTS: &str = r#"# hyperd configuration. Every setting is optional; these are the defaults.
 
 # Address for peer (replication) connections. "" disables listening; port 0 picks one.
+# With bootstrap nodes, the DHT uses the same port over UDP.
 listen = "0.0.0.0:3282"
+
+# DHT bootstrap nodes (hyperswarm 2 / dht-rpc 4), as IPv4 "HOST:PORT" entries. Every
+# drive held and core followed is then announced and looked up on the DHT under its
+# discovery key, and the peers found are dialed. Empty: no DHT (peers come from
+# `hyperctl peer connect`). `hyperd bootstrap` runs a bootstrap node of your own.
+bootstrap = []
 
 # Most incoming peer connections at once (open or still handshaking). When full, a new
 # connection takes the place of one that is still handshaking or replicates nothing;

@@ -30,6 +30,7 @@ use crate::follows::Follows;
 use crate::lock::HomeLock;
 use crate::network::Network;
 use crate::state::StateFile;
+use crate::swarm::Swarm;
 use crate::tasks::Tasks;
 
 /// How long unused cores stay open without peers.
@@ -49,9 +50,10 @@ struct Inner {
     /// Used by every subsystem; closed after all of them.
     store: Corestore,
     // The subsystems, in start order.
+    network: Network,
+    swarm: Swarm,
     follows: Follows,
     drives: DriveSet,
-    network: Network,
 }
 
 /// The daemon: everything the front ends call. Cheap to clone.
@@ -116,18 +118,28 @@ impl Daemon {
         let store = open_store(&storage, config, options).await?;
 
         let tasks = Tasks::new();
-        let follows = Follows::start(store.clone(), tasks.child());
-        let drives = DriveSet::start(store.clone(), tasks.child());
-        let network = match Network::start(store.clone(), config, tasks.child()).await {
-            Ok(network) => network,
+        // The network first: the swarm binds next to its listener and dials through it,
+        // and follows and drives join the swarm.
+        let started = async {
+            let network = Network::start(store.clone(), config, tasks.child()).await?;
+            match Swarm::start(config, network.clone(), tasks.child()).await {
+                Ok(swarm) => Ok((network, swarm)),
+                Err(e) => {
+                    network.shutdown();
+                    Err(e)
+                }
+            }
+        };
+        let (network, swarm) = match started.await {
+            Ok(started) => started,
             Err(e) => {
-                drives.shutdown();
-                follows.shutdown();
                 tasks.stop(SHUTDOWN_GRACE).await;
                 let _ = store.close().await;
                 return Err(e);
             }
         };
+        let follows = Follows::start(store.clone(), swarm.clone(), tasks.child());
+        let drives = DriveSet::start(store.clone(), swarm.clone(), tasks.child());
 
         let daemon = Daemon {
             inner: Arc::new(Inner {
@@ -138,9 +150,10 @@ impl Daemon {
                 file_limit: options.file_limit,
                 tasks,
                 store,
+                network,
+                swarm,
                 follows,
                 drives,
-                network,
             }),
         };
         daemon.restore().await;
@@ -163,9 +176,10 @@ impl Daemon {
     /// most a few seconds (naming those still running), and closes the corestore.
     pub async fn shutdown(&self) {
         self.request_stop();
-        self.inner.network.shutdown();
         self.inner.drives.shutdown();
         self.inner.follows.shutdown();
+        self.inner.swarm.shutdown();
+        self.inner.network.shutdown();
         self.inner.tasks.stop(SHUTDOWN_GRACE).await;
         if let Err(e) = self.inner.store.close().await {
             tracing::error!("closing the corestore: {e}");

@@ -21,6 +21,7 @@ mod notify;
 mod peers;
 mod rpc;
 mod state;
+mod swarm;
 mod tasks;
 
 use anyhow::Context;

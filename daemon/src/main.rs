@@ -22,6 +22,10 @@ struct Args {
     /// Address for peer connections, overriding the configuration ("" disables).
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
+    /// DHT bootstrap nodes, overriding the configuration: comma-separated IPv4
+    /// HOST:PORT entries ("" for none: no DHT).
+    #[arg(long, value_name = "HOST:PORT,...")]
+    bootstrap: Option<String>,
     /// Print the default configuration, with every setting explained, and exit.
     #[arg(long)]
     print_config: bool,
@@ -78,6 +82,17 @@ fn run() -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
         config.validate(std::path::Path::new("--listen"))?;
+    }
+    if let Some(bootstrap) = args.bootstrap {
+        config.bootstrap = bootstrap
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .with_context(|| format!("--bootstrap: {s:?} is not an IPv4 HOST:PORT"))
+            })
+            .collect::<anyhow::Result<_>>()?;
     }
     init_logging(&config.log_level);
     // Everything hyperd creates (blocks, keys, state) is private to its user, whatever

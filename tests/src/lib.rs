@@ -7,6 +7,7 @@ pub mod cli;
 pub mod daemon;
 pub mod js_peer;
 pub mod raw_peer;
+pub mod swarm;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

@@ -5,57 +5,16 @@
 //! and exchange a line. Garbage sent to the node does not stop it.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use hyperd_tests::daemon::bin;
 use hyperd_tests::js_peer::JsPeer;
-
-/// A `hyperd bootstrap` child, killed when dropped.
-struct Bootstrap {
-    child: Child,
-    addr: String,
-}
-
-impl Bootstrap {
-    fn start() -> Bootstrap {
-        // Not 127.0.0.1: Dat2 networkers ignore peers there (spec §8), and the JS
-        // peers' own address then differs from the node's.
-        let mut child = Command::new(bin("hyperd").unwrap())
-            .args(["bootstrap", "--listen", "127.0.0.2:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(ready["id"].as_str().unwrap().len(), 64, "{ready}");
-        Bootstrap {
-            child,
-            addr: ready["listening"].as_str().unwrap().to_string(),
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Bootstrap {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use hyperd_tests::swarm::BootstrapNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_peers_find_each_other_through_a_hyperd_bootstrap_node() {
-    let mut node = Bootstrap::start();
+    let mut node = BootstrapNode::start().unwrap();
+    assert_eq!(node.id.len(), 64, "a persistent node");
     // Garbage first: datagrams that are not dht-rpc, and a truncated one.
     let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
     for datagram in [

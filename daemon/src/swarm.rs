@@ -1,0 +1,160 @@
+//! The swarm subsystem: with DHT bootstrap nodes configured, every drive held and core
+//! followed is joined under its discovery key: announced on the DHT (which also looks
+//! it up) when joined and again every 5 to 10 minutes, as hyperswarm does, and every
+//! peer found is dialed through the network, the same path as `peer connect`. The DHT
+//! socket is bound to the peer listener's address, port included, so the port the DHT
+//! stores for us is the one peers connect to. Like every subsystem it starts, restores
+//! (the other subsystems join what they restore) and shuts down (see `daemon`).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hypercore::PublicKey;
+use hyperd_config::Config;
+use hyperswarm::{Dht, Id};
+use rand::Rng;
+
+use crate::network::{lock, Network};
+use crate::tasks::Tasks;
+
+/// The pause between two walks of a topic: uniform in this range, as hyperswarm.
+const REWALK: std::ops::Range<Duration> = Duration::from_secs(300)..Duration::from_secs(600);
+/// How long dialing a found peer may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The DHT (when configured) and the topics joined. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Swarm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dht: Option<Arc<Dht>>,
+    network: Network,
+    tasks: Tasks,
+    /// Per joined core key, the tasks of its walks.
+    joined: Mutex<HashMap<PublicKey, Tasks>>,
+}
+
+impl Swarm {
+    /// Binds the DHT next to the peer listener, unless no bootstrap node is configured
+    /// or nothing listens; its tasks run under `tasks`.
+    pub async fn start(config: &Config, network: Network, tasks: Tasks) -> anyhow::Result<Swarm> {
+        let dht = match (config.bootstrap.is_empty(), network.local_addr()) {
+            (true, _) => {
+                tracing::info!("no DHT bootstrap nodes configured: peers come from `peer connect`");
+                None
+            }
+            (false, Some(SocketAddr::V4(addr))) => {
+                let dht = Dht::bind(addr, config.bootstrap.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("starting the DHT on {addr}: {e}"))?;
+                tracing::info!(
+                    "DHT on {}, bootstrapping from {}",
+                    dht.local_addr(),
+                    list(&config.bootstrap)
+                );
+                Some(Arc::new(dht))
+            }
+            (false, other) => {
+                tracing::warn!(
+                    "the DHT needs an IPv4 peer listener (listen = {:?}): not started",
+                    other.map(|a| a.to_string()).unwrap_or_default()
+                );
+                None
+            }
+        };
+        Ok(Swarm {
+            inner: Arc::new(Inner {
+                dht,
+                network,
+                tasks,
+                joined: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Stops every walk.
+    pub fn shutdown(&self) {
+        self.inner.tasks.cancel();
+        lock(&self.inner.joined).clear();
+    }
+
+    /// Joins the core `key` (a drive's metadata core, or a core) under its discovery
+    /// key; joining again changes nothing.
+    pub fn join(&self, key: PublicKey) {
+        let Some(dht) = self.inner.dht.clone() else {
+            return;
+        };
+        let mut joined = lock(&self.inner.joined);
+        if joined.contains_key(&key) {
+            return;
+        }
+        let tasks = self.inner.tasks.child();
+        let cancelled = tasks.cancelled();
+        let network = self.inner.network.clone();
+        let topic = Id(key.discovery_key().0);
+        tasks.spawn("announcing and looking up a topic", async move {
+            tokio::select! {
+                () = cancelled => {}
+                () = walks(dht, network, topic) => {}
+            }
+        });
+        joined.insert(key, tasks);
+    }
+
+    /// Leaves the core `key`: its walks stop and its announcement is withdrawn.
+    pub fn leave(&self, key: &PublicKey) {
+        let Some(tasks) = lock(&self.inner.joined).remove(key) else {
+            return;
+        };
+        tasks.cancel();
+        if let Some(dht) = self.inner.dht.clone() {
+            let topic = Id(key.discovery_key().0);
+            self.inner
+                .tasks
+                .spawn("withdrawing an announcement", async move {
+                    if let Err(e) = dht.unannounce(topic).await {
+                        tracing::debug!("swarm: withdrawing {topic:?}: {e}");
+                    }
+                });
+        }
+    }
+}
+
+/// Announces `topic` now and every 5 to 10 minutes, dialing the peers each walk finds.
+async fn walks(dht: Arc<Dht>, network: Network, topic: Id) {
+    loop {
+        match dht.announce(topic).await {
+            Ok(found) => {
+                let dials = found.into_iter().map(|peer| dial(&network, peer.addr));
+                futures::future::join_all(dials).await;
+            }
+            Err(e) => tracing::debug!("swarm: walk for {topic:?}: {e}"),
+        }
+        let pause = rand::thread_rng().gen_range(REWALK);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Dials `addr` unless a connection to it is open.
+async fn dial(network: &Network, addr: SocketAddrV4) {
+    let addr = SocketAddr::V4(addr);
+    if network.peers().iter().any(|p| p.address == addr) {
+        return;
+    }
+    match network.dial(&addr.to_string(), DIAL_TIMEOUT).await {
+        Ok((peer, _)) => tracing::info!("swarm: connected to {addr} ({})", peer.address),
+        Err(e) => tracing::debug!("swarm: dialing {addr}: {e}"),
+    }
+}
+
+fn list(addrs: &[SocketAddrV4]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,89 @@
+//! Two `hyperd`s that share only a DHT bootstrap node (`hyperd bootstrap`) find each
+//! other by drive key: one creates a drive and writes a file, the other follows the key,
+//! with no `peer connect`, and reads the file; both came to the DHT through their
+//! configuration file.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hyperd_tests::daemon::Daemon;
+use hyperd_tests::swarm::BootstrapNode;
+
+/// A daemon whose `config.toml` names `bootstrap` as its only DHT bootstrap node.
+fn daemon_with_bootstrap(home: &Path, bootstrap: &str) -> Daemon {
+    std::fs::create_dir_all(home).unwrap();
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(
+        home.join("config.toml"),
+        format!("bootstrap = [\"{bootstrap}\"]\n"),
+    )
+    .unwrap();
+    Daemon::start_in(home, "127.0.0.1:0").unwrap()
+}
+
+fn ok(daemon: &Daemon, args: &[&str]) -> String {
+    let out = daemon.ctl(args).unwrap();
+    assert!(
+        out.status.success(),
+        "hyperctl {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_followed_drive_is_found_over_the_dht_and_read() {
+    let mut node = BootstrapNode::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let a = daemon_with_bootstrap(&tmp.path().join("a"), &node.addr);
+    let b = daemon_with_bootstrap(&tmp.path().join("b"), &node.addr);
+    assert!(
+        a.log()
+            .contains(&format!("bootstrapping from {}", node.addr)),
+        "{}",
+        a.log()
+    );
+
+    let created = a.ctl_json(&["drive", "create"]).unwrap();
+    let url = created["url"].as_str().unwrap().to_string();
+    let file = tmp.path().join("hello.txt");
+    std::fs::write(&file, "found over the DHT\n").unwrap();
+    ok(
+        &a,
+        &[
+            "drive",
+            "put",
+            file.to_str().unwrap(),
+            &format!("{url}/hello.txt"),
+        ],
+    );
+
+    ok(&b, &["drive", "follow", &url]);
+    // No `peer connect`: the file is there once the DHT walk has found and dialed A
+    // and the drive's first blocks came (a read before that finds nothing yet).
+    let hello = format!("{url}/hello.txt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let out = b.ctl(&["drive", "cat", &hello]).unwrap();
+        if out.status.success() {
+            break String::from_utf8(out.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never read over the DHT:\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(text, "found over the DHT\n");
+    let peers = b.ctl_json(&["peer", "ls"]).unwrap();
+    assert!(
+        peers.to_string().contains(&a.listen),
+        "B is connected to A ({}): {peers}",
+        a.listen
+    );
+    assert!(node.is_running());
+}
