@@ -11,46 +11,16 @@
 // every discovered peer outside it rejected. On each connection it writes TEXT and a
 // newline. stdout: JSON lines: listening, peer, connection, received.
 
-const path = require('path')
-const { EventEmitter } = require('events')
-const { parseArgs } = require('./common')
+const { parseArgs, loopbackSwarm } = require('./common')
 
 const args = parseArgs(process.argv.slice(2), ['announce'])
 const fail = (error) => { process.stderr.write(JSON.stringify({ event: 'fatal', error }) + '\n'); process.exit(2) }
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-const loopback = (host) => typeof host === 'string' && /^(::ffff:)?127\.\d+\.\d+\.\d+$/.test(host)
 
 if (!/^[0-9a-f]{64}$/.test(args.topic || '')) fail('--topic takes 64 lowercase hex characters')
 const bootstrap = String(args.bootstrap || '').split(',').filter(Boolean)
-if (!bootstrap.length || !bootstrap.every((b) => /^127\.\d+\.\d+\.\d+:\d+$/.test(b))) {
-  fail('--bootstrap takes 127.x.x.x:PORT entries')
-}
 
-// The multicast-dns module @hyperswarm/discovery requires, replaced before it loads.
-const dir = (mod, from) => path.dirname(require.resolve(mod + '/package.json', { paths: [from] }))
-const discovery = dir('@hyperswarm/discovery', dir('@hyperswarm/network', dir('hyperswarm', __dirname)))
-const mdnsFile = require.resolve('multicast-dns', { paths: [discovery] })
-const inertMdns = () => Object.assign(new EventEmitter(), {
-  query () {},
-  respond () {},
-  response () {},
-  update () {},
-  send (value, rinfo, cb) { (typeof rinfo === 'function' ? rinfo : cb || (() => {}))() },
-  destroy (cb) { if (cb) process.nextTick(cb) }
-})
-require.cache[mdnsFile] = { id: mdnsFile, filename: mdnsFile, loaded: true, exports: inertMdns }
-
-const hyperswarm = require('hyperswarm')
-const swarm = hyperswarm({ bootstrap, validatePeer: (peer) => loopback(peer.host) })
-const utp = swarm.network.utp
-const send = utp.send
-utp.send = function (buf, offset, len, port, host, cb) {
-  if (!loopback(host)) {
-    if (typeof cb === 'function') process.nextTick(cb, new Error('not loopback: ' + host))
-    return
-  }
-  return send.apply(this, arguments)
-}
+const swarm = loopbackSwarm(bootstrap)
 
 const topic = Buffer.from(args.topic, 'hex')
 const announce = !!args.announce
