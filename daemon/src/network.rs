@@ -506,7 +506,19 @@ impl Network {
             since: Instant::now(),
         };
         let snapshot = conn.snapshot(id);
-        lock(&self.inner.conns).insert(id, conn);
+        {
+            let mut conns = lock(&self.inner.conns);
+            match self.duplicate_of(&conns, &conn) {
+                Some(Duplicate::ThisOne(kept)) => {
+                    drop(conns);
+                    protocol.destroy("a duplicate of another connection to this peer");
+                    return Ok(kept);
+                }
+                Some(Duplicate::Other(closed)) => closed.destroy("a duplicate connection"),
+                None => {}
+            }
+            conns.insert(id, conn);
+        }
         tracing::info!(
             "peer {} joined ({}, {})",
             short(&snapshot.remote_key),
@@ -552,6 +564,25 @@ impl Network {
                 }
             });
         Ok((snapshot, protocol))
+    }
+
+    /// Whether `new` duplicates an open connection to the same peer (by its Noise key),
+    /// and which of the two goes: two daemons that find each other both ways dial each
+    /// other, and both keep the connection the side with the smaller key dialed, as
+    /// hyperswarm's `deduplicate` decides (each end alone, the same way). Two
+    /// connections dialed by the same side are both kept (a redial while the old one
+    /// winds down).
+    fn duplicate_of(&self, conns: &HashMap<u64, Conn>, new: &Conn) -> Option<Duplicate> {
+        let ours = self.inner.keypair.public;
+        let remote = new.protocol.remote_key();
+        let dialer = |conn: &Conn| if conn.initiator { ours } else { remote };
+        let (id, old) = conns
+            .iter()
+            .find(|(_, c)| c.protocol.remote_key() == remote && dialer(c) != dialer(new))?;
+        Some(match dialer(new).0 < dialer(old).0 {
+            true => Duplicate::Other(old.protocol.clone()),
+            false => Duplicate::ThisOne((old.snapshot(*id), old.protocol.clone())),
+        })
     }
 
     /// Keeps `address` connected: redials whenever the connection (`first`, if already
@@ -620,6 +651,14 @@ impl Network {
         }
         closed
     }
+}
+
+/// Which of two connections to one peer goes.
+enum Duplicate {
+    /// The new one: the open one, kept, instead.
+    ThisOne((PeerSnapshot, Protocol)),
+    /// The open one (to be closed).
+    Other(Protocol),
 }
 
 #[derive(Debug, thiserror::Error)]

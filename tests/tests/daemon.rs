@@ -438,3 +438,55 @@ fn callers_of_another_uid_are_refused_even_if_the_socket_is_opened_up() {
     // The owner is still served.
     assert!(daemon.ctl(&["status"]).unwrap().status.success());
 }
+
+/// Two daemons that dial each other end up with one connection, the same one on both
+/// sides (the one the daemon with the smaller key dialed), and it replicates.
+#[test]
+fn two_daemons_dialing_each_other_keep_one_connection() {
+    let a = Daemon::start().unwrap();
+    let b = Daemon::start().unwrap();
+    let key_of = |d: &Daemon| {
+        d.ctl_json(&["status"]).unwrap()["peerKey"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a_key, b_key) = (key_of(&a), key_of(&b));
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let out = from.ctl(&["peer", "connect", &to.listen]).unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let dialer = if a_key < b_key { &a_key } else { &b_key };
+    let start = Instant::now();
+    loop {
+        let ls = |d: &Daemon| d.ctl_json(&["peer", "ls"]).unwrap()["peers"].clone();
+        let (on_a, on_b) = (ls(&a), ls(&b));
+        let (on_a, on_b) = (on_a.as_array().unwrap(), on_b.as_array().unwrap());
+        if on_a.len() == 1 && on_b.len() == 1 {
+            // The survivor was dialed by the smaller key on both sides.
+            let dialed_by_a = on_a[0]["initiator"] == true;
+            assert_eq!(dialed_by_a, dialer == &a_key, "{on_a:?}");
+            assert_eq!(on_b[0]["initiator"] == true, dialer == &b_key, "{on_b:?}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still {} and {} connections:\n{}\n{}",
+            on_a.len(),
+            on_b.len(),
+            a.log(),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The one left replicates.
+    let created = a.ctl_json(&["core", "create"]).unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    a.ctl_json(&["core", "append", &key, "kept"]).unwrap();
+    b.ctl_json(&["core", "follow", &key]).unwrap();
+    let out = b
+        .ctl(&["core", "get", &key, "0", "--timeout-ms", "10000"])
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), b.log());
+    assert_eq!(out.stdout, b"kept");
+}
