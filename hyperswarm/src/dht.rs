@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::compact::{self, NodeInfo};
+use crate::limit::RateLimit;
 use crate::message::{Message, MessageType};
 use crate::node::{Node, K};
 use crate::peers::{PeersInput, PeersOutput};
@@ -396,6 +397,7 @@ async fn serve(socket: UdpSocket, mut node: Node, mut commands: mpsc::Receiver<C
     let mut next_rid: u16 = rand::thread_rng().gen();
     let mut ticks = tokio::time::interval(TICK);
     let mut buf = vec![0; MAX_DATAGRAM];
+    let mut limit = RateLimit::new(std::time::Instant::now());
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -438,14 +440,18 @@ async fn serve(socket: UdpSocket, mut node: Node, mut commands: mpsc::Receiver<C
             received = socket.recv_from(&mut buf) => {
                 let Ok((len, SocketAddr::V4(from))) = received else { continue };
                 let datagram = &buf[..len];
-                let (answers, _) = node.receive(datagram, from);
-                for answer in answers {
-                    let _ = socket.send_to(&answer.datagram, answer.to).await;
-                }
                 let Ok(message) = Message::decode(datagram) else { continue };
                 if message.kind != MessageType::Response {
+                    if limit.allow(*from.ip(), std::time::Instant::now()) {
+                        let (answers, _) = node.receive(datagram, from);
+                        for answer in answers {
+                            let _ = socket.send_to(&answer.datagram, answer.to).await;
+                        }
+                    }
                     continue;
                 }
+                // Responses update the routing table.
+                node.receive(datagram, from);
                 // Matched by rid alone, as dht-rpc does.
                 if let Some(request) = pending.remove(&message.rid) {
                     let _ = request.reply.send(Ok(Reply { from, message }));

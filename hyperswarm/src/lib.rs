@@ -10,6 +10,7 @@
 
 pub mod compact;
 pub mod dht;
+pub mod limit;
 pub mod mdns;
 pub mod message;
 pub mod node;

@@ -1,6 +1,7 @@
 //! A [`Node`] on a UDP socket: answers every datagram as the node decides, mints tokens
 //! with a secret rotated every 5 minutes and turns the stored announcements' generation
-//! every 8, as JS dht-rpc and @hyperswarm/dht do; runs until its shutdown future ends.
+//! every 8, as JS dht-rpc and @hyperswarm/dht do, within a per-address budget
+//! ([`RateLimit`]); runs until its shutdown future ends.
 
 use std::future::Future;
 use std::io;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use rand::RngCore;
 use tokio::net::UdpSocket;
 
+use crate::limit::RateLimit;
 use crate::node::{Node, NodeEvent};
 use crate::store::GENERATION;
 use crate::Id;
@@ -72,6 +74,7 @@ impl DhtServer {
         let mut turn =
             tokio::time::interval_at(tokio::time::Instant::now() + GENERATION, GENERATION);
         let mut buf = vec![0; MAX_DATAGRAM];
+        let mut limit = RateLimit::new(std::time::Instant::now());
         loop {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
@@ -85,6 +88,9 @@ impl DhtServer {
                         Err(e) => return Err(e),
                     };
                     let SocketAddr::V4(from) = from else { continue };
+                    if !limit.allow(*from.ip(), std::time::Instant::now()) {
+                        continue;
+                    }
                     let (answers, event) = self.node.receive(&buf[..len], from);
                     if let Some(event) = event {
                         log(&event);

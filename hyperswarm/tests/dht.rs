@@ -53,3 +53,75 @@ async fn a_walk_no_node_answers_fails_with_no_nodes() {
     assert!(matches!(error, DhtError::NoNodes { .. }), "{error}");
     assert!(error.to_string().contains("peers"), "{error}");
 }
+
+/// A flood of requests from one address is answered only within its budget, and a
+/// node at another address is still answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_address_is_capped_and_others_are_still_answered() {
+    use hyperswarm::limit::PER_SECOND;
+    use hyperswarm::{Message, MessageType};
+    let server = DhtServer::bind(loopback(2), true).await.unwrap();
+    let node = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let ping = Message {
+        version: Some(1),
+        kind: MessageType::Query,
+        rid: 1,
+        to: None,
+        id: None,
+        target: None,
+        closer_nodes: None,
+        roundtrip_token: None,
+        command: Some("_ping".into()),
+        error: None,
+        value: None,
+    }
+    .encode();
+    let flooder = tokio::net::UdpSocket::bind(loopback(1)).await.unwrap();
+    let flood = PER_SECOND as usize * 3;
+    let counting = {
+        let flooder = std::sync::Arc::new(flooder);
+        let receiver = flooder.clone();
+        let counter = tokio::spawn(async move {
+            let mut answers = 0;
+            let mut buf = [0; 2048];
+            while let Ok(Ok(_)) = tokio::time::timeout(
+                std::time::Duration::from_millis(500),
+                receiver.recv_from(&mut buf),
+            )
+            .await
+            {
+                answers += 1;
+            }
+            answers
+        });
+        // Paced so that socket buffers drop little: without the budget nearly all of
+        // it would be answered.
+        for _ in 0..flood / 50 {
+            for _ in 0..50 {
+                flooder.send_to(&ping, node).await.unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        counter
+    };
+    // Another address is answered during the flood.
+    let other = Dht::bind(loopback(3), vec![node]).await.unwrap();
+    let mut question = Message::decode(&ping).unwrap();
+    question.value = None;
+    let reply = other.request(node, question).await.unwrap();
+    assert_eq!(reply.message.kind, MessageType::Response);
+
+    let answers = counting.await.unwrap();
+    // The flood took well under two seconds: at most two budgets.
+    assert!(
+        answers <= 2 * PER_SECOND as usize,
+        "{answers} of {flood} answered"
+    );
+    assert!(answers > 0);
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
