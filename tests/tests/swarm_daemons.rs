@@ -1,7 +1,7 @@
 //! Two `hyperd`s that share only a DHT bootstrap node (`hyperd bootstrap`) find each
 //! other by drive key: one creates a drive and writes a file, the other follows the key,
 //! with no `peer connect`, and reads the file; both came to the DHT through their
-//! configuration file.
+//! configuration file. After both restart they find each other again.
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
@@ -38,8 +38,8 @@ fn ok(daemon: &Daemon, args: &[&str]) -> String {
 fn a_followed_drive_is_found_over_the_dht_and_read() {
     let mut node = BootstrapNode::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let a = daemon_with_bootstrap(&tmp.path().join("a"), &node.addr);
-    let b = daemon_with_bootstrap(&tmp.path().join("b"), &node.addr);
+    let mut a = daemon_with_bootstrap(&tmp.path().join("a"), &node.addr);
+    let mut b = daemon_with_bootstrap(&tmp.path().join("b"), &node.addr);
     assert!(
         a.log()
             .contains(&format!("bootstrapping from {}", node.addr)),
@@ -85,5 +85,33 @@ fn a_followed_drive_is_found_over_the_dht_and_read() {
         "B is connected to A ({}): {peers}",
         a.listen
     );
+
+    // Both restart: they join again what they hold, and find each other again.
+    for d in [&mut a, &mut b] {
+        assert!(d.ctl(&["stop"]).unwrap().status.success());
+        d.wait_exit().unwrap();
+        d.restart().unwrap();
+    }
+    std::fs::write(&file, "after a restart\n").unwrap();
+    ok(
+        &a,
+        &[
+            "drive",
+            "put",
+            file.to_str().unwrap(),
+            &format!("{url}/later.txt"),
+        ],
+    );
+    let later = format!("{url}/later.txt");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = b.ctl(&["drive", "cat", &later]).unwrap();
+        if out.status.success() {
+            assert_eq!(out.stdout, b"after a restart\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not found again:\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(node.is_running());
 }
