@@ -71,6 +71,9 @@ fn print_status(status: &StatusResponse, json: bool) -> anyhow::Result<()> {
             "openCoreCount": status.open_core_count,
             "maxOpenCores": status.max_open_cores,
             "fileLimit": status.file_limit,
+            "dhtAddress": status.dht_address,
+            "dhtBootstrap": status.dht_bootstrap,
+            "swarmTopics": status.swarm_topics,
         }));
     }
     let mut api = status.api_version.clone();
@@ -96,6 +99,18 @@ fn print_status(status: &StatusResponse, json: bool) -> anyhow::Result<()> {
         ("listening on", listen),
         ("peer key", status.peer_key.clone()),
         ("peers", status.peer_count.to_string()),
+        (
+            "dht",
+            match status.dht_address.is_empty() {
+                true => "off (no bootstrap nodes configured)".to_string(),
+                false => format!(
+                    "on {}, bootstrapping from {}; {} drives and cores joined",
+                    status.dht_address,
+                    status.dht_bootstrap.join(", "),
+                    status.swarm_topics
+                ),
+            },
+        ),
         (
             "cores",
             format!(

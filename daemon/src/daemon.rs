@@ -89,6 +89,12 @@ pub struct DaemonStatus {
     pub open_cores: usize,
     /// The most cores kept open at once.
     pub max_open_cores: usize,
+    /// The DHT's address, if it runs.
+    pub dht_address: Option<std::net::SocketAddrV4>,
+    /// Its bootstrap nodes.
+    pub dht_bootstrap: Vec<std::net::SocketAddrV4>,
+    /// Discovery keys joined on it.
+    pub swarm_topics: usize,
     /// The soft file limit in force.
     pub file_limit: u64,
 }
@@ -230,6 +236,9 @@ impl Daemon {
             open_cores: store.open_count(),
             max_open_cores: store.options().max_open,
             file_limit: self.file_limit(),
+            dht_address: self.inner.swarm.dht_address(),
+            dht_bootstrap: self.inner.swarm.bootstrap().to_vec(),
+            swarm_topics: self.inner.swarm.topics(),
         })
     }
 

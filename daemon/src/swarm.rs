@@ -32,6 +32,7 @@ pub(crate) struct Swarm {
 
 struct Inner {
     dht: Option<Arc<Dht>>,
+    bootstrap: Vec<SocketAddrV4>,
     network: Network,
     tasks: Tasks,
     /// Per joined core key, the tasks of its walks.
@@ -69,11 +70,27 @@ impl Swarm {
         Ok(Swarm {
             inner: Arc::new(Inner {
                 dht,
+                bootstrap: config.bootstrap.clone(),
                 network,
                 tasks,
                 joined: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// Where the DHT listens, if it runs.
+    pub fn dht_address(&self) -> Option<SocketAddrV4> {
+        self.inner.dht.as_ref().map(|dht| dht.local_addr())
+    }
+
+    /// The DHT's bootstrap nodes.
+    pub fn bootstrap(&self) -> &[SocketAddrV4] {
+        &self.inner.bootstrap
+    }
+
+    /// How many cores are joined.
+    pub fn topics(&self) -> usize {
+        lock(&self.inner.joined).len()
     }
 
     /// Stops every walk.

@@ -28,6 +28,9 @@ fn lifecycle_status_lock_permissions_and_stop() {
     assert_eq!(status["peerCount"], 0);
     assert_eq!(status["pid"], daemon.pid().unwrap());
     assert!(daemon.listen.starts_with("127.0.0.1:"), "{status}");
+    // No bootstrap nodes configured: no DHT.
+    assert_eq!(status["dhtAddress"], "", "{status}");
+    assert_eq!(status["swarmTopics"], 0, "{status}");
 
     // The socket and the master key are private to the user.
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

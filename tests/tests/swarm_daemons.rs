@@ -48,6 +48,15 @@ fn a_followed_drive_is_found_over_the_dht_and_read() {
     );
 
     let created = a.ctl_json(&["drive", "create"]).unwrap();
+    let status = a.ctl_json(&["status"]).unwrap();
+    assert_eq!(status["dhtAddress"], a.listen.as_str(), "{status}");
+    assert_eq!(status["dhtBootstrap"][0], node.addr.as_str(), "{status}");
+    assert_eq!(status["swarmTopics"], 1, "{status}");
+    let human = ok(&a, &["status"]);
+    assert!(
+        human.contains(&format!("on {}, bootstrapping from", a.listen)),
+        "{human}"
+    );
     let url = created["url"].as_str().unwrap().to_string();
     let file = tmp.path().join("hello.txt");
     std::fs::write(&file, "found over the DHT\n").unwrap();

@@ -35,6 +35,9 @@ impl daemon_server::Daemon for DaemonService {
             open_core_count: s.open_cores as u32,
             file_limit: s.file_limit,
             max_open_cores: s.max_open_cores as u32,
+            dht_address: s.dht_address.map(|a| a.to_string()).unwrap_or_default(),
+            dht_bootstrap: s.dht_bootstrap.iter().map(ToString::to_string).collect(),
+            swarm_topics: s.swarm_topics as u32,
         }))
     }
 
