@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hyperd/v1/cores.proto",
         "hyperd/v1/peers.proto",
         "hyperd/v1/drives.proto",
+        "hyperd/v1/swarm.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -13,6 +13,7 @@ use hyperd_proto::v1::cores_client::CoresClient;
 use hyperd_proto::v1::daemon_client::DaemonClient;
 use hyperd_proto::v1::drives_client::DrivesClient;
 use hyperd_proto::v1::peers_client::PeersClient;
+use hyperd_proto::v1::swarm_client::SwarmClient;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Response, Status};
@@ -135,6 +136,11 @@ impl Client {
     /// The `Peers` service.
     pub fn peers(&self) -> PeersClient<Channel> {
         PeersClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The `Swarm` service.
+    pub fn swarm(&self) -> SwarmClient<Channel> {
+        SwarmClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// The deadline of unary calls (`--timeout`).

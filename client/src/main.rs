@@ -65,6 +65,9 @@ enum Command {
     /// Peer connections
     #[command(subcommand, arg_required_else_help = true)]
     Peer(PeerCommand),
+    /// Discovery: the DHT and the drives and cores joined on it
+    #[command(subcommand, arg_required_else_help = true)]
+    Swarm(SwarmCommand),
     /// Run hyperd at login (systemd user service on Linux, launchd agent on macOS)
     #[command(subcommand, arg_required_else_help = true)]
     Service(ServiceCommand),
@@ -353,6 +356,13 @@ enum PeerCommand {
 }
 
 #[derive(Subcommand)]
+enum SwarmCommand {
+    /// The DHT's address and bootstrap nodes, and each drive and core joined with what
+    /// its last walk found
+    Status,
+}
+
+#[derive(Subcommand)]
 enum ServiceCommand {
     /// Write the service file (and with --now, enable and start it)
     Install {
@@ -487,6 +497,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Core(command) => core(&home()?, command, timeout, json).await,
         Command::Drive(command) => drive(&home()?, command, timeout, json).await,
         Command::Peer(command) => peer(&home()?, command, timeout, json).await,
+        Command::Swarm(SwarmCommand::Status) => {
+            let client = connect::connect(&home()?, timeout).await?;
+            hyperctl::swarm::status(&client, json).await
+        }
         Command::Service(ServiceCommand::Install { hyperd, now }) => {
             let options = service::InstallOptions {
                 hyperd: hyperd.as_deref(),

@@ -242,6 +242,11 @@ impl Daemon {
         })
     }
 
+    /// The DHT and the cores joined on it.
+    pub fn swarm_status(&self) -> crate::swarm::SwarmStatus {
+        self.inner.swarm.status()
+    }
+
     /// The cores.
     pub(crate) fn store(&self) -> &Corestore {
         &self.inner.store

@@ -34,6 +34,7 @@ pub use crate::drives::{DriveInfo, DriveLocation};
 pub use crate::error::{DaemonError, ErrorKind};
 pub use crate::network::NetworkLimits;
 pub use crate::peers::{Disconnected, Peer, PeerEvent, PeerSnapshot};
+pub use crate::swarm::{SwarmStatus, Walks};
 
 /// Starts the daemon, serves the API and runs until SIGTERM, SIGINT or a `Stop` request;
 /// then answers the running calls, closes the peers and every core, and removes the

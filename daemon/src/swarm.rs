@@ -35,8 +35,35 @@ struct Inner {
     bootstrap: Vec<SocketAddrV4>,
     network: Network,
     tasks: Tasks,
-    /// Per joined core key, the tasks of its walks.
-    joined: Mutex<HashMap<PublicKey, Tasks>>,
+    /// Per joined core key, the tasks of its walks and what they found.
+    joined: Mutex<HashMap<PublicKey, Joined>>,
+}
+
+struct Joined {
+    tasks: Tasks,
+    walks: Arc<Mutex<Walks>>,
+}
+
+/// What a topic's walks did so far.
+#[derive(Clone, Debug, Default)]
+pub struct Walks {
+    /// Walks finished.
+    pub count: u64,
+    /// Peers the last one found.
+    pub peers_found: usize,
+    /// Why the last one failed.
+    pub last_error: Option<String>,
+}
+
+/// The swarm as `hyperctl swarm status` shows it.
+#[derive(Clone, Debug)]
+pub struct SwarmStatus {
+    /// Where the DHT listens, if it runs.
+    pub dht_address: Option<SocketAddrV4>,
+    /// Its bootstrap nodes.
+    pub bootstrap: Vec<SocketAddrV4>,
+    /// Each core joined (sorted by key) and its walks.
+    pub topics: Vec<(PublicKey, Walks)>,
 }
 
 impl Swarm {
@@ -78,6 +105,20 @@ impl Swarm {
         })
     }
 
+    /// The DHT and every core joined, with its walks.
+    pub fn status(&self) -> SwarmStatus {
+        let mut topics: Vec<(PublicKey, Walks)> = lock(&self.inner.joined)
+            .iter()
+            .map(|(key, joined)| (*key, lock(&joined.walks).clone()))
+            .collect();
+        topics.sort_by_key(|(key, _)| key.to_hex());
+        SwarmStatus {
+            dht_address: self.dht_address(),
+            bootstrap: self.inner.bootstrap.clone(),
+            topics,
+        }
+    }
+
     /// Where the DHT listens, if it runs.
     pub fn dht_address(&self) -> Option<SocketAddrV4> {
         self.inner.dht.as_ref().map(|dht| dht.local_addr())
@@ -113,21 +154,29 @@ impl Swarm {
         let cancelled = tasks.cancelled();
         let network = self.inner.network.clone();
         let topic = Id(key.discovery_key().0);
+        let stats = Arc::new(Mutex::new(Walks::default()));
+        let recorded = stats.clone();
         tasks.spawn("announcing and looking up a topic", async move {
             tokio::select! {
                 () = cancelled => {}
-                () = walks(dht, network, topic) => {}
+                () = walks(dht, network, topic, recorded) => {}
             }
         });
-        joined.insert(key, tasks);
+        joined.insert(
+            key,
+            Joined {
+                tasks,
+                walks: stats,
+            },
+        );
     }
 
     /// Leaves the core `key`: its walks stop and its announcement is withdrawn.
     pub fn leave(&self, key: &PublicKey) {
-        let Some(tasks) = lock(&self.inner.joined).remove(key) else {
+        let Some(joined) = lock(&self.inner.joined).remove(key) else {
             return;
         };
-        tasks.cancel();
+        joined.tasks.cancel();
         if let Some(dht) = self.inner.dht.clone() {
             let topic = Id(key.discovery_key().0);
             self.inner
@@ -141,15 +190,28 @@ impl Swarm {
     }
 }
 
-/// Announces `topic` now and every 5 to 10 minutes, dialing the peers each walk finds.
-async fn walks(dht: Arc<Dht>, network: Network, topic: Id) {
+/// Announces `topic` now and every 5 to 10 minutes, dialing the peers each walk finds;
+/// records each walk in `stats`.
+async fn walks(dht: Arc<Dht>, network: Network, topic: Id, stats: Arc<Mutex<Walks>>) {
     loop {
         match dht.announce(topic).await {
             Ok(found) => {
+                {
+                    let mut stats = lock(&stats);
+                    stats.count += 1;
+                    stats.peers_found = found.len();
+                    stats.last_error = None;
+                }
                 let dials = found.into_iter().map(|peer| dial(&network, peer.addr));
                 futures::future::join_all(dials).await;
             }
-            Err(e) => tracing::debug!("swarm: walk for {topic:?}: {e}"),
+            Err(e) => {
+                tracing::debug!("swarm: walk for {topic:?}: {e}");
+                let mut stats = lock(&stats);
+                stats.count += 1;
+                stats.peers_found = 0;
+                stats.last_error = Some(e.to_string());
+            }
         }
         let pause = rand::thread_rng().gen_range(REWALK);
         tokio::time::sleep(pause).await;

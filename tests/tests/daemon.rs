@@ -31,6 +31,9 @@ fn lifecycle_status_lock_permissions_and_stop() {
     // No bootstrap nodes configured: no DHT.
     assert_eq!(status["dhtAddress"], "", "{status}");
     assert_eq!(status["swarmTopics"], 0, "{status}");
+    let swarm = daemon.ctl(&["swarm", "status"]).unwrap();
+    assert!(swarm.status.success());
+    assert!(String::from_utf8_lossy(&swarm.stdout).starts_with("no DHT"));
 
     // The socket and the master key are private to the user.
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

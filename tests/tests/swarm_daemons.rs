@@ -88,6 +88,17 @@ fn a_followed_drive_is_found_over_the_dht_and_read() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(text, "found over the DHT\n");
+    // B's walk found A: `swarm status` says so.
+    let key = created["key"].as_str().unwrap();
+    let swarm = b.ctl_json(&["swarm", "status"]).unwrap();
+    assert_eq!(swarm["dhtAddress"], b.listen.as_str(), "{swarm}");
+    let topic = &swarm["topics"][0];
+    assert_eq!(topic["key"], key, "{swarm}");
+    assert!(topic["walks"].as_u64().unwrap() >= 1, "{swarm}");
+    assert_eq!(topic["peersFound"], 1, "{swarm}");
+    assert_eq!(topic["lastError"], "", "{swarm}");
+    let human = ok(&b, &["swarm", "status"]);
+    assert!(human.contains("PEERS FOUND"), "{human}");
     let peers = b.ctl_json(&["peer", "ls"]).unwrap();
     assert!(
         peers.to_string().contains(&a.listen),

@@ -6,6 +6,7 @@ mod cores;
 mod daemon;
 mod drives;
 mod peers;
+mod swarm;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -21,6 +22,7 @@ use hyperd_proto::v1::cores_server::CoresServer;
 use hyperd_proto::v1::daemon_server::DaemonServer;
 use hyperd_proto::v1::drives_server::DrivesServer;
 use hyperd_proto::v1::peers_server::PeersServer;
+use hyperd_proto::v1::swarm_server::SwarmServer;
 use tokio::net::UnixListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -154,6 +156,9 @@ fn router(daemon: &Daemon, token: Option<String>) -> tonic::transport::server::R
     let drives = DrivesServer::new(drives::DrivesService::new(daemon.clone()))
         .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_REPLY);
+    let swarm = SwarmServer::new(swarm::SwarmService::new(daemon.clone()))
+        .max_decoding_message_size(MAX_REQUEST)
+        .max_encoding_message_size(MAX_REPLY);
     Server::builder()
         // Large appends and reads stream megabytes; HTTP/2's 64 KiB default windows would
         // stall them on round trips.
@@ -163,7 +168,8 @@ fn router(daemon: &Daemon, token: Option<String>) -> tonic::transport::server::R
         .add_service(InterceptedService::new(status, check.clone()))
         .add_service(InterceptedService::new(cores, check.clone()))
         .add_service(InterceptedService::new(peers, check.clone()))
-        .add_service(InterceptedService::new(drives, check))
+        .add_service(InterceptedService::new(drives, check.clone()))
+        .add_service(InterceptedService::new(swarm, check))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
