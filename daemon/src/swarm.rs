@@ -21,6 +21,9 @@ use crate::tasks::Tasks;
 
 /// The pause between two walks of a topic: uniform in this range, as hyperswarm.
 const REWALK: std::ops::Range<Duration> = Duration::from_secs(300)..Duration::from_secs(600);
+/// Walks under way at once: joining hundreds of drives (a start with many) queues their
+/// first walks instead of sending thousands of requests in one burst.
+const CONCURRENT_WALKS: usize = 4;
 /// How long dialing a found peer may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,6 +40,8 @@ struct Inner {
     tasks: Tasks,
     /// Per joined core key, the tasks of its walks and what they found.
     joined: Mutex<HashMap<PublicKey, Joined>>,
+    /// Permits to walk ([`CONCURRENT_WALKS`]).
+    walking: Arc<tokio::sync::Semaphore>,
 }
 
 struct Joined {
@@ -101,6 +106,7 @@ impl Swarm {
                 network,
                 tasks,
                 joined: Mutex::new(HashMap::new()),
+                walking: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_WALKS)),
             }),
         })
     }
@@ -156,10 +162,11 @@ impl Swarm {
         let topic = Id(key.discovery_key().0);
         let stats = Arc::new(Mutex::new(Walks::default()));
         let recorded = stats.clone();
+        let walking = self.inner.walking.clone();
         tasks.spawn("announcing and looking up a topic", async move {
             tokio::select! {
                 () = cancelled => {}
-                () = walks(dht, network, topic, recorded) => {}
+                () = walks(dht, network, topic, walking, recorded) => {}
             }
         });
         joined.insert(
@@ -190,11 +197,21 @@ impl Swarm {
     }
 }
 
-/// Announces `topic` now and every 5 to 10 minutes, dialing the peers each walk finds;
-/// records each walk in `stats`.
-async fn walks(dht: Arc<Dht>, network: Network, topic: Id, stats: Arc<Mutex<Walks>>) {
+/// Announces `topic` now (once a walk permit is free) and every 5 to 10 minutes, dialing
+/// the peers each walk finds; records each walk in `stats`.
+async fn walks(
+    dht: Arc<Dht>,
+    network: Network,
+    topic: Id,
+    walking: Arc<tokio::sync::Semaphore>,
+    stats: Arc<Mutex<Walks>>,
+) {
     loop {
-        match dht.announce(topic).await {
+        let walked = {
+            let _permit = walking.acquire().await;
+            dht.announce(topic).await
+        };
+        match walked {
             Ok(found) => {
                 {
                     let mut stats = lock(&stats);

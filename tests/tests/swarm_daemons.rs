@@ -135,3 +135,41 @@ fn a_followed_drive_is_found_over_the_dht_and_read() {
     }
     assert!(node.is_running());
 }
+
+/// A hundred drives joined at once (created one after another, then all rejoined at a
+/// restart) are all announced, a few walks at a time, each without error.
+#[test]
+fn many_drives_joined_at_once_are_all_announced() {
+    let node = BootstrapNode::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = daemon_with_bootstrap(&tmp.path().join("home"), &node.addr);
+    for _ in 0..100 {
+        ok(&d, &["drive", "create"]);
+    }
+    let all_walked = |d: &Daemon| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let swarm = d.ctl_json(&["swarm", "status"]).unwrap();
+            let topics = swarm["topics"].as_array().unwrap().clone();
+            let walked = topics
+                .iter()
+                .filter(|t| t["walks"].as_u64() >= Some(1))
+                .count();
+            if topics.len() == 100 && walked == 100 {
+                assert!(topics.iter().all(|t| t["lastError"] == ""), "{swarm}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{walked} of {} walked: {swarm}",
+                topics.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    all_walked(&d);
+    assert!(d.ctl(&["stop"]).unwrap().status.success());
+    d.wait_exit().unwrap();
+    d.restart().unwrap();
+    all_walked(&d);
+}
