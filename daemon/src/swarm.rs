@@ -235,10 +235,17 @@ async fn walks(
     }
 }
 
-/// Dials `addr` unless a connection to it is open.
+/// Dials `addr` unless it is our own listener or a connection to it is open (a node
+/// may name us to ourselves; the handshake would refuse it anyway, after a connection).
 async fn dial(network: &Network, addr: SocketAddrV4) {
+    let ours = network.local_addr();
+    let own = ours.is_some_and(|ours| {
+        ours.port() == addr.port()
+            && (ours.ip() == std::net::IpAddr::V4(*addr.ip())
+                || (ours.ip().is_unspecified() && addr.ip().is_loopback()))
+    });
     let addr = SocketAddr::V4(addr);
-    if network.peers().iter().any(|p| p.address == addr) {
+    if own || network.peers().iter().any(|p| p.address == addr) {
         return;
     }
     match network.dial(&addr.to_string(), DIAL_TIMEOUT).await {

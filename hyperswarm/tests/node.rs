@@ -238,3 +238,23 @@ fn find_node_lists_the_closest_persistent_nodes_and_never_ephemeral_ones() {
     find.target = Some(Bytes::from_static(b"short"));
     assert!(node.receive(&find.encode(), addr(1, 1001)).0.is_empty());
 }
+
+#[test]
+fn a_routing_table_flooded_with_made_up_ids_stays_bounded_and_keeps_answering() {
+    use hyperswarm::node::MAX_CONTACTS;
+    let mut node = Node::new(Some(Id([0; 32])), [7; 32]);
+    for i in 0..(MAX_CONTACTS as u32 + 6_000) {
+        let mut ping = request(MessageType::Query, u64::from(i), "_ping");
+        let mut id = [0xee; 32];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        ping.id = Some(Bytes::copy_from_slice(&id));
+        node.receive(&ping.encode(), addr(9, 1 + (i % 60_000) as u16));
+    }
+    assert_eq!(node.contacts(), MAX_CONTACTS);
+    // The latest ids are kept (the least recently heard ones went) and answers go on.
+    let mut find = request(MessageType::Query, 5, "_find_node");
+    find.target = Some(Bytes::copy_from_slice(&[0xee; 32]));
+    let (_, answer, _) = one(node.receive(&find.encode(), addr(1, 1001)));
+    let nodes = compact::decode_nodes(&answer.closer_nodes.unwrap()).unwrap();
+    assert_eq!(nodes.len(), 20);
+}

@@ -173,3 +173,84 @@ fn many_drives_joined_at_once_are_all_announced() {
     d.restart().unwrap();
     all_walked(&d);
 }
+
+/// A DHT node that lies: every `peers` answer names the daemon itself, a closed port and
+/// addresses where nothing listens. The daemon records the walk, dials none of them
+/// successfully, connects to nobody, and keeps serving.
+#[test]
+fn fake_peers_answers_are_survived() {
+    use hyperswarm::compact::encode_peers;
+    use hyperswarm::{Message, MessageType, PeersOutput};
+    use prost::Message as _;
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+
+    let liar = UdpSocket::bind("127.0.0.2:0").unwrap();
+    liar.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let liar_addr = liar.local_addr().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon_with_bootstrap(&tmp.path().join("home"), &liar_addr);
+    let own: SocketAddrV4 = d.listen.parse().unwrap();
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            unreachable!()
+        };
+        addr
+    };
+    let nowhere = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 77), 9);
+    let lies = PeersOutput {
+        peers: Some(encode_peers(&[own, closed, nowhere]).into()),
+        local_peers: None,
+    }
+    .encode_to_vec();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let answering = std::thread::spawn(move || {
+        let mut answered = 0;
+        let mut buf = [0; 2048];
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((len, from)) = liar.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(request) = Message::decode(&buf[..len]) else {
+                continue;
+            };
+            let answer = Message {
+                version: Some(1),
+                kind: MessageType::Response,
+                rid: request.rid,
+                to: None,
+                id: Some(vec![0x42; 32].into()),
+                target: None,
+                closer_nodes: Some(vec![].into()),
+                roundtrip_token: Some(vec![0x24; 32].into()),
+                command: None,
+                error: None,
+                value: Some(lies.clone().into()),
+            };
+            liar.send_to(&answer.encode(), from).unwrap();
+            answered += 1;
+        }
+        answered
+    });
+    ok(&d, &["drive", "create"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let swarm = d.ctl_json(&["swarm", "status"]).unwrap();
+        let topic = &swarm["topics"][0];
+        if topic["walks"].as_u64() >= Some(1) {
+            assert_eq!(topic["peersFound"], 3, "{swarm}");
+            assert_eq!(topic["lastError"], "", "{swarm}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no walk: {swarm}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(answering.join().unwrap() >= 2, "the query and the update");
+    let peers = d.ctl_json(&["peer", "ls"]).unwrap();
+    assert_eq!(peers["peers"].as_array().unwrap().len(), 0, "{peers}");
+    assert!(!d.log().contains("connected to ourselves"), "{}", d.log());
+    assert!(d.ctl(&["status"]).unwrap().status.success());
+}
