@@ -124,9 +124,10 @@ pub struct Config {
     /// Address for peer (replication) connections; `""` disables listening. The DHT uses
     /// the same port over UDP.
     pub listen: String,
-    /// DHT bootstrap nodes (hyperswarm 2 / dht-rpc 4, IPv4 `HOST:PORT`); empty: no DHT,
-    /// peers come from `peer connect` only.
-    pub bootstrap: Vec<std::net::SocketAddrV4>,
+    /// DHT bootstrap nodes (hyperswarm 2 / dht-rpc 4): `HOST:PORT` with an IPv4 address
+    /// or a name resolved at start, or a bare port for `127.0.0.1:PORT` (as JS); empty:
+    /// no DHT, peers come from `peer connect` only.
+    pub bootstrap: Vec<String>,
     /// Most incoming peer connections at once (handshaking or open); when full, a new one
     /// takes the place of one still handshaking or replicating nothing, or is refused.
     pub max_peers: usize,
@@ -182,7 +183,8 @@ pub const DOCUMENTED_DEFAULTS: &str = r#"# hyperd configuration. Every setting i
 # With bootstrap nodes, the DHT uses the same port over UDP.
 listen = "0.0.0.0:3282"
 
-# DHT bootstrap nodes (hyperswarm 2 / dht-rpc 4), as IPv4 "HOST:PORT" entries. Every
+# DHT bootstrap nodes (hyperswarm 2 / dht-rpc 4), as "HOST:PORT" entries (an IPv4
+# address or a name, resolved at start; a bare port means 127.0.0.1). Every
 # drive held and core followed is then announced and looked up on the DHT under its
 # discovery key, and the peers found are dialed. Empty: no DHT (peers come from
 # `hyperctl peer connect`). `hyperd bootstrap` runs a bootstrap node of your own.
@@ -256,6 +258,11 @@ impl Config {
                 self.listen
             )));
         }
+        for entry in &self.bootstrap {
+            if let Err(reason) = bootstrap_entry(entry) {
+                return Err(invalid(format!("bootstrap entry {entry:?} {reason}")));
+            }
+        }
         for (name, value) in [
             ("max_peers", self.max_peers),
             ("max_peers_per_ip", self.max_peers_per_ip),
@@ -276,6 +283,14 @@ impl Config {
         Ok(())
     }
 
+    /// The bootstrap entries as (host, port) to resolve; `validate` checked them.
+    pub fn bootstrap_hosts(&self) -> Vec<(String, u16)> {
+        self.bootstrap
+            .iter()
+            .filter_map(|e| bootstrap_entry(e).ok())
+            .collect()
+    }
+
     /// The corestore's directory.
     pub fn storage_dir(&self, home: &Home) -> PathBuf {
         match &self.storage {
@@ -285,10 +300,52 @@ impl Config {
     }
 }
 
+/// A bootstrap entry as host and port: `HOST:PORT`, or a bare port on 127.0.0.1.
+pub fn bootstrap_entry(entry: &str) -> Result<(String, u16), &'static str> {
+    let entry = entry.trim();
+    if let Ok(port) = entry.parse::<u16>() {
+        return Ok(("127.0.0.1".into(), port));
+    }
+    let (host, port) = entry.rsplit_once(':').ok_or("is not HOST:PORT or a port")?;
+    let port: u16 = port.parse().map_err(|_| "has no valid port")?;
+    if host.is_empty() || port == 0 || host.contains(['/', ' ', '[', ']']) {
+        return Err("is not HOST:PORT with an IPv4 address or a name");
+    }
+    Ok((host.to_string(), port))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn bootstrap_entries_are_addresses_names_or_ports() {
+        assert_eq!(
+            bootstrap_entry("10.0.0.1:49737"),
+            Ok(("10.0.0.1".into(), 49737))
+        );
+        assert_eq!(
+            bootstrap_entry("bootstrap1.hyperdht.org:49737"),
+            Ok(("bootstrap1.hyperdht.org".into(), 49737))
+        );
+        assert_eq!(bootstrap_entry("4000"), Ok(("127.0.0.1".into(), 4000)));
+        for bad in [
+            "",
+            "host",
+            "host:",
+            "host:70000",
+            ":80",
+            "[::1]:80",
+            "a b:1",
+            "x:0",
+        ] {
+            assert!(bootstrap_entry(bad).is_err(), "{bad:?}");
+        }
+        let text = "bootstrap = [\"nowhere\"]";
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("nowhere"), "{err}");
+    }
 
     #[test]
     fn documented_defaults_are_the_defaults() {

@@ -22,8 +22,8 @@ struct Args {
     /// Address for peer connections, overriding the configuration ("" disables).
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
-    /// DHT bootstrap nodes, overriding the configuration: comma-separated IPv4
-    /// HOST:PORT entries ("" for none: no DHT).
+    /// DHT bootstrap nodes, overriding the configuration: comma-separated HOST:PORT
+    /// entries, IPv4 addresses or names ("" for none: no DHT).
     #[arg(long, value_name = "HOST:PORT,...")]
     bootstrap: Option<String>,
     /// Print the default configuration, with every setting explained, and exit.
@@ -86,13 +86,11 @@ fn run() -> anyhow::Result<()> {
     if let Some(bootstrap) = args.bootstrap {
         config.bootstrap = bootstrap
             .split(',')
-            .filter(|s| !s.trim().is_empty())
-            .map(|s| {
-                s.trim()
-                    .parse()
-                    .with_context(|| format!("--bootstrap: {s:?} is not an IPv4 HOST:PORT"))
-            })
-            .collect::<anyhow::Result<_>>()?;
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        config.validate(std::path::Path::new("--bootstrap"))?;
     }
     init_logging(&config.log_level);
     // Everything hyperd creates (blocks, keys, state) is private to its user, whatever

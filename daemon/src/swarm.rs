@@ -75,19 +75,20 @@ impl Swarm {
     /// Binds the DHT next to the peer listener, unless no bootstrap node is configured
     /// or nothing listens; its tasks run under `tasks`.
     pub async fn start(config: &Config, network: Network, tasks: Tasks) -> anyhow::Result<Swarm> {
+        let bootstrap = resolve(&config.bootstrap_hosts()).await;
         let dht = match (config.bootstrap.is_empty(), network.local_addr()) {
             (true, _) => {
                 tracing::info!("no DHT bootstrap nodes configured: peers come from `peer connect`");
                 None
             }
             (false, Some(SocketAddr::V4(addr))) => {
-                let dht = Dht::bind(addr, config.bootstrap.clone())
+                let dht = Dht::bind(addr, bootstrap.clone())
                     .await
                     .map_err(|e| anyhow::anyhow!("starting the DHT on {addr}: {e}"))?;
                 tracing::info!(
                     "DHT on {}, bootstrapping from {}",
                     dht.local_addr(),
-                    list(&config.bootstrap)
+                    list(&bootstrap)
                 );
                 Some(Arc::new(dht))
             }
@@ -102,7 +103,7 @@ impl Swarm {
         Ok(Swarm {
             inner: Arc::new(Inner {
                 dht,
-                bootstrap: config.bootstrap.clone(),
+                bootstrap,
                 network,
                 tasks,
                 joined: Mutex::new(HashMap::new()),
@@ -252,6 +253,31 @@ async fn dial(network: &Network, addr: SocketAddrV4) {
         Ok((peer, _)) => tracing::info!("swarm: connected to {addr} ({})", peer.address),
         Err(e) => tracing::debug!("swarm: dialing {addr}: {e}"),
     }
+}
+
+/// The IPv4 addresses of the bootstrap entries (the Dat2 DHT is IPv4 only); an entry
+/// that does not resolve is logged and left out.
+async fn resolve(hosts: &[(String, u16)]) -> Vec<SocketAddrV4> {
+    let mut addrs: Vec<SocketAddrV4> = Vec::new();
+    for (host, port) in hosts {
+        match tokio::net::lookup_host((host.as_str(), *port)).await {
+            Ok(found) => {
+                let before = addrs.len();
+                for addr in found {
+                    if let SocketAddr::V4(addr) = addr {
+                        if !addrs.contains(&addr) {
+                            addrs.push(addr);
+                        }
+                    }
+                }
+                if addrs.len() == before {
+                    tracing::warn!("DHT bootstrap node {host}:{port} has no IPv4 address");
+                }
+            }
+            Err(e) => tracing::warn!("DHT bootstrap node {host}:{port} does not resolve: {e}"),
+        }
+    }
+    addrs
 }
 
 fn list(addrs: &[SocketAddrV4]) -> String {

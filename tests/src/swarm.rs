@@ -20,8 +20,13 @@ impl BootstrapNode {
     /// Starts one on 127.0.0.2 and a free port: not 127.0.0.1, since Dat2 networkers
     /// ignore peers there (spec §8) and peers on 127.0.0.1 then see another address.
     pub fn start() -> Result<BootstrapNode> {
+        BootstrapNode::start_on("127.0.0.2")
+    }
+
+    /// Starts one on `host` (an IPv4 address) and a free port.
+    pub fn start_on(host: &str) -> Result<BootstrapNode> {
         let mut child = Command::new(bin("hyperd")?)
-            .args(["bootstrap", "--listen", "127.0.0.2:0"])
+            .args(["bootstrap", "--listen", &format!("{host}:0")])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

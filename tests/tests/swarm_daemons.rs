@@ -254,3 +254,30 @@ fn fake_peers_answers_are_survived() {
     assert!(!d.log().contains("connected to ourselves"), "{}", d.log());
     assert!(d.ctl(&["status"]).unwrap().status.success());
 }
+
+/// Bootstrap entries may be names, resolved at start (the Dat2 DHT takes their IPv4
+/// addresses).
+#[test]
+fn a_bootstrap_node_given_by_name_is_resolved_and_used() {
+    let node = BootstrapNode::start_on("127.0.0.1").unwrap();
+    let port = node.addr.rsplit(':').next().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon_with_bootstrap(&tmp.path().join("home"), &format!("localhost:{port}"));
+    ok(&d, &["drive", "create"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let swarm = d.ctl_json(&["swarm", "status"]).unwrap();
+        assert_eq!(
+            swarm["bootstrap"][0],
+            format!("127.0.0.1:{port}"),
+            "{swarm}"
+        );
+        let topic = &swarm["topics"][0];
+        if topic["walks"].as_u64() >= Some(1) {
+            assert_eq!(topic["lastError"], "", "{swarm}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no walk: {swarm}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
