@@ -101,20 +101,25 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Restarts the daemon on the same home and port after it has exited.
+    /// Restarts the daemon on the same home and port: stops it first (SIGTERM) if it
+    /// still runs.
     pub fn restart(&mut self) -> Result<()> {
         self.restart_limited(None)
     }
 
-    /// Restarts the daemon on the same home and port, with an open-file limit if given.
+    /// Restarts the daemon on the same home and port, with an open-file limit if given
+    /// (stopping it first if it still runs).
     pub fn restart_limited(&mut self, nofile: Option<u64>) -> Result<()> {
+        if self.child.is_some() {
+            // Whatever its exit status (it may have been stopped already), it is gone.
+            self.signal_and_wait(15)?;
+        }
         let dir = self._dir.take();
         let listen = self.listen.clone();
         let mut next = Daemon::start_limited(&self.home, &listen, nofile)?;
         next._dir = dir;
+        // `next` becomes the old daemon, which has exited: dropping it kills nothing.
         std::mem::swap(self, &mut next);
-        // `next` is the old, exited daemon: nothing left to kill.
-        next.child = None;
         Ok(())
     }
 
@@ -126,7 +131,19 @@ impl Daemon {
                     bail!("hyperd exited at start ({status}):\n{}", self.log());
                 }
             }
-            if self.ctl(&["status"])?.status.success() {
+            let status = self.ctl(&["--json", "status"])?;
+            if status.status.success() {
+                // Answered by this child, not by another daemon still on the home.
+                let pid = serde_json::from_slice::<serde_json::Value>(&status.stdout)
+                    .ok()
+                    .and_then(|s| s["pid"].as_u64());
+                let ours = self.child.as_ref().map(|c| u64::from(c.id()));
+                if pid != ours {
+                    bail!(
+                        "another hyperd (pid {pid:?}) answers on {}",
+                        self.home.display()
+                    );
+                }
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
