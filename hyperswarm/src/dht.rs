@@ -177,27 +177,7 @@ impl Dht {
     pub async fn lookup(&self, topic: Id) -> Result<Vec<FoundPeer>, DhtError> {
         let value = PeersInput::default().encode_to_vec();
         let replies = self.walk("peers", topic, value.into(), Walk::Query).await?;
-        let mut found = Vec::new();
-        let mut seen = HashSet::new();
-        for reply in replies {
-            let output = reply
-                .message
-                .value
-                .and_then(|v| PeersOutput::decode(v).ok())
-                .and_then(|o| o.peers);
-            let Some(Ok(peers)) = output.map(|p| compact::decode_peers(&p)) else {
-                continue;
-            };
-            for addr in peers {
-                if seen.insert(addr) {
-                    found.push(FoundPeer {
-                        addr,
-                        referrer: reply.from,
-                    });
-                }
-            }
-        }
-        Ok(found)
+        Ok(found_peers(replies))
     }
 
     /// Announces this socket's address under `topic`: nodes store the port it sends
@@ -216,21 +196,7 @@ impl Dht {
                 Walk::QueryAndUpdate,
             )
             .await?;
-        let mut found = Vec::new();
-        for reply in replies {
-            let peers = reply
-                .message
-                .value
-                .and_then(|v| PeersOutput::decode(v).ok())
-                .and_then(|o| o.peers)
-                .and_then(|p| compact::decode_peers(&p).ok())
-                .unwrap_or_default();
-            found.extend(peers.into_iter().map(|addr| FoundPeer {
-                addr,
-                referrer: reply.from,
-            }));
-        }
-        Ok(found)
+        Ok(found_peers(replies))
     }
 
     /// Withdraws the announcement of this socket's address under `topic`.
@@ -363,6 +329,30 @@ impl Dht {
     }
 }
 
+/// The peers `peers` answers name, each once, with the node that named it first.
+fn found_peers(replies: Vec<Reply>) -> Vec<FoundPeer> {
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    for reply in replies {
+        let peers = reply
+            .message
+            .value
+            .and_then(|v| PeersOutput::decode(v).ok())
+            .and_then(|o| o.peers)
+            .and_then(|p| compact::decode_peers(&p).ok())
+            .unwrap_or_default();
+        for addr in peers {
+            if seen.insert(addr) {
+                found.push(FoundPeer {
+                    addr,
+                    referrer: reply.from,
+                });
+            }
+        }
+    }
+    found
+}
+
 /// A request of `command` about `target` (its rid is set when sent).
 fn request(kind: MessageType, command: &str, target: Id) -> Message {
     Message {
@@ -443,7 +433,7 @@ async fn serve(socket: UdpSocket, mut node: Node, mut commands: mpsc::Receiver<C
                 let Ok(message) = Message::decode(datagram) else { continue };
                 if message.kind != MessageType::Response {
                     if limit.allow(*from.ip(), std::time::Instant::now()) {
-                        let (answers, _) = node.receive(datagram, from);
+                        let (answers, _) = node.handle(message, from);
                         for answer in answers {
                             let _ = socket.send_to(&answer.datagram, answer.to).await;
                         }
@@ -451,7 +441,7 @@ async fn serve(socket: UdpSocket, mut node: Node, mut commands: mpsc::Receiver<C
                     continue;
                 }
                 // Responses update the routing table.
-                node.receive(datagram, from);
+                node.handle(message.clone(), from);
                 // Matched by rid alone, as dht-rpc does.
                 if let Some(request) = pending.remove(&message.rid) {
                     let _ = request.reply.send(Ok(Reply { from, message }));

@@ -129,9 +129,18 @@ impl Node {
         datagram: &[u8],
         from: SocketAddrV4,
     ) -> (Vec<Outgoing>, Option<NodeEvent>) {
-        let Ok(message) = Message::decode(datagram) else {
-            return (Vec::new(), None);
-        };
+        match Message::decode(datagram) {
+            Ok(message) => self.handle(message, from),
+            Err(_) => (Vec::new(), None),
+        }
+    }
+
+    /// [`Self::receive`] for a message already decoded.
+    pub fn handle(
+        &mut self,
+        message: Message,
+        from: SocketAddrV4,
+    ) -> (Vec<Outgoing>, Option<NodeEvent>) {
         if from.port() == 0 || message.id.as_ref().is_some_and(|id| id.len() != 32) {
             return (Vec::new(), None);
         }

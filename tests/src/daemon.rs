@@ -172,6 +172,22 @@ impl Daemon {
             .context("running hyperctl")
     }
 
+    /// Runs `hyperctl args…`, which must succeed; returns its stdout (an error names the
+    /// command, its stderr and the daemon's log).
+    pub fn ctl_ok(&self, args: &[&str]) -> Result<Vec<u8>> {
+        let out = self.ctl(args)?;
+        if !out.status.success() {
+            bail!(
+                "hyperctl {} failed ({}): {}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+        }
+        Ok(out.stdout)
+    }
+
     /// Runs `hyperctl --json args…`, which must succeed, and parses its output.
     pub fn ctl_json(&self, args: &[&str]) -> Result<serde_json::Value> {
         let mut all = vec!["--json"];

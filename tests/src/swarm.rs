@@ -1,11 +1,38 @@
-//! A `hyperd bootstrap` DHT node for swarm tests, on a loopback address.
+//! Swarm tests' pieces: a `hyperd bootstrap` DHT node on a loopback address, daemons
+//! that bootstrap from it, and reads that wait for the DHT to find a peer.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::daemon::bin;
+use crate::daemon::{bin, Daemon};
+
+/// A daemon on `home` listening on `listen` whose `config.toml` names `bootstrap` as its
+/// only DHT bootstrap node.
+pub fn daemon_with_bootstrap(home: &Path, bootstrap: &str, listen: &str) -> Result<Daemon> {
+    std::fs::create_dir_all(home)?;
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::write(
+        home.join("config.toml"),
+        format!("bootstrap = [\"{bootstrap}\"]\n"),
+    )?;
+    Daemon::start_in(home, listen)
+}
+
+/// The bytes of `url` read on `daemon` once they can be: a followed drive is readable
+/// once the DHT walk has found and dialed a peer and its first blocks came. Panics
+/// after 30 s.
+pub fn cat_eventually(daemon: &Daemon, url: &str) -> Vec<u8> {
+    crate::eventually(
+        Duration::from_secs(30),
+        &format!("{url} to be read"),
+        || daemon.ctl_ok(&["drive", "cat", url]).ok(),
+    )
+}
 
 /// A `hyperd bootstrap` child process, killed when dropped.
 pub struct BootstrapNode {

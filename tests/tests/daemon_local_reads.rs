@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::FileExt;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use hyperd_proto::v1::drives_client::DrivesClient;
@@ -22,13 +21,7 @@ fn text(bytes: &[u8]) -> String {
 
 /// Runs `hyperctl args…` on `daemon`, which must succeed; returns stdout.
 fn ok(daemon: &Daemon, args: &[&str]) -> Vec<u8> {
-    let out: Output = daemon.ctl(args).unwrap();
-    assert!(
-        out.status.success(),
-        "hyperctl {args:?} failed: {}",
-        text(&out.stderr)
-    );
-    out.stdout
+    daemon.ctl_ok(args).unwrap()
 }
 
 fn at(key: &str, path: &str) -> Option<Location> {

@@ -4,42 +4,37 @@
 //! configuration file. After both restart they find each other again.
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyperd_tests::daemon::Daemon;
-use hyperd_tests::swarm::BootstrapNode;
+use hyperd_tests::eventually;
+use hyperd_tests::swarm::{cat_eventually, daemon_with_bootstrap, BootstrapNode};
+use serde_json::Value;
 
-/// A daemon whose `config.toml` names `bootstrap` as its only DHT bootstrap node.
-fn daemon_with_bootstrap(home: &Path, bootstrap: &str) -> Daemon {
-    std::fs::create_dir_all(home).unwrap();
-    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::write(
-        home.join("config.toml"),
-        format!("bootstrap = [\"{bootstrap}\"]\n"),
-    )
-    .unwrap();
-    Daemon::start_in(home, "127.0.0.1:0").unwrap()
+/// A daemon on 127.0.0.1 bootstrapping from `bootstrap` alone.
+fn daemon(home: &Path, bootstrap: &str) -> Daemon {
+    daemon_with_bootstrap(home, bootstrap, "127.0.0.1:0").unwrap()
 }
 
 fn ok(daemon: &Daemon, args: &[&str]) -> String {
-    let out = daemon.ctl(args).unwrap();
-    assert!(
-        out.status.success(),
-        "hyperctl {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8(daemon.ctl_ok(args).unwrap()).unwrap()
+}
+
+/// `swarm status` once the first joined core has been walked.
+fn first_walk(daemon: &Daemon) -> Value {
+    eventually(Duration::from_secs(20), "a walk", || {
+        let swarm = daemon.ctl_json(&["swarm", "status"]).unwrap();
+        (swarm["topics"][0]["walks"].as_u64() >= Some(1)).then_some(swarm)
+    })
 }
 
 #[test]
 fn a_followed_drive_is_found_over_the_dht_and_read() {
     let mut node = BootstrapNode::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut a = daemon_with_bootstrap(&tmp.path().join("a"), &node.addr);
-    let mut b = daemon_with_bootstrap(&tmp.path().join("b"), &node.addr);
+    let mut a = daemon(&tmp.path().join("a"), &node.addr);
+    let mut b = daemon(&tmp.path().join("b"), &node.addr);
     assert!(
         a.log()
             .contains(&format!("bootstrapping from {}", node.addr)),
@@ -73,21 +68,8 @@ fn a_followed_drive_is_found_over_the_dht_and_read() {
     ok(&b, &["drive", "follow", &url]);
     // No `peer connect`: the file is there once the DHT walk has found and dialed A
     // and the drive's first blocks came (a read before that finds nothing yet).
-    let hello = format!("{url}/hello.txt");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let out = b.ctl(&["drive", "cat", &hello]).unwrap();
-        if out.status.success() {
-            break String::from_utf8(out.stdout).unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never read over the DHT:\n{}",
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(text, "found over the DHT\n");
+    let text = cat_eventually(&b, &format!("{url}/hello.txt"));
+    assert_eq!(text, b"found over the DHT\n");
     // B's walk found A: `swarm status` says so.
     let key = created["key"].as_str().unwrap();
     let swarm = b.ctl_json(&["swarm", "status"]).unwrap();
@@ -122,17 +104,8 @@ fn a_followed_drive_is_found_over_the_dht_and_read() {
             &format!("{url}/later.txt"),
         ],
     );
-    let later = format!("{url}/later.txt");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = b.ctl(&["drive", "cat", &later]).unwrap();
-        if out.status.success() {
-            assert_eq!(out.stdout, b"after a restart\n");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not found again:\n{}", b.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let later = cat_eventually(&b, &format!("{url}/later.txt"));
+    assert_eq!(later, b"after a restart\n");
     assert!(node.is_running());
 }
 
@@ -142,30 +115,22 @@ fn a_followed_drive_is_found_over_the_dht_and_read() {
 fn many_drives_joined_at_once_are_all_announced() {
     let node = BootstrapNode::start().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let mut d = daemon_with_bootstrap(&tmp.path().join("home"), &node.addr);
+    let mut d = daemon(&tmp.path().join("home"), &node.addr);
     for _ in 0..100 {
         ok(&d, &["drive", "create"]);
     }
     let all_walked = |d: &Daemon| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let swarm = eventually(Duration::from_secs(60), "100 drives walked", || {
             let swarm = d.ctl_json(&["swarm", "status"]).unwrap();
-            let topics = swarm["topics"].as_array().unwrap().clone();
+            let topics = swarm["topics"].as_array().unwrap();
             let walked = topics
                 .iter()
                 .filter(|t| t["walks"].as_u64() >= Some(1))
                 .count();
-            if topics.len() == 100 && walked == 100 {
-                assert!(topics.iter().all(|t| t["lastError"] == ""), "{swarm}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{walked} of {} walked: {swarm}",
-                topics.len()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            (topics.len() == 100 && walked == 100).then_some(swarm)
+        });
+        let topics = swarm["topics"].as_array().unwrap();
+        assert!(topics.iter().all(|t| t["lastError"] == ""), "{swarm}");
     };
     all_walked(&d);
     assert!(d.ctl(&["stop"]).unwrap().status.success());
@@ -189,7 +154,7 @@ fn fake_peers_answers_are_survived() {
         .unwrap();
     let liar_addr = liar.local_addr().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
-    let d = daemon_with_bootstrap(&tmp.path().join("home"), &liar_addr);
+    let d = daemon(&tmp.path().join("home"), &liar_addr);
     let own: SocketAddrV4 = d.listen.parse().unwrap();
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -235,18 +200,9 @@ fn fake_peers_answers_are_survived() {
         answered
     });
     ok(&d, &["drive", "create"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let swarm = d.ctl_json(&["swarm", "status"]).unwrap();
-        let topic = &swarm["topics"][0];
-        if topic["walks"].as_u64() >= Some(1) {
-            assert_eq!(topic["peersFound"], 3, "{swarm}");
-            assert_eq!(topic["lastError"], "", "{swarm}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no walk: {swarm}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let swarm = first_walk(&d);
+    assert_eq!(swarm["topics"][0]["peersFound"], 3, "{swarm}");
+    assert_eq!(swarm["topics"][0]["lastError"], "", "{swarm}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(answering.join().unwrap() >= 2, "the query and the update");
     let peers = d.ctl_json(&["peer", "ls"]).unwrap();
@@ -262,22 +218,13 @@ fn a_bootstrap_node_given_by_name_is_resolved_and_used() {
     let node = BootstrapNode::start_on("127.0.0.1").unwrap();
     let port = node.addr.rsplit(':').next().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let d = daemon_with_bootstrap(&tmp.path().join("home"), &format!("localhost:{port}"));
+    let d = daemon(&tmp.path().join("home"), &format!("localhost:{port}"));
     ok(&d, &["drive", "create"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let swarm = d.ctl_json(&["swarm", "status"]).unwrap();
-        assert_eq!(
-            swarm["bootstrap"][0],
-            format!("127.0.0.1:{port}"),
-            "{swarm}"
-        );
-        let topic = &swarm["topics"][0];
-        if topic["walks"].as_u64() >= Some(1) {
-            assert_eq!(topic["lastError"], "", "{swarm}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no walk: {swarm}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let swarm = first_walk(&d);
+    assert_eq!(
+        swarm["bootstrap"][0],
+        format!("127.0.0.1:{port}"),
+        "{swarm}"
+    );
+    assert_eq!(swarm["topics"][0]["lastError"], "", "{swarm}");
 }

@@ -5,25 +5,16 @@
 //! drive JS created and reads its file.
 #![allow(clippy::unwrap_used)]
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use hyperd_tests::daemon::Daemon;
 use hyperd_tests::js_peer::JsPeer;
-use hyperd_tests::swarm::BootstrapNode;
+use hyperd_tests::swarm::{cat_eventually, daemon_with_bootstrap, BootstrapNode};
 
 /// A daemon on 127.0.0.3 (a JS peer on 127.0.0.1 then dials another address than its
 /// own) whose only DHT bootstrap node is `bootstrap`.
 fn daemon(home: &Path, bootstrap: &str) -> Daemon {
-    std::fs::create_dir_all(home).unwrap();
-    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::write(
-        home.join("config.toml"),
-        format!("bootstrap = [\"{bootstrap}\"]\n"),
-    )
-    .unwrap();
-    Daemon::start_in(home, "127.0.0.3:0").unwrap()
+    daemon_with_bootstrap(home, bootstrap, "127.0.0.3:0").unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,18 +75,7 @@ async fn hyperd_follows_and_reads_a_drive_a_js_swarm_peer_announced() {
     let d = daemon(&tmp.path().join("home"), &node.addr);
     let url = format!("hyper://{key}");
     assert!(d.ctl(&["drive", "follow", &url]).unwrap().status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let out = d.ctl(&["drive", "cat", &format!("{url}/g.txt")]).unwrap();
-        if out.status.success() {
-            break String::from_utf8(out.stdout).unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never read over the DHT:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(text, "from js");
+    let g = format!("{url}/g.txt");
+    let text = tokio::task::block_in_place(|| cat_eventually(&d, &g));
+    assert_eq!(text, b"from js");
 }

@@ -170,11 +170,13 @@ impl Groups {
         let Some(group) = self.gathering.take() else {
             return Ok(());
         };
-        let files: Vec<PathBuf> = group
+        let files: Vec<(PathBuf, u64)> = group
             .members
             .iter()
-            .filter(|m| m.stat.is_none())
-            .map(|m| m.entry.path.clone())
+            .filter_map(|m| match (&m.stat, &m.entry.kind) {
+                (None, LocalKind::File { size }) => Some((m.entry.path.clone(), *size)),
+                _ => None,
+            })
             .collect();
         let read = tokio::task::spawn_blocking(move || read_group(&files));
         if let Some(before) = self.reading.replace(Reading { group, read }) {
@@ -350,21 +352,21 @@ impl Drive {
     }
 }
 
-/// Reads the files at `paths` into blocks as a write cuts them, each file's blocks
-/// together (an empty file is one empty block, as in JS), and hashes them all at once.
-fn read_group(paths: &[PathBuf]) -> Result<GroupRead, Error> {
+/// Reads the files at `paths` (with the sizes the walk listed) into blocks as a write
+/// cuts them, each file's blocks together (an empty file is one empty block, as in JS),
+/// and hashes them all at once.
+fn read_group(paths: &[(PathBuf, u64)]) -> Result<GroupRead, Error> {
     let mut blocks = Vec::new();
     let mut files = Vec::with_capacity(paths.len());
     let mut total = 0u64;
-    for path in paths {
+    for (path, listed) in paths {
         if total > GROUP_READ_LIMIT {
             files.push(None);
             continue;
         }
         let file = open_regular(path)?;
-        let listed = file.metadata().map_or(0, |m| m.len()).min(GROUP_FILE);
         // One allocation of the file's size, cut into blocks without copying.
-        let mut data = Vec::with_capacity(listed as usize + 1);
+        let mut data = Vec::with_capacity((*listed).min(GROUP_FILE) as usize + 1);
         file.take(GROUP_FILE + 1)
             .read_to_end(&mut data)
             .map_err(local(path))?;
@@ -407,13 +409,13 @@ mod tests {
     fn a_group_read_cuts_files_into_blocks_and_leaves_out_grown_ones() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let sizes = [MAX_BLOCK * 2 + 7, 0, GROUP_FILE as usize + 1, 10];
-        let paths: Vec<PathBuf> = sizes
+        let paths: Vec<(PathBuf, u64)> = sizes
             .iter()
             .enumerate()
             .map(|(i, &size)| {
                 let path = dir.path().join(i.to_string());
                 std::fs::write(&path, vec![i as u8 + 1; size]).expect("a file");
-                path
+                (path, size as u64)
             })
             .collect();
         let read = read_group(&paths).expect("read");
