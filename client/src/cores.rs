@@ -9,7 +9,7 @@ use anyhow::Context;
 use hyperd_proto::v1::{
     AppendRequest, AppendResponse, AppendStreamRequest, AuditRequest, ClearRequest, CoreInfo,
     CreateRequest, DownloadRequest, FollowRequest, GetRequest, InfoRequest, ListRequest,
-    ReadRequest, RemoveRequest, WatchRequest,
+    ReadRequest, RemoveRequest, Seeding, WatchRequest,
 };
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -41,6 +41,7 @@ pub async fn create(
     client: &Client,
     name: Option<String>,
     force: bool,
+    seeding: Option<Seeding>,
     json: bool,
 ) -> anyhow::Result<()> {
     if force {
@@ -51,6 +52,7 @@ pub async fn create(
     let request = CreateRequest {
         name: name.unwrap_or_default(),
         force,
+        seeding,
     };
     let core = client
         .unary(client.cores().create(client.request(request)))
@@ -59,10 +61,17 @@ pub async fn create(
 }
 
 /// `core follow KEY [--all]`.
-pub async fn follow(client: &Client, key: Key, all: bool, json: bool) -> anyhow::Result<()> {
+pub async fn follow(
+    client: &Client,
+    key: Key,
+    all: bool,
+    seeding: Option<Seeding>,
+    json: bool,
+) -> anyhow::Result<()> {
     let request = FollowRequest {
         key: key.hex(),
         download_all: all,
+        seeding,
     };
     let core = client
         .unary(client.cores().follow(client.request(request)))

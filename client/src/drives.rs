@@ -21,9 +21,9 @@ use hyperd_proto::v1::{
     FileAttributes, FileStatsRequest, FollowDriveRequest, HistoryRequest, ImportRequest,
     ListDrivesRequest, LocateFileRequest, LocateFileResponse, Location, MkdirRequest, MountRequest,
     MountTarget, MountsRequest, ReadFileRequest, ReaddirRequest, RemoveDriveRequest, RenameRequest,
-    RmRequest, SetMetadataRequest, Stat, StatRequest, StorageClearsRequest, SymlinkRequest,
-    TransferSummary, TransferUpdate, TruncateRequest, UnmountRequest, WatchDriveRequest,
-    WriteFileRequest, WriteFileStart,
+    RmRequest, Seeding, SetMetadataRequest, Stat, StatRequest, StorageClearsRequest,
+    SymlinkRequest, TransferSummary, TransferUpdate, TruncateRequest, UnmountRequest,
+    WatchDriveRequest, WriteFileRequest, WriteFileStart,
 };
 use hyperd_proto::DriveUrl;
 use indicatif::ProgressBar;
@@ -189,9 +189,15 @@ fn print_drive(drive: &DriveInfo, json: bool) -> anyhow::Result<()> {
 }
 
 /// `drive create [--name N]`.
-pub async fn create(client: &Client, name: Option<String>, json: bool) -> anyhow::Result<()> {
+pub async fn create(
+    client: &Client,
+    name: Option<String>,
+    seeding: Option<Seeding>,
+    json: bool,
+) -> anyhow::Result<()> {
     let request = CreateDriveRequest {
         name: name.unwrap_or_default(),
+        seeding,
     };
     let drive = client
         .unary(client.drives().create(client.request(request)))
@@ -200,10 +206,17 @@ pub async fn create(client: &Client, name: Option<String>, json: bool) -> anyhow
 }
 
 /// `drive follow URL [--all]`.
-pub async fn follow(client: &Client, url: Url, all: bool, json: bool) -> anyhow::Result<()> {
+pub async fn follow(
+    client: &Client,
+    url: Url,
+    all: bool,
+    seeding: Option<Seeding>,
+    json: bool,
+) -> anyhow::Result<()> {
     let request = FollowDriveRequest {
         drive: url.drive().location(),
         all,
+        seeding,
     };
     let drive = client
         .unary(client.drives().follow(client.request(request)))

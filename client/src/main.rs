@@ -15,6 +15,7 @@ use hyperctl::key::Key;
 use hyperctl::output::{self, BrokenPipe};
 use hyperctl::{peers, service};
 use hyperd_config::Home;
+use hyperd_proto::v1::Seeding;
 
 /// Control hyperd, the Dat2 hyperstack daemon.
 ///
@@ -78,6 +79,46 @@ enum Command {
     },
 }
 
+/// How a created, followed or seeded drive or core joins the swarm.
+#[derive(clap::Args, Clone, Copy)]
+struct SeedingArgs {
+    /// Announce it, so that peers find this daemon [default: for what it can write]
+    #[arg(long, overrides_with = "no_announce")]
+    announce: bool,
+    /// Don't announce it
+    #[arg(long)]
+    no_announce: bool,
+    /// Look up peers that have it and connect to them [default]
+    #[arg(long, overrides_with = "no_lookup")]
+    lookup: bool,
+    /// Don't look up peers
+    #[arg(long)]
+    no_lookup: bool,
+}
+
+impl SeedingArgs {
+    /// What the flags ask for, `None` without any (the daemon's default then); a flag
+    /// left out takes `default`.
+    fn asked(self, default: Seeding) -> Option<Seeding> {
+        let flag = |yes: bool, no: bool| (yes || no).then_some(yes);
+        let announce = flag(self.announce, self.no_announce);
+        let lookup = flag(self.lookup, self.no_lookup);
+        (announce.is_some() || lookup.is_some()).then(|| Seeding {
+            announce: announce.unwrap_or(default.announce),
+            lookup: lookup.unwrap_or(default.lookup),
+        })
+    }
+
+    /// For `seed`: announced and looked up unless a flag says otherwise.
+    fn seed(self) -> Seeding {
+        let all = Seeding {
+            announce: true,
+            lookup: true,
+        };
+        self.asked(all).unwrap_or(all)
+    }
+}
+
 #[derive(Subcommand)]
 enum CoreCommand {
     /// Create a writable core and print its key
@@ -89,6 +130,8 @@ enum CoreCommand {
         /// conflicts with the old one, which peers may hold and will then refuse.
         #[arg(long, requires = "name")]
         force: bool,
+        #[command(flatten)]
+        seeding: SeedingArgs,
     },
     /// Follow (replicate) a core by key
     Follow {
@@ -96,7 +139,17 @@ enum CoreCommand {
         /// Download every block peers have, not only what is read
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        seeding: SeedingArgs,
     },
+    /// Announce a core and look up its peers (flags pick one), persisted
+    Seed {
+        key: String,
+        #[command(flatten)]
+        seeding: SeedingArgs,
+    },
+    /// Stop announcing a core and looking up its peers
+    Unseed { key: String },
     /// Show a core's length, size, storage and traffic
     Info { key: String },
     /// List the daemon's cores
@@ -176,6 +229,8 @@ enum DriveCommand {
         /// Derive the key from this name (the same name gives the same drive)
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        seeding: SeedingArgs,
     },
     /// Follow (replicate) a drive by key
     Follow {
@@ -183,7 +238,17 @@ enum DriveCommand {
         /// Mirror every version of every file, live, not only what is read
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        seeding: SeedingArgs,
     },
+    /// Announce a drive and look up its peers (flags pick one), persisted
+    Seed {
+        url: String,
+        #[command(flatten)]
+        seeding: SeedingArgs,
+    },
+    /// Stop announcing a drive and looking up its peers
+    Unseed { url: String },
     /// Show a drive's keys, version, size, storage and peers
     Info { url: String },
     /// List the daemon's drives
@@ -360,6 +425,18 @@ enum SwarmCommand {
     /// The DHT's address and bootstrap nodes, and each drive and core joined with what
     /// its last walk found
     Status,
+    /// Join a drive or core (KEY: its key or hyper:// URL): announce it and look up its
+    /// peers, or what the flags pick; persisted
+    Join {
+        key: String,
+        #[command(flatten)]
+        seeding: SeedingArgs,
+    },
+    /// Leave a drive or core: no more announcing nor looking up
+    Leave { key: String },
+    /// The drives and cores joined, how, and the peers their last walk found
+    #[command(visible_alias = "list")]
+    Ls,
 }
 
 #[derive(Subcommand)]
@@ -497,10 +574,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Core(command) => core(&home()?, command, timeout, json).await,
         Command::Drive(command) => drive(&home()?, command, timeout, json).await,
         Command::Peer(command) => peer(&home()?, command, timeout, json).await,
-        Command::Swarm(SwarmCommand::Status) => {
-            let client = connect::connect(&home()?, timeout).await?;
-            hyperctl::swarm::status(&client, json).await
-        }
+        Command::Swarm(command) => swarm(&home()?, command, timeout, json).await,
         Command::Service(ServiceCommand::Install { hyperd, now }) => {
             let options = service::InstallOptions {
                 hyperd: hyperd.as_deref(),
@@ -534,13 +608,27 @@ async fn core(
         }
     };
     match command {
-        CoreCommand::Create { name, force } => {
+        CoreCommand::Create {
+            name,
+            force,
+            seeding,
+        } => {
             let client = connect::connect(home, timeout).await?;
-            cores::create(&client, name, force, json).await
+            let seeding = seeding.asked(SEED);
+            cores::create(&client, name, force, seeding, json).await
         }
-        CoreCommand::Follow { key, all } => {
+        CoreCommand::Follow { key, all, seeding } => {
             let (client, key) = client(&key).await?;
-            cores::follow(&client, key, all, json).await
+            let seeding = seeding.asked(LOOKUP);
+            cores::follow(&client, key, all, seeding, json).await
+        }
+        CoreCommand::Seed { key, seeding } => {
+            let (client, key) = client(&key).await?;
+            hyperctl::swarm::join(&client, key.hex(), seeding.seed(), json).await
+        }
+        CoreCommand::Unseed { key } => {
+            let (client, key) = client(&key).await?;
+            hyperctl::swarm::leave(&client, key.hex(), json).await
         }
         CoreCommand::Info { key } => {
             let (client, key) = client(&key).await?;
@@ -626,11 +714,47 @@ async fn core(
     }
 }
 
+/// The defaults of `create` and `follow` for a flag left out.
+const SEED: Seeding = Seeding {
+    announce: true,
+    lookup: true,
+};
+const LOOKUP: Seeding = Seeding {
+    announce: false,
+    lookup: true,
+};
+
+async fn swarm(
+    home: &Home,
+    command: SwarmCommand,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    // A key is checked before connecting: a typo is reported without a daemon.
+    let key = match &command {
+        SwarmCommand::Join { key, .. } | SwarmCommand::Leave { key } => {
+            Some(Key::parse(key)?.hex())
+        }
+        SwarmCommand::Status | SwarmCommand::Ls => None,
+    };
+    let client = connect::connect(home, timeout).await?;
+    let c = &client;
+    match (command, key) {
+        (SwarmCommand::Join { seeding, .. }, Some(key)) => {
+            hyperctl::swarm::join(c, key, seeding.seed(), json).await
+        }
+        (SwarmCommand::Leave { .. }, Some(key)) => hyperctl::swarm::leave(c, key, json).await,
+        (SwarmCommand::Ls, _) => hyperctl::swarm::list(c, json).await,
+        _ => hyperctl::swarm::status(c, json).await,
+    }
+}
+
 /// The URL arguments of a drive command, checked before connecting.
 fn drive_urls(command: &DriveCommand) -> anyhow::Result<()> {
     use DriveCommand as D;
     let urls: Vec<&str> = match command {
         D::Create { .. } | D::List => vec![],
+        D::Seed { url, .. } | D::Unseed { url } => vec![url],
         D::Mv { from, to } if to.starts_with('/') => vec![from],
         D::Mv { from, to } => vec![from, to],
         D::Mount { url, key, .. } => {
@@ -684,8 +808,16 @@ async fn drive(
     let client = connect::connect(home, timeout).await?;
     let c = &client;
     match command {
-        D::Create { name } => drives::create(c, name, json).await,
-        D::Follow { url: u, all } => drives::follow(c, url(&u)?, all, json).await,
+        D::Create { name, seeding } => drives::create(c, name, seeding.asked(SEED), json).await,
+        D::Follow {
+            url: u,
+            all,
+            seeding,
+        } => drives::follow(c, url(&u)?, all, seeding.asked(LOOKUP), json).await,
+        D::Seed { url: u, seeding } => {
+            hyperctl::swarm::join(c, url(&u)?.key_hex(), seeding.seed(), json).await
+        }
+        D::Unseed { url: u } => hyperctl::swarm::leave(c, url(&u)?.key_hex(), json).await,
         D::Info { url: u } => drives::info(c, url(&u)?, json).await,
         D::List => drives::list(c, json).await,
         D::RmDrive { url: u } => drives::remove(c, url(&u)?, json).await,

@@ -1,6 +1,9 @@
-//! `hyperctl swarm …`: the DHT and the drives and cores joined on it.
+//! `hyperctl swarm …`, `core seed|unseed` and `drive seed|unseed`: the DHT and the
+//! drives and cores joined on it, announced and/or looked up.
 
-use hyperd_proto::v1::SwarmStatusRequest;
+use hyperd_proto::v1::{
+    Seeding, SwarmJoinRequest, SwarmLeaveRequest, SwarmStatusRequest, SwarmTopic,
+};
 use serde_json::json;
 
 use crate::connect::Client;
@@ -13,19 +16,7 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         .unary(client.swarm().status(client.request(SwarmStatusRequest {})))
         .await?;
     if json {
-        let topics: Vec<_> = status
-            .topics
-            .iter()
-            .map(|t| {
-                json!({
-                    "key": t.key,
-                    "discoveryKey": t.discovery_key,
-                    "walks": t.walks,
-                    "peersFound": t.peers_found,
-                    "lastError": t.last_error,
-                })
-            })
-            .collect();
+        let topics: Vec<_> = status.topics.iter().map(topic_json).collect();
         return output::print_json(&json!({
             "dhtAddress": status.dht_address,
             "bootstrap": status.bootstrap,
@@ -52,6 +43,7 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
             .map(|t| {
                 vec![
                     output::short_key(&t.key),
+                    how(t).to_string(),
                     t.walks.to_string(),
                     t.peers_found.to_string(),
                     if t.last_error.is_empty() {
@@ -63,9 +55,94 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
             })
             .collect();
         text.push_str(&output::table(
-            &["KEY", "WALKS", "PEERS FOUND", "LAST WALK"],
+            &["KEY", "JOINED", "WALKS", "PEERS FOUND", "LAST WALK"],
             &rows,
         ));
     }
     output::print(text)
+}
+
+fn topic_json(t: &SwarmTopic) -> serde_json::Value {
+    json!({
+        "key": t.key,
+        "discoveryKey": t.discovery_key,
+        "announce": t.announce,
+        "lookup": t.lookup,
+        "walks": t.walks,
+        "peersFound": t.peers_found,
+        "found": t.found,
+        "lastError": t.last_error,
+    })
+}
+
+/// How a topic is joined, in words.
+fn how(t: &SwarmTopic) -> &'static str {
+    match (t.announce, t.lookup) {
+        (true, true) => "announce+lookup",
+        (true, false) => "announce",
+        (false, true) => "lookup",
+        (false, false) => "off",
+    }
+}
+
+/// `swarm join KEY`, `core seed KEY`, `drive seed URL`: joins the core or drive `key`
+/// (hex) as `seeding` says.
+pub async fn join(
+    client: &Client,
+    key: String,
+    seeding: Seeding,
+    json: bool,
+) -> anyhow::Result<()> {
+    let request = SwarmJoinRequest {
+        key,
+        seeding: Some(seeding),
+    };
+    let topic = client
+        .unary(client.swarm().join(client.request(request)))
+        .await?;
+    if json {
+        return output::print_json(&topic_json(&topic));
+    }
+    output::print(format!("{} joined: {}", topic.key, how(&topic)))
+}
+
+/// `swarm leave KEY`, `core unseed KEY`, `drive unseed URL`.
+pub async fn leave(client: &Client, key: String, json: bool) -> anyhow::Result<()> {
+    let request = SwarmLeaveRequest { key: key.clone() };
+    client
+        .unary(client.swarm().leave(client.request(request)))
+        .await?;
+    if json {
+        return output::print_json(&json!({ "key": key, "left": true }));
+    }
+    output::print(format!(
+        "{key} left the swarm: not announced, not looked up"
+    ))
+}
+
+/// `swarm ls`: every drive and core joined, how, and what its last walk found.
+pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
+    let status = client
+        .unary(client.swarm().status(client.request(SwarmStatusRequest {})))
+        .await?;
+    if json {
+        let topics: Vec<_> = status.topics.iter().map(topic_json).collect();
+        return output::print_json(&json!({ "topics": topics }));
+    }
+    if status.topics.is_empty() {
+        return output::print("nothing joined: create, follow or seed a drive or core");
+    }
+    let rows: Vec<Vec<String>> = status
+        .topics
+        .iter()
+        .map(|t| {
+            vec![
+                output::short_key(&t.key),
+                how(t).to_string(),
+                t.walks.to_string(),
+                t.found.join(" "),
+            ]
+        })
+        .collect();
+    output::print(output::table(&["KEY", "JOINED", "WALKS", "FOUND"], &rows))
 }

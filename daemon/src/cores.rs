@@ -17,6 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::daemon::Daemon;
 use crate::error::{DaemonError, ErrorKind, Result};
+use crate::state::Seeding;
 
 /// Longest corestore name accepted.
 pub const MAX_NAME: usize = 256;
@@ -217,7 +218,13 @@ impl Daemon {
     /// Creates a writable core; with a name, its key is derived from the master key and
     /// the name, so creating the same name again returns the same core. A named core
     /// removed after it had blocks is only created again with `force`.
-    pub async fn create(&self, name: &str, force: bool) -> Result<CoreInfo> {
+    /// It joins the swarm as `seeding` says, by default announced and looked up.
+    pub async fn create(
+        &self,
+        name: &str,
+        force: bool,
+        seeding: Option<Seeding>,
+    ) -> Result<CoreInfo> {
         if name.len() > MAX_NAME {
             return Err(DaemonError::invalid(format!(
                 "name is {} bytes; names must be at most {MAX_NAME}",
@@ -240,25 +247,37 @@ impl Daemon {
         .map_err(DaemonError::store)?;
         let key = core.feed().key();
         self.follows().forget_removed(&key);
+        let seeding = self.seeding_or_default(&key, seeding, true);
+        self.set_seeding(key, seeding).await?;
         tracing::info!("created core {key}");
         Ok(CoreInfo::of(&core))
     }
 
     /// Follows (replicates) a core by key: it stays open and is kept up to date with
     /// peers, across restarts, until removed. `download_all` also downloads every block.
-    pub async fn follow(&self, key: PublicKey, download_all: bool) -> Result<CoreInfo> {
+    /// It joins the swarm as `seeding` says, by default looked up (announced too if we
+    /// can write it).
+    pub async fn follow(
+        &self,
+        key: PublicKey,
+        download_all: bool,
+        seeding: Option<Seeding>,
+    ) -> Result<CoreInfo> {
         let core = self
             .store()
             .get_by_key(key)
             .await
             .map_err(DaemonError::store)?;
+        let seeding = self.seeding_or_default(&key, seeding, core.feed().writable());
         self.update_state(move |s| {
             s.follows
                 .insert(key.to_hex(), crate::state::Follow { download_all });
+            s.set_seeding(key.to_hex(), seeding);
         })
         .await?;
         self.follows().forget_removed(&key);
         self.follows().keep(core.clone(), download_all);
+        self.swarm().join(key, seeding);
         tracing::info!("following core {key}");
         Ok(CoreInfo::of(&core))
     }
@@ -657,9 +676,11 @@ impl Daemon {
         // to decide whether a tombstone is due.
         drop(self.core(key).await?);
         self.follows().stop(key);
+        self.swarm().leave(key);
         let hex = key.to_hex();
         self.update_state(move |s| {
             s.follows.remove(&hex);
+            s.swarm.remove(&hex);
         })
         .await?;
         self.follows().mark_removed(*key);

@@ -7,11 +7,11 @@
 //! `shutdown` (stop accepting, cancel its tasks, let go of what it holds). The daemon
 //! keeps them in a fixed order: started and restored in that order, shut down in the
 //! reverse one; then it waits for every task (bounded) and closes the corestore, which
-//! they all use. Today: the cores (`follows`), the drives (`drive_set`) and the peer
-//! network (`network`). A new subsystem is a module with those three steps, a field here
-//! and one line in each of [`Daemon::start`], `restore` and [`Daemon::shutdown`]. The
-//! operations front ends call are methods on [`Daemon`], in the domain modules (`cores`,
-//! `drives`, `peers`).
+//! they all use. Today: the peer network (`network`), the swarm (`swarm`), the cores
+//! (`follows`) and the drives (`drive_set`). A new subsystem is a module with those three
+//! steps, a field here and one line in each of [`Daemon::start`], `restore` and
+//! [`Daemon::shutdown`]. The operations front ends call are methods on [`Daemon`], in the
+//! domain modules (`cores`, `drives`, `peers`, `seeding`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -124,8 +124,7 @@ impl Daemon {
         let store = open_store(&storage, config, options).await?;
 
         let tasks = Tasks::new();
-        // The network first: the swarm binds next to its listener and dials through it,
-        // and follows and drives join the swarm.
+        // The network first: the swarm binds next to its listener and dials through it.
         let started = async {
             let network = Network::start(store.clone(), config, tasks.child()).await?;
             match Swarm::start(config, network.clone(), tasks.child()).await {
@@ -144,8 +143,8 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let follows = Follows::start(store.clone(), swarm.clone(), tasks.child());
-        let drives = DriveSet::start(store.clone(), swarm.clone(), tasks.child());
+        let follows = Follows::start(store.clone(), tasks.child());
+        let drives = DriveSet::start(store.clone(), tasks.child());
 
         let daemon = Daemon {
             inner: Arc::new(Inner {
@@ -173,6 +172,7 @@ impl Daemon {
             self.inner.follows.restore(&state).await,
             self.inner.drives.restore(&state).await,
             self.inner.network.restore(&state),
+            self.inner.swarm.restore(&state),
         ];
         tracing::info!("{}", restored.join("; "));
     }
@@ -245,6 +245,11 @@ impl Daemon {
     /// The DHT and the cores joined on it.
     pub fn swarm_status(&self) -> crate::swarm::SwarmStatus {
         self.inner.swarm.status()
+    }
+
+    /// The swarm subsystem: what is announced and looked up.
+    pub(crate) fn swarm(&self) -> &Swarm {
+        &self.inner.swarm
     }
 
     /// The cores.

@@ -14,7 +14,6 @@ use hyperdrive::{Drive, DriveOptions, Totals};
 
 use crate::network::lock;
 use crate::state::State;
-use crate::swarm::Swarm;
 use crate::tasks::Tasks;
 
 /// A drive held open, its mirror's tasks if it is mirrored, and its files as last
@@ -36,18 +35,15 @@ impl Held {
 /// The drives held open.
 pub(crate) struct DriveSet {
     store: Corestore,
-    swarm: Swarm,
     tasks: Tasks,
     held: Mutex<HashMap<PublicKey, Held>>,
 }
 
 impl DriveSet {
-    /// Holds nothing yet; held drives join `swarm` (by their metadata core); its tasks
-    /// run under `tasks`.
-    pub fn start(store: Corestore, swarm: Swarm, tasks: Tasks) -> DriveSet {
+    /// Holds nothing yet; its tasks run under `tasks`.
+    pub fn start(store: Corestore, tasks: Tasks) -> DriveSet {
         DriveSet {
             store,
-            swarm,
             tasks,
             held: Mutex::new(HashMap::new()),
         }
@@ -100,7 +96,6 @@ impl DriveSet {
             });
             tasks
         });
-        self.swarm.join(drive.key());
         let held = Held {
             drive,
             mirror,
@@ -145,6 +140,5 @@ impl DriveSet {
         if let Some(held) = held {
             held.stop();
         }
-        self.swarm.leave(key);
     }
 }

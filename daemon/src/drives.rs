@@ -11,7 +11,7 @@ use hyperdrive::{Drive, DriveOptions, Totals};
 use crate::cores::MAX_NAME;
 use crate::daemon::Daemon;
 use crate::error::{shorten, DaemonError, Result};
-use crate::state::DriveEntry;
+use crate::state::{DriveEntry, Seeding};
 
 /// What the corestore names a drive's metadata core created with a name: apart from the
 /// names of cores, so that `core create --name x` and `drive create --name x` are two
@@ -55,8 +55,9 @@ pub struct DriveInfo {
 
 impl Daemon {
     /// Creates a writable drive; with a name, its key is derived from the master key and
-    /// the name, so creating the same name again returns the same drive.
-    pub async fn create_drive(&self, name: &str) -> Result<DriveInfo> {
+    /// the name, so creating the same name again returns the same drive. It joins the
+    /// swarm as `seeding` says, by default announced and looked up.
+    pub async fn create_drive(&self, name: &str, seeding: Option<Seeding>) -> Result<DriveInfo> {
         if name.len() > MAX_NAME {
             return Err(DaemonError::invalid(format!(
                 "name is {} bytes; names must be at most {MAX_NAME}",
@@ -76,17 +77,25 @@ impl Daemon {
         let drive = Drive::open(self.store(), core, DriveOptions::default())
             .await
             .map_err(DaemonError::drive)?;
-        let all = self.hold_drive(drive.clone(), false).await?;
+        let seeding = self.seeding_or_default(&drive.key(), seeding, true);
+        let all = self.hold_drive(drive.clone(), false, seeding).await?;
         tracing::info!("created drive {}", drive.key());
         Ok(self.describe(&drive, all).await)
     }
 
     /// Follows a drive by key: it stays open and replicates with peers, sparsely (what is
     /// read or downloaded) or with `all` every block, live; across restarts, until
-    /// removed.
-    pub async fn follow_drive(&self, key: PublicKey, all: bool) -> Result<DriveInfo> {
+    /// removed. It joins the swarm as `seeding` says, by default looked up (announced
+    /// too if we can write it).
+    pub async fn follow_drive(
+        &self,
+        key: PublicKey,
+        all: bool,
+        seeding: Option<Seeding>,
+    ) -> Result<DriveInfo> {
         let drive = self.drives().open(key).await.map_err(DaemonError::drive)?;
-        self.hold_drive(drive.clone(), all).await?;
+        let seeding = self.seeding_or_default(&key, seeding, drive.writable());
+        self.hold_drive(drive.clone(), all, seeding).await?;
         self.follows().forget_removed(&key);
         tracing::info!(
             "following drive {key}{}",
@@ -95,14 +104,17 @@ impl Daemon {
         Ok(self.describe(&drive, all).await)
     }
 
-    /// Persists how `drive` is held, then holds it. Returns `all`.
-    async fn hold_drive(&self, drive: Drive, all: bool) -> Result<bool> {
-        let hex = drive.key().to_hex();
+    /// Persists how `drive` is held and joined, then holds and joins it. Returns `all`.
+    async fn hold_drive(&self, drive: Drive, all: bool, seeding: Seeding) -> Result<bool> {
+        let key = drive.key();
+        let hex = key.to_hex();
         self.update_state(move |s| {
-            s.drives.insert(hex, DriveEntry { all });
+            s.drives.insert(hex.clone(), DriveEntry { all });
+            s.set_seeding(hex, seeding);
         })
         .await?;
         self.drives().hold(drive, all);
+        self.swarm().join(key, seeding);
         Ok(all)
     }
 
@@ -151,9 +163,11 @@ impl Daemon {
         let drive = self.drive(key)?;
         let content = drive.content_key();
         self.drives().release(key);
+        self.swarm().leave(key);
         let hex = key.to_hex();
         self.update_state(move |s| {
             s.drives.remove(&hex);
+            s.swarm.remove(&hex);
         })
         .await?;
         drop(drive);

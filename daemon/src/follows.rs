@@ -13,7 +13,6 @@ use hypercore_replication::DownloadRange;
 
 use crate::network::lock;
 use crate::state::State;
-use crate::swarm::Swarm;
 use crate::tasks::Tasks;
 
 /// A followed core: held open, and its mirror's tasks if it downloads everything.
@@ -33,18 +32,16 @@ impl Followed {
 /// Followed and removed cores.
 pub(crate) struct Follows {
     store: Corestore,
-    swarm: Swarm,
     tasks: Tasks,
     followed: Mutex<HashMap<PublicKey, Followed>>,
     removed: Mutex<HashSet<PublicKey>>,
 }
 
 impl Follows {
-    /// Follows nothing yet; followed cores join `swarm`; its tasks run under `tasks`.
-    pub fn start(store: Corestore, swarm: Swarm, tasks: Tasks) -> Follows {
+    /// Follows nothing yet; its tasks run under `tasks`.
+    pub fn start(store: Corestore, tasks: Tasks) -> Follows {
         Follows {
             store,
-            swarm,
             tasks,
             followed: Mutex::new(HashMap::new()),
             removed: Mutex::new(HashSet::new()),
@@ -93,7 +90,6 @@ impl Follows {
     /// peers have, following appends. Replaces how it was followed before.
     pub fn keep(&self, core: Core, download_all: bool) {
         let key = core.feed().key();
-        self.swarm.join(key);
         let mirror = download_all.then(|| {
             let tasks = self.tasks.child();
             tasks.spawn("mirroring a followed core", mirror(core.clone()));
@@ -117,7 +113,6 @@ impl Follows {
         if let Some(followed) = followed {
             followed.stop();
         }
-        self.swarm.leave(key);
     }
 
     /// Notes that `key` was removed.

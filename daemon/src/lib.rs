@@ -20,6 +20,7 @@ mod network;
 mod notify;
 mod peers;
 mod rpc;
+mod seeding;
 mod state;
 mod swarm;
 mod tasks;
@@ -34,7 +35,8 @@ pub use crate::drives::{DriveInfo, DriveLocation};
 pub use crate::error::{DaemonError, ErrorKind};
 pub use crate::network::NetworkLimits;
 pub use crate::peers::{Disconnected, Peer, PeerEvent, PeerSnapshot};
-pub use crate::swarm::{SwarmStatus, Walks};
+pub use crate::state::Seeding;
+pub use crate::swarm::{SwarmStatus, TopicStatus, Walks};
 
 /// Starts the daemon, serves the API and runs until SIGTERM, SIGINT or a `Stop` request;
 /// then answers the running calls, closes the peers and every core, and removes the

@@ -1,6 +1,7 @@
 //! What the daemon restores after a restart beyond the cores on disk: which cores it
-//! downloads in full and which peer addresses it redials. Kept in `state.json`, replaced
-//! atomically (write, fsync, rename) so a crash leaves the old or the new file.
+//! downloads in full, which peer addresses it redials and what it announces and looks
+//! up in the swarm. Kept in `state.json`, replaced atomically (write, fsync, rename) so
+//! a crash leaves the old or the new file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,55 @@ pub struct State {
     /// `drive_set`). Left out of the file while empty, as files before drives were.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub drives: BTreeMap<String, DriveEntry>,
+    /// Cores and drives (hex key; a drive by its metadata core) joined in the swarm, and
+    /// how (the swarm subsystem, `swarm`). Files written before the swarm had no such
+    /// section: their follows and drives are joined as they were then, announced. Always
+    /// written, empty too, so that a file without it is one of those.
+    pub swarm: BTreeMap<String, Seeding>,
+}
+
+/// How a core or drive takes part in the swarm, under its discovery key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seeding {
+    /// Tell the DHT and the LAN that we have it, so that peers find us.
+    pub announce: bool,
+    /// Ask for peers that have it, and connect to them.
+    pub lookup: bool,
+}
+
+impl Seeding {
+    /// Announced and looked up: what we serve.
+    pub const SEED: Seeding = Seeding {
+        announce: true,
+        lookup: true,
+    };
+    /// Looked up only: what we follow.
+    pub const LOOKUP: Seeding = Seeding {
+        announce: false,
+        lookup: true,
+    };
+
+    /// Neither announced nor looked up: not in the swarm.
+    pub const OFF: Seeding = Seeding {
+        announce: false,
+        lookup: false,
+    };
+
+    /// Neither announced nor looked up: not in the swarm.
+    pub fn is_off(self) -> bool {
+        !self.announce && !self.lookup
+    }
+}
+
+impl State {
+    /// Records how the core `hex` is joined in the swarm (off: not at all).
+    pub fn set_seeding(&mut self, hex: String, seeding: Seeding) {
+        if seeding.is_off() {
+            self.swarm.remove(&hex);
+        } else {
+            self.swarm.insert(hex, seeding);
+        }
+    }
 }
 
 /// How a drive is held.
@@ -53,7 +103,7 @@ impl StateFile {
     /// Reads the file, or starts empty when there is none.
     pub fn load(path: &Path) -> anyhow::Result<StateFile> {
         let state = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
+            Ok(bytes) => parse(&bytes)
                 .with_context(|| format!("{} is not valid state JSON", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
@@ -98,6 +148,19 @@ impl StateFile {
     }
 }
 
+/// The state in `bytes`, brought up to date: a file from before the swarm section joins
+/// its follows and drives as that hyperd did, announced (and looked up).
+fn parse(bytes: &[u8]) -> serde_json::Result<State> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)?;
+    let before_swarm = value.get("swarm").is_none();
+    let mut state: State = serde_json::from_value(value)?;
+    if before_swarm {
+        let joined = state.follows.keys().chain(state.drives.keys());
+        state.swarm = joined.map(|hex| (hex.clone(), Seeding::SEED)).collect();
+    }
+    Ok(state)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -126,17 +189,25 @@ mod tests {
         let state = StateFile::load(&path).unwrap().get();
         assert!(state.follows[KEY].download_all);
         assert!(state.peers.contains("127.0.0.1:3282"));
-        // Saved again, it is the same file.
+        // Its follows stay in the swarm, announced, as they were.
+        assert_eq!(state.swarm.len(), 1);
+        assert_eq!(state.swarm[KEY], Seeding::SEED);
+
+        // Once saved, the swarm section is written and read back as it is.
         let file = StateFile::load(&path).unwrap();
         file.update(|s| {
-            s.peers.insert("127.0.0.1:1".into());
+            s.swarm.insert(KEY.into(), Seeding::LOOKUP);
         })
         .unwrap();
+        let state = StateFile::load(&path).unwrap().get();
+        assert_eq!(state.swarm[KEY], Seeding::LOOKUP);
+        // Left, a core stays out of the swarm after a restart, also when nothing else
+        // is joined.
         file.update(|s| {
-            s.peers.remove("127.0.0.1:1");
+            s.swarm.clear();
         })
         .unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), written);
+        assert!(StateFile::load(&path).unwrap().get().swarm.is_empty());
 
         // A section missing is empty.
         std::fs::write(&path, r#"{"follows": {}}"#).unwrap();

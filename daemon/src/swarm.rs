@@ -1,10 +1,12 @@
-//! The swarm subsystem: with DHT bootstrap nodes configured, every drive held and core
-//! followed is joined under its discovery key: announced on the DHT (which also looks
-//! it up) when joined and again every 5 to 10 minutes, as hyperswarm does, and every
-//! peer found is dialed through the network, the same path as `peer connect`. The DHT
+//! The swarm subsystem: the cores and drives joined under their discovery keys, each
+//! announced and/or looked up as the state file's swarm section says (the domain
+//! operations that create, follow, seed and remove decide it). With DHT bootstrap nodes
+//! configured, each is announced (which also looks it up) or looked up when joined and
+//! again every 5 to 10 minutes, as hyperswarm does, and the peers found by a topic that
+//! looks up are dialed through the network, the same path as `peer connect`. The DHT
 //! socket is bound to the peer listener's address, port included, so the port the DHT
 //! stores for us is the one peers connect to. Like every subsystem it starts, restores
-//! (the other subsystems join what they restore) and shuts down (see `daemon`).
+//! (its section of the state file) and shuts down (see `daemon`).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -17,6 +19,7 @@ use hyperswarm::{Dht, Id};
 use rand::Rng;
 
 use crate::network::{lock, Network};
+use crate::state::{Seeding, State};
 use crate::tasks::Tasks;
 
 /// The pause between two walks of a topic: uniform in this range, as hyperswarm.
@@ -38,13 +41,14 @@ struct Inner {
     bootstrap: Vec<SocketAddrV4>,
     network: Network,
     tasks: Tasks,
-    /// Per joined core key, the tasks of its walks and what they found.
+    /// Per joined core key: how, the tasks of its walks and what they found.
     joined: Mutex<HashMap<PublicKey, Joined>>,
     /// Permits to walk ([`CONCURRENT_WALKS`]).
     walking: Arc<tokio::sync::Semaphore>,
 }
 
 struct Joined {
+    seeding: Seeding,
     tasks: Tasks,
     walks: Arc<Mutex<Walks>>,
 }
@@ -54,10 +58,24 @@ struct Joined {
 pub struct Walks {
     /// Walks finished.
     pub count: u64,
-    /// Peers the last one found.
-    pub peers_found: usize,
+    /// Peers the last one found (at most [`MAX_FOUND_SHOWN`] are kept).
+    pub found: Vec<SocketAddrV4>,
     /// Why the last one failed.
     pub last_error: Option<String>,
+}
+
+/// Found peers kept per topic for `swarm ls`; walks may find up to 128 each.
+pub const MAX_FOUND_SHOWN: usize = 32;
+
+/// One joined core (a drive by its metadata core) as the status shows it.
+#[derive(Clone, Debug)]
+pub struct TopicStatus {
+    /// The core.
+    pub key: PublicKey,
+    /// How it is joined.
+    pub seeding: Seeding,
+    /// What its walks did.
+    pub walks: Walks,
 }
 
 /// The swarm as `hyperctl swarm status` shows it.
@@ -67,8 +85,8 @@ pub struct SwarmStatus {
     pub dht_address: Option<SocketAddrV4>,
     /// Its bootstrap nodes.
     pub bootstrap: Vec<SocketAddrV4>,
-    /// Each core joined (sorted by key) and its walks.
-    pub topics: Vec<(PublicKey, Walks)>,
+    /// Each core joined, sorted by key.
+    pub topics: Vec<TopicStatus>,
 }
 
 impl Swarm {
@@ -112,13 +130,27 @@ impl Swarm {
         })
     }
 
+    /// Joins every core and drive of the state file's swarm section, as it says.
+    pub fn restore(&self, state: &State) -> String {
+        let mut joined = 0;
+        for (hex, seeding) in &state.swarm {
+            let Ok(key) = hex.parse::<PublicKey>() else {
+                tracing::warn!(
+                    "skipping a swarm topic with a malformed key {hex:?} in the state file"
+                );
+                continue;
+            };
+            self.join(key, *seeding);
+            joined += 1;
+        }
+        format!("{joined} topics joined in the swarm")
+    }
+
     /// The DHT and every core joined, with its walks.
     pub fn status(&self) -> SwarmStatus {
-        let mut topics: Vec<(PublicKey, Walks)> = lock(&self.inner.joined)
-            .iter()
-            .map(|(key, joined)| (*key, lock(&joined.walks).clone()))
-            .collect();
-        topics.sort_by_key(|(key, _)| key.to_hex());
+        let keys: Vec<PublicKey> = lock(&self.inner.joined).keys().copied().collect();
+        let mut topics: Vec<TopicStatus> = keys.iter().filter_map(|k| self.topic(k)).collect();
+        topics.sort_by_key(|t| t.key.to_hex());
         SwarmStatus {
             dht_address: self.dht_address(),
             bootstrap: self.inner.bootstrap.clone(),
@@ -141,6 +173,20 @@ impl Swarm {
         lock(&self.inner.joined).len()
     }
 
+    /// How `key` is joined, if it is.
+    pub fn seeding(&self, key: &PublicKey) -> Option<Seeding> {
+        lock(&self.inner.joined).get(key).map(|j| j.seeding)
+    }
+
+    /// `key` as the status shows it, if it is joined.
+    pub fn topic(&self, key: &PublicKey) -> Option<TopicStatus> {
+        lock(&self.inner.joined).get(key).map(|joined| TopicStatus {
+            key: *key,
+            seeding: joined.seeding,
+            walks: lock(&joined.walks).clone(),
+        })
+    }
+
     /// Stops every walk.
     pub fn shutdown(&self) {
         self.inner.tasks.cancel();
@@ -148,33 +194,50 @@ impl Swarm {
     }
 
     /// Joins the core `key` (a drive's metadata core, or a core) under its discovery
-    /// key; joining again changes nothing.
-    pub fn join(&self, key: PublicKey) {
-        let Some(dht) = self.inner.dht.clone() else {
-            return;
-        };
-        let mut joined = lock(&self.inner.joined);
-        if joined.contains_key(&key) {
+    /// key, announced and looked up as `seeding` says (off: leaves it). Joining as it
+    /// is joined changes nothing; joining otherwise starts its walks over, and stopping
+    /// to announce withdraws the announcement.
+    pub fn join(&self, key: PublicKey, seeding: Seeding) {
+        if seeding.is_off() {
+            self.leave(&key);
             return;
         }
-        let tasks = self.inner.tasks.child();
-        let cancelled = tasks.cancelled();
-        let network = self.inner.network.clone();
-        let topic = Id(key.discovery_key().0);
-        let stats = Arc::new(Mutex::new(Walks::default()));
-        let recorded = stats.clone();
-        let walking = self.inner.walking.clone();
-        tasks.spawn("announcing and looking up a topic", async move {
-            tokio::select! {
-                () = cancelled => {}
-                () = walks(dht, network, topic, walking, recorded) => {}
+        let mut joined = lock(&self.inner.joined);
+        let before = joined.get(&key).map(|j| j.seeding);
+        if before == Some(seeding) {
+            return;
+        }
+        if let Some(before) = joined.remove(&key) {
+            before.tasks.cancel();
+            if before.seeding.announce && !seeding.announce {
+                self.unannounce(key);
             }
-        });
+        }
+        let tasks = self.inner.tasks.child();
+        let walks = Arc::new(Mutex::new(Walks::default()));
+        if let Some(dht) = self.inner.dht.clone() {
+            let cancelled = tasks.cancelled();
+            let topic = Topic {
+                dht,
+                network: self.inner.network.clone(),
+                id: Id(key.discovery_key().0),
+                seeding,
+                walking: self.inner.walking.clone(),
+                walks: walks.clone(),
+            };
+            tasks.spawn("announcing and looking up a topic", async move {
+                tokio::select! {
+                    () = cancelled => {}
+                    () = topic.walk() => {}
+                }
+            });
+        }
         joined.insert(
             key,
             Joined {
+                seeding,
                 tasks,
-                walks: stats,
+                walks,
             },
         );
     }
@@ -185,54 +248,74 @@ impl Swarm {
             return;
         };
         joined.tasks.cancel();
-        if let Some(dht) = self.inner.dht.clone() {
-            let topic = Id(key.discovery_key().0);
-            self.inner
-                .tasks
-                .spawn("withdrawing an announcement", async move {
-                    if let Err(e) = dht.unannounce(topic).await {
-                        tracing::debug!("swarm: withdrawing {topic:?}: {e}");
-                    }
-                });
+        if joined.seeding.announce {
+            self.unannounce(*key);
         }
+    }
+
+    fn unannounce(&self, key: PublicKey) {
+        let Some(dht) = self.inner.dht.clone() else {
+            return;
+        };
+        let topic = Id(key.discovery_key().0);
+        self.inner
+            .tasks
+            .spawn("withdrawing an announcement", async move {
+                if let Err(e) = dht.unannounce(topic).await {
+                    tracing::debug!("swarm: withdrawing {topic:?}: {e}");
+                }
+            });
     }
 }
 
-/// Announces `topic` now (once a walk permit is free) and every 5 to 10 minutes, dialing
-/// the peers each walk finds; records each walk in `stats`.
-async fn walks(
+/// One joined topic's walks on the DHT.
+struct Topic {
     dht: Arc<Dht>,
     network: Network,
-    topic: Id,
+    id: Id,
+    seeding: Seeding,
     walking: Arc<tokio::sync::Semaphore>,
-    stats: Arc<Mutex<Walks>>,
-) {
-    loop {
-        let walked = {
-            let _permit = walking.acquire().await;
-            dht.announce(topic).await
-        };
-        match walked {
-            Ok(found) => {
-                {
-                    let mut stats = lock(&stats);
-                    stats.count += 1;
-                    stats.peers_found = found.len();
-                    stats.last_error = None;
+    walks: Arc<Mutex<Walks>>,
+}
+
+impl Topic {
+    /// Walks now (once a walk permit is free) and every 5 to 10 minutes: announcing if
+    /// it announces (which also finds peers), else looking up; dials the peers found if
+    /// it looks up. Records each walk.
+    async fn walk(self) {
+        loop {
+            let walked = {
+                let _permit = self.walking.acquire().await;
+                if self.seeding.announce {
+                    self.dht.announce(self.id).await
+                } else {
+                    self.dht.lookup(self.id).await
                 }
-                let dials = found.into_iter().map(|peer| dial(&network, peer.addr));
-                futures::future::join_all(dials).await;
+            };
+            match walked {
+                Ok(found) => {
+                    {
+                        let mut walks = lock(&self.walks);
+                        walks.count += 1;
+                        walks.found = found.iter().take(MAX_FOUND_SHOWN).map(|p| p.addr).collect();
+                        walks.last_error = None;
+                    }
+                    if self.seeding.lookup {
+                        let dials = found.into_iter().map(|peer| dial(&self.network, peer.addr));
+                        futures::future::join_all(dials).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("swarm: walk for {:?}: {e}", self.id);
+                    let mut walks = lock(&self.walks);
+                    walks.count += 1;
+                    walks.found.clear();
+                    walks.last_error = Some(e.to_string());
+                }
             }
-            Err(e) => {
-                tracing::debug!("swarm: walk for {topic:?}: {e}");
-                let mut stats = lock(&stats);
-                stats.count += 1;
-                stats.peers_found = 0;
-                stats.last_error = Some(e.to_string());
-            }
+            let pause = rand::thread_rng().gen_range(REWALK);
+            tokio::time::sleep(pause).await;
         }
-        let pause = rand::thread_rng().gen_range(REWALK);
-        tokio::time::sleep(pause).await;
     }
 }
 

@@ -65,19 +65,19 @@ async fn drives_are_created_followed_listed_removed_and_kept_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _a_lock) = start(&dir.path().join("a")).await;
 
-    let docs = a.create_drive("docs").await.unwrap();
+    let docs = a.create_drive("docs", None).await.unwrap();
     assert!(docs.writable);
     assert_eq!(docs.name.as_deref(), Some("docs"));
     assert_eq!(docs.version, 1, "a new drive holds its header");
     assert!(docs.content_key.is_some());
     // The same name is the same drive; no name is a new one; a core of that name is
     // another thing.
-    assert_eq!(a.create_drive("docs").await.unwrap().key, docs.key);
-    let unnamed = a.create_drive("").await.unwrap();
+    assert_eq!(a.create_drive("docs", None).await.unwrap().key, docs.key);
+    let unnamed = a.create_drive("", None).await.unwrap();
     assert_ne!(unnamed.key, docs.key);
     assert_eq!(unnamed.name, None);
-    assert_ne!(a.create("docs", false).await.unwrap().key, docs.key);
-    let long = a.create_drive(&"n".repeat(300)).await.unwrap_err();
+    assert_ne!(a.create("docs", false, None).await.unwrap().key, docs.key);
+    let long = a.create_drive(&"n".repeat(300), None).await.unwrap_err();
     assert_eq!(long.kind, ErrorKind::InvalidArgument, "{long}");
 
     write(&a, &docs, "/readme.md", b"hello drives").await;
@@ -93,7 +93,7 @@ async fn drives_are_created_followed_listed_removed_and_kept_across_restarts() {
     b.dial(&listen_address(&a).await, None, false)
         .await
         .unwrap();
-    let followed = b.follow_drive(docs.key, false).await.unwrap();
+    let followed = b.follow_drive(docs.key, false, None).await.unwrap();
     assert!(!followed.writable && !followed.all);
     eventually(&b, &followed, "the announced version", |i| i.version == 3).await;
     // Files are counted from the metadata stored here, which B does not have yet: Info
@@ -187,14 +187,14 @@ async fn a_drive_followed_with_all_is_mirrored_live() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _a_lock) = start(&dir.path().join("a")).await;
     let (b, _b_lock) = start(&dir.path().join("b")).await;
-    let site = a.create_drive("site").await.unwrap();
+    let site = a.create_drive("site", None).await.unwrap();
     for n in 0..3 {
         write(&a, &site, &format!("/page{n}.html"), &vec![n; 100_000]).await;
     }
     b.dial(&listen_address(&a).await, None, false)
         .await
         .unwrap();
-    let followed = b.follow_drive(site.key, true).await.unwrap();
+    let followed = b.follow_drive(site.key, true, None).await.unwrap();
     assert!(followed.all);
     let complete = |i: &DriveInfo| {
         i.metadata_blocks_stored == i.metadata_blocks
@@ -253,7 +253,7 @@ async fn read_all(daemon: &Daemon, at: &DriveLocation, start: u64, end: Option<u
 async fn files_and_directories_at_locations_with_their_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _a_lock) = start(&dir.path().join("a")).await;
-    let docs = a.create_drive("docs").await.unwrap();
+    let docs = a.create_drive("docs", None).await.unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let parts = data
         .chunks(64 << 10)
@@ -438,7 +438,7 @@ async fn files_and_directories_at_locations_with_their_errors() {
     b.dial(&listen_address(&a).await, None, false)
         .await
         .unwrap();
-    let followed = b.follow_drive(docs.key, false).await.unwrap();
+    let followed = b.follow_drive(docs.key, false, None).await.unwrap();
     let latest = a.drive_info(&docs.key).await.unwrap().version;
     eventually(&b, &followed, "the announced version", |i| {
         i.version == latest
@@ -481,8 +481,8 @@ async fn files_and_directories_at_locations_with_their_errors() {
 async fn moves_truncates_metadata_and_mounts() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _a_lock) = start(&dir.path().join("a")).await;
-    let home = a.create_drive("home").await.unwrap();
-    let photos = a.create_drive("photos").await.unwrap();
+    let home = a.create_drive("home", None).await.unwrap();
+    let photos = a.create_drive("photos", None).await.unwrap();
     let write = |path: &'static str, data: &'static [u8]| {
         let a = a.clone();
         let loc = at(&home, None, path);
@@ -615,7 +615,7 @@ async fn moves_truncates_metadata_and_mounts() {
 async fn versions_changes_downloads_and_clears() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _a_lock) = start(&dir.path().join("a")).await;
-    let docs = a.create_drive("docs").await.unwrap();
+    let docs = a.create_drive("docs", None).await.unwrap();
     let put = |path: &'static str, data: Vec<u8>| {
         let a = a.clone();
         let loc = at(&docs, None, path);
@@ -716,7 +716,7 @@ async fn versions_changes_downloads_and_clears() {
     b.dial(&listen_address(&a).await, None, false)
         .await
         .unwrap();
-    let followed = b.follow_drive(docs.key, false).await.unwrap();
+    let followed = b.follow_drive(docs.key, false, None).await.unwrap();
     let latest = a.drive_info(&docs.key).await.unwrap().version;
     eventually(&b, &followed, "the announced version", |i| {
         i.version == latest
@@ -755,7 +755,7 @@ async fn versions_changes_downloads_and_clears() {
 async fn folders_are_imported_and_exported_with_progress_and_a_summary() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _a_lock) = start(&dir.path().join("a")).await;
-    let site = a.create_drive("site").await.unwrap();
+    let site = a.create_drive("site", None).await.unwrap();
     let local = dir.path().join("local");
     std::fs::create_dir_all(local.join("sub dir/empty")).unwrap();
     std::fs::write(local.join("index.html"), b"<h1>hi</h1>").unwrap();
@@ -846,8 +846,8 @@ async fn next_change(
 async fn a_watch_reports_changes_inside_mounted_drives() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _a_lock) = start(&dir.path().join("a")).await;
-    let docs = a.create_drive("docs").await.unwrap();
-    let sub = a.create_drive("sub").await.unwrap();
+    let docs = a.create_drive("docs", None).await.unwrap();
+    let sub = a.create_drive("sub", None).await.unwrap();
     a.drive_mount(&at(&docs, None, "/sub"), sub.key, MountOptions::default())
         .await
         .unwrap();
@@ -867,7 +867,7 @@ async fn a_watch_reports_changes_inside_mounted_drives() {
         assert_eq!(paths, ["sub/d/one.txt", "sub/d/two.txt"]);
     }
     // A drive mounted below the watched path, then written: a mount, then a put.
-    let deep = a.create_drive("deep").await.unwrap();
+    let deep = a.create_drive("deep", None).await.unwrap();
     a.drive_mount(
         &at(&sub, None, "/d/deep"),
         deep.key,

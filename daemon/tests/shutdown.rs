@@ -47,7 +47,7 @@ async fn shutdown_with_everything_running_ends_every_task_promptly() {
     let (b, _b) = start(&dir.path().join("b")).await;
     let (c, _c) = start(&dir.path().join("c")).await;
 
-    let info = a.create("shared", false).await.unwrap();
+    let info = a.create("shared", false, None).await.unwrap();
     let core = a.writable_core(&info.key).await.unwrap();
     let blocks = vec![Bytes::from("zero"), Bytes::from("one"), Bytes::from("two")];
     a.append(&core, blocks).await.unwrap();
@@ -56,7 +56,7 @@ async fn shutdown_with_everything_running_ends_every_task_promptly() {
     b.dial(&listen_address(&a).await, None, false)
         .await
         .unwrap();
-    b.follow(info.key, true).await.unwrap();
+    b.follow(info.key, true, None).await.unwrap();
     let mut read = b
         .read(
             &info.key,

@@ -34,7 +34,7 @@ use hyperd_proto::v1::daemon_client::DaemonClient;
 use hyperd_proto::v1::peers_client::PeersClient;
 use hyperd_proto::v1::{
     AppendRequest, CreateRequest, DialRequest, FollowRequest, GetRequest, InfoRequest, ReadRequest,
-    StatusRequest, StopRequest,
+    Seeding, StatusRequest, StopRequest,
 };
 use hyperd_tests::bench::{
     median, percentile, progress, table, Ballast, Figure, Machine, Mem, Row,
@@ -325,6 +325,12 @@ async fn scale() -> Result<(String, Value)> {
                 .create(CreateRequest {
                     name: format!("scale-{i}"),
                     force: false,
+                    // Storage at scale, not the swarm: joining each would rewrite the
+                    // state file once per core.
+                    seeding: Some(Seeding {
+                        announce: false,
+                        lookup: false,
+                    }),
                 })
                 .await
                 .with_context(|| format!("creating core {i}"))?
@@ -466,6 +472,7 @@ async fn scale() -> Result<(String, Value)> {
                 .follow(FollowRequest {
                     key,
                     download_all: true,
+                    seeding: None,
                 })
                 .await?;
             Ok(())

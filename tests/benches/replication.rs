@@ -930,6 +930,7 @@ impl Bench {
                 .follow(hyperd_proto::v1::FollowRequest {
                     key: key.to_string(),
                     download_all: true,
+                    seeding: None,
                 })
                 .await?;
             let mut progress = cores

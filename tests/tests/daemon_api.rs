@@ -116,6 +116,7 @@ async fn bad_requests_get_the_right_codes() {
         .follow(FollowRequest {
             key: foreign.clone(),
             download_all: false,
+            seeding: None,
         })
         .await
         .unwrap();
@@ -414,6 +415,7 @@ async fn garbage_and_silent_peers_do_not_disturb_the_daemon() {
         .follow(FollowRequest {
             key: key.clone(),
             download_all: false,
+            seeding: None,
         })
         .await
         .unwrap();
@@ -496,6 +498,7 @@ async fn watch_streams_report_appends_and_peers() {
         .follow(FollowRequest {
             key: key.clone(),
             download_all: true,
+            seeding: None,
         })
         .await
         .unwrap();
@@ -559,6 +562,7 @@ async fn a_full_disk_is_an_error_not_a_crash_and_loses_nothing_acknowledged() {
             .follow(FollowRequest {
                 key: hypercore::crypto::to_hex(&[i + 1; 32]),
                 download_all: false,
+                seeding: None,
             })
             .await;
         if let Err(status) = result {

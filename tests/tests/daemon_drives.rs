@@ -97,6 +97,7 @@ async fn drives_through_the_api_of_a_real_daemon() {
     let info = drives
         .create(CreateDriveRequest {
             name: "docs".into(),
+            seeding: None,
         })
         .await
         .unwrap()
@@ -307,6 +308,7 @@ async fn drives_through_the_api_of_a_real_daemon() {
     let other = drives
         .create(CreateDriveRequest {
             name: "other".into(),
+            seeding: None,
         })
         .await
         .unwrap()

@@ -423,7 +423,10 @@ async fn version(d: &mut Drives, key: &str) -> u64 {
 async fn bad_input_gets_the_documented_code_and_the_daemon_keeps_serving() {
     let a = Daemon::start().unwrap();
     let mut d = DrivesClient::new(a.channel().await.unwrap());
-    let create = |name: &str| CreateDriveRequest { name: name.into() };
+    let create = |name: &str| CreateDriveRequest {
+        name: name.into(),
+        seeding: None,
+    };
     let key = d.create(create("main")).await.unwrap().into_inner().key;
     let other = d.create(create("other")).await.unwrap().into_inner().key;
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
@@ -492,6 +495,7 @@ async fn bad_input_gets_the_documented_code_and_the_daemon_keeps_serving() {
     let follow = FollowDriveRequest {
         drive: Some(url(&key, "")),
         all: false,
+        seeding: None,
     };
     assert!(!bd.follow(follow).await.unwrap().into_inner().writable);
     let mut seen = None;
@@ -575,6 +579,7 @@ async fn bad_input_gets_the_documented_code_and_the_daemon_keeps_serving() {
         let follow = FollowDriveRequest {
             drive: Some(bad.clone()),
             all: false,
+            seeding: None,
         };
         let mut calls = every(&d, bad);
         calls.push(("Follow", unary!(d, follow, follow)));
@@ -1209,6 +1214,7 @@ async fn a_thousand_concurrent_readers_get_their_exact_bytes() {
     let key = d
         .create(CreateDriveRequest {
             name: "many".into(),
+            seeding: None,
         })
         .await
         .unwrap()
@@ -1356,6 +1362,7 @@ async fn a_thousand_concurrent_readers_get_their_exact_bytes() {
     bd.follow(FollowDriveRequest {
         drive: Some(url(&key, "")),
         all: false,
+        seeding: None,
     })
     .await
     .unwrap();

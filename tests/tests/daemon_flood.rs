@@ -72,6 +72,7 @@ async fn a_connection_flood_does_not_lock_out_peers_or_stop_replication() {
         .follow(FollowRequest {
             key: key.clone(),
             download_all: true,
+            seeding: None,
         })
         .await
         .unwrap();
@@ -143,6 +144,7 @@ async fn a_connection_flood_does_not_lock_out_peers_or_stop_replication() {
         .follow(FollowRequest {
             key: key.clone(),
             download_all: false,
+            seeding: None,
         })
         .await
         .unwrap();

@@ -40,7 +40,10 @@ fn at(key: &str, path: &str) -> Option<pb::Location> {
 }
 
 async fn create(drives: &mut Drives, name: &str) -> String {
-    let request = pb::CreateDriveRequest { name: name.into() };
+    let request = pb::CreateDriveRequest {
+        name: name.into(),
+        seeding: None,
+    };
     drives.create(request).await.unwrap().into_inner().key
 }
 
@@ -234,6 +237,7 @@ async fn follow(
     let follow = pb::FollowDriveRequest {
         drive: at(key, ""),
         all,
+        seeding: None,
     };
     let followed = drives.follow(follow).await.unwrap().into_inner();
     assert!(!followed.writable);

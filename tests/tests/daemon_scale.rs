@@ -34,6 +34,7 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
             .create(CreateRequest {
                 name: format!("core-{i}"),
                 force: false,
+                seeding: None,
             })
             .await
             .unwrap_or_else(|e| panic!("creating core {i}: {e}\n{}", daemon.log()))
@@ -120,6 +121,7 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
         .create(CreateRequest {
             name: "after the restart".into(),
             force: false,
+            seeding: None,
         })
         .await
         .unwrap();
@@ -142,6 +144,7 @@ async fn three_hundred_cores_under_a_limit_of_256_files() {
             .follow(FollowRequest {
                 key: key.clone(),
                 download_all: true,
+                seeding: None,
             })
             .await
             .unwrap();

@@ -205,6 +205,7 @@ async fn folders_round_trip_and_only_changes_are_written_or_reported() {
     let key = drives
         .create(CreateDriveRequest {
             name: "transfers".into(),
+            seeding: None,
         })
         .await
         .unwrap()

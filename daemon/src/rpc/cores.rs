@@ -13,7 +13,7 @@ use hyperd_proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{error, parse_key, server_stream, status};
+use super::{error, parse_key, seeding, server_stream, status};
 use crate::cores::{self, Appended, BlockRange};
 use crate::daemon::Daemon;
 
@@ -60,7 +60,7 @@ impl cores_server::Cores for CoresService {
         let request = request.into_inner();
         let info = self
             .daemon
-            .create(&request.name, request.force)
+            .create(&request.name, request.force, request.seeding.map(seeding))
             .await
             .map_err(status)?;
         Ok(Response::new(core_info(info)))
@@ -71,7 +71,7 @@ impl cores_server::Cores for CoresService {
         let key = parse_key("key", &request.key)?;
         let info = self
             .daemon
-            .follow(key, request.download_all)
+            .follow(key, request.download_all, request.seeding.map(seeding))
             .await
             .map_err(status)?;
         Ok(Response::new(core_info(info)))

@@ -9,7 +9,7 @@ use hyperd_proto::v1 as pb;
 use hyperd_proto::v1::drives_server;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{error, parse_key, server_stream, status};
+use super::{error, parse_key, seeding, server_stream, status};
 use crate::daemon::Daemon;
 use crate::drive_transfers::TransferUpdate;
 use crate::drives::{DriveInfo, DriveLocation};
@@ -199,9 +199,10 @@ impl drives_server::Drives for DrivesService {
         &self,
         request: Request<pb::CreateDriveRequest>,
     ) -> Result<Response<pb::DriveInfo>, Status> {
+        let request = request.into_inner();
         let info = self
             .daemon
-            .create_drive(&request.into_inner().name)
+            .create_drive(&request.name, request.seeding.map(seeding))
             .await
             .map_err(status)?;
         Ok(Response::new(drive_info(info)))
@@ -215,7 +216,7 @@ impl drives_server::Drives for DrivesService {
         let at = location("drive", request.drive)?;
         let info = self
             .daemon
-            .follow_drive(at.key, request.all)
+            .follow_drive(at.key, request.all, request.seeding.map(seeding))
             .await
             .map_err(status)?;
         Ok(Response::new(drive_info(info)))

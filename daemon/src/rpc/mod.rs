@@ -199,6 +199,14 @@ fn load_or_create_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// How to join the swarm, as asked.
+pub fn seeding(asked: hyperd_proto::v1::Seeding) -> crate::state::Seeding {
+    crate::state::Seeding {
+        announce: asked.announce,
+        lookup: asked.lookup,
+    }
+}
+
 /// Parses a core key (see [`hyperd_proto::parse_key`]); `field` names it in errors.
 pub fn parse_key(field: &str, value: &str) -> Result<PublicKey, Status> {
     if value.trim().is_empty() {

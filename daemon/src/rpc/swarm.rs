@@ -1,9 +1,16 @@
-//! The `Swarm` service: converts the daemon's swarm status (`crate::swarm`) to proto.
+//! The `Swarm` service: converts requests to the daemon's seeding operations
+//! (`crate::seeding`) and its swarm status (`crate::swarm`) to proto.
 
-use hyperd_proto::v1::{swarm_server, SwarmStatusRequest, SwarmStatusResponse, SwarmTopic};
+use hyperd_proto::v1::{
+    swarm_server, SwarmJoinRequest, SwarmLeaveRequest, SwarmLeaveResponse, SwarmStatusRequest,
+    SwarmStatusResponse, SwarmTopic,
+};
 use tonic::{Request, Response, Status};
 
+use super::{parse_key, seeding, status};
 use crate::daemon::Daemon;
+use crate::state::Seeding;
+use crate::swarm::TopicStatus;
 
 pub struct SwarmService {
     daemon: Daemon,
@@ -12,6 +19,19 @@ pub struct SwarmService {
 impl SwarmService {
     pub fn new(daemon: Daemon) -> Self {
         SwarmService { daemon }
+    }
+}
+
+fn topic(t: TopicStatus) -> SwarmTopic {
+    SwarmTopic {
+        key: t.key.to_hex(),
+        discovery_key: t.key.discovery_key().to_hex(),
+        walks: t.walks.count,
+        peers_found: t.walks.found.len() as u32,
+        last_error: t.walks.last_error.unwrap_or_default(),
+        announce: t.seeding.announce,
+        lookup: t.seeding.lookup,
+        found: t.walks.found.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -25,17 +45,27 @@ impl swarm_server::Swarm for SwarmService {
         Ok(Response::new(SwarmStatusResponse {
             dht_address: s.dht_address.map(|a| a.to_string()).unwrap_or_default(),
             bootstrap: s.bootstrap.iter().map(ToString::to_string).collect(),
-            topics: s
-                .topics
-                .into_iter()
-                .map(|(key, walks)| SwarmTopic {
-                    key: key.to_hex(),
-                    discovery_key: hex::encode(key.discovery_key().0),
-                    walks: walks.count,
-                    peers_found: walks.peers_found as u32,
-                    last_error: walks.last_error.unwrap_or_default(),
-                })
-                .collect(),
+            topics: s.topics.into_iter().map(topic).collect(),
         }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<SwarmJoinRequest>,
+    ) -> Result<Response<SwarmTopic>, Status> {
+        let request = request.into_inner();
+        let key = parse_key("key", &request.key)?;
+        let asked = request.seeding.map(seeding).unwrap_or(Seeding::SEED);
+        self.daemon.seed(key, asked).await.map_err(status)?;
+        Ok(Response::new(topic(self.daemon.topic(&key))))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<SwarmLeaveRequest>,
+    ) -> Result<Response<SwarmLeaveResponse>, Status> {
+        let key = parse_key("key", &request.into_inner().key)?;
+        self.daemon.seed(key, Seeding::OFF).await.map_err(status)?;
+        Ok(Response::new(SwarmLeaveResponse {}))
     }
 }
