@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 /// The environment variable that moves the home.
 pub const HOME_ENV: &str = "HYPERD_HOME";
 
-/// The port peers connect to unless configured otherwise (Dat's historical port).
-pub const DEFAULT_PEER_PORT: u16 = 3282;
+/// The port peers connect to unless configured otherwise: the JS daemons' (hyperspace,
+/// hyperdrive-daemon), with their fallback when it is taken.
+pub const DEFAULT_PEER_PORT: u16 = 49737;
 
 /// What went wrong finding the home or reading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +123,7 @@ pub enum Durability {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address for peer (replication) connections; `""` disables listening. The DHT uses
-    /// the same port over UDP.
+    /// the same port over UDP. The default port falls back when taken.
     pub listen: String,
     /// DHT bootstrap nodes (hyperswarm 2 / dht-rpc 4): `HOST:PORT` with an IPv4 address
     /// or a name resolved at start, or a bare port for `127.0.0.1:PORT` (as JS); empty:
@@ -180,8 +181,9 @@ impl Default for Config {
 pub const DOCUMENTED_DEFAULTS: &str = r#"# hyperd configuration. Every setting is optional; these are the defaults.
 
 # Address for peer (replication) connections. "" disables listening; port 0 picks one.
-# With bootstrap nodes, the DHT uses the same port over UDP.
-listen = "0.0.0.0:3282"
+# With bootstrap nodes, the DHT uses the same port over UDP. The default port 49737 (as
+# the JS daemons) falls back to 49738, 49739, then any free port when it is taken.
+listen = "0.0.0.0:49737"
 
 # DHT bootstrap nodes (hyperswarm 2 / dht-rpc 4), as "HOST:PORT" entries (an IPv4
 # address or a name, resolved at start; a bare port means 127.0.0.1). Every

@@ -124,10 +124,24 @@ impl Daemon {
         let store = open_store(&storage, config, options).await?;
 
         let tasks = Tasks::new();
-        // The network first: the swarm binds next to its listener and dials through it.
+        // The network first: the swarm dials through it.
         let started = async {
-            let network = Network::start(store.clone(), config, tasks.child()).await?;
-            match Swarm::start(config, network.clone(), tasks.child()).await {
+            let port = match config.listen.as_str() {
+                "" => None,
+                listen => {
+                    let addr = listen
+                        .parse()
+                        .with_context(|| format!("listen = {listen:?}"))?;
+                    let dht = !config.bootstrap.is_empty();
+                    Some(crate::port::bind(addr, dht).await?)
+                }
+            };
+            let (tcp, udp) = match port {
+                Some(port) => (Some(port.tcp), port.udp),
+                None => (None, None),
+            };
+            let network = Network::start(store.clone(), config, tcp, tasks.child());
+            match Swarm::start(config, network.clone(), udp, tasks.child()).await {
                 Ok(swarm) => Ok((network, swarm)),
                 Err(e) => {
                     network.shutdown();

@@ -19,6 +19,7 @@ pub mod memory;
 mod network;
 mod notify;
 mod peers;
+mod port;
 mod rpc;
 mod seeding;
 mod state;

@@ -206,10 +206,15 @@ pub struct Network {
 }
 
 impl Network {
-    /// Starts listening on the configured address (unless empty), with the limits of
+    /// Starts accepting on `listener` (none: not listening), with the limits of
     /// `config`; its tasks run under `tasks`. The replication identity is derived from
     /// the store's master key like hyperdrive-daemon's, so it is stable across restarts.
-    pub async fn start(store: Corestore, config: &Config, tasks: Tasks) -> anyhow::Result<Network> {
+    pub fn start(
+        store: Corestore,
+        config: &Config,
+        listener: Option<TcpListener>,
+        tasks: Tasks,
+    ) -> Network {
         let seed = corestore::derive_seed(
             store.master_key(),
             "hyperdrive-daemon",
@@ -220,15 +225,6 @@ impl Network {
             max_incoming: config.max_peers,
             max_per_ip: config.max_peers_per_ip,
             max_outbound: config.max_outbound_peers,
-        };
-        let listen = config.listen.as_str();
-        let listener = if listen.is_empty() {
-            None
-        } else {
-            let listener = TcpListener::bind(listen).await.map_err(|e| {
-                anyhow::anyhow!("cannot listen for peers on {listen}: {e} (set `listen` in the config or pass --listen)")
-            })?;
-            Some(listener)
         };
         let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         let network = Network {
@@ -255,7 +251,7 @@ impl Network {
                 .tasks
                 .spawn("accepting peer connections", accept);
         }
-        Ok(network)
+        network
     }
 
     /// Redials the addresses the state file remembers. Returns what it did, for the log.

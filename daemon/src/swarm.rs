@@ -17,6 +17,7 @@ use hypercore::PublicKey;
 use hyperd_config::Config;
 use hyperswarm::{Dht, Id};
 use rand::Rng;
+use tokio::net::UdpSocket;
 
 use crate::network::{lock, Network};
 use crate::state::{Seeding, State};
@@ -90,19 +91,23 @@ pub struct SwarmStatus {
 }
 
 impl Swarm {
-    /// Binds the DHT next to the peer listener, unless no bootstrap node is configured
-    /// or nothing listens; its tasks run under `tasks`.
-    pub async fn start(config: &Config, network: Network, tasks: Tasks) -> anyhow::Result<Swarm> {
+    /// Runs the DHT on `udp` (the peer listener's address and port), unless no
+    /// bootstrap node is configured or nothing listens; its tasks run under `tasks`.
+    pub async fn start(
+        config: &Config,
+        network: Network,
+        udp: Option<UdpSocket>,
+        tasks: Tasks,
+    ) -> anyhow::Result<Swarm> {
         let bootstrap = resolve(&config.bootstrap_hosts()).await;
-        let dht = match (config.bootstrap.is_empty(), network.local_addr()) {
+        let dht = match (config.bootstrap.is_empty(), udp) {
             (true, _) => {
                 tracing::info!("no DHT bootstrap nodes configured: peers come from `peer connect`");
                 None
             }
-            (false, Some(SocketAddr::V4(addr))) => {
-                let dht = Dht::bind(addr, bootstrap.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("starting the DHT on {addr}: {e}"))?;
+            (false, Some(udp)) if udp.local_addr().is_ok_and(|a| a.is_ipv4()) => {
+                let dht = Dht::on_socket(udp, bootstrap.clone())
+                    .map_err(|e| anyhow::anyhow!("starting the DHT: {e}"))?;
                 tracing::info!(
                     "DHT on {}, bootstrapping from {}",
                     dht.local_addr(),
@@ -110,10 +115,10 @@ impl Swarm {
                 );
                 Some(Arc::new(dht))
             }
-            (false, other) => {
+            (false, _) => {
                 tracing::warn!(
                     "the DHT needs an IPv4 peer listener (listen = {:?}): not started",
-                    other.map(|a| a.to_string()).unwrap_or_default()
+                    config.listen
                 );
                 None
             }

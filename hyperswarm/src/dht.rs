@@ -133,14 +133,27 @@ enum Walk {
 impl Dht {
     /// Binds `addr` (port 0: any) and bootstraps from `bootstrap` (none: a DHT of one).
     pub async fn bind(addr: SocketAddrV4, bootstrap: Vec<SocketAddrV4>) -> Result<Dht, DhtError> {
-        let io = |what: &str| {
-            let what = format!("{what} {addr}");
-            move |source| DhtError::Io { what, source }
+        let socket = UdpSocket::bind(addr).await.map_err(|source| DhtError::Io {
+            what: format!("binding {addr}"),
+            source,
+        })?;
+        Dht::on_socket(socket, bootstrap)
+    }
+
+    /// Runs on `socket`, which must be bound to an IPv4 address (the Dat2 DHT is IPv4
+    /// only), bootstrapping from `bootstrap`.
+    pub fn on_socket(socket: UdpSocket, bootstrap: Vec<SocketAddrV4>) -> Result<Dht, DhtError> {
+        let unusable = |source| DhtError::Io {
+            what: "reading the address of".into(),
+            source,
         };
-        let socket = UdpSocket::bind(addr).await.map_err(io("binding"))?;
-        let addr = match socket.local_addr().map_err(io("reading the address of"))? {
+        let addr = match socket.local_addr().map_err(unusable)? {
             SocketAddr::V4(addr) => addr,
-            SocketAddr::V6(_) => unreachable!("bound to an IPv4 address"),
+            SocketAddr::V6(addr) => {
+                return Err(unusable(io::Error::other(format!(
+                    "{addr} is not an IPv4 address"
+                ))))
+            }
         };
         let (commands, receiver) = mpsc::channel(64);
         let node = Node::new(None, rand::random());

@@ -496,3 +496,40 @@ fn two_daemons_dialing_each_other_keep_one_connection() {
     assert!(out.status.success(), "{}\n{}", stderr(&out), b.log());
     assert_eq!(out.stdout, b"kept");
 }
+
+/// Daemons side by side on the default port: the first takes 49737, the next ones fall
+/// back to 49738, 49739 and then any free port, as the JS daemons do; a port given
+/// otherwise is used as given, and taken is an error naming it.
+#[test]
+fn the_default_port_falls_back_when_taken() {
+    let tmp = tempfile::tempdir().unwrap();
+    let default = "127.0.0.1:49737";
+    let daemons: Vec<Daemon> = (0..4)
+        .map(|i| Daemon::start_in(&tmp.path().join(format!("d{i}")), default).unwrap())
+        .collect();
+    let ports: Vec<u16> = daemons
+        .iter()
+        .map(|d| d.listen.rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), 4, "{ports:?}");
+    let preferred = 49737..=49739;
+    // Something else on the host may hold a preferred port; whatever is free of the
+    // three is taken in order, and the fourth daemon at least gets another port.
+    assert!(!preferred.contains(&ports[3]), "{ports:?}");
+    assert!(
+        ports[..3].windows(2).all(|w| w[0] < w[1] || !preferred.contains(&w[1])),
+        "{ports:?}"
+    );
+    assert!(daemons[3].log().contains("is taken: listening for peers on"));
+
+    // Any other port is not moved.
+    let taken = &daemons[3].listen;
+    let error = Daemon::start_in(&tmp.path().join("explicit"), taken)
+        .err()
+        .unwrap();
+    assert!(
+        format!("{error:#}").contains(&format!("cannot listen for peers on {taken}")),
+        "{error:#}"
+    );
+}
