@@ -437,6 +437,8 @@ enum SwarmCommand {
     /// The drives and cores joined, how, and the peers their last walk found
     #[command(visible_alias = "list")]
     Ls,
+    /// Per drive and core joined, the peers it replicates with and how each was found
+    Peers,
 }
 
 #[derive(Subcommand)]
@@ -735,7 +737,7 @@ async fn swarm(
         SwarmCommand::Join { key, .. } | SwarmCommand::Leave { key } => {
             Some(Key::parse(key)?.hex())
         }
-        SwarmCommand::Status | SwarmCommand::Ls => None,
+        SwarmCommand::Status | SwarmCommand::Ls | SwarmCommand::Peers => None,
     };
     let client = connect::connect(home, timeout).await?;
     let c = &client;
@@ -745,6 +747,7 @@ async fn swarm(
         }
         (SwarmCommand::Leave { .. }, Some(key)) => hyperctl::swarm::leave(c, key, json).await,
         (SwarmCommand::Ls, _) => hyperctl::swarm::list(c, json).await,
+        (SwarmCommand::Peers, _) => hyperctl::swarm::peers(c, json).await,
         _ => hyperctl::swarm::status(c, json).await,
     }
 }

@@ -238,6 +238,7 @@ pub fn peer_json(peer: &PeerInfo) -> Value {
         "address": peer.address,
         "remoteKey": peer.remote_key,
         "initiator": peer.initiator,
+        "foundBy": peer.found_by,
         "cores": peer.cores,
         "bytesUp": peer.bytes_up,
         "bytesDown": peer.bytes_down,

@@ -2,7 +2,7 @@
 //! drives and cores joined on it, announced and/or looked up.
 
 use hyperd_proto::v1::{
-    Seeding, SwarmJoinRequest, SwarmLeaveRequest, SwarmStatusRequest, SwarmTopic,
+    ListPeersRequest, Seeding, SwarmJoinRequest, SwarmLeaveRequest, SwarmStatusRequest, SwarmTopic,
 };
 use serde_json::json;
 
@@ -145,4 +145,62 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
         })
         .collect();
     output::print(output::table(&["KEY", "JOINED", "WALKS", "FOUND"], &rows))
+}
+
+/// `swarm peers`: per drive and core joined, the peers it replicates with now and how
+/// each connection came about.
+pub async fn peers(client: &Client, json: bool) -> anyhow::Result<()> {
+    let status = client
+        .unary(client.swarm().status(client.request(SwarmStatusRequest {})))
+        .await?;
+    let peers = client
+        .unary(client.peers().list(client.request(ListPeersRequest {})))
+        .await?
+        .peers;
+    let per_topic: Vec<(&SwarmTopic, Vec<&hyperd_proto::v1::PeerInfo>)> = status
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t,
+                peers.iter().filter(|p| p.cores.contains(&t.key)).collect(),
+            )
+        })
+        .collect();
+    if json {
+        let topics: Vec<_> = per_topic
+            .iter()
+            .map(|(t, peers)| {
+                let peers: Vec<_> = peers.iter().map(|p| output::peer_json(p)).collect();
+                json!({ "key": t.key, "peers": peers })
+            })
+            .collect();
+        return output::print_json(&json!({ "topics": topics }));
+    }
+    if per_topic.is_empty() {
+        return output::print("nothing joined: create, follow or seed a drive or core");
+    }
+    let mut rows = Vec::new();
+    for (t, peers) in &per_topic {
+        if peers.is_empty() {
+            rows.push(vec![
+                output::short_key(&t.key),
+                "-".into(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+        for p in peers {
+            rows.push(vec![
+                output::short_key(&t.key),
+                p.address.clone(),
+                output::short_key(&p.remote_key),
+                p.found_by.clone(),
+            ]);
+        }
+    }
+    output::print(output::table(
+        &["KEY", "PEER", "REMOTE KEY", "FOUND BY"],
+        &rows,
+    ))
 }

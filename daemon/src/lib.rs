@@ -35,7 +35,7 @@ pub use crate::drive_transfers::TransferUpdate;
 pub use crate::drives::{DriveInfo, DriveLocation};
 pub use crate::error::{DaemonError, ErrorKind};
 pub use crate::network::NetworkLimits;
-pub use crate::peers::{Disconnected, Peer, PeerEvent, PeerSnapshot};
+pub use crate::peers::{Disconnected, Origin, Peer, PeerEvent, PeerSnapshot};
 pub use crate::state::Seeding;
 pub use crate::swarm::{SwarmStatus, TopicStatus, Walks};
 

@@ -53,6 +53,28 @@ pub struct NetworkLimits {
     pub max_outbound: usize,
 }
 
+/// How a connection came about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The peer dialed us.
+    Incoming,
+    /// `peer connect`, or a remembered address redialed.
+    Manual,
+    /// Found on the DHT under a joined topic.
+    Dht,
+}
+
+impl Origin {
+    /// As the API and `hyperctl` name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Incoming => "incoming",
+            Origin::Manual => "manual",
+            Origin::Dht => "dht",
+        }
+    }
+}
+
 /// One live connection, as the API reports it.
 #[derive(Clone, Debug)]
 pub struct PeerSnapshot {
@@ -64,6 +86,8 @@ pub struct PeerSnapshot {
     pub remote_key: PeerKey,
     /// We dialed.
     pub initiator: bool,
+    /// How it came about.
+    pub origin: Origin,
     /// Bytes sent.
     pub bytes_up: u64,
     /// Bytes received.
@@ -119,6 +143,7 @@ pub enum DialError {
 struct Conn {
     address: SocketAddr,
     initiator: bool,
+    origin: Origin,
     protocol: Protocol,
     since: Instant,
 }
@@ -131,6 +156,7 @@ impl Conn {
             address: self.address,
             remote_key: self.protocol.remote_key(),
             initiator: self.initiator,
+            origin: self.origin,
             bytes_up: up,
             bytes_down: down,
             connected: self.since.elapsed(),
@@ -311,7 +337,7 @@ impl Network {
                     };
                     let network = self.clone();
                     self.inner.tasks.spawn("handshaking an incoming connection", async move {
-                        let handshake = network.handshake(stream, address, false, slot, id);
+                        let handshake = network.handshake(stream, address, Origin::Incoming, slot, id);
                         let result = tokio::select! {
                             result = handshake => result.map(|_| ()).map_err(|e| e.to_string()),
                             _ = evicted => Err("closed to make room for a new connection".into()),
@@ -429,11 +455,12 @@ impl Network {
         })
     }
 
-    /// Dials `address` and returns once the handshake is done; replication goes on in
-    /// the background.
+    /// Dials `address`, found as `origin` says, and returns once the handshake is done;
+    /// replication goes on in the background.
     pub async fn dial(
         &self,
         address: &str,
+        origin: Origin,
         timeout: Duration,
     ) -> Result<(PeerSnapshot, Protocol), DialError> {
         let target = resolve(address).await?;
@@ -447,7 +474,7 @@ impl Network {
             let stream = TcpStream::connect(target)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
-            self.handshake(stream, target, true, slot, id)
+            self.handshake(stream, target, origin, slot, id)
                 .await
                 .map_err(|e| match e {
                     HandshakeError::SelfConnection => DialError::SelfConnection {
@@ -465,10 +492,11 @@ impl Network {
         &self,
         stream: TcpStream,
         address: SocketAddr,
-        initiator: bool,
+        origin: Origin,
         slot: Slot,
         id: u64,
     ) -> Result<(PeerSnapshot, Protocol), HandshakeError> {
+        let initiator = origin != Origin::Incoming;
         let _ = stream.set_nodelay(true);
         let options = ProtocolOptions {
             initiator,
@@ -498,6 +526,7 @@ impl Network {
         let conn = Conn {
             address,
             initiator,
+            origin,
             protocol: protocol.clone(),
             since: Instant::now(),
         };
@@ -599,7 +628,7 @@ impl Network {
                     }
                     tokio::time::sleep(backoff).await;
                 }
-                match network.dial(&address, DIAL_TIMEOUT).await {
+                match network.dial(&address, Origin::Manual, DIAL_TIMEOUT).await {
                     Ok((_, protocol)) => current = Some(protocol),
                     Err(DialError::SelfConnection { .. }) => {
                         tracing::warn!("not redialing {address}: it is this daemon");

@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::daemon::Daemon;
 use crate::error::{DaemonError, ErrorKind, Result};
 use crate::network::{DialError, DIAL_TIMEOUT};
-pub use crate::network::{PeerEvent, PeerSnapshot};
+pub use crate::network::{Origin, PeerEvent, PeerSnapshot};
 
 /// A connected peer and the cores it replicates with us.
 #[derive(Clone, Debug)]
@@ -61,7 +61,7 @@ impl Daemon {
         let (snapshot, protocol) = self
             .unless_stopping(async {
                 self.network()
-                    .dial(&address, timeout)
+                    .dial(&address, Origin::Manual, timeout)
                     .await
                     .map_err(DialError::into_daemon_error)
             })

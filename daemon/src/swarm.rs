@@ -19,7 +19,7 @@ use hyperswarm::{Dht, Id};
 use rand::Rng;
 use tokio::net::UdpSocket;
 
-use crate::network::{lock, Network};
+use crate::network::{lock, Network, Origin};
 use crate::state::{Seeding, State};
 use crate::tasks::Tasks;
 
@@ -337,7 +337,10 @@ async fn dial(network: &Network, addr: SocketAddrV4) {
     if own || network.peers().iter().any(|p| p.address == addr) {
         return;
     }
-    match network.dial(&addr.to_string(), DIAL_TIMEOUT).await {
+    match network
+        .dial(&addr.to_string(), Origin::Dht, DIAL_TIMEOUT)
+        .await
+    {
         Ok((peer, _)) => tracing::info!("swarm: connected to {addr} ({})", peer.address),
         Err(e) => tracing::debug!("swarm: dialing {addr}: {e}"),
     }

@@ -518,10 +518,14 @@ fn the_default_port_falls_back_when_taken() {
     // three is taken in order, and the fourth daemon at least gets another port.
     assert!(!preferred.contains(&ports[3]), "{ports:?}");
     assert!(
-        ports[..3].windows(2).all(|w| w[0] < w[1] || !preferred.contains(&w[1])),
+        ports[..3]
+            .windows(2)
+            .all(|w| w[0] < w[1] || !preferred.contains(&w[1])),
         "{ports:?}"
     );
-    assert!(daemons[3].log().contains("is taken: listening for peers on"));
+    assert!(daemons[3]
+        .log()
+        .contains("is taken: listening for peers on"));
 
     // Any other port is not moved.
     let taken = &daemons[3].listen;

@@ -3,7 +3,8 @@
 //! daemon that follows it finds it and reads it); a followed core is only looked up
 //! until `core seed`; `core unseed` withdraws the announcement; all of it is persisted
 //! and holds after both daemons restart. The flags of create, follow and seed pick the
-//! halves, and the swarm commands refuse unknown or malformed keys.
+//! halves, and the swarm commands refuse unknown or malformed keys. `swarm peers` tells
+//! how each connection came about.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;

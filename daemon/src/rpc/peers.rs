@@ -30,6 +30,7 @@ fn info(peer: &PeerSnapshot, cores: Vec<String>) -> PeerInfo {
         address: peer.address.to_string(),
         remote_key: peer.remote_key.to_hex(),
         initiator: peer.initiator,
+        found_by: peer.origin.as_str().to_string(),
         cores,
         bytes_up: peer.bytes_up,
         bytes_down: peer.bytes_down,
