@@ -26,6 +26,10 @@ const MAX_LOCAL_PEERS: usize = 32;
 /// Contacts the routing table keeps at most: past it the least recently seen goes, so a
 /// flood of made-up ids costs bounded memory.
 pub const MAX_CONTACTS: usize = 4096;
+/// Nodes whose view of our address counts (the most recently heard), as dht-rpc.
+const ADDRESS_VOTERS: usize = 10;
+/// Votes that must agree, and at most disagree less than, to call an address ours.
+const ADDRESS_QUORUM: usize = 3;
 
 /// A datagram to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +84,9 @@ pub struct Node {
     tick: u64,
     peers: RecordStore<[u8; PEER_LEN]>,
     local_peers: RecordStore<[u8; compact::LOCAL_PEER_LEN]>,
+    /// What persistent nodes that answered us saw as our address, by node, with the
+    /// tick they said it at: the [`ADDRESS_VOTERS`] most recent.
+    seen_as: HashMap<Id, (SocketAddrV4, u64)>,
 }
 
 impl Node {
@@ -92,6 +99,35 @@ impl Node {
             tick: 0,
             peers: RecordStore::default(),
             local_peers: RecordStore::default(),
+            seen_as: HashMap::new(),
+        }
+    }
+
+    /// Our address as the DHT sees it, by dht-rpc's rule: of the 10 persistent nodes
+    /// heard from last, at least 3 reported this `host:port` and fewer than 3 another.
+    /// Known, we are reachable at it from outside (behind a NAT that keeps the port,
+    /// "holepunchable"); `None` until enough nodes agree.
+    pub fn public_address(&self) -> Option<SocketAddrV4> {
+        let mut votes: HashMap<SocketAddrV4, usize> = HashMap::new();
+        for (addr, _) in self.seen_as.values() {
+            *votes.entry(*addr).or_default() += 1;
+        }
+        let (addr, agree) = votes.iter().max_by_key(|(_, n)| **n)?;
+        let disagree = self.seen_as.len() - agree;
+        (*agree >= ADDRESS_QUORUM && disagree < ADDRESS_QUORUM).then_some(*addr)
+    }
+
+    fn saw_us_as(&mut self, node: Id, to: SocketAddrV4) {
+        self.seen_as.insert(node, (to, self.tick));
+        if self.seen_as.len() > ADDRESS_VOTERS {
+            let oldest = self
+                .seen_as
+                .iter()
+                .min_by_key(|(_, (_, tick))| *tick)
+                .map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                self.seen_as.remove(&oldest);
+            }
         }
     }
 
@@ -149,7 +185,12 @@ impl Node {
         }
         self.tick += 1;
         if let Some(id) = message.id.as_deref().filter(|_| message.version >= Some(1)) {
-            self.add_contact(Id::from_slice(id).expect("checked: 32 bytes"), from);
+            let id = Id::from_slice(id).expect("checked: 32 bytes");
+            self.add_contact(id, from);
+            let to = message.to.as_deref().map(compact::decode_peer);
+            if let (MessageType::Response, Some(Ok(to))) = (message.kind, to) {
+                self.saw_us_as(id, to);
+            }
         }
         match message.kind {
             MessageType::Response => (Vec::new(), None),

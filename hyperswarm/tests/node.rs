@@ -258,3 +258,56 @@ fn a_routing_table_flooded_with_made_up_ids_stays_bounded_and_keeps_answering() 
     let nodes = compact::decode_nodes(&answer.closer_nodes.unwrap()).unwrap();
     assert_eq!(nodes.len(), 20);
 }
+
+/// A response from a persistent node `n` that saw us as `seen`.
+fn saw_us(node: &mut Node, n: u8, seen: SocketAddrV4) {
+    let mut answer = request(MessageType::Response, u64::from(n), "_ping");
+    answer.command = None;
+    answer.id = Some(Bytes::copy_from_slice(&[n; 32]));
+    answer.to = Some(Bytes::copy_from_slice(&compact::encode_peer(seen)));
+    node.receive(&answer.encode(), addr(n, 49737));
+}
+
+#[test]
+fn our_public_address_is_what_three_of_the_last_ten_nodes_agree_on() {
+    let mut node = Node::new(None, [7; 32]);
+    let public = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 40000);
+    saw_us(&mut node, 1, public);
+    saw_us(&mut node, 2, public);
+    assert_eq!(node.public_address(), None, "two agree: not yet");
+    saw_us(&mut node, 3, public);
+    assert_eq!(node.public_address(), Some(public));
+    // The same node saying it again is one vote.
+    saw_us(&mut node, 3, public);
+    assert_eq!(node.public_address(), Some(public));
+
+    // Three disagree (a NAT that changes ports): not reachable.
+    let other = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 7), 40001);
+    for n in 4..=6 {
+        saw_us(&mut node, n, other);
+    }
+    assert_eq!(node.public_address(), None);
+    // Ten newer nodes that agree push the old votes out.
+    for n in 10..20 {
+        saw_us(&mut node, n, other);
+    }
+    assert_eq!(node.public_address(), Some(other));
+
+    // Ephemeral responders (no id) and requests do not vote; a `to` that is not an
+    // address is ignored.
+    let mut fresh = Node::new(None, [7; 32]);
+    for n in 1..=5 {
+        let mut answer = request(MessageType::Response, 1, "_ping");
+        answer.to = Some(Bytes::copy_from_slice(&compact::encode_peer(public)));
+        fresh.receive(&answer.encode(), addr(n, 49737));
+        let mut query = request(MessageType::Query, 1, "_ping");
+        query.id = Some(Bytes::copy_from_slice(&[n; 32]));
+        query.to = Some(Bytes::copy_from_slice(&compact::encode_peer(public)));
+        fresh.receive(&query.encode(), addr(n, 49737));
+        let mut odd = request(MessageType::Response, 1, "_ping");
+        odd.id = Some(Bytes::copy_from_slice(&[n + 100; 32]));
+        odd.to = Some(Bytes::from_static(b"bad"));
+        fresh.receive(&odd.encode(), addr(n + 100, 49737));
+    }
+    assert_eq!(fresh.public_address(), None);
+}
