@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hyperd/v1/peers.proto",
         "hyperd/v1/drives.proto",
         "hyperd/v1/swarm.proto",
+        "hyperd/v1/extensions.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

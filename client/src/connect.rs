@@ -12,6 +12,7 @@ use hyperd_config::Home;
 use hyperd_proto::v1::cores_client::CoresClient;
 use hyperd_proto::v1::daemon_client::DaemonClient;
 use hyperd_proto::v1::drives_client::DrivesClient;
+use hyperd_proto::v1::extensions_client::ExtensionsClient;
 use hyperd_proto::v1::peers_client::PeersClient;
 use hyperd_proto::v1::swarm_client::SwarmClient;
 use tokio::net::UnixStream;
@@ -136,6 +137,11 @@ impl Client {
     /// The `Peers` service.
     pub fn peers(&self) -> PeersClient<Channel> {
         PeersClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The `Extensions` service.
+    pub fn extensions(&self) -> ExtensionsClient<Channel> {
+        ExtensionsClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
 
     /// The `Swarm` service.

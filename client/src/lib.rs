@@ -7,6 +7,7 @@ pub mod connect;
 pub mod cores;
 pub mod daemon_cmds;
 pub mod drives;
+pub mod extensions;
 pub mod key;
 pub mod output;
 pub mod peers;

@@ -79,6 +79,28 @@ enum Command {
     },
 }
 
+/// Where `ext` sends, and whether it reads stdin.
+#[derive(clap::Args, Clone)]
+struct ExtArgs {
+    /// Send to this peer only (its remote key, as `peer ls` shows it) [default: every peer]
+    #[arg(long, value_name = "REMOTE_KEY")]
+    to: Option<String>,
+    /// Read nothing from stdin: print what arrives until interrupted
+    #[arg(long, conflicts_with = "to")]
+    listen: bool,
+}
+
+impl ExtArgs {
+    fn options(self, key: String, name: String) -> hyperctl::extensions::ExtOptions {
+        hyperctl::extensions::ExtOptions {
+            key,
+            name,
+            to: self.to,
+            listen: self.listen,
+        }
+    }
+}
+
 /// How a created, followed or seeded drive or core joins the swarm.
 #[derive(clap::Args, Clone, Copy)]
 struct SeedingArgs {
@@ -150,6 +172,14 @@ enum CoreCommand {
     },
     /// Stop announcing a core and looking up its peers
     Unseed { key: String },
+    /// App messages: send each line of stdin on the extension NAME of a core's channel
+    /// and print what its peers send on it (like JS core.registerExtension)
+    Ext {
+        key: String,
+        name: String,
+        #[command(flatten)]
+        ext: ExtArgs,
+    },
     /// Show a core's length, size, storage and traffic
     Info { key: String },
     /// List the daemon's cores
@@ -249,6 +279,14 @@ enum DriveCommand {
     },
     /// Stop announcing a drive and looking up its peers
     Unseed { url: String },
+    /// App messages: send each line of stdin on the extension NAME of the drive's
+    /// (metadata) channel and print what its peers send on it
+    Ext {
+        url: String,
+        name: String,
+        #[command(flatten)]
+        ext: ExtArgs,
+    },
     /// Show a drive's keys, version, size, storage and peers
     Info { url: String },
     /// List the daemon's drives
@@ -632,6 +670,10 @@ async fn core(
             let (client, key) = client(&key).await?;
             hyperctl::swarm::leave(&client, key.hex(), json).await
         }
+        CoreCommand::Ext { key, name, ext } => {
+            let (client, key) = client(&key).await?;
+            hyperctl::extensions::ext(&client, ext.options(key.hex(), name), json).await
+        }
         CoreCommand::Info { key } => {
             let (client, key) = client(&key).await?;
             cores::info(&client, key, json).await
@@ -757,7 +799,7 @@ fn drive_urls(command: &DriveCommand) -> anyhow::Result<()> {
     use DriveCommand as D;
     let urls: Vec<&str> = match command {
         D::Create { .. } | D::List => vec![],
-        D::Seed { url, .. } | D::Unseed { url } => vec![url],
+        D::Seed { url, .. } | D::Unseed { url } | D::Ext { url, .. } => vec![url],
         D::Mv { from, to } if to.starts_with('/') => vec![from],
         D::Mv { from, to } => vec![from, to],
         D::Mount { url, key, .. } => {
@@ -821,6 +863,10 @@ async fn drive(
             hyperctl::swarm::join(c, url(&u)?.key_hex(), seeding.seed(), json).await
         }
         D::Unseed { url: u } => hyperctl::swarm::leave(c, url(&u)?.key_hex(), json).await,
+        D::Ext { url: u, name, ext } => {
+            let options = ext.options(url(&u)?.key_hex(), name);
+            hyperctl::extensions::ext(c, options, json).await
+        }
         D::Info { url: u } => drives::info(c, url(&u)?, json).await,
         D::List => drives::list(c, json).await,
         D::RmDrive { url: u } => drives::remove(c, url(&u)?, json).await,

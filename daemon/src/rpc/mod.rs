@@ -1,10 +1,12 @@
-//! The gRPC API: one service per domain (`daemon`, `cores`, `peers`, `drives`), served on a Unix
+//! The gRPC API: one service per domain (`daemon`, `cores`, `peers`, `drives`, `swarm`,
+//! `extensions`), served on a Unix
 //! socket private to the user (mode 0600, callers' uid checked) and optionally on a
 //! loopback TCP address that requires the token from `rpc.token`.
 
 mod cores;
 mod daemon;
 mod drives;
+mod extensions;
 mod peers;
 mod swarm;
 
@@ -21,6 +23,7 @@ use hyperd_config::Config;
 use hyperd_proto::v1::cores_server::CoresServer;
 use hyperd_proto::v1::daemon_server::DaemonServer;
 use hyperd_proto::v1::drives_server::DrivesServer;
+use hyperd_proto::v1::extensions_server::ExtensionsServer;
 use hyperd_proto::v1::peers_server::PeersServer;
 use hyperd_proto::v1::swarm_server::SwarmServer;
 use tokio::net::UnixListener;
@@ -159,6 +162,9 @@ fn router(daemon: &Daemon, token: Option<String>) -> tonic::transport::server::R
     let swarm = SwarmServer::new(swarm::SwarmService::new(daemon.clone()))
         .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_REPLY);
+    let extensions = ExtensionsServer::new(extensions::ExtensionsService::new(daemon.clone()))
+        .max_decoding_message_size(MAX_REQUEST)
+        .max_encoding_message_size(MAX_REPLY);
     Server::builder()
         // Large appends and reads stream megabytes; HTTP/2's 64 KiB default windows would
         // stall them on round trips.
@@ -169,7 +175,8 @@ fn router(daemon: &Daemon, token: Option<String>) -> tonic::transport::server::R
         .add_service(InterceptedService::new(cores, check.clone()))
         .add_service(InterceptedService::new(peers, check.clone()))
         .add_service(InterceptedService::new(drives, check.clone()))
-        .add_service(InterceptedService::new(swarm, check))
+        .add_service(InterceptedService::new(swarm, check.clone()))
+        .add_service(InterceptedService::new(extensions, check))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
