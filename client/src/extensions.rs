@@ -66,7 +66,7 @@ pub async fn ext(client: &Client, options: ExtOptions, json: bool) -> anyhow::Re
                 if json {
                     output::print_json(&json!({ "type": "opened", "peers": opened.peers }))?;
                 } else {
-                    output::note(&format!(
+                    output::note(format!(
                         "extension {:?} open on {} with {} peer{}",
                         options.name,
                         output::short_key(&options.key),
