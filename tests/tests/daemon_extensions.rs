@@ -61,11 +61,9 @@ impl Session {
             })
             .await
             .unwrap();
-        loop {
-            match self.events.message().await.unwrap().unwrap().event {
-                Some(Event::Sent(sent)) => return sent.peers,
-                other => panic!("expected sent, got {other:?}"),
-            }
+        match self.events.message().await.unwrap().unwrap().event {
+            Some(Event::Sent(sent)) => sent.peers,
+            other => panic!("expected sent, got {other:?}"),
         }
     }
 
