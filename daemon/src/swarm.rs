@@ -184,7 +184,7 @@ impl Swarm {
                 let swarm = self.clone();
                 async move {
                     if swarm.record_local(peer) {
-                        dial(&swarm.inner.network, peer.addr).await;
+                        dial(&swarm.inner.network, peer.addr, Origin::Mdns).await;
                     }
                 }
             })
@@ -392,7 +392,9 @@ impl Topic {
                         walks.last_error = None;
                     }
                     if self.seeding.lookup {
-                        let dials = found.into_iter().map(|peer| dial(&self.network, peer.addr));
+                        let dials = found
+                            .into_iter()
+                            .map(|peer| dial(&self.network, peer.addr, Origin::Dht));
                         futures::future::join_all(dials).await;
                     }
                 }
@@ -410,9 +412,10 @@ impl Topic {
     }
 }
 
-/// Dials `addr` unless it is our own listener or a connection to it is open (a node
-/// may name us to ourselves; the handshake would refuse it anyway, after a connection).
-async fn dial(network: &Network, addr: SocketAddrV4) {
+/// Dials `addr`, found as `origin` says, unless it is our own listener or a connection
+/// to it is open (a node may name us to ourselves; the handshake would refuse it anyway,
+/// after a connection).
+async fn dial(network: &Network, addr: SocketAddrV4, origin: Origin) {
     let ours = network.local_addr();
     let own = ours.is_some_and(|ours| {
         ours.port() == addr.port()
@@ -423,10 +426,7 @@ async fn dial(network: &Network, addr: SocketAddrV4) {
     if own || network.peers().iter().any(|p| p.address == addr) {
         return;
     }
-    match network
-        .dial(&addr.to_string(), Origin::Dht, DIAL_TIMEOUT)
-        .await
-    {
+    match network.dial(&addr.to_string(), origin, DIAL_TIMEOUT).await {
         Ok((peer, _)) => tracing::info!("swarm: connected to {addr} ({})", peer.address),
         Err(e) => tracing::debug!("swarm: dialing {addr}: {e}"),
     }

@@ -162,9 +162,9 @@ async fn hyperd_finds_a_drive_a_js_peer_announces_by_mdns_and_reads_it() {
     let js_peer = found_at(&d, &key, js_addr);
     let connected = peers(&d);
     assert!(
-        connected
-            .iter()
-            .any(|p| p["address"] == js_peer.as_str() && p["initiator"] == true),
+        connected.iter().any(|p| p["address"] == js_peer.as_str()
+            && p["initiator"] == true
+            && p["foundBy"] == "mdns"),
         "hyperd did not dial {js_peer}: {connected:?}"
     );
 }
