@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use hyperswarm::local::LocalTopics;
-use hyperswarm::mdns::{encode_query, encode_response, topic_name, Announcement};
+use hyperswarm::mdns::{encode_query, encode_response, topic_name, Announcement, MDNS_ADDR};
 use hyperswarm::{Id, Mdns, MdnsPeer};
 use proptest::prelude::*;
 
@@ -158,9 +158,34 @@ fn two_services_find_each_other_on_a_real_multicast_socket() {
                 // With only `lo`, packets come from 127.0.0.1.
                 addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
             };
+            looker.join(t, false, true).unwrap();
+            // A flood first: garbage, and more made-up answers for `t` than the found
+            // queue holds. The queue drops the excess and the service goes on. (Real
+            // answers lost meanwhile, to a full socket buffer or queue, are made up for
+            // by the next query, 30 to 60 s later, as in JS.)
+            let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = std::net::SocketAddr::V4(MDNS_ADDR);
+            for i in 0..3000u16 {
+                let garbage: Vec<u8> = (0..(i % 300)).map(|_| rand::random()).collect();
+                flood.send_to(&garbage, to).unwrap();
+                let fake = Announcement {
+                    name: topic_name(&t),
+                    port: 10_000 + i,
+                    instance: b"id=fake".to_vec(),
+                };
+                flood
+                    .send_to(&encode_response(&[fake], None).unwrap(), to)
+                    .unwrap();
+            }
+            // Taken until quiet: made-up peers only, each a peer at the flood's address.
+            while let Ok(Some(peer)) =
+                tokio::time::timeout(Duration::from_millis(500), looker_found.recv()).await
+            {
+                assert_eq!(peer.topic, t);
+                assert!(peer.addr.port() >= 10_000, "{peer:?}");
+            }
             announcer.join(t, true, false).unwrap();
             announcer.join(other, true, true).unwrap();
-            looker.join(t, false, true).unwrap();
             found(&mut looker_found, at(t, 1111), 2222).await;
             // An announcing looker is found when it joins (its unsolicited announcement)
             // and finds the announcer by its query.
