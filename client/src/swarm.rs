@@ -1,5 +1,5 @@
-//! `hyperctl swarm …`, `core seed|unseed` and `drive seed|unseed`: the DHT and the
-//! drives and cores joined on it, announced and/or looked up.
+//! `hyperctl swarm …`, `core seed|unseed` and `drive seed|unseed`: the DHT, local
+//! discovery (mDNS), and the drives and cores joined on them, announced and/or looked up.
 
 use hyperd_proto::v1::{
     ListPeersRequest, Seeding, SwarmJoinRequest, SwarmLeaveRequest, SwarmStatusRequest, SwarmTopic,
@@ -9,8 +9,8 @@ use serde_json::json;
 use crate::connect::Client;
 use crate::output;
 
-/// `swarm status`: the DHT, then one line per core joined (drives by their metadata
-/// core) with what its last walk found.
+/// `swarm status`: the DHT and mDNS, then one line per core joined (drives by their
+/// metadata core) with what its last walk and mDNS found.
 pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
     let status = client
         .unary(client.swarm().status(client.request(SwarmStatusRequest {})))
@@ -20,20 +20,29 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         return output::print_json(&json!({
             "dhtAddress": status.dht_address,
             "bootstrap": status.bootstrap,
+            "mdns": status.mdns,
             "topics": topics,
         }));
     }
-    if status.dht_address.is_empty() {
-        return output::print(
-            "no DHT: no bootstrap nodes configured (set `bootstrap` in config.toml or pass \
-             hyperd --bootstrap HOST:PORT)",
-        );
+    let mut text = if status.dht_address.is_empty() {
+        "no DHT: no bootstrap nodes configured (set `bootstrap` in config.toml or pass \
+         hyperd --bootstrap HOST:PORT)\n"
+            .to_string()
+    } else {
+        format!(
+            "DHT on {}, bootstrapping from {}\n",
+            status.dht_address,
+            status.bootstrap.join(", ")
+        )
+    };
+    text.push_str(if status.mdns {
+        "mDNS local discovery on\n"
+    } else {
+        "mDNS local discovery off\n"
+    });
+    if status.dht_address.is_empty() && !status.mdns {
+        return output::print(text.trim_end());
     }
-    let mut text = format!(
-        "DHT on {}, bootstrapping from {}\n",
-        status.dht_address,
-        status.bootstrap.join(", ")
-    );
     if status.topics.is_empty() {
         text.push_str("nothing joined yet: create or follow a drive, or follow a core");
     } else {
@@ -46,6 +55,7 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
                     how(t).to_string(),
                     t.walks.to_string(),
                     t.peers_found.to_string(),
+                    t.local_peers.join(" "),
                     if t.last_error.is_empty() {
                         "ok".to_string()
                     } else {
@@ -55,7 +65,14 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
             })
             .collect();
         text.push_str(&output::table(
-            &["KEY", "JOINED", "WALKS", "PEERS FOUND", "LAST WALK"],
+            &[
+                "KEY",
+                "JOINED",
+                "WALKS",
+                "PEERS FOUND",
+                "MDNS PEERS",
+                "LAST WALK",
+            ],
             &rows,
         ));
     }
@@ -71,6 +88,7 @@ fn topic_json(t: &SwarmTopic) -> serde_json::Value {
         "walks": t.walks,
         "peersFound": t.peers_found,
         "found": t.found,
+        "localPeers": t.local_peers,
         "lastError": t.last_error,
     })
 }

@@ -129,6 +129,9 @@ pub struct Config {
     /// or a name resolved at start, or a bare port for `127.0.0.1:PORT` (as JS); empty:
     /// no DHT, peers come from `peer connect` only.
     pub bootstrap: Vec<String>,
+    /// Local discovery over mDNS (hyperswarm 2's, on UDP 224.0.0.251:5353): every drive
+    /// held and core followed is also announced and looked up on the local network.
+    pub mdns: bool,
     /// Most incoming peer connections at once (handshaking or open); when full, a new one
     /// takes the place of one still handshaking or replicating nothing, or is refused.
     pub max_peers: usize,
@@ -164,6 +167,7 @@ impl Default for Config {
         Config {
             listen: format!("0.0.0.0:{DEFAULT_PEER_PORT}"),
             bootstrap: Vec::new(),
+            mdns: true,
             max_peers: 256,
             max_peers_per_ip: 16,
             max_outbound_peers: 64,
@@ -191,6 +195,13 @@ listen = "0.0.0.0:49737"
 # discovery key, and the peers found are dialed. Empty: no DHT (peers come from
 # `hyperctl peer connect`). `hyperd bootstrap` runs a bootstrap node of your own.
 bootstrap = []
+
+# Local discovery over mDNS, as hyperswarm 2 (Dat2's JS swarm, which always runs it):
+# every drive held and core followed is also announced and looked up on the local
+# network (multicast to 224.0.0.251, UDP port 5353, shared with other responders), and
+# the peers found are dialed. Peers dial the address our announcement came from and the
+# port of `listen`, so this finds us when `listen` is on all addresses ("0.0.0.0:…").
+mdns = true
 
 # Most incoming peer connections at once (open or still handshaking). When full, a new
 # connection takes the place of one that is still handshaking or replicates nothing;
@@ -370,9 +381,11 @@ mod tests {
 
     #[test]
     fn settings_are_read() {
-        let text = "listen = \"127.0.0.1:0\"\ndurability = \"sync\"\nstorage = \"/data\"\n[rpc]\ntcp = \"127.0.0.1:9000\"\n";
+        let text = "listen = \"127.0.0.1:0\"\nmdns = false\ndurability = \"sync\"\nstorage = \"/data\"\n[rpc]\ntcp = \"127.0.0.1:9000\"\n";
         let config = Config::parse(text, Path::new("c.toml")).unwrap();
         assert_eq!(config.listen, "127.0.0.1:0");
+        assert!(!config.mdns);
+        assert!(Config::default().mdns, "on by default, as in JS");
         assert_eq!(config.durability, Durability::Sync);
         assert_eq!(
             config.storage_dir(&Home::at("/home/x")),

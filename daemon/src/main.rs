@@ -26,6 +26,12 @@ struct Args {
     /// entries, IPv4 addresses or names ("" for none: no DHT).
     #[arg(long, value_name = "HOST:PORT,...")]
     bootstrap: Option<String>,
+    /// Local discovery over mDNS on, overriding the configuration.
+    #[arg(long, overrides_with = "no_mdns")]
+    mdns: bool,
+    /// Local discovery over mDNS off, overriding the configuration.
+    #[arg(long, overrides_with = "mdns")]
+    no_mdns: bool,
     /// Print the default configuration, with every setting explained, and exit.
     #[arg(long)]
     print_config: bool,
@@ -91,6 +97,9 @@ fn run() -> anyhow::Result<()> {
             .map(str::to_string)
             .collect();
         config.validate(std::path::Path::new("--bootstrap"))?;
+    }
+    if args.mdns || args.no_mdns {
+        config.mdns = args.mdns;
     }
     init_logging(&config.log_level);
     // Everything hyperd creates (blocks, keys, state) is private to its user, whatever

@@ -62,6 +62,8 @@ pub enum Origin {
     Manual,
     /// Found on the DHT under a joined topic.
     Dht,
+    /// Found on the local network by mDNS under a joined topic.
+    Mdns,
 }
 
 impl Origin {
@@ -71,6 +73,7 @@ impl Origin {
             Origin::Incoming => "incoming",
             Origin::Manual => "manual",
             Origin::Dht => "dht",
+            Origin::Mdns => "mdns",
         }
     }
 }

@@ -26,6 +26,7 @@ impl Daemon {
             key: *key,
             seeding: Seeding::OFF,
             walks: Walks::default(),
+            local_peers: Vec::new(),
         })
     }
 

@@ -5,7 +5,9 @@
 //! again every 5 to 10 minutes, as hyperswarm does, and the peers found by a topic that
 //! looks up are dialed through the network, the same path as `peer connect`. The DHT
 //! socket is bound to the peer listener's address, port included, so the port the DHT
-//! stores for us is the one peers connect to. Like every subsystem it starts, restores
+//! stores for us is the one peers connect to. With `mdns` on (the default, as JS), each
+//! topic is also announced and/or looked up on the local network by mDNS, and the peers
+//! found by a topic that looks up are dialed the same way. Like every subsystem it starts, restores
 //! (its section of the state file) and shuts down (see `daemon`).
 
 use std::collections::HashMap;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use hypercore::PublicKey;
 use hyperd_config::Config;
-use hyperswarm::{Dht, Id};
+use hyperswarm::{Dht, Id, Mdns, MdnsPeer};
 use rand::Rng;
 use tokio::net::UdpSocket;
 
@@ -30,6 +32,8 @@ const REWALK: std::ops::Range<Duration> = Duration::from_secs(300)..Duration::fr
 const CONCURRENT_WALKS: usize = 4;
 /// How long dialing a found peer may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peers found by mDNS dialed at once (more wait in the service's bounded queue).
+const CONCURRENT_LOCAL_DIALS: usize = 8;
 
 /// The DHT (when configured) and the topics joined. Cheap to clone.
 #[derive(Clone)]
@@ -39,6 +43,8 @@ pub(crate) struct Swarm {
 
 struct Inner {
     dht: Option<Arc<Dht>>,
+    /// Local discovery, when on and its socket could be bound.
+    mdns: Option<Mdns>,
     bootstrap: Vec<SocketAddrV4>,
     network: Network,
     tasks: Tasks,
@@ -50,8 +56,12 @@ struct Inner {
 
 struct Joined {
     seeding: Seeding,
+    /// The discovery key, as mDNS names the topic.
+    topic: Id,
     tasks: Tasks,
     walks: Arc<Mutex<Walks>>,
+    /// Peers mDNS found, most recent last ([`MAX_FOUND_SHOWN`] at most).
+    local: Vec<SocketAddrV4>,
 }
 
 /// What a topic's walks did so far.
@@ -77,6 +87,8 @@ pub struct TopicStatus {
     pub seeding: Seeding,
     /// What its walks did.
     pub walks: Walks,
+    /// Peers mDNS found, most recent last ([`MAX_FOUND_SHOWN`] at most).
+    pub local_peers: Vec<SocketAddrV4>,
 }
 
 /// The swarm as `hyperctl swarm status` shows it.
@@ -86,6 +98,8 @@ pub struct SwarmStatus {
     pub dht_address: Option<SocketAddrV4>,
     /// Its bootstrap nodes.
     pub bootstrap: Vec<SocketAddrV4>,
+    /// Whether local discovery (mDNS) runs.
+    pub mdns: bool,
     /// Each core joined, sorted by key.
     pub topics: Vec<TopicStatus>,
 }
@@ -123,16 +137,75 @@ impl Swarm {
                 None
             }
         };
-        Ok(Swarm {
+        let (mdns, found) = if config.mdns {
+            // Announced: the port peers connect to (none without a listener: look up only).
+            let port = network.local_addr().map_or(0, |a| a.port());
+            match Mdns::bind(port) {
+                Ok((mdns, found)) => {
+                    tracing::info!("mDNS local discovery on, announcing port {port}");
+                    (Some(mdns), Some(found))
+                }
+                Err(e) => {
+                    tracing::warn!("mDNS local discovery is off: {e}");
+                    (None, None)
+                }
+            }
+        } else {
+            tracing::info!("mDNS local discovery is off (mdns = false)");
+            (None, None)
+        };
+        let swarm = Swarm {
             inner: Arc::new(Inner {
                 dht,
+                mdns,
                 bootstrap,
                 network,
                 tasks,
                 joined: Mutex::new(HashMap::new()),
                 walking: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_WALKS)),
             }),
-        })
+        };
+        if let Some(found) = found {
+            let dialing = swarm.clone();
+            swarm
+                .inner
+                .tasks
+                .spawn("dialing peers found by mDNS", dialing.dial_local(found));
+        }
+        Ok(swarm)
+    }
+
+    /// Dials each peer mDNS finds under a topic that looks up, a few at a time, and
+    /// records it.
+    async fn dial_local(self, found: tokio::sync::mpsc::Receiver<MdnsPeer>) {
+        use futures::StreamExt;
+        tokio_stream::wrappers::ReceiverStream::new(found)
+            .for_each_concurrent(CONCURRENT_LOCAL_DIALS, |peer| {
+                let swarm = self.clone();
+                async move {
+                    if swarm.record_local(peer) {
+                        dial(&swarm.inner.network, peer.addr, Origin::Mdns).await;
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Records `peer` with its topic; false if the topic no longer looks up.
+    fn record_local(&self, peer: MdnsPeer) -> bool {
+        let mut joined = lock(&self.inner.joined);
+        let Some(topic) = joined
+            .values_mut()
+            .find(|j| j.topic == peer.topic && j.seeding.lookup)
+        else {
+            return false;
+        };
+        topic.local.retain(|a| *a != peer.addr);
+        if topic.local.len() == MAX_FOUND_SHOWN {
+            topic.local.remove(0);
+        }
+        topic.local.push(peer.addr);
+        true
     }
 
     /// Joins every core and drive of the state file's swarm section, as it says.
@@ -159,6 +232,7 @@ impl Swarm {
         SwarmStatus {
             dht_address: self.dht_address(),
             bootstrap: self.inner.bootstrap.clone(),
+            mdns: self.inner.mdns.is_some(),
             topics,
         }
     }
@@ -189,6 +263,7 @@ impl Swarm {
             key: *key,
             seeding: joined.seeding,
             walks: lock(&joined.walks).clone(),
+            local_peers: joined.local.clone(),
         })
     }
 
@@ -220,12 +295,13 @@ impl Swarm {
         }
         let tasks = self.inner.tasks.child();
         let walks = Arc::new(Mutex::new(Walks::default()));
+        let id = Id(key.discovery_key().0);
         if let Some(dht) = self.inner.dht.clone() {
             let cancelled = tasks.cancelled();
             let topic = Topic {
                 dht,
                 network: self.inner.network.clone(),
-                id: Id(key.discovery_key().0),
+                id,
                 seeding,
                 walking: self.inner.walking.clone(),
                 walks: walks.clone(),
@@ -237,12 +313,19 @@ impl Swarm {
                 }
             });
         }
+        if let Some(mdns) = &self.inner.mdns {
+            if let Err(e) = mdns.join(id, seeding.announce, seeding.lookup) {
+                tracing::warn!("swarm: {e}");
+            }
+        }
         joined.insert(
             key,
             Joined {
                 seeding,
+                topic: id,
                 tasks,
                 walks,
+                local: Vec::new(),
             },
         );
     }
@@ -253,6 +336,9 @@ impl Swarm {
             return;
         };
         joined.tasks.cancel();
+        if let Some(mdns) = &self.inner.mdns {
+            mdns.leave(&joined.topic);
+        }
         if joined.seeding.announce {
             self.unannounce(*key);
         }
@@ -306,7 +392,9 @@ impl Topic {
                         walks.last_error = None;
                     }
                     if self.seeding.lookup {
-                        let dials = found.into_iter().map(|peer| dial(&self.network, peer.addr));
+                        let dials = found
+                            .into_iter()
+                            .map(|peer| dial(&self.network, peer.addr, Origin::Dht));
                         futures::future::join_all(dials).await;
                     }
                 }
@@ -324,9 +412,10 @@ impl Topic {
     }
 }
 
-/// Dials `addr` unless it is our own listener or a connection to it is open (a node
-/// may name us to ourselves; the handshake would refuse it anyway, after a connection).
-async fn dial(network: &Network, addr: SocketAddrV4) {
+/// Dials `addr`, found as `origin` says, unless it is our own listener or a connection
+/// to it is open (a node may name us to ourselves; the handshake would refuse it anyway,
+/// after a connection).
+async fn dial(network: &Network, addr: SocketAddrV4, origin: Origin) {
     let ours = network.local_addr();
     let own = ours.is_some_and(|ours| {
         ours.port() == addr.port()
@@ -337,10 +426,7 @@ async fn dial(network: &Network, addr: SocketAddrV4) {
     if own || network.peers().iter().any(|p| p.address == addr) {
         return;
     }
-    match network
-        .dial(&addr.to_string(), Origin::Dht, DIAL_TIMEOUT)
-        .await
-    {
+    match network.dial(&addr.to_string(), origin, DIAL_TIMEOUT).await {
         Ok((peer, _)) => tracing::info!("swarm: connected to {addr} ({})", peer.address),
         Err(e) => tracing::debug!("swarm: dialing {addr}: {e}"),
     }

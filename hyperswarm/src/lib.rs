@@ -5,12 +5,13 @@
 //! for byte, decoders take what JS takes and refuse the rest with an error naming what
 //! is wrong. A DHT node's answers without I/O ([`node`]), the announcements it stores
 //! ([`store`]), and the same node on a UDP socket ([`server`]): a bootstrap node for
-//! JS and Rust peers. Looking up and announcing from the client side, hole punching and
-//! the connection layer come next.
+//! JS and Rust peers. The client side of the DHT ([`dht`]) and local discovery over
+//! mDNS ([`local`]). Hole punching and the connection layer come next.
 
 pub mod compact;
 pub mod dht;
 pub mod limit;
+pub mod local;
 pub mod mdns;
 pub mod message;
 pub mod node;
@@ -21,6 +22,7 @@ pub mod token;
 
 pub use compact::{CompactError, Id, LocalPeer, NodeInfo};
 pub use dht::{Dht, DhtError, FoundPeer};
+pub use local::{LocalDiscoveryError, Mdns, MdnsPeer};
 pub use message::{DecodeError, Holepunch, Message, MessageType};
 pub use peers::{PeersInput, PeersOutput};
 pub use server::DhtServer;

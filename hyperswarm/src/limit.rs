@@ -18,14 +18,21 @@ const MAX_ADDRESSES: usize = 65_536;
 pub struct RateLimit {
     window: Instant,
     counts: HashMap<Ipv4Addr, u32>,
+    per_second: u32,
 }
 
 impl RateLimit {
-    /// A budget starting at `now`.
+    /// A budget of [`PER_SECOND`] starting at `now`.
     pub fn new(now: Instant) -> RateLimit {
+        RateLimit::with_budget(now, PER_SECOND)
+    }
+
+    /// A budget of `per_second` requests per address, starting at `now`.
+    pub fn with_budget(now: Instant, per_second: u32) -> RateLimit {
         RateLimit {
             window: now,
             counts: HashMap::new(),
+            per_second,
         }
     }
 
@@ -39,8 +46,8 @@ impl RateLimit {
             return false;
         }
         let count = self.counts.entry(ip).or_insert(0);
-        *count += 1;
-        *count <= PER_SECOND
+        *count = count.saturating_add(1);
+        *count <= self.per_second
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Daemon {
     /// Its peer address (`127.0.0.1:PORT`).
     pub listen: String,
     child: Option<Child>,
+    /// The network namespace it runs in ([`crate::netns::Host`]), if not the machine's.
+    netns: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -57,20 +59,46 @@ impl Daemon {
     /// Starts a daemon on `home` whose open-file limit (soft and hard, so it cannot be
     /// raised) is `nofile`, when given: run under `prlimit`.
     pub fn start_limited(home: &Path, listen: &str, nofile: Option<u64>) -> Result<Daemon> {
+        Daemon::spawn(home, listen, nofile, None)
+    }
+
+    /// Starts a daemon on `home` inside `host`'s network namespace, with mDNS local
+    /// discovery as configured (on by default). Daemons on the machine's own network
+    /// run with `--no-mdns`: they would multicast on its real interfaces and find the
+    /// daemons of other tests.
+    pub fn start_on_host(home: &Path, listen: &str, host: &crate::netns::Host) -> Result<Daemon> {
+        Daemon::spawn(home, listen, None, Some(&host.netns))
+    }
+
+    fn spawn(
+        home: &Path,
+        listen: &str,
+        nofile: Option<u64>,
+        netns: Option<&str>,
+    ) -> Result<Daemon> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_path(home))?;
-        let mut command = match nofile {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}"))
-                    .arg("--")
-                    .arg(bin("hyperd")?);
-                c
-            }
-            None => Command::new(bin("hyperd")?),
-        };
+        // What runs hyperd: `ip netns exec` and `prlimit` exec it in turn, so the child's
+        // pid is hyperd's.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = netns {
+            argv.extend(["ip", "netns", "exec", ns].map(Into::into));
+        }
+        if let Some(n) = nofile {
+            argv.extend([
+                "prlimit".into(),
+                format!("--nofile={n}:{n}").into(),
+                "--".into(),
+            ]);
+        }
+        argv.push(bin("hyperd")?.into());
+        if netns.is_none() {
+            argv.push("--no-mdns".into());
+        }
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
         let child = command
             .arg("--home")
             .arg(home)
@@ -90,6 +118,7 @@ impl Daemon {
             home: home.to_owned(),
             listen: String::new(),
             child: Some(child),
+            netns: netns.map(str::to_string),
             _dir: None,
         };
         daemon.wait_ready()?;
@@ -116,7 +145,7 @@ impl Daemon {
         }
         let dir = self._dir.take();
         let listen = self.listen.clone();
-        let mut next = Daemon::start_limited(&self.home, &listen, nofile)?;
+        let mut next = Daemon::spawn(&self.home, &listen, nofile, self.netns.as_deref())?;
         next._dir = dir;
         // `next` becomes the old daemon, which has exited: dropping it kills nothing.
         std::mem::swap(self, &mut next);

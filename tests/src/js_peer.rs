@@ -32,7 +32,24 @@ pub struct JsPeer {
 impl JsPeer {
     /// Starts `script` with `args` and returns it with its first line (its "ready" line).
     pub async fn spawn(script: &str, args: &[&str]) -> Result<(JsPeer, Value)> {
-        let mut cmd = tokio::process::Command::from(crate::node(script)?);
+        JsPeer::spawn_command(script, crate::node(script)?, args).await
+    }
+
+    /// Starts `script` with `args` inside `host`'s network namespace.
+    pub async fn spawn_on(
+        host: &crate::netns::Host,
+        script: &str,
+        args: &[&str],
+    ) -> Result<(JsPeer, Value)> {
+        JsPeer::spawn_command(script, host.wrap(&crate::node(script)?), args).await
+    }
+
+    async fn spawn_command(
+        script: &str,
+        command: std::process::Command,
+        args: &[&str],
+    ) -> Result<(JsPeer, Value)> {
+        let mut cmd = tokio::process::Command::from(command);
         cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod daemon;
 pub mod js_peer;
+pub mod netns;
 pub mod raw_peer;
 pub mod swarm;
 pub mod tree;

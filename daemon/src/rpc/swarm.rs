@@ -32,6 +32,7 @@ fn topic(t: TopicStatus) -> SwarmTopic {
         announce: t.seeding.announce,
         lookup: t.seeding.lookup,
         found: t.walks.found.iter().map(ToString::to_string).collect(),
+        local_peers: t.local_peers.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -45,6 +46,7 @@ impl swarm_server::Swarm for SwarmService {
         Ok(Response::new(SwarmStatusResponse {
             dht_address: s.dht_address.map(|a| a.to_string()).unwrap_or_default(),
             bootstrap: s.bootstrap.iter().map(ToString::to_string).collect(),
+            mdns: s.mdns,
             topics: s.topics.into_iter().map(topic).collect(),
         }))
     }

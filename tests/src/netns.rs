@@ -1,0 +1,202 @@
+//! Private networks for tests, made of Linux network namespaces that the test creates
+//! and removes: a [`Host`] is a namespace of its own (with `lo` up) in which child
+//! processes run ([`Host::command`]); a [`Lan`] is a bridge in one more namespace, and
+//! [`Lan::attach`] wires a host to it with a veth pair and the next address of its
+//! subnet. A host may sit on several LANs (a router, for the NAT tests to come). Nothing
+//! is created in the machine's own namespace, so no test traffic (multicast included)
+//! can reach a real network or a responder on the machine.
+//!
+//! Needs root (or CAP_SYS_ADMIN) and iproute2's `ip`. Without them [`Host::new`] fails,
+//! saying so: a test that needs a namespace never passes without one. Namespaces are
+//! named `hdt-<pid>-<n>-<name>`; ones left by a test process that no longer runs (it was
+//! killed) are removed by the next [`Host::new`].
+
+use std::ffi::OsStr;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+/// The prefix of every namespace made here.
+const PREFIX: &str = "hdt-";
+
+/// Namespaces made by this process so far (makes names unique).
+static MADE: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip args…`, failing with its stderr.
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A fresh, unique namespace name ending in `name`, once stale ones are gone.
+fn new_namespace(name: &str) -> Result<String> {
+    remove_stale();
+    let n = MADE.fetch_add(1, Ordering::Relaxed);
+    let ns = format!("{PREFIX}{}-{n}-{name}", std::process::id());
+    ip(&["netns", "add", &ns]).with_context(|| {
+        format!(
+            "cannot create the network namespace {ns} this test needs: it must run as root \
+             (or with CAP_SYS_ADMIN) with iproute2 installed"
+        )
+    })?;
+    ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    Ok(ns)
+}
+
+/// Removes the namespaces of test processes that no longer run.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(ns) = line.split_whitespace().next() else {
+            continue;
+        };
+        let pid = ns
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = ip(&["netns", "delete", ns]);
+            }
+        }
+    }
+}
+
+/// A host: a network namespace of its own, removed when dropped (processes still in it
+/// keep it alive until they exit).
+#[derive(Debug)]
+pub struct Host {
+    /// The namespace's name.
+    pub netns: String,
+    /// Interfaces attached so far (`eth0`, `eth1`, …).
+    interfaces: AtomicU8,
+}
+
+impl Host {
+    /// A new host named `name` (a few letters: it ends the namespace's name) with only
+    /// `lo`, up.
+    pub fn new(name: &str) -> Result<Host> {
+        Ok(Host {
+            netns: new_namespace(name)?,
+            interfaces: AtomicU8::new(0),
+        })
+    }
+
+    /// A command running `program` inside the host (`ip netns exec`, which then execs
+    /// it: the child's pid is the program's).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns]).arg(program);
+        command
+    }
+
+    /// `command` (its program, arguments, directory and environment) made to run inside
+    /// the host.
+    pub fn wrap(&self, command: &Command) -> Command {
+        let mut inside = self.command(command.get_program());
+        inside.args(command.get_args());
+        if let Some(dir) = command.get_current_dir() {
+            inside.current_dir(dir);
+        }
+        for (name, value) in command.get_envs() {
+            match value {
+                Some(value) => inside.env(name, value),
+                None => inside.env_remove(name),
+            };
+        }
+        inside
+    }
+
+    /// Runs `ip args…` inside the host.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", &self.netns];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "delete", &self.netns]);
+    }
+}
+
+/// An Ethernet segment: a bridge in a namespace of its own, hosts attached to it by veth
+/// pairs with addresses in `10.201.0.0/24` (each LAN is its own world, so they may
+/// share the range), removed when dropped.
+#[derive(Debug)]
+pub struct Lan {
+    switch: Host,
+    /// Hosts attached so far.
+    ports: AtomicU8,
+}
+
+/// The LAN's subnet: `10.201.0.0/24`; hosts get `.1`, `.2`, … in attach order.
+const SUBNET: [u8; 3] = [10, 201, 0];
+
+impl Lan {
+    /// A new, empty LAN.
+    pub fn new() -> Result<Lan> {
+        let switch = Host::new("lan")?;
+        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(&["link", "set", "br0", "up"])?;
+        Ok(Lan {
+            switch,
+            ports: AtomicU8::new(0),
+        })
+    }
+
+    /// A new host attached to this LAN; returns it and its address.
+    pub fn add_host(&self, name: &str) -> Result<(Host, Ipv4Addr)> {
+        let host = Host::new(name)?;
+        let addr = self.attach(&host, true)?;
+        Ok((host, addr))
+    }
+
+    /// Wires `host` to the LAN: a veth pair, `ethN` in the host with the LAN's next
+    /// address, its other end on the bridge; with `default_route`, the host sends
+    /// whatever has no other route (multicast included) out of it.
+    pub fn attach(&self, host: &Host, default_route: bool) -> Result<Ipv4Addr> {
+        let port = self.ports.fetch_add(1, Ordering::Relaxed);
+        if port >= 250 {
+            bail!("the LAN is full");
+        }
+        let addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], port + 1);
+        let eth = format!("eth{}", host.interfaces.fetch_add(1, Ordering::Relaxed));
+        let outside = format!("p{port}");
+        self.switch.ip(&[
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &eth,
+            "netns",
+            &host.netns,
+        ])?;
+        self.switch
+            .ip(&["link", "set", &outside, "master", "br0", "up"])?;
+        host.ip(&["addr", "add", &format!("{addr}/24"), "dev", &eth])?;
+        host.ip(&["link", "set", &eth, "up"])?;
+        if default_route {
+            host.ip(&["route", "add", "default", "dev", &eth])?;
+        }
+        Ok(addr)
+    }
+}
