@@ -1,4 +1,4 @@
-//! The client side of the DHT: a UDP socket that sends requests (each matched to its
+//! The client side of the DHT: a UDP socket (shared with uTP, [`Endpoint`]) that sends requests (each matched to its
 //! response by rid, sent again and given up on as dht-rpc does) while its [`Node`]
 //! answers whatever others ask; the iterative walk towards a target; and on it
 //! @hyperswarm/dht's `lookup`, `announce` and `unannounce` (spec §2.9–2.12, §3.5). The
@@ -6,8 +6,7 @@
 //! peers start.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +22,7 @@ use crate::limit::RateLimit;
 use crate::message::{Message, MessageType};
 use crate::node::{Node, K};
 use crate::peers::{PeersInput, PeersOutput};
+use crate::utp::{Datagram, Endpoint, UtpError};
 use crate::Id;
 
 /// How often pending requests are looked at.
@@ -35,20 +35,13 @@ const GIVE_UP_AT: u32 = 10;
 const CONCURRENCY: usize = 16;
 /// Nodes one walk asks at most, however many it hears of.
 const MAX_ASKED: usize = 256;
-const MAX_DATAGRAM: usize = 64 << 10;
 
 /// Why a DHT operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DhtError {
-    /// The socket could not be bound or used.
-    #[error("the DHT socket {what}: {source}")]
-    Io {
-        /// What was done.
-        what: String,
-        /// Why it failed.
-        #[source]
-        source: io::Error,
-    },
+    /// The shared socket could not be bound, or its datagrams were taken.
+    #[error(transparent)]
+    Socket(#[from] UtpError),
     /// A node did not answer in time.
     #[error("{to} did not answer {command} within {:?}", TICK * GIVE_UP_AT)]
     Timeout {
@@ -104,10 +97,12 @@ enum Command {
     },
 }
 
-/// A DHT client on its own UDP socket; dropped, its socket task ends.
+/// A DHT client on a UDP socket it shares with uTP; dropped, its task ends (the socket
+/// stays open while the endpoint has other users).
 #[derive(Debug)]
 pub struct Dht {
     commands: mpsc::Sender<Command>,
+    endpoint: Endpoint,
     addr: SocketAddrV4,
     bootstrap: Vec<SocketAddrV4>,
     task: JoinHandle<()>,
@@ -131,36 +126,29 @@ enum Walk {
 }
 
 impl Dht {
-    /// Binds `addr` (port 0: any) and bootstraps from `bootstrap` (none: a DHT of one).
+    /// Binds `addr` (port 0: any) as an [`Endpoint`] and runs on it (see [`Self::on`]);
+    /// uTP connections on the same port go through [`Self::endpoint`].
     pub async fn bind(addr: SocketAddrV4, bootstrap: Vec<SocketAddrV4>) -> Result<Dht, DhtError> {
-        let socket = UdpSocket::bind(addr).await.map_err(|source| DhtError::Io {
-            what: format!("binding {addr}"),
-            source,
-        })?;
-        Dht::on_socket(socket, bootstrap)
+        Dht::on(Endpoint::bind(addr).await?, bootstrap)
     }
 
-    /// Runs on `socket`, which must be bound to an IPv4 address (the Dat2 DHT is IPv4
-    /// only), bootstrapping from `bootstrap`.
+    /// Runs on `socket` (bound to an IPv4 address: the Dat2 DHT is IPv4 only), made an
+    /// [`Endpoint`] so that uTP shares it, bootstrapping from `bootstrap`.
     pub fn on_socket(socket: UdpSocket, bootstrap: Vec<SocketAddrV4>) -> Result<Dht, DhtError> {
-        let unusable = |source| DhtError::Io {
-            what: "reading the address of".into(),
-            source,
-        };
-        let addr = match socket.local_addr().map_err(unusable)? {
-            SocketAddr::V4(addr) => addr,
-            SocketAddr::V6(addr) => {
-                return Err(unusable(io::Error::other(format!(
-                    "{addr} is not an IPv4 address"
-                ))))
-            }
-        };
+        Dht::on(Endpoint::from_socket(socket)?, bootstrap)
+    }
+
+    /// Runs on `endpoint`'s socket (taking its non-uTP datagrams, so only one DHT per
+    /// endpoint) and bootstraps from `bootstrap` (none: a DHT of one).
+    pub fn on(endpoint: Endpoint, bootstrap: Vec<SocketAddrV4>) -> Result<Dht, DhtError> {
+        let datagrams = endpoint.take_datagrams()?;
         let (commands, receiver) = mpsc::channel(64);
         let node = Node::new(None, rand::random());
-        let task = tokio::spawn(serve(socket, node, receiver));
+        let task = tokio::spawn(serve(endpoint.clone(), datagrams, node, receiver));
         Ok(Dht {
             commands,
-            addr,
+            addr: endpoint.local_addr(),
+            endpoint,
             bootstrap,
             task,
         })
@@ -169,6 +157,11 @@ impl Dht {
     /// Where its socket is bound.
     pub fn local_addr(&self) -> SocketAddrV4 {
         self.addr
+    }
+
+    /// The socket it shares with uTP: connect and accept uTP connections on it.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// Sends `message` to `to` (its rid is chosen here) and waits for the answer.
@@ -394,12 +387,16 @@ struct Pending {
 
 /// The socket task: sends requests, matches responses by rid, resends and gives up on
 /// the tick, and lets the node answer everything else.
-async fn serve(socket: UdpSocket, mut node: Node, mut commands: mpsc::Receiver<Command>) {
+async fn serve(
+    socket: Endpoint,
+    mut datagrams: mpsc::Receiver<Datagram>,
+    mut node: Node,
+    mut commands: mpsc::Receiver<Command>,
+) {
     let mut pending: HashMap<u64, Pending> = HashMap::new();
     // A 16-bit counter from a random start, as JS.
     let mut next_rid: u16 = rand::thread_rng().gen();
     let mut ticks = tokio::time::interval(TICK);
-    let mut buf = vec![0; MAX_DATAGRAM];
     let mut limit = RateLimit::new(std::time::Instant::now());
     loop {
         tokio::select! {
@@ -440,10 +437,9 @@ async fn serve(socket: UdpSocket, mut node: Node, mut commands: mpsc::Receiver<C
                     }
                 }
             },
-            received = socket.recv_from(&mut buf) => {
-                let Ok((len, SocketAddr::V4(from))) = received else { continue };
-                let datagram = &buf[..len];
-                let Ok(message) = Message::decode(datagram) else { continue };
+            received = datagrams.recv() => {
+                let Some(Datagram { from, bytes }) = received else { return };
+                let Ok(message) = Message::decode(&bytes) else { continue };
                 if message.kind != MessageType::Response {
                     if limit.allow(*from.ip(), std::time::Instant::now()) {
                         let (answers, _) = node.handle(message, from);

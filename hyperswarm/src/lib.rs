@@ -5,8 +5,9 @@
 //! for byte, decoders take what JS takes and refuse the rest with an error naming what
 //! is wrong. A DHT node's answers without I/O ([`node`]), the announcements it stores
 //! ([`store`]), and the same node on a UDP socket ([`server`]): a bootstrap node for
-//! JS and Rust peers. The client side of the DHT ([`dht`]) and local discovery over
-//! mDNS ([`local`]). Hole punching and the connection layer come next.
+//! JS and Rust peers. The client side of the DHT ([`dht`]), on the UDP socket it shares
+//! with uTP connections ([`utp`]) as JS peers share it, and local discovery over mDNS
+//! ([`local`]). Hole punching and the connection layer come next.
 
 pub mod compact;
 pub mod dht;
@@ -19,6 +20,7 @@ pub mod peers;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod utp;
 
 pub use compact::{CompactError, Id, LocalPeer, NodeInfo};
 pub use dht::{Dht, DhtError, FoundPeer};
@@ -26,3 +28,4 @@ pub use local::{LocalDiscoveryError, Mdns, MdnsPeer};
 pub use message::{DecodeError, Holepunch, Message, MessageType};
 pub use peers::{PeersInput, PeersOutput};
 pub use server::DhtServer;
+pub use utp::{Endpoint, UtpError, UtpStream};
