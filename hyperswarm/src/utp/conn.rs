@@ -964,8 +964,12 @@ impl Connection {
         if self.rto_deadline.is_none() {
             self.rto_deadline = Some(now + self.retransmit_timeout);
         }
-        // Every packet carries our ack: no separate one needed.
-        self.ack_pending = false;
+        // Every packet carries our ack: no separate one needed, unless packets past a
+        // gap are held (only a STATE carries the selective ack that gets the gap filled
+        // without waiting for the sender's timeout).
+        if self.reorder.is_empty() {
+            self.ack_pending = false;
+        }
         self.keepalive_due = false;
         self.last_window_sent = window;
         self.last_sent = now;
