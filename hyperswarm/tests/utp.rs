@@ -14,10 +14,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// An endpoint that accepts connections.
 async fn endpoint() -> Endpoint {
-    Endpoint::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+    let endpoint = Endpoint::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
         .await
-        .unwrap()
+        .unwrap();
+    endpoint.set_accepting(true);
+    endpoint
 }
 
 fn data(len: usize) -> Vec<u8> {
@@ -123,16 +126,26 @@ async fn a_syn_flood_fills_the_backlog_and_no_more() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_firewalled_endpoint_ignores_syns() {
-    let b = endpoint().await;
-    b.set_accepting(false);
+async fn an_endpoint_ignores_syns_until_it_accepts_and_when_firewalled() {
+    let b = Endpoint::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
     let a = endpoint().await;
     let error = a
         .connect_timeout(b.local_addr(), Duration::from_millis(1500))
         .await
         .unwrap_err();
     assert!(error.to_string().contains(&b.local_addr().to_string()));
-    assert_eq!(b.connections(), 0);
+    assert_eq!(b.connections(), 0, "a new endpoint accepts nothing");
+    b.set_accepting(true);
+    exchange(&a, &b, b"now".to_vec(), b"yes".to_vec()).await;
+    b.set_accepting(false);
+    let error = a
+        .connect_timeout(b.local_addr(), Duration::from_millis(1500))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains(&b.local_addr().to_string()));
+    assert!(b.connections() <= 1, "only the finished one, lingering");
 }
 
 /// Datagrams for the endpoint: noise, and noise dressed as uTP of every type.

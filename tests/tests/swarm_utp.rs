@@ -40,10 +40,13 @@ async fn js_peer() -> (JsPeer, SocketAddrV4) {
     (peer, SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
+/// An endpoint that accepts connections.
 async fn endpoint() -> Endpoint {
-    Endpoint::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
+    let endpoint = Endpoint::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
         .await
-        .unwrap()
+        .unwrap();
+    endpoint.set_accepting(true);
+    endpoint
 }
 
 /// Writes `data` and shuts down while reading everything the peer sends until its end.

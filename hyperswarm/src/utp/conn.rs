@@ -383,9 +383,11 @@ impl Connection {
     /// Moves received bytes into `buf`; returns how many (0: none buffered).
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.recv_buf.len());
-        for (to, from) in buf.iter_mut().zip(self.recv_buf.drain(..n)) {
-            *to = from;
-        }
+        let (front, back) = self.recv_buf.as_slices();
+        let from_front = n.min(front.len());
+        buf[..from_front].copy_from_slice(&front[..from_front]);
+        buf[from_front..n].copy_from_slice(&back[..n - from_front]);
+        self.recv_buf.drain(..n);
         // Tell a sender held back by our window that it opened.
         let opened = self.recv_window().saturating_sub(self.last_window_sent);
         if n > 0 && (self.last_window_sent < 2 * MAX_PAYLOAD || opened >= RECV_BUFFER / 4) {

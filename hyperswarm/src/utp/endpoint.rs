@@ -160,8 +160,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Endpoint {
-    /// Binds `addr` (port 0: any) and starts serving it; it accepts connections from
-    /// the start (see [`Self::set_accepting`]).
+    /// Binds `addr` (port 0: any) and starts serving it. It accepts no connections
+    /// until [`Self::set_accepting`] says so (utp-native's firewall also starts closed,
+    /// until `listen`): a SYN nobody will accept had better go unanswered, so that the
+    /// JS dialler's TCP attempt wins.
     pub async fn bind(addr: SocketAddrV4) -> Result<Endpoint, UtpError> {
         let socket = UdpSocket::bind(addr)
             .await
@@ -181,7 +183,7 @@ impl Endpoint {
             shared: Mutex::new(Shared {
                 conns: HashMap::new(),
                 accept_queue: VecDeque::new(),
-                accepting: true,
+                accepting: false,
                 datagrams: None,
                 resets: (now(), 0),
             }),
@@ -218,8 +220,8 @@ impl Endpoint {
         self.inner.socket.send_to(datagram, to).await
     }
 
-    /// Whether new connections are accepted; when not, SYNs are ignored (utp-native's
-    /// firewall, used when a swarm has all the peers it wants).
+    /// Whether new connections are accepted (for [`Self::accept`]); when not, SYNs are
+    /// ignored (utp-native's firewall, also used when a swarm has all the peers it wants).
     pub fn set_accepting(&self, accepting: bool) {
         lock(&self.inner.shared).accepting = accepting;
     }
@@ -298,7 +300,19 @@ impl Endpoint {
             let accepted = self.inner.accepted.notified();
             tokio::pin!(accepted);
             accepted.as_mut().enable();
-            if let Some((slot, peer)) = lock(&self.inner.shared).accept_queue.pop_front() {
+            let next = {
+                let mut shared = lock(&self.inner.shared);
+                let mut next = None;
+                // Connections that failed while waiting (their peer went silent) are skipped.
+                while let Some((slot, peer)) = shared.accept_queue.pop_front() {
+                    if lock(&slot).conn.error().is_none() {
+                        next = Some((slot, peer));
+                        break;
+                    }
+                }
+                next
+            };
+            if let Some((slot, peer)) = next {
                 let stream = UtpStream {
                     endpoint: self.clone(),
                     slot,
@@ -478,8 +492,11 @@ async fn drive(inner: Arc<Inner>) {
                 let (len, from) = match received {
                     Ok(received) => received,
                     // ICMP errors of earlier sends surface here on Linux.
+                    Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset) => continue,
                     Err(e) => {
-                        tracing::trace!("utp: receiving on {}: {e}", inner.local_addr);
+                        tracing::debug!("utp: receiving on {}: {e}", inner.local_addr);
+                        // Whatever it is, do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 };
