@@ -148,6 +148,29 @@ async fn an_endpoint_ignores_syns_until_it_accepts_and_when_firewalled() {
     assert!(b.connections() <= 1, "only the finished one, lingering");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_syn_is_sent_again_on_an_idle_endpoint() {
+    let a = endpoint().await;
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let std::net::SocketAddr::V4(to) = silent.local_addr().unwrap() else {
+        panic!("IPv4 bound");
+    };
+    let dialling = tokio::spawn(async move { a.connect_timeout(to, LIMIT).await });
+    let mut syns = Vec::new();
+    let mut buf = [0; 100];
+    for _ in 0..2 {
+        let (len, _) = tokio::time::timeout(Duration::from_secs(10), silent.recv_from(&mut buf))
+            .await
+            .expect("the SYN was sent (again) within 10 s")
+            .unwrap();
+        let syn = Packet::decode(&buf[..len]).unwrap();
+        assert_eq!(syn.kind, PacketType::Syn);
+        syns.push((syn.conn_id, syn.seq));
+    }
+    assert_eq!(syns[0], syns[1], "the same SYN");
+    dialling.abort();
+}
+
 /// Datagrams for the endpoint: noise, and noise dressed as uTP of every type.
 fn hostile() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![

@@ -267,6 +267,8 @@ impl Endpoint {
             slot
         };
         self.inner.flush(&mut lock(&slot));
+        // The SYN's retransmission timer is new to the driver.
+        self.inner.wake_driver.notify_one();
         let stream = UtpStream {
             endpoint: self.clone(),
             slot,
