@@ -239,6 +239,7 @@ pub fn peer_json(peer: &PeerInfo) -> Value {
         "remoteKey": peer.remote_key,
         "initiator": peer.initiator,
         "foundBy": peer.found_by,
+        "transport": peer.transport,
         "cores": peer.cores,
         "bytesUp": peer.bytes_up,
         "bytesDown": peer.bytes_down,

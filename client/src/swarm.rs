@@ -21,6 +21,8 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
             "dhtAddress": status.dht_address,
             "bootstrap": status.bootstrap,
             "mdns": status.mdns,
+            "publicAddress": status.public_address,
+            "holepunchable": status.holepunchable,
             "topics": topics,
         }));
     }
@@ -30,9 +32,16 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
             .to_string()
     } else {
         format!(
-            "DHT on {}, bootstrapping from {}\n",
+            "DHT on {}, bootstrapping from {}\n{}\n",
             status.dht_address,
-            status.bootstrap.join(", ")
+            status.bootstrap.join(", "),
+            match status.holepunchable {
+                true => format!(
+                    "public address {} (holepunchable: peers behind NATs can reach us)",
+                    status.public_address
+                ),
+                false => "public address not known yet (fewer than 3 DHT nodes agree)".into(),
+            }
         )
     };
     text.push_str(if status.mdns {

@@ -140,8 +140,13 @@ impl Daemon {
                 Some(port) => (Some(port.tcp), port.udp),
                 None => (None, None),
             };
-            let network = Network::start(store.clone(), config, tcp, tasks.child());
-            match Swarm::start(config, network.clone(), udp, tasks.child()).await {
+            // uTP shares the DHT's socket.
+            let utp = udp
+                .map(hyperswarm::Endpoint::from_socket)
+                .transpose()
+                .context("starting uTP on the DHT's socket")?;
+            let network = Network::start(store.clone(), config, tcp, utp.clone(), tasks.child());
+            match Swarm::start(config, network.clone(), utp, tasks.child()).await {
                 Ok(swarm) => Ok((network, swarm)),
                 Err(e) => {
                     network.shutdown();
@@ -257,8 +262,8 @@ impl Daemon {
     }
 
     /// The DHT and the cores joined on it.
-    pub fn swarm_status(&self) -> crate::swarm::SwarmStatus {
-        self.inner.swarm.status()
+    pub async fn swarm_status(&self) -> crate::swarm::SwarmStatus {
+        self.inner.swarm.status().await
     }
 
     /// The swarm subsystem: what is announced and looked up.

@@ -20,8 +20,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use corestore::Corestore;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use hypercore_protocol::{FrameBudget, NoiseKeyPair, Outcome, PeerKey, Protocol, ProtocolOptions};
 use hyperd_config::Config;
+use hyperswarm::utp::{Endpoint, UtpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, oneshot};
 
@@ -78,6 +82,28 @@ impl Origin {
     }
 }
 
+/// How a connection's bytes travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// uTP on the DHT's UDP socket.
+    Utp,
+    /// uTP dialed after a hole punch through the DHT node that named the peer.
+    Holepunched,
+}
+
+impl Transport {
+    /// As the API and `hyperctl` name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Utp => "utp",
+            Transport::Holepunched => "holepunched",
+        }
+    }
+}
+
 /// One live connection, as the API reports it.
 #[derive(Clone, Debug)]
 pub struct PeerSnapshot {
@@ -91,6 +117,8 @@ pub struct PeerSnapshot {
     pub initiator: bool,
     /// How it came about.
     pub origin: Origin,
+    /// How its bytes travel.
+    pub transport: Transport,
     /// Bytes sent.
     pub bytes_up: u64,
     /// Bytes received.
@@ -147,6 +175,7 @@ struct Conn {
     address: SocketAddr,
     initiator: bool,
     origin: Origin,
+    transport: Transport,
     protocol: Protocol,
     since: Instant,
 }
@@ -160,6 +189,7 @@ impl Conn {
             remote_key: self.protocol.remote_key(),
             initiator: self.initiator,
             origin: self.origin,
+            transport: self.transport,
             bytes_up: up,
             bytes_down: down,
             connected: self.since.elapsed(),
@@ -214,6 +244,8 @@ struct Inner {
     store: Corestore,
     keypair: NoiseKeyPair,
     local_addr: Option<SocketAddr>,
+    /// uTP on the DHT's socket, when the DHT runs.
+    utp: Option<Endpoint>,
     conns: Mutex<HashMap<u64, Conn>>,
     next_id: AtomicU64,
     events: broadcast::Sender<PeerEvent>,
@@ -235,13 +267,15 @@ pub struct Network {
 }
 
 impl Network {
-    /// Starts accepting on `listener` (none: not listening), with the limits of
-    /// `config`; its tasks run under `tasks`. The replication identity is derived from
-    /// the store's master key like hyperdrive-daemon's, so it is stable across restarts.
+    /// Starts accepting on `listener` (none: not listening) and on `utp` (the DHT's
+    /// socket, if it runs), with the limits of `config`; its tasks run under `tasks`.
+    /// The replication identity is derived from the store's master key like
+    /// hyperdrive-daemon's, so it is stable across restarts.
     pub fn start(
         store: Corestore,
         config: &Config,
         listener: Option<TcpListener>,
+        utp: Option<Endpoint>,
         tasks: Tasks,
     ) -> Network {
         let seed = corestore::derive_seed(
@@ -261,6 +295,7 @@ impl Network {
                 store,
                 keypair,
                 local_addr,
+                utp: utp.clone(),
                 conns: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 events: broadcast::channel(1024).0,
@@ -279,6 +314,13 @@ impl Network {
                 .inner
                 .tasks
                 .spawn("accepting peer connections", accept);
+        }
+        if let Some(utp) = utp {
+            let accept = network.clone().accept_utp(utp);
+            network
+                .inner
+                .tasks
+                .spawn("accepting uTP peer connections", accept);
         }
         network
     }
@@ -329,26 +371,8 @@ impl Network {
         loop {
             match listener.accept().await {
                 Ok((stream, address)) => {
-                    let id = self.next_id();
-                    let (slot, evicted) = match self.incoming_slot(id, address.ip()) {
-                        Ok(slot) => slot,
-                        Err(why) => {
-                            self.log_refusal(address, &why);
-                            drop(stream);
-                            continue;
-                        }
-                    };
-                    let network = self.clone();
-                    self.inner.tasks.spawn("handshaking an incoming connection", async move {
-                        let handshake = network.handshake(stream, address, Origin::Incoming, slot, id);
-                        let result = tokio::select! {
-                            result = handshake => result.map(|_| ()).map_err(|e| e.to_string()),
-                            _ = evicted => Err("closed to make room for a new connection".into()),
-                        };
-                        if let Err(e) = result {
-                            tracing::info!("incoming connection from {address} failed: {e}");
-                        }
-                    });
+                    let _ = stream.set_nodelay(true);
+                    self.incoming(stream, address, Transport::Tcp);
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
@@ -357,6 +381,47 @@ impl Network {
                 }
             }
         }
+    }
+
+    async fn accept_utp(self, utp: Endpoint) {
+        utp.set_accepting(true);
+        loop {
+            let (stream, address) = utp.accept().await;
+            self.incoming(stream, SocketAddr::V4(address), Transport::Utp);
+        }
+    }
+
+    /// Takes an accepted connection within the incoming limits and handshakes it.
+    fn incoming<S>(&self, stream: S, address: SocketAddr, transport: Transport)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let id = self.next_id();
+        let (slot, evicted) = match self.incoming_slot(id, address.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                self.log_refusal(address, &why);
+                return;
+            }
+        };
+        let network = self.clone();
+        self.inner
+            .tasks
+            .spawn("handshaking an incoming connection", async move {
+                let link = Link {
+                    address,
+                    origin: Origin::Incoming,
+                    transport,
+                };
+                let handshake = network.handshake(stream, link, slot, id);
+                let result = tokio::select! {
+                    result = handshake => result.map(|_| ()).map_err(|e| e.to_string()),
+                    _ = evicted => Err("closed to make room for a new connection".into()),
+                };
+                if let Err(e) = result {
+                    tracing::info!("incoming connection from {address} failed: {e}");
+                }
+            });
     }
 
     /// A slot for an incoming connection from `ip`: within the per-IP cap, and within the
@@ -458,12 +523,26 @@ impl Network {
         })
     }
 
-    /// Dials `address`, found as `origin` says, and returns once the handshake is done;
-    /// replication goes on in the background.
+    /// Dials `address` over TCP, found as `origin` says, and returns once the handshake
+    /// is done; replication goes on in the background.
     pub async fn dial(
         &self,
         address: &str,
         origin: Origin,
+        timeout: Duration,
+    ) -> Result<(PeerSnapshot, Protocol), DialError> {
+        self.dial_with(address, origin, None, timeout).await
+    }
+
+    /// [`Self::dial`], and with a `punch` (a hole punch through the DHT node that named
+    /// the peer) also over uTP once the punch has opened the way, at the same time: the
+    /// first transport to connect is kept, the other dropped, as @hyperswarm/network
+    /// dials.
+    pub async fn dial_with(
+        &self,
+        address: &str,
+        origin: Origin,
+        punch: Option<Punch>,
         timeout: Duration,
     ) -> Result<(PeerSnapshot, Protocol), DialError> {
         let target = resolve(address).await?;
@@ -474,33 +553,81 @@ impl Network {
             reason,
         };
         let connect = async {
-            let stream = TcpStream::connect(target)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            self.handshake(stream, target, origin, slot, id)
-                .await
-                .map_err(|e| match e {
-                    HandshakeError::SelfConnection => DialError::SelfConnection {
-                        address: address.to_string(),
-                    },
-                    HandshakeError::Protocol(e) => failed(e.to_string()),
-                })
+            let link = |transport| Link {
+                address: target,
+                origin,
+                transport,
+            };
+            let handshake = match self.connect(target, punch).await.map_err(failed)? {
+                Connected::Tcp(stream) => {
+                    self.handshake(stream, link(Transport::Tcp), slot, id).await
+                }
+                Connected::Utp(stream) => {
+                    self.handshake(stream, link(Transport::Holepunched), slot, id)
+                        .await
+                }
+            };
+            handshake.map_err(|e| match e {
+                HandshakeError::SelfConnection => DialError::SelfConnection {
+                    address: address.to_string(),
+                },
+                HandshakeError::Protocol(e) => failed(e.to_string()),
+            })
         };
         tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| failed(format!("no answer within {timeout:?}")))?
     }
 
-    async fn handshake(
+    /// A connection to `target`: TCP, raced against uTP after `punch` when there is one;
+    /// the first to connect. Fails with every transport's reason.
+    async fn connect(&self, target: SocketAddr, punch: Option<Punch>) -> Result<Connected, String> {
+        let tcp = async move {
+            let stream = TcpStream::connect(target)
+                .await
+                .map_err(|e| format!("tcp: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            Ok(Connected::Tcp(stream))
+        };
+        let mut attempts: FuturesUnordered<BoxFuture<'static, Result<Connected, String>>> =
+            FuturesUnordered::new();
+        attempts.push(Box::pin(tcp));
+        if let (Some(punch), Some(utp), SocketAddr::V4(v4)) =
+            (punch, self.inner.utp.clone(), target)
+        {
+            attempts.push(Box::pin(async move {
+                punch.await.map_err(|e| format!("hole punch: {e}"))?;
+                let stream = utp.connect(v4).await.map_err(|e| format!("utp: {e}"))?;
+                Ok(Connected::Utp(stream))
+            }));
+        }
+        let mut reasons = Vec::new();
+        while let Some(attempt) = attempts.next().await {
+            match attempt {
+                // The others are dropped, which ends them.
+                Ok(connected) => return Ok(connected),
+                Err(reason) => reasons.push(reason),
+            }
+        }
+        Err(reasons.join("; "))
+    }
+
+    async fn handshake<S>(
         &self,
-        stream: TcpStream,
-        address: SocketAddr,
-        origin: Origin,
+        stream: S,
+        link: Link,
         slot: Slot,
         id: u64,
-    ) -> Result<(PeerSnapshot, Protocol), HandshakeError> {
+    ) -> Result<(PeerSnapshot, Protocol), HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Link {
+            address,
+            origin,
+            transport,
+        } = link;
         let initiator = origin != Origin::Incoming;
-        let _ = stream.set_nodelay(true);
         let options = ProtocolOptions {
             initiator,
             keypair: Some(self.inner.keypair.clone()),
@@ -530,6 +657,7 @@ impl Network {
             address,
             initiator,
             origin,
+            transport,
             protocol: protocol.clone(),
             since: Instant::now(),
         };
@@ -596,10 +724,10 @@ impl Network {
 
     /// Whether `new` duplicates an open connection to the same peer (by its Noise key),
     /// and which of the two goes: two daemons that find each other both ways dial each
-    /// other, and both keep the connection the side with the smaller key dialed, as
-    /// hyperswarm's `deduplicate` decides (each end alone, the same way). Two
-    /// connections dialed by the same side are both kept (a redial while the old one
-    /// winds down).
+    /// other, and both keep the TCP one if the other is uTP, else the connection the
+    /// side with the smaller key dialed, as hyperswarm's `deduplicate` decides (each end
+    /// alone, the same way). Two connections dialed by the same side are both kept (a
+    /// redial while the old one winds down).
     fn duplicate_of(&self, conns: &HashMap<u64, Conn>, new: &Conn) -> Option<Duplicate> {
         let ours = self.inner.keypair.public;
         let remote = new.protocol.remote_key();
@@ -607,7 +735,14 @@ impl Network {
         let (id, old) = conns
             .iter()
             .find(|(_, c)| c.protocol.remote_key() == remote && dialer(c) != dialer(new))?;
-        Some(match dialer(new).0 < dialer(old).0 {
+        // Over different transports TCP survives, else the smaller key's dial: the same
+        // answer on both ends, which see the same transport and keys.
+        let tcp = |conn: &Conn| conn.transport == Transport::Tcp;
+        let keep_new = match tcp(new) == tcp(old) {
+            true => dialer(new).0 < dialer(old).0,
+            false => tcp(new),
+        };
+        Some(match keep_new {
             true => Duplicate::Other(old.protocol.clone()),
             false => Duplicate::ThisOne((old.snapshot(*id), old.protocol.clone())),
         })
@@ -688,6 +823,22 @@ enum Duplicate {
     /// The open one (to be closed).
     Other(Protocol),
 }
+
+/// Where a connection goes and how it came about.
+struct Link {
+    address: SocketAddr,
+    origin: Origin,
+    transport: Transport,
+}
+
+/// A connected stream, before the handshake.
+enum Connected {
+    Tcp(TcpStream),
+    Utp(UtpStream),
+}
+
+/// What opens the way for uTP to a peer: a hole punch, failing with why.
+pub type Punch = BoxFuture<'static, Result<(), String>>;
 
 #[derive(Debug, thiserror::Error)]
 enum HandshakeError {

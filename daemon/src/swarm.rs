@@ -17,11 +17,10 @@ use std::time::Duration;
 
 use hypercore::PublicKey;
 use hyperd_config::Config;
-use hyperswarm::{Dht, Id, Mdns, MdnsPeer};
+use hyperswarm::{Dht, Endpoint, Id, Mdns, MdnsPeer};
 use rand::Rng;
-use tokio::net::UdpSocket;
 
-use crate::network::{lock, Network, Origin};
+use crate::network::{lock, Network, Origin, Punch};
 use crate::state::{Seeding, State};
 use crate::tasks::Tasks;
 
@@ -100,17 +99,21 @@ pub struct SwarmStatus {
     pub bootstrap: Vec<SocketAddrV4>,
     /// Whether local discovery (mDNS) runs.
     pub mdns: bool,
+    /// Our address as the DHT sees it, once enough nodes agree: peers behind other NATs
+    /// can then punch through to us ("holepunchable").
+    pub public_address: Option<SocketAddrV4>,
     /// Each core joined, sorted by key.
     pub topics: Vec<TopicStatus>,
 }
 
 impl Swarm {
-    /// Runs the DHT on `udp` (the peer listener's address and port), unless no
-    /// bootstrap node is configured or nothing listens; its tasks run under `tasks`.
+    /// Runs the DHT on `udp` (the peer listener's address and port, shared with uTP),
+    /// unless no bootstrap node is configured or nothing listens; its tasks run under
+    /// `tasks`.
     pub async fn start(
         config: &Config,
         network: Network,
-        udp: Option<UdpSocket>,
+        udp: Option<Endpoint>,
         tasks: Tasks,
     ) -> anyhow::Result<Swarm> {
         let bootstrap = resolve(&config.bootstrap_hosts()).await;
@@ -119,8 +122,8 @@ impl Swarm {
                 tracing::info!("no DHT bootstrap nodes configured: peers come from `peer connect`");
                 None
             }
-            (false, Some(udp)) if udp.local_addr().is_ok_and(|a| a.is_ipv4()) => {
-                let dht = Dht::on_socket(udp, bootstrap.clone())
+            (false, Some(udp)) => {
+                let dht = Dht::on(udp, bootstrap.clone())
                     .map_err(|e| anyhow::anyhow!("starting the DHT: {e}"))?;
                 tracing::info!(
                     "DHT on {}, bootstrapping from {}",
@@ -184,7 +187,7 @@ impl Swarm {
                 let swarm = self.clone();
                 async move {
                     if swarm.record_local(peer) {
-                        dial(&swarm.inner.network, peer.addr, Origin::Mdns).await;
+                        dial(&swarm.inner.network, peer.addr, Origin::Mdns, None).await;
                     }
                 }
             })
@@ -225,14 +228,19 @@ impl Swarm {
     }
 
     /// The DHT and every core joined, with its walks.
-    pub fn status(&self) -> SwarmStatus {
+    pub async fn status(&self) -> SwarmStatus {
         let keys: Vec<PublicKey> = lock(&self.inner.joined).keys().copied().collect();
         let mut topics: Vec<TopicStatus> = keys.iter().filter_map(|k| self.topic(k)).collect();
         topics.sort_by_key(|t| t.key.to_hex());
+        let public_address = match &self.inner.dht {
+            Some(dht) => dht.public_address().await,
+            None => None,
+        };
         SwarmStatus {
             dht_address: self.dht_address(),
             bootstrap: self.inner.bootstrap.clone(),
             mdns: self.inner.mdns.is_some(),
+            public_address,
             topics,
         }
     }
@@ -392,9 +400,18 @@ impl Topic {
                         walks.last_error = None;
                     }
                     if self.seeding.lookup {
-                        let dials = found
-                            .into_iter()
-                            .map(|peer| dial(&self.network, peer.addr, Origin::Dht));
+                        let dials = found.into_iter().map(|peer| {
+                            let (dht, referrer) = (self.dht.clone(), peer.referrer);
+                            // Also over uTP, once a hole punch through the node that
+                            // named the peer has opened both NATs, as JS dials.
+                            let punch: Punch = Box::pin(async move {
+                                dht.holepunch(peer.addr, referrer)
+                                    .await
+                                    .map(drop)
+                                    .map_err(|e| e.to_string())
+                            });
+                            dial(&self.network, peer.addr, Origin::Dht, Some(punch))
+                        });
                         futures::future::join_all(dials).await;
                     }
                 }
@@ -412,10 +429,10 @@ impl Topic {
     }
 }
 
-/// Dials `addr`, found as `origin` says, unless it is our own listener or a connection
-/// to it is open (a node may name us to ourselves; the handshake would refuse it anyway,
-/// after a connection).
-async fn dial(network: &Network, addr: SocketAddrV4, origin: Origin) {
+/// Dials `addr`, found as `origin` says (with a `punch`, over uTP too), unless it is our
+/// own listener or a connection to it is open (a node may name us to ourselves; the
+/// handshake would refuse it anyway, after a connection).
+async fn dial(network: &Network, addr: SocketAddrV4, origin: Origin, punch: Option<Punch>) {
     let ours = network.local_addr();
     let own = ours.is_some_and(|ours| {
         ours.port() == addr.port()
@@ -426,7 +443,10 @@ async fn dial(network: &Network, addr: SocketAddrV4, origin: Origin) {
     if own || network.peers().iter().any(|p| p.address == addr) {
         return;
     }
-    match network.dial(&addr.to_string(), origin, DIAL_TIMEOUT).await {
+    match network
+        .dial_with(&addr.to_string(), origin, punch, DIAL_TIMEOUT)
+        .await
+    {
         Ok((peer, _)) => tracing::info!("swarm: connected to {addr} ({})", peer.address),
         Err(e) => tracing::debug!("swarm: dialing {addr}: {e}"),
     }

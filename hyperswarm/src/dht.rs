@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::compact::{self, NodeInfo};
 use crate::limit::RateLimit;
-use crate::message::{Message, MessageType};
+use crate::message::{Holepunch, Message, MessageType};
 use crate::node::{Node, K};
 use crate::peers::{PeersInput, PeersOutput};
 use crate::utp::{Datagram, Endpoint, UtpError};
@@ -94,6 +94,14 @@ enum Command {
     Closest {
         target: Id,
         reply: oneshot::Sender<Vec<NodeInfo>>,
+    },
+    Holepunch {
+        peer: SocketAddrV4,
+        referrer: SocketAddrV4,
+        reply: oneshot::Sender<Result<Reply, DhtError>>,
+    },
+    PublicAddress {
+        reply: oneshot::Sender<Option<SocketAddrV4>>,
     },
 }
 
@@ -177,6 +185,41 @@ impl Dht {
             .await
             .map_err(|_| DhtError::Closed)?;
         answer.await.map_err(|_| DhtError::Closed)?
+    }
+
+    /// Punches a hole towards `peer` (found through `referrer`) as dht-rpc does (spec
+    /// §4.1): a `_holepunch` straight to the peer (which opens our NAT towards it) and,
+    /// with the same rid, one to the referrer, which relays it; the peer's answer opens
+    /// its NAT towards us. Resent and given up on as any request. Once it returns,
+    /// datagrams pass both ways: a uTP connection to `peer` on this socket can follow.
+    pub async fn holepunch(
+        &self,
+        peer: SocketAddrV4,
+        referrer: SocketAddrV4,
+    ) -> Result<Reply, DhtError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Holepunch {
+            peer,
+            referrer,
+            reply,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| DhtError::Closed)?;
+        answer.await.map_err(|_| DhtError::Closed)?
+    }
+
+    /// Our address as the DHT sees it, once enough nodes agree on it (see
+    /// [`Node::public_address`]): known, peers behind other NATs can punch through to
+    /// us.
+    pub async fn public_address(&self) -> Option<SocketAddrV4> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::PublicAddress { reply })
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
     }
 
     /// The peers announced under `topic`, from every node of a walk towards it.
@@ -376,10 +419,46 @@ fn request(kind: MessageType, command: &str, target: Id) -> Message {
     }
 }
 
+/// A rid no pending request has: the next of a 16-bit counter, as JS.
+fn free_rid(next: &mut u16, pending: &HashMap<u64, Pending>) -> Option<u64> {
+    (0..=u16::MAX).find_map(|_| {
+        *next = next.wrapping_add(1);
+        (!pending.contains_key(&u64::from(*next))).then_some(u64::from(*next))
+    })
+}
+
+/// A hole punch's two requests with rid `rid` (spec §4.1): to the peer with no value
+/// (it only opens our NAT towards it), and to the referrer naming the peer to relay to.
+fn holepunch_requests(rid: u64, peer: SocketAddrV4, referrer: SocketAddrV4) -> (Vec<u8>, Vec<u8>) {
+    let punch = |to: SocketAddrV4, value: Option<Bytes>| Message {
+        version: Some(1),
+        kind: MessageType::Query,
+        rid,
+        to: Some(Bytes::copy_from_slice(&compact::encode_peer(to))),
+        id: None,
+        target: None,
+        closer_nodes: None,
+        roundtrip_token: None,
+        command: Some("_holepunch".into()),
+        error: None,
+        value,
+    };
+    let relay = Holepunch {
+        from: None,
+        to: Some(Bytes::copy_from_slice(&compact::encode_peer(peer))),
+    };
+    (
+        punch(peer, None).encode(),
+        punch(referrer, Some(relay.encode_to_vec().into())).encode(),
+    )
+}
+
 /// A request waiting for its response.
 struct Pending {
     to: SocketAddrV4,
     datagram: Vec<u8>,
+    /// Sent (and resent) along with it: a hole punch's request to the referrer.
+    relay: Option<(SocketAddrV4, Vec<u8>)>,
     command: String,
     ticks: u32,
     reply: oneshot::Sender<Result<Reply, DhtError>>,
@@ -405,19 +484,33 @@ async fn serve(
                 Some(Command::Closest { target, reply }) => {
                     let _ = reply.send(node.closest(&target.0));
                 }
+                Some(Command::PublicAddress { reply }) => {
+                    let _ = reply.send(node.public_address());
+                }
                 Some(Command::Request { to, mut message, reply }) => {
-                    let Some(rid) = (0..=u16::MAX).find_map(|_| {
-                        next_rid = next_rid.wrapping_add(1);
-                        (!pending.contains_key(&u64::from(next_rid))).then_some(next_rid)
-                    }) else {
-                        continue;
-                    };
-                    message.rid = u64::from(rid);
+                    let Some(rid) = free_rid(&mut next_rid, &pending) else { continue };
+                    message.rid = rid;
                     message.to = Some(Bytes::copy_from_slice(&compact::encode_peer(to)));
                     let datagram = message.encode();
                     let _ = socket.send_to(&datagram, to).await;
                     let command = message.command.unwrap_or_default();
-                    pending.insert(message.rid, Pending { to, datagram, command, ticks: 0, reply });
+                    let request = Pending { to, datagram, relay: None, command, ticks: 0, reply };
+                    pending.insert(rid, request);
+                }
+                Some(Command::Holepunch { peer, referrer, reply }) => {
+                    let Some(rid) = free_rid(&mut next_rid, &pending) else { continue };
+                    let (direct, relayed) = holepunch_requests(rid, peer, referrer);
+                    let _ = socket.send_to(&direct, peer).await;
+                    let _ = socket.send_to(&relayed, referrer).await;
+                    let request = Pending {
+                        to: peer,
+                        datagram: direct,
+                        relay: Some((referrer, relayed)),
+                        command: "_holepunch".into(),
+                        ticks: 0,
+                        reply,
+                    };
+                    pending.insert(rid, request);
                 }
             },
             _ = ticks.tick() => {
@@ -428,6 +521,9 @@ async fn serve(
                         expired.push(*rid);
                     } else if RESEND_AT.contains(&request.ticks) {
                         let _ = socket.send_to(&request.datagram, request.to).await;
+                        if let Some((referrer, relayed)) = &request.relay {
+                            let _ = socket.send_to(relayed, *referrer).await;
+                        }
                     }
                 }
                 for rid in expired {

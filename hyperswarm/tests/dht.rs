@@ -125,3 +125,38 @@ async fn a_flood_from_one_address_is_capped_and_others_are_still_answered() {
     stop.send(()).unwrap();
     serving.await.unwrap().unwrap();
 }
+
+/// A hole punch reaches the peer only through the referrer's relay (the peer ignores
+/// the direct `_holepunch`, which carries no value), and its answer completes it; a
+/// referrer that does not relay leaves it to time out.
+#[tokio::test]
+async fn a_hole_punch_is_relayed_by_the_referrer_and_answered_by_the_peer() {
+    let server = DhtServer::bind(loopback(2), true).await.unwrap();
+    let referrer = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async move {
+        let _ = stopped.await;
+    }));
+    let puncher = Dht::bind(loopback(1), vec![referrer]).await.unwrap();
+    let peer = Dht::bind(loopback(3), vec![referrer]).await.unwrap();
+    let reply = puncher
+        .holepunch(peer.local_addr(), referrer)
+        .await
+        .unwrap();
+    assert_eq!(reply.from, peer.local_addr());
+
+    // Through something that is not a DHT node: no relay, no answer.
+    let silent = std::net::UdpSocket::bind(loopback(4)).unwrap();
+    let std::net::SocketAddr::V4(silent) = silent.local_addr().unwrap() else {
+        unreachable!()
+    };
+    tokio::time::pause();
+    let failed = puncher.holepunch(peer.local_addr(), silent).await;
+    assert!(
+        matches!(failed, Err(DhtError::Timeout { .. })),
+        "{failed:?}"
+    );
+    tokio::time::resume();
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}

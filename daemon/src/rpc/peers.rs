@@ -31,6 +31,7 @@ fn info(peer: &PeerSnapshot, cores: Vec<String>) -> PeerInfo {
         remote_key: peer.remote_key.to_hex(),
         initiator: peer.initiator,
         found_by: peer.origin.as_str().to_string(),
+        transport: peer.transport.as_str().to_string(),
         cores,
         bytes_up: peer.bytes_up,
         bytes_down: peer.bytes_down,

@@ -42,11 +42,13 @@ impl swarm_server::Swarm for SwarmService {
         &self,
         _: Request<SwarmStatusRequest>,
     ) -> Result<Response<SwarmStatusResponse>, Status> {
-        let s = self.daemon.swarm_status();
+        let s = self.daemon.swarm_status().await;
         Ok(Response::new(SwarmStatusResponse {
             dht_address: s.dht_address.map(|a| a.to_string()).unwrap_or_default(),
             bootstrap: s.bootstrap.iter().map(ToString::to_string).collect(),
             mdns: s.mdns,
+            public_address: s.public_address.map(|a| a.to_string()).unwrap_or_default(),
+            holepunchable: s.public_address.is_some(),
             topics: s.topics.into_iter().map(topic).collect(),
         }))
     }
