@@ -52,6 +52,7 @@ use corestore::{Corestore, CorestoreOptions};
 use futures::TryStreamExt;
 use hyperd_tests::bench::{median, progress, table, Ballast, Figure, Machine, Mem, Row};
 use hyperd_tests::daemon::{bin, peak_rss_of, Daemon};
+use hyperd_tests::hyperdrive_daemon::{self, HyperdriveDaemon, Options};
 use hyperdrive::{Drive, DriveOptions, WriteOptions};
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{json, Value};
@@ -149,7 +150,7 @@ fn main() -> Result<()> {
         }
     }
     if args.wants("import") && !args.rust_only {
-        js_daemon_module()?;
+        hyperdrive_daemon::module()?;
     }
     let machine = Machine::get();
     eprintln!("{}", machine.line());
@@ -727,30 +728,6 @@ fn ls_runs(daemon: &Daemon, key: &str, tree: &Tree) -> Result<Vec<f64>> {
 // ---------------------------------------------------------------------------------------
 // hyperdrive-daemon (JS)
 
-/// Where `scripts/bench-setup` installs hyperdrive-daemon.
-fn js_daemon_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench-js/hyperdrive-daemon")
-}
-
-/// The installed `hyperdrive-daemon` module, or how to install it.
-fn js_daemon_module() -> Result<PathBuf> {
-    let module = js_daemon_dir().join("node_modules/hyperdrive-daemon");
-    if !module.join("index.js").exists() {
-        bail!(
-            "hyperdrive-daemon is not installed in {}: run scripts/bench-setup",
-            js_daemon_dir().display()
-        );
-    }
-    Ok(module)
-}
-
-/// A free loopback TCP port (free when this returns).
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// `text` in single quotes for `sh`.
 fn shell_quote(text: &str) -> Result<String> {
     ensure!(!text.contains('\''), "cannot quote {text:?}");
@@ -781,131 +758,51 @@ fn reap(child: &mut Child, limit: Duration) -> Result<()> {
     Ok(())
 }
 
-/// hyperdrive-daemon running in its own temp dir: `root` its storage (`--storage`),
-/// `home` the HOME of it and its CLI, so nothing touches the user's `~/.hyperdrive`.
-struct JsDaemon {
-    child: Child,
-    module: PathBuf,
-    root: PathBuf,
-    home: PathBuf,
-    _dir: tempfile::TempDir,
+/// `hyperdrive ARGS…` (the CLI of `daemon`) under a pseudo-terminal made by `script`, as
+/// its progress bar draws only on a terminal; the terminal's output on stdout.
+fn js_cli(daemon: &HyperdriveDaemon, args: &[&str]) -> Result<Command> {
+    let mut line = format!(
+        "exec node {}",
+        shell_quote(daemon.module.join("bin/run/run").to_str().context("path")?)?
+    );
+    for a in args {
+        line.push(' ');
+        line.push_str(&shell_quote(a)?);
+    }
+    let mut command = Command::new("script");
+    command
+        .args(["-qfec", &line, "/dev/null"])
+        .env("HOME", &daemon.home)
+        .env("HYPERDRIVE_STORAGE", &daemon.root)
+        .env_remove("HYPERDRIVE_ENDPOINT")
+        .env_remove("HYPERDRIVE_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        // Only script's own notes ("Session terminated…"): the CLI writes to the
+        // terminal, read on stdout.
+        .stderr(Stdio::null());
+    Ok(command)
 }
 
-impl JsDaemon {
-    /// Starts the daemon as `hyperdrive start` would (its heap flag, `index.js` run by
-    /// node) but in the foreground, with `--bootstrap false`, free ports for its gRPC
-    /// server and swarm; returns once it serves.
-    fn start() -> Result<JsDaemon> {
-        let module = js_daemon_module()?;
-        let dir = tempfile::Builder::new()
-            .prefix("hyperdrive-daemon-bench")
-            .tempdir()?;
-        let (root, home) = (dir.path().join("root"), dir.path().join("home"));
-        std::fs::create_dir_all(&home)?;
-        let log_path = dir.path().join("daemon.log");
-        let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new("node")
-            .arg("--max-old-space-size=4096")
-            .arg(module.join("index.js"))
-            .arg("--storage")
-            .arg(&root)
-            .args(["--port", &free_port()?.to_string()])
-            .args(["--swarmPort", &free_port()?.to_string()])
-            .args(["--bootstrap", "false"])
-            .env("HOME", &home)
-            .env_remove("HYPERDRIVE_ENDPOINT")
-            .env_remove("HYPERDRIVE_TOKEN")
-            .env_remove("HYPERDRIVE_STORAGE")
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("spawning hyperdrive-daemon (node)")?;
-        let start = Instant::now();
-        loop {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if log.contains("server listening") {
-                break;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("hyperdrive-daemon exited at start ({status}):\n{log}");
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                bail!("hyperdrive-daemon did not listen within 30 s:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(JsDaemon {
-            child,
-            module,
-            root,
-            home,
-            _dir: dir,
-        })
-    }
-
-    /// `hyperdrive ARGS…` (its CLI) under a pseudo-terminal made by `script`, as its
-    /// progress bar draws only on a terminal; the terminal's output on stdout.
-    fn cli(&self, args: &[&str]) -> Result<Command> {
-        let mut line = format!(
-            "exec node {}",
-            shell_quote(self.module.join("bin/run/run").to_str().context("path")?)?
-        );
-        for a in args {
-            line.push(' ');
-            line.push_str(&shell_quote(a)?);
-        }
-        let mut command = Command::new("script");
-        command
-            .args(["-qfec", &line, "/dev/null"])
-            .env("HOME", &self.home)
-            .env("HYPERDRIVE_STORAGE", &self.root)
-            .env_remove("HYPERDRIVE_ENDPOINT")
-            .env_remove("HYPERDRIVE_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            // Only script's own notes ("Session terminated…"): the CLI writes to the
-            // terminal, read on stdout.
-            .stderr(Stdio::null());
-        Ok(command)
-    }
-
-    /// The size of its largest `data` file: the content feed's bytes after an import.
-    fn largest_data_file(&self) -> u64 {
-        fn walk(dir: &Path, largest: &mut u64) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for entry in entries.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                if meta.is_dir() {
-                    walk(&entry.path(), largest);
-                } else if entry.file_name() == "data" {
-                    *largest = (*largest).max(meta.len());
-                }
+/// The size of the largest `data` file in `daemon`'s storage: the content feed's bytes
+/// after an import.
+fn largest_data_file(daemon: &HyperdriveDaemon) -> u64 {
+    fn walk(dir: &Path, largest: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                walk(&entry.path(), largest);
+            } else if entry.file_name() == "data" {
+                *largest = (*largest).max(meta.len());
             }
         }
-        let mut largest = 0;
-        walk(&self.root.join("storage/cores"), &mut largest);
-        largest
     }
-
-    /// Stops it as `hyperdrive stop` does (SIGTERM; it closes its corestore and exits).
-    fn stop(mut self) -> Result<()> {
-        kill(self.child.id(), "TERM")?;
-        reap(&mut self.child, Duration::from_secs(20))
-    }
-}
-
-impl Drop for JsDaemon {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    let mut largest = 0;
+    walk(&daemon.root.join("storage/cores"), &mut largest);
+    largest
 }
 
 /// The last `DONE/TOTAL Files` of a progress bar in `text`, and where it ends.
@@ -938,8 +835,8 @@ fn last_count(text: &str) -> Option<(u64, u64, usize)> {
 fn js_import(tree: &Tree, ballast: &mut Ballast) -> Result<Imported> {
     let key_file = tree.root.join(JS_KEY_FILE);
     let _ = std::fs::remove_file(&key_file);
-    let daemon = JsDaemon::start()?;
-    let mut cli = daemon.cli(&["import", tree.path()?, "--no-seed"])?;
+    let daemon = HyperdriveDaemon::start(&Options::default())?;
+    let mut cli = js_cli(&daemon, &["import", tree.path()?, "--no-seed"])?;
     let drip = warm_during(ballast, tree.ballast())?;
     let start = Instant::now();
     let mut child = cli.spawn().context("spawning script (util-linux)")?;
@@ -983,20 +880,20 @@ fn js_import(tree: &Tree, ballast: &mut Ballast) -> Result<Imported> {
     if outcome.is_ok() {
         let wait = Instant::now();
         while wait.elapsed() < Duration::from_secs(60) {
-            if daemon.largest_data_file() >= tree.bytes {
+            if largest_data_file(&daemon) >= tree.bytes {
                 complete = true;
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let peak_rss = peak_rss_of(daemon.child.id())? as f64 / MIB;
+    let peak_rss = peak_rss_of(daemon.pid())? as f64 / MIB;
     let _ = kill(child.id(), "TERM");
     reap(&mut child, Duration::from_secs(20))?;
     let seen = reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    let stored = daemon.largest_data_file();
+    let stored = largest_data_file(&daemon);
     daemon.stop()?;
     let _ = std::fs::remove_file(&key_file);
     let Ok(secs) = outcome else {

@@ -335,7 +335,8 @@ fn log_path(home: &Path) -> PathBuf {
     home.with_file_name(name)
 }
 
-fn wait_timeout(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+/// Waits at most `limit` for `child` to exit; kills it after that.
+pub(crate) fn wait_timeout(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {

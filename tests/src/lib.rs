@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod daemon;
+pub mod hyperdrive_daemon;
 pub mod js_peer;
 pub mod netns;
 pub mod raw_peer;

@@ -76,6 +76,27 @@ fn remove_stale() {
     }
 }
 
+/// `command` (its program, arguments, directory and environment) made to run inside the
+/// namespace `netns` (`ip netns exec`, which execs the program: the child's pid is the
+/// program's).
+pub fn wrap(netns: &str, command: &Command) -> Command {
+    let mut inside = Command::new("ip");
+    inside
+        .args(["netns", "exec", netns])
+        .arg(command.get_program())
+        .args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        inside.current_dir(dir);
+    }
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => inside.env(name, value),
+            None => inside.env_remove(name),
+        };
+    }
+    inside
+}
+
 /// A host: a network namespace of its own, removed when dropped (processes still in it
 /// keep it alive until they exit).
 #[derive(Debug)]
@@ -107,18 +128,7 @@ impl Host {
     /// `command` (its program, arguments, directory and environment) made to run inside
     /// the host.
     pub fn wrap(&self, command: &Command) -> Command {
-        let mut inside = self.command(command.get_program());
-        inside.args(command.get_args());
-        if let Some(dir) = command.get_current_dir() {
-            inside.current_dir(dir);
-        }
-        for (name, value) in command.get_envs() {
-            match value {
-                Some(value) => inside.env(name, value),
-                None => inside.env_remove(name),
-            };
-        }
-        inside
+        wrap(&self.netns, command)
     }
 
     /// Runs `ip args…` inside the host.

@@ -1,7 +1,9 @@
-//! Swarm tests' pieces: a `hyperd bootstrap` DHT node on a loopback address, daemons
-//! that bootstrap from it, and reads that wait for the DHT to find a peer.
+//! Swarm tests' pieces: a `hyperd bootstrap` DHT node on a loopback address or in a
+//! network namespace, daemons that bootstrap from it, and reads that wait for the DHT
+//! to find a peer.
 
 use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -10,17 +12,38 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::daemon::{bin, Daemon};
+use crate::netns::Host;
 
 /// A daemon on `home` listening on `listen` whose `config.toml` names `bootstrap` as its
 /// only DHT bootstrap node.
 pub fn daemon_with_bootstrap(home: &Path, bootstrap: &str, listen: &str) -> Result<Daemon> {
+    write_config(home, &format!("bootstrap = [\"{bootstrap}\"]\n"))?;
+    Daemon::start_in(home, listen)
+}
+
+/// A daemon on `home` inside `host`'s namespace, listening on all its addresses, whose
+/// `config.toml` names `bootstrap` as its only DHT bootstrap node and turns mDNS on or
+/// off.
+pub fn daemon_on_host_with_bootstrap(
+    home: &Path,
+    host: &Host,
+    bootstrap: &str,
+    mdns: bool,
+) -> Result<Daemon> {
+    write_config(
+        home,
+        &format!("bootstrap = [\"{bootstrap}\"]\nmdns = {mdns}\n"),
+    )?;
+    Daemon::start_on_host(home, "0.0.0.0:0", host)
+}
+
+/// Creates `home` (private to its user, as hyperd wants it) with `config` as its
+/// `config.toml`.
+fn write_config(home: &Path, config: &str) -> Result<()> {
     std::fs::create_dir_all(home)?;
     std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))?;
-    std::fs::write(
-        home.join("config.toml"),
-        format!("bootstrap = [\"{bootstrap}\"]\n"),
-    )?;
-    Daemon::start_in(home, listen)
+    std::fs::write(home.join("config.toml"), config)?;
+    Ok(())
 }
 
 /// The bytes of `url` read on `daemon` once they can be: a followed drive is readable
@@ -37,7 +60,7 @@ pub fn cat_eventually(daemon: &Daemon, url: &str) -> Vec<u8> {
 /// A `hyperd bootstrap` child process, killed when dropped.
 pub struct BootstrapNode {
     child: Child,
-    /// Where it serves (`127.0.0.2:PORT`).
+    /// Where it serves (`HOST:PORT`).
     pub addr: String,
     /// Its node id, hex.
     pub id: String,
@@ -52,8 +75,20 @@ impl BootstrapNode {
 
     /// Starts one on `host` (an IPv4 address) and a free port.
     pub fn start_on(host: &str) -> Result<BootstrapNode> {
-        let mut child = Command::new(bin("hyperd")?)
-            .args(["bootstrap", "--listen", &format!("{host}:0")])
+        BootstrapNode::spawn(Command::new(bin("hyperd")?), &format!("{host}:0"))
+    }
+
+    /// Starts one inside the network namespace `host`, on `addr` (one of its addresses)
+    /// and the port hyperswarm's default bootstrap nodes use, 49737: free in a fresh
+    /// namespace, and the port Dat2 peers are used to.
+    pub fn start_on_host(host: &Host, addr: Ipv4Addr) -> Result<BootstrapNode> {
+        BootstrapNode::spawn(host.command(bin("hyperd")?), &format!("{addr}:49737"))
+    }
+
+    /// Runs `hyperd bootstrap --listen listen` with `hyperd`.
+    fn spawn(mut hyperd: Command, listen: &str) -> Result<BootstrapNode> {
+        let mut child = hyperd
+            .args(["bootstrap", "--listen", listen])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
