@@ -26,6 +26,11 @@ use crate::tasks::Tasks;
 
 /// The pause between two walks of a topic: uniform in this range, as hyperswarm.
 const REWALK: std::ops::Range<Duration> = Duration::from_secs(300)..Duration::from_secs(600);
+/// The first pause after a walk of a topic that looks up found no peer (or failed),
+/// doubled after each such walk up to [`REWALK`]: a follow started just before its
+/// seeder announced finds it in seconds, not in 5 to 10 minutes (hyperswarm waits that
+/// long; a user who just typed `follow` would not).
+const RETRY_FIRST: Duration = Duration::from_secs(2);
 /// Walks under way at once: joining hundreds of drives (a start with many) queues their
 /// first walks instead of sending thousands of requests in one burst.
 const CONCURRENT_WALKS: usize = 4;
@@ -380,8 +385,10 @@ struct Topic {
 impl Topic {
     /// Walks now (once a walk permit is free) and every 5 to 10 minutes: announcing if
     /// it announces (which also finds peers), else looking up; dials the peers found if
-    /// it looks up. Records each walk.
+    /// it looks up (sooner again while it finds none: [`RETRY_FIRST`]). Records each
+    /// walk.
     async fn walk(self) {
+        let mut retry = RETRY_FIRST;
         loop {
             let walked = {
                 let _permit = self.walking.acquire().await;
@@ -423,7 +430,14 @@ impl Topic {
                     walks.last_error = Some(e.to_string());
                 }
             }
-            let pause = rand::thread_rng().gen_range(REWALK);
+            let mut pause = rand::thread_rng().gen_range(REWALK);
+            let found_none = lock(&self.walks).found.is_empty();
+            if self.seeding.lookup && found_none && retry < REWALK.start {
+                pause = retry;
+                retry *= 2;
+            } else if !found_none {
+                retry = RETRY_FIRST;
+            }
             tokio::time::sleep(pause).await;
         }
     }

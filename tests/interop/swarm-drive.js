@@ -8,6 +8,8 @@
 //   node swarm-drive.js --dir D --bootstrap 127.x.x.x:PORT --write NAME=TEXT   (a new drive)
 //   node swarm-drive.js --dir D --bootstrap 127.x.x.x:PORT --key HEX --read NAME
 //   node swarm-drive.js --dir D --mdns ...                                     (no DHT)
+//   node swarm-drive.js --dir D --test-net --bootstrap 10.2xx.x.x:PORT ...     (DHT, mDNS,
+//       uTP and hole punching as JS runs them; only inside tests/src/netns.rs networks)
 //   --no-lookup: announce only (peers must dial us)
 //
 // stdout, JSON lines: {"event":"ready","key"} once the drive is open and joined; with
@@ -16,9 +18,9 @@
 
 const Corestore = require('corestore')
 const hyperdrive = require('hyperdrive')
-const { parseArgs, loopbackSwarm, localSwarm } = require('./common')
+const { parseArgs, loopbackSwarm, localSwarm, testNetSwarm } = require('./common')
 
-const args = parseArgs(process.argv.slice(2), ['mdns', 'no-lookup'])
+const args = parseArgs(process.argv.slice(2), ['mdns', 'no-lookup', 'test-net'])
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const p = (fn) => new Promise((resolve, reject) => fn((err, v) => err ? reject(err) : resolve(v)))
 
@@ -30,9 +32,10 @@ async function main () {
     const [name, text] = args.write.split('=')
     await p(cb => drive.writeFile('/' + name, Buffer.from(text), cb))
   }
+  const bootstrap = String(args.bootstrap || '').split(',').filter(Boolean)
   const swarm = args.mdns
     ? localSwarm()
-    : loopbackSwarm(String(args.bootstrap || '').split(',').filter(Boolean))
+    : args['test-net'] ? testNetSwarm(bootstrap) : loopbackSwarm(bootstrap)
   swarm.on('peer', (peer) => out({ event: 'peer', host: peer.host, port: peer.port, local: peer.local }))
   swarm.on('connection', (socket, info) => {
     out({ event: 'connection', client: info.client, remote: socket.remoteAddress })

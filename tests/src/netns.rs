@@ -146,28 +146,42 @@ impl Drop for Host {
 }
 
 /// An Ethernet segment: a bridge in a namespace of its own, hosts attached to it by veth
-/// pairs with addresses in `10.201.0.0/24` (each LAN is its own world, so they may
-/// share the range), removed when dropped.
+/// pairs with addresses in its /24 subnet (`10.201.0.0/24` unless given another; LANs
+/// joined by a router need different ones), removed when dropped.
 #[derive(Debug)]
 pub struct Lan {
     switch: Host,
+    /// The first three bytes of its addresses: hosts get `.1`, `.2`, … in attach order.
+    subnet: [u8; 3],
     /// Hosts attached so far.
     ports: AtomicU8,
 }
 
-/// The LAN's subnet: `10.201.0.0/24`; hosts get `.1`, `.2`, … in attach order.
-const SUBNET: [u8; 3] = [10, 201, 0];
-
 impl Lan {
-    /// A new, empty LAN.
+    /// A new, empty LAN on `10.201.0.0/24`.
     pub fn new() -> Result<Lan> {
+        Lan::with_subnet([10, 201, 0])
+    }
+
+    /// A new, empty LAN on `subnet.0/24`.
+    pub fn with_subnet(subnet: [u8; 3]) -> Result<Lan> {
         let switch = Host::new("lan")?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
         Ok(Lan {
             switch,
+            subnet,
             ports: AtomicU8::new(0),
         })
+    }
+
+    /// A new host on this LAN that reaches everything else through `gateway` (a
+    /// router on it); returns it and its address.
+    pub fn add_host_behind(&self, name: &str, gateway: Ipv4Addr) -> Result<(Host, Ipv4Addr)> {
+        let host = Host::new(name)?;
+        let addr = self.attach(&host, false)?;
+        host.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
+        Ok((host, addr))
     }
 
     /// A new host attached to this LAN; returns it and its address.
@@ -185,7 +199,8 @@ impl Lan {
         if port >= 250 {
             bail!("the LAN is full");
         }
-        let addr = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], port + 1);
+        let [a, b, c] = self.subnet;
+        let addr = Ipv4Addr::new(a, b, c, port + 1);
         let eth = format!("eth{}", host.interfaces.fetch_add(1, Ordering::Relaxed));
         let outside = format!("p{port}");
         self.switch.ip(&[
@@ -209,4 +224,80 @@ impl Lan {
         }
         Ok(addr)
     }
+}
+
+/// A NAT router: a host on the `inside` LAN (the gateway of the hosts added behind it)
+/// and on the `outside` one, forwarding between them and masquerading what leaves
+/// through `outside` as Linux home routers do (iptables `MASQUERADE`: connections
+/// from inside get its outside address, the port kept when free; nothing from outside
+/// gets in unless it answers a mapping from inside, and what comes unasked is dropped).
+#[derive(Debug)]
+pub struct Nat {
+    /// The router's namespace.
+    pub host: Host,
+    /// Its address on the inside LAN: the gateway to give hosts behind it.
+    pub inside: Ipv4Addr,
+    /// Its address on the outside LAN: what hosts behind it look like from there.
+    pub outside: Ipv4Addr,
+}
+
+impl Nat {
+    /// A router between `inside` (attached first, so it gets the LAN's first free
+    /// address) and `outside` (its default route). Needs iptables.
+    pub fn new(name: &str, inside: &Lan, outside: &Lan) -> Result<Nat> {
+        let host = Host::new(name)?;
+        let inside_addr = inside.attach(&host, false)?;
+        let outside_addr = outside.attach(&host, true)?;
+        let out_dev = format!("eth{}", host.interfaces.load(Ordering::Relaxed) - 1);
+        run(host
+            .command("sysctl")
+            .args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        run(host.command("iptables").args([
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            &out_dev,
+            "-j",
+            "MASQUERADE",
+        ]))
+        .context("setting up the NAT (install iptables)")?;
+        // As home routers, drop what comes unasked to the router itself. Besides, a
+        // packet let in to a closed port would leave a connection-tracking entry that
+        // makes the router move the port of an answer from inside (a clash), which no
+        // router with a firewall does.
+        run(host.command("iptables").args([
+            "-A",
+            "INPUT",
+            "-i",
+            &out_dev,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW,INVALID",
+            "-j",
+            "DROP",
+        ]))?;
+        Ok(Nat {
+            host,
+            inside: inside_addr,
+            outside: outside_addr,
+        })
+    }
+}
+
+/// Runs `command`, failing with its stderr.
+fn run(command: &mut Command) -> Result<()> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {:?}", command.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed: {}",
+            command,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
