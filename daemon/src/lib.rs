@@ -6,6 +6,7 @@
 
 mod cores;
 mod daemon;
+mod dial_queue;
 mod drive_changes;
 mod drive_files;
 mod drive_set;

@@ -3,7 +3,8 @@
 //! operations that create, follow, seed and remove decide it). With DHT bootstrap nodes
 //! configured, each is announced (which also looks it up) or looked up when joined and
 //! again every 5 to 10 minutes, as hyperswarm does, and the peers found by a topic that
-//! looks up are dialed through the network, the same path as `peer connect`. The DHT
+//! looks up are dialed through the network, the same path as `peer connect`, with
+//! hyperswarm's retries (`dial_queue`). The DHT
 //! socket is bound to the peer listener's address, port included, so the port the DHT
 //! stores for us is the one peers connect to. With `mdns` on (the default, as JS), each
 //! topic is also announced and/or looked up on the local network by mDNS, and the peers
@@ -20,7 +21,8 @@ use hyperd_config::Config;
 use hyperswarm::{Dht, Endpoint, Id, Mdns, MdnsPeer};
 use rand::Rng;
 
-use crate::network::{lock, Network, Origin, Punch};
+use crate::dial_queue::{DialQueue, Found, Wanted};
+use crate::network::{lock, Network, Origin};
 use crate::state::{Seeding, State};
 use crate::tasks::Tasks;
 
@@ -34,10 +36,6 @@ const RETRY_FIRST: Duration = Duration::from_secs(2);
 /// Walks under way at once: joining hundreds of drives (a start with many) queues their
 /// first walks instead of sending thousands of requests in one burst.
 const CONCURRENT_WALKS: usize = 4;
-/// How long dialing a found peer may take.
-const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Peers found by mDNS dialed at once (more wait in the service's bounded queue).
-const CONCURRENT_LOCAL_DIALS: usize = 8;
 
 /// The DHT (when configured) and the topics joined. Cheap to clone.
 #[derive(Clone)]
@@ -50,7 +48,8 @@ struct Inner {
     /// Local discovery, when on and its socket could be bound.
     mdns: Option<Mdns>,
     bootstrap: Vec<SocketAddrV4>,
-    network: Network,
+    /// Dials what topics find, with hyperswarm's retries.
+    queue: DialQueue,
     tasks: Tasks,
     /// Per joined core key: how, the tasks of its walks and what they found.
     joined: Mutex<HashMap<PublicKey, Joined>>,
@@ -163,14 +162,26 @@ impl Swarm {
             (None, None)
         };
         let swarm = Swarm {
-            inner: Arc::new(Inner {
-                dht,
-                mdns,
-                bootstrap,
-                network,
-                tasks,
-                joined: Mutex::new(HashMap::new()),
-                walking: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_WALKS)),
+            inner: Arc::new_cyclic(|inner: &std::sync::Weak<Inner>| {
+                // The queue asks whether a peer's topics still look up.
+                let inner = inner.clone();
+                let wanted: Wanted = Arc::new(move |key: &PublicKey| {
+                    inner.upgrade().is_some_and(|inner| {
+                        lock(&inner.joined)
+                            .get(key)
+                            .is_some_and(|j| j.seeding.lookup)
+                    })
+                });
+                let queue = DialQueue::start(network, dht.clone(), wanted, &tasks);
+                Inner {
+                    dht,
+                    mdns,
+                    bootstrap,
+                    queue,
+                    tasks,
+                    joined: Mutex::new(HashMap::new()),
+                    walking: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_WALKS)),
+                }
             }),
         };
         if let Some(found) = found {
@@ -183,37 +194,32 @@ impl Swarm {
         Ok(swarm)
     }
 
-    /// Dials each peer mDNS finds under a topic that looks up, a few at a time, and
-    /// records it.
-    async fn dial_local(self, found: tokio::sync::mpsc::Receiver<MdnsPeer>) {
-        use futures::StreamExt;
-        tokio_stream::wrappers::ReceiverStream::new(found)
-            .for_each_concurrent(CONCURRENT_LOCAL_DIALS, |peer| {
-                let swarm = self.clone();
-                async move {
-                    if swarm.record_local(peer) {
-                        dial(&swarm.inner.network, peer.addr, Origin::Mdns, None).await;
-                    }
-                }
-            })
-            .await;
+    /// Queues each peer mDNS finds under a topic that looks up, and records it.
+    async fn dial_local(self, mut found: tokio::sync::mpsc::Receiver<MdnsPeer>) {
+        while let Some(peer) = found.recv().await {
+            if let Some(key) = self.record_local(peer) {
+                self.inner.queue.push(Found {
+                    addr: peer.addr,
+                    origin: Origin::Mdns,
+                    referrer: None,
+                    topic: key,
+                });
+            }
+        }
     }
 
-    /// Records `peer` with its topic; false if the topic no longer looks up.
-    fn record_local(&self, peer: MdnsPeer) -> bool {
+    /// Records `peer` with its topic; the topic's core, unless it no longer looks up.
+    fn record_local(&self, peer: MdnsPeer) -> Option<PublicKey> {
         let mut joined = lock(&self.inner.joined);
-        let Some(topic) = joined
-            .values_mut()
-            .find(|j| j.topic == peer.topic && j.seeding.lookup)
-        else {
-            return false;
-        };
+        let (key, topic) = joined
+            .iter_mut()
+            .find(|(_, j)| j.topic == peer.topic && j.seeding.lookup)?;
         topic.local.retain(|a| *a != peer.addr);
         if topic.local.len() == MAX_FOUND_SHOWN {
             topic.local.remove(0);
         }
         topic.local.push(peer.addr);
-        true
+        Some(*key)
     }
 
     /// Joins every core and drive of the state file's swarm section, as it says.
@@ -313,7 +319,8 @@ impl Swarm {
             let cancelled = tasks.cancelled();
             let topic = Topic {
                 dht,
-                network: self.inner.network.clone(),
+                queue: self.inner.queue.clone(),
+                key,
                 id,
                 seeding,
                 walking: self.inner.walking.clone(),
@@ -375,7 +382,9 @@ impl Swarm {
 /// One joined topic's walks on the DHT.
 struct Topic {
     dht: Arc<Dht>,
-    network: Network,
+    queue: DialQueue,
+    /// The core joined.
+    key: PublicKey,
     id: Id,
     seeding: Seeding,
     walking: Arc<tokio::sync::Semaphore>,
@@ -407,19 +416,14 @@ impl Topic {
                         walks.last_error = None;
                     }
                     if self.seeding.lookup {
-                        let dials = found.into_iter().map(|peer| {
-                            let (dht, referrer) = (self.dht.clone(), peer.referrer);
-                            // Also over uTP, once a hole punch through the node that
-                            // named the peer has opened both NATs, as JS dials.
-                            let punch: Punch = Box::pin(async move {
-                                dht.holepunch(peer.addr, referrer)
-                                    .await
-                                    .map(drop)
-                                    .map_err(|e| e.to_string())
+                        for peer in found {
+                            self.queue.push(Found {
+                                addr: peer.addr,
+                                origin: Origin::Dht,
+                                referrer: Some(peer.referrer),
+                                topic: self.key,
                             });
-                            dial(&self.network, peer.addr, Origin::Dht, Some(punch))
-                        });
-                        futures::future::join_all(dials).await;
+                        }
                     }
                 }
                 Err(e) => {
@@ -440,29 +444,6 @@ impl Topic {
             }
             tokio::time::sleep(pause).await;
         }
-    }
-}
-
-/// Dials `addr`, found as `origin` says (with a `punch`, over uTP too), unless it is our
-/// own listener or a connection to it is open (a node may name us to ourselves; the
-/// handshake would refuse it anyway, after a connection).
-async fn dial(network: &Network, addr: SocketAddrV4, origin: Origin, punch: Option<Punch>) {
-    let ours = network.local_addr();
-    let own = ours.is_some_and(|ours| {
-        ours.port() == addr.port()
-            && (ours.ip() == std::net::IpAddr::V4(*addr.ip())
-                || (ours.ip().is_unspecified() && addr.ip().is_loopback()))
-    });
-    let addr = SocketAddr::V4(addr);
-    if own || network.peers().iter().any(|p| p.address == addr) {
-        return;
-    }
-    match network
-        .dial_with(&addr.to_string(), origin, punch, DIAL_TIMEOUT)
-        .await
-    {
-        Ok((peer, _)) => tracing::info!("swarm: connected to {addr} ({})", peer.address),
-        Err(e) => tracing::debug!("swarm: dialing {addr}: {e}"),
     }
 }
 
