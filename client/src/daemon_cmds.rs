@@ -74,6 +74,8 @@ fn print_status(status: &StatusResponse, json: bool) -> anyhow::Result<()> {
             "dhtAddress": status.dht_address,
             "dhtBootstrap": status.dht_bootstrap,
             "swarmTopics": status.swarm_topics,
+            "mdns": status.mdns,
+            "publicAddress": status.public_address,
         }));
     }
     let mut api = status.api_version.clone();
@@ -104,11 +106,23 @@ fn print_status(status: &StatusResponse, json: bool) -> anyhow::Result<()> {
             match status.dht_address.is_empty() {
                 true => "off (no bootstrap nodes configured)".to_string(),
                 false => format!(
-                    "on {}, bootstrapping from {}; {} drives and cores joined",
+                    "on {}, bootstrapping from {}; {} drives and cores joined; {}",
                     status.dht_address,
                     status.dht_bootstrap.join(", "),
-                    status.swarm_topics
+                    status.swarm_topics,
+                    match status.public_address.is_empty() {
+                        true => "public address not known yet".to_string(),
+                        false =>
+                            format!("public address {} (holepunchable)", status.public_address),
+                    }
                 ),
+            },
+        ),
+        (
+            "mdns",
+            match status.mdns {
+                true => "on (local discovery)".to_string(),
+                false => "off".to_string(),
             },
         ),
         (

@@ -95,6 +95,10 @@ pub struct DaemonStatus {
     pub dht_bootstrap: Vec<std::net::SocketAddrV4>,
     /// Discovery keys joined on it.
     pub swarm_topics: usize,
+    /// Whether local discovery (mDNS) runs.
+    pub mdns: bool,
+    /// Our address as the DHT sees it, once known (we are holepunchable then).
+    pub public_address: Option<std::net::SocketAddrV4>,
     /// The soft file limit in force.
     pub file_limit: u64,
 }
@@ -241,6 +245,7 @@ impl Daemon {
         let store = self.store();
         let cores = store.count().await.map_err(DaemonError::store)?;
         let network = self.network();
+        let swarm = self.inner.swarm.status().await;
         Ok(DaemonStatus {
             version: env!("CARGO_PKG_VERSION"),
             protocol_version: "hypercore-protocol/8",
@@ -258,6 +263,8 @@ impl Daemon {
             dht_address: self.inner.swarm.dht_address(),
             dht_bootstrap: self.inner.swarm.bootstrap().to_vec(),
             swarm_topics: self.inner.swarm.topics(),
+            mdns: swarm.mdns,
+            public_address: swarm.public_address,
         })
     }
 

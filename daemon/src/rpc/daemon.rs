@@ -38,6 +38,8 @@ impl daemon_server::Daemon for DaemonService {
             dht_address: s.dht_address.map(|a| a.to_string()).unwrap_or_default(),
             dht_bootstrap: s.dht_bootstrap.iter().map(ToString::to_string).collect(),
             swarm_topics: s.swarm_topics as u32,
+            mdns: s.mdns,
+            public_address: s.public_address.map(|a| a.to_string()).unwrap_or_default(),
         }))
     }
 
