@@ -215,6 +215,7 @@ pub async fn peers(client: &Client, json: bool) -> anyhow::Result<()> {
                 "-".into(),
                 String::new(),
                 String::new(),
+                String::new(),
             ]);
         }
         for p in peers {
@@ -223,11 +224,12 @@ pub async fn peers(client: &Client, json: bool) -> anyhow::Result<()> {
                 p.address.clone(),
                 output::short_key(&p.remote_key),
                 p.found_by.clone(),
+                p.transport.clone(),
             ]);
         }
     }
     output::print(output::table(
-        &["KEY", "PEER", "REMOTE KEY", "FOUND BY"],
+        &["KEY", "PEER", "REMOTE KEY", "FOUND BY", "TRANSPORT"],
         &rows,
     ))
 }
