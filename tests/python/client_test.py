@@ -24,7 +24,9 @@ def main():
     import grpc
 
     out = tempfile.mkdtemp(prefix="hyperd-py-")
-    protos = [os.path.join("hyperd", "v1", f) for f in ("daemon.proto", "cores.proto", "peers.proto", "drives.proto")]
+    # Every file of the API: they import each other.
+    api = os.path.join(args.proto_dir, "hyperd", "v1")
+    protos = [os.path.join("hyperd", "v1", f) for f in sorted(os.listdir(api)) if f.endswith(".proto")]
     code = protoc.main(["grpc_tools.protoc", "-I", args.proto_dir, "--python_out", out, "--grpc_python_out", out, *protos])
     if code != 0:
         sys.exit(f"protoc failed with {code}")
