@@ -15,8 +15,9 @@
 //                             first announce walk ended.
 //   {"cmd":"follow","key":H}  opens feed H, joins its discovery key (lookup only) and gets
 //                             block 0 from whoever the DHT names; answers
-//                             {"ok":true,"ms","joinMs","bytes"}: ms from opening the feed,
-//                             joinMs from the join, until the block was there.
+//                             {"ok":true,"ms","joinMs","peerMs","connectionMs","bytes"}: ms
+//                             from opening the feed, the others from the join, until the
+//                             block was there, the first peer found, the first connection.
 //   {"cmd":"topics","count":N} joins N random topics (announce and lookup); answers
 //                             {"ok":true,"ms"} once each has ended its first walk.
 //   {"cmd":"walks"}           {"ok":true,"walks":N}: walks ended so far, all topics.
@@ -57,9 +58,17 @@ async function follow (key) {
   const feed = open(Buffer.from(key, 'hex'))
   await promisify((cb) => feed.ready(cb))
   const t1 = now()
+  const steps = {}
+  const onpeer = () => { if (steps.peerMs === undefined) steps.peerMs = ms(t1) }
+  const onconnection = () => { if (steps.connectionMs === undefined) steps.connectionMs = ms(t1) }
+  swarm.on('peer', onpeer)
+  swarm.on('connection', onconnection)
   swarm.join(feed.discoveryKey, { announce: false, lookup: true })
   const block = await promisify((cb) => feed.get(0, cb))
-  return { ms: ms(t0), joinMs: ms(t1), bytes: block.length }
+  const done = { ms: ms(t0), joinMs: ms(t1) }
+  swarm.removeListener('peer', onpeer)
+  swarm.removeListener('connection', onconnection)
+  return Object.assign(done, steps, { bytes: block.length })
 }
 
 // Topics (hex) joined whose first walk has not ended yet: what resolves when it has.
