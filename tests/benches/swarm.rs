@@ -34,9 +34,12 @@
 //!   walked again during the minute.
 //! * `lookup`: a third DHT client (Rust, on 127.0.0.3) announces 10 topics; then a fresh
 //!   Rust [`Dht`] client and a JS `@hyperswarm/dht` client (`interop/dht-client.js`,
-//!   ephemeral, bootstrapped) each look them up, one lookup at a time, 200 times (after one
-//!   uncounted lookup); each lookup is timed until its walk ended, and must find the
-//!   announcer. Median and p99 of each side.
+//!   ephemeral, bootstrapped) each look them up, one lookup at a time, 200 times, in four
+//!   rounds that alternate the sides, after an uncounted pass of 200 lookups by each that
+//!   warms up node's compiled code, the JS client's and the JS nodes' (their first few
+//!   hundred answers cost them half as much CPU again); each lookup is timed until its
+//!   walk ended, and must find the announcer.
+//!   Median and p99 of each side, and the JS nodes' CPU time per lookup of each.
 
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
@@ -61,6 +64,8 @@ const BLOCK_SIZE: usize = 1024;
 const FOLLOW_LIMIT: Duration = Duration::from_secs(30);
 /// Topics announced for the lookups.
 const LOOKUP_TOPICS: usize = 10;
+/// Rounds of lookups, the sides alternating.
+const LOOKUP_ROUNDS: usize = 4;
 /// Cores created at once when setting up the idle `hyperd`.
 const IN_FLIGHT: usize = 16;
 /// How long the first walks of 1,000 topics may take.
@@ -135,7 +140,7 @@ impl Args {
 /// The 20-node loopback DHT both sides use; its processes end when it is dropped.
 struct TestDht {
     bootstrap: BootstrapNode,
-    _js_nodes: JsPeer,
+    js_nodes: JsPeer,
 }
 
 impl TestDht {
@@ -160,7 +165,7 @@ impl TestDht {
         ensure!(nodes.len() == JS_NODES, "dht-nodes.js started {ready}");
         let dht = TestDht {
             bootstrap,
-            _js_nodes: js_nodes,
+            js_nodes,
         };
         // It routes: the bootstrap node and a JS node each know all the others.
         let probe = Dht::bind("127.0.0.1:0".parse()?, vec![dht.addr()?]).await?;
@@ -509,44 +514,43 @@ async fn lookup(dht: &TestDht, lookups: usize) -> Result<(Vec<Row>, Value)> {
     }
     let announced = announcer.local_addr();
 
-    // Rust: one uncounted lookup, then `lookups`.
-    let client = Dht::bind("127.0.0.1:0".parse()?, vec![bootstrap]).await?;
-    let mut rust = Vec::with_capacity(lookups);
-    for i in 0..=lookups {
-        let topic = topics[i % topics.len()];
-        let start = Instant::now();
-        let found = client.lookup(topic).await?;
-        let ms = start.elapsed().as_secs_f64() * 1e3;
-        ensure!(
-            found.iter().any(|p| p.addr == announced),
-            "Rust lookup {i} did not find {announced}: {found:?}"
-        );
-        if i > 0 {
-            rust.push(ms);
-        }
-    }
-    drop(client);
+    // The JS nodes' CPU time per lookup, for each side: what answering costs them, a
+    // part of each lookup's time that does not depend on the client.
+    let nodes_pid = dht
+        .js_nodes
+        .pid()
+        .context("the JS DHT nodes are not running")?;
+    let nodes_cpu = || process_cpu_seconds(Some(nodes_pid));
 
-    // JS: the same.
+    let client = Dht::bind("127.0.0.1:0".parse()?, vec![bootstrap]).await?;
     let (mut js_client, _) =
         JsPeer::spawn("dht-client.js", &["--bootstrap", &bootstrap.to_string()]).await?;
     let hex: Vec<String> = topics.iter().map(|t| hex::encode(t.0)).collect();
-    let answer = js_client
-        .call(json!({ "cmd": "lookups", "topics": hex, "count": lookups + 1 }))
-        .await?;
+    // Uncounted: as many lookups by each side first, since node answers and asks faster
+    // once it has compiled the code (whichever side went first was slowed down, and cost
+    // the JS nodes half as much CPU again).
+    rust_lookups(&client, &topics, announced, lookups).await?;
+    js_lookups(&mut js_client, &hex, lookups).await?;
+
+    let (mut rust, mut js) = (Vec::new(), Vec::new());
+    let (mut rust_nodes_cpu, mut js_nodes_cpu) = (0.0, 0.0);
+    for round in 0..LOOKUP_ROUNDS {
+        let count = lookups / LOOKUP_ROUNDS + usize::from(round < lookups % LOOKUP_ROUNDS);
+        let before = nodes_cpu()?;
+        rust.extend(rust_lookups(&client, &topics, announced, count).await?);
+        let between = nodes_cpu()?;
+        js.extend(js_lookups(&mut js_client, &hex, count).await?);
+        rust_nodes_cpu += between - before;
+        js_nodes_cpu += nodes_cpu()? - between;
+    }
     js_client.finish().await?;
-    let js: Vec<f64> = answer["ms"]
-        .as_array()
-        .context("no ms")?
-        .iter()
-        .skip(1)
-        .filter_map(Value::as_f64)
-        .collect();
-    let found = answer["found"].as_array().context("no found")?;
-    ensure!(
-        js.len() == lookups && found.iter().all(|f| f.as_u64() >= Some(1)),
-        "JS lookups: {answer}"
-    );
+    drop(client);
+    let rust_nodes_ms = rust_nodes_cpu * 1e3 / lookups as f64;
+    let js_nodes_ms = js_nodes_cpu * 1e3 / lookups as f64;
+    progress(&format!(
+        "the {JS_NODES} JS nodes (one process) spent {rust_nodes_ms:.2} ms of CPU per Rust \
+         lookup, {js_nodes_ms:.2} ms per JS lookup"
+    ));
     drop(announcer);
 
     let stat = |v: &[f64], p: Option<f64>| Figure {
@@ -572,7 +576,51 @@ async fn lookup(dht: &TestDht, lookups: usize) -> Result<(Vec<Row>, Value)> {
             None,
         ),
     ];
-    Ok((rows, json!({ "topics": LOOKUP_TOPICS })))
+    let details = json!({
+        "topics": LOOKUP_TOPICS,
+        "jsNodesCpuMsPerLookup": { "rust": rust_nodes_ms, "js": js_nodes_ms },
+    });
+    Ok((rows, details))
+}
+
+/// `count` lookups by `client`, one at a time, cycling through `topics`: each one's ms.
+/// Each must find `announced`.
+async fn rust_lookups(
+    client: &Dht,
+    topics: &[Id],
+    announced: SocketAddrV4,
+    count: usize,
+) -> Result<Vec<f64>> {
+    let mut ms = Vec::with_capacity(count);
+    for i in 0..count {
+        let start = Instant::now();
+        let found = client.lookup(topics[i % topics.len()]).await?;
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+        ensure!(
+            found.iter().any(|p| p.addr == announced),
+            "a Rust lookup did not find {announced}: {found:?}"
+        );
+    }
+    Ok(ms)
+}
+
+/// The same by the JS client (`topics` in hex); each must find a peer.
+async fn js_lookups(client: &mut JsPeer, topics: &[String], count: usize) -> Result<Vec<f64>> {
+    let answer = client
+        .call(json!({ "cmd": "lookups", "topics": topics, "count": count }))
+        .await?;
+    let ms: Vec<f64> = answer["ms"]
+        .as_array()
+        .context("no ms")?
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    let found = answer["found"].as_array().context("no found")?;
+    ensure!(
+        ms.len() == count && found.iter().all(|f| f.as_u64() >= Some(1)),
+        "JS lookups: {answer}"
+    );
+    Ok(ms)
 }
 
 // ---------------------------------------------------------------------------------------
