@@ -266,14 +266,17 @@ async fn follow(dht: &TestDht, runs: usize, work: &std::path::Path) -> Result<(R
     let mut rust = Figure::new("ms");
     let mut js = Figure::new("ms");
     let mut js_steps = Vec::new();
+    let mut rust_follow_returned = Vec::new();
     for run in 0..=runs {
-        let r = follow_rust(bootstrap, &key, &block, &work.join(format!("rust-{run}"))).await?;
+        let (r, r_follow) =
+            follow_rust(bootstrap, &key, &block, &work.join(format!("rust-{run}"))).await?;
         let j = follow_js(bootstrap, &js_key, &work.join(format!("js-{run}"))).await?;
         let step = |name: &str| j[name].as_f64().unwrap_or(f64::NAN);
         let what = if run == 0 { "warm-up" } else { "run" };
         progress(&format!(
-            "follow {what} {run}: hyperd {r:.1} ms, JS {:.1} ms (from the join: first peer \
-             {:.1} ms, connection {:.1} ms, block {:.1} ms)",
+            "follow {what} {run}: hyperd {r:.1} ms (Follow returned after {r_follow:.1} ms), \
+             JS {:.1} ms (from the join: first peer {:.1} ms, connection {:.1} ms, block \
+             {:.1} ms)",
             step("ms"),
             step("peerMs"),
             step("connectionMs"),
@@ -283,6 +286,7 @@ async fn follow(dht: &TestDht, runs: usize, work: &std::path::Path) -> Result<(R
             rust.runs.push(r);
             js.runs.push(step("ms"));
             js_steps.push(j);
+            rust_follow_returned.push(r_follow);
         }
     }
     drop(js_seeder);
@@ -294,16 +298,18 @@ async fn follow(dht: &TestDht, runs: usize, work: &std::path::Path) -> Result<(R
         ("JS", js),
         Some((2.0, "<= 1/2 JS")),
     );
-    Ok((row, json!({ "jsRuns": js_steps })))
+    let details = json!({ "jsRuns": js_steps, "rustFollowReturnedMs": rust_follow_returned });
+    Ok((row, details))
 }
 
-/// One Rust run: a fresh hyperd follows `key` and gets block 0; ms from Follow to block.
+/// One Rust run: a fresh hyperd follows `key` and gets block 0; ms from the `Follow`
+/// call to the block, and until `Follow` returned.
 async fn follow_rust(
     bootstrap: &str,
     key: &str,
     block: &[u8],
     home: &std::path::Path,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let follower = daemon_with_bootstrap(home, bootstrap, "127.0.0.1:0")?;
     let mut cores = CoresClient::new(follower.channel().await?);
     let start = Instant::now();
@@ -314,6 +320,7 @@ async fn follow_rust(
             seeding: None,
         })
         .await?;
+    let followed = start.elapsed().as_secs_f64() * 1e3;
     let got = cores
         .get(GetRequest {
             key: key.to_string(),
@@ -326,7 +333,7 @@ async fn follow_rust(
         .data;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     ensure!(got == block, "hyperd got another block 0");
-    Ok(ms)
+    Ok((ms, followed))
 }
 
 /// One JS run: a fresh swarm-bench.js follows `key`; its answer (`ms` from opening the
