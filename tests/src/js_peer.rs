@@ -92,6 +92,11 @@ impl JsPeer {
         Ok((peer, ready))
     }
 
+    /// Its process id (`None` once it has exited and been waited for).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     fn logged(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
