@@ -19,11 +19,12 @@ pub mod node;
 pub mod peers;
 pub mod server;
 pub mod store;
+pub mod table;
 pub mod token;
 pub mod utp;
 
 pub use compact::{CompactError, Id, LocalPeer, NodeInfo};
-pub use dht::{Dht, DhtError, FoundPeer};
+pub use dht::{Dht, DhtError, FoundPeer, Mode, Options};
 pub use local::{LocalDiscoveryError, Mdns, MdnsPeer};
 pub use message::{DecodeError, Holepunch, Message, MessageType};
 pub use peers::{PeersInput, PeersOutput};

@@ -38,7 +38,7 @@ async fn an_announcement_is_found_through_the_node_until_withdrawn() {
     announcer.unannounce(topic).await.unwrap();
     assert!(looker.lookup(topic).await.unwrap().is_empty());
     stop.send(()).unwrap();
-    serving.await.unwrap().unwrap();
+    serving.await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
@@ -123,7 +123,7 @@ async fn a_flood_from_one_address_is_capped_and_others_are_still_answered() {
     );
     assert!(answers > 0);
     stop.send(()).unwrap();
-    serving.await.unwrap().unwrap();
+    serving.await.unwrap();
 }
 
 /// A hole punch reaches the peer only through the referrer's relay (the peer ignores
@@ -158,5 +158,5 @@ async fn a_hole_punch_is_relayed_by_the_referrer_and_answered_by_the_peer() {
     );
     tokio::time::resume();
     stop.send(()).unwrap();
-    serving.await.unwrap().unwrap();
+    serving.await.unwrap();
 }

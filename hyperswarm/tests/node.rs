@@ -239,24 +239,176 @@ fn find_node_lists_the_closest_persistent_nodes_and_never_ephemeral_ones() {
     assert!(node.receive(&find.encode(), addr(1, 1001)).0.is_empty());
 }
 
+/// A `_ping` from persistent node `id` at `from`.
+fn hello(node: &mut Node, id: Id, from: SocketAddrV4) {
+    let mut ping = request(MessageType::Query, 1, "_ping");
+    ping.id = Some(Bytes::copy_from_slice(&id.0));
+    node.receive(&ping.encode(), from);
+}
+
+/// An id far from `Id([0; 32])` (first bit set: all in one bucket that never splits).
+fn far(n: u32) -> Id {
+    let mut id = [0xee; 32];
+    id[28..].copy_from_slice(&n.to_be_bytes());
+    Id(id)
+}
+
 #[test]
-fn a_routing_table_flooded_with_made_up_ids_stays_bounded_and_keeps_answering() {
-    use hyperswarm::node::MAX_CONTACTS;
+fn a_routing_table_flooded_with_made_up_ids_keeps_its_live_contacts_and_goes_on_answering() {
     let mut node = Node::new(Some(Id([0; 32])), [7; 32]);
-    for i in 0..(MAX_CONTACTS as u32 + 6_000) {
-        let mut ping = request(MessageType::Query, u64::from(i), "_ping");
-        let mut id = [0xee; 32];
-        id[..4].copy_from_slice(&i.to_be_bytes());
-        ping.id = Some(Bytes::copy_from_slice(&id));
-        node.receive(&ping.encode(), addr(9, 1 + (i % 60_000) as u16));
+    node.set_bootstrapped();
+    node.tick(0);
+    let live: Vec<Id> = (0..20).map(far).collect();
+    for (i, id) in live.iter().enumerate() {
+        hello(&mut node, *id, addr(1, 1000 + i as u16));
     }
-    assert_eq!(node.contacts(), MAX_CONTACTS);
-    // The latest ids are kept (the least recently heard ones went) and answers go on.
+    node.tick(0);
+    // 100,000 made-up ids, half for the full far bucket, half anywhere.
+    for i in 0..100_000u32 {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_be_bytes());
+        id[4..8].copy_from_slice(&i.to_be_bytes());
+        let id = if i % 2 == 0 {
+            far(1_000_000 + i)
+        } else {
+            Id(id)
+        };
+        hello(&mut node, id, addr(9, 1 + (i % 60_000) as u16));
+    }
+    assert!(node.contacts() <= 256 * 20, "{}", node.contacts());
+    assert!(live.iter().all(|id| node.table().get(id).is_some()));
+    // The far bucket asked for one ping (its least recently seen contact), no more.
+    let pings = node.take_pings();
+    let far_pings: Vec<&NodeInfo> = pings.iter().filter(|n| n.id.0[0] == 0xee).collect();
+    assert_eq!(far_pings.len(), 1, "{pings:?}");
+    assert_eq!(far_pings[0].id, live[0]);
+    // It answers, and so do the next two candidates: nobody is evicted.
+    let mut next = *far_pings[0];
+    for expected in &live[1..3] {
+        node.pinged(next, true);
+        let asked = node.take_pings();
+        assert_eq!(asked.len(), 1, "{asked:?}");
+        assert_eq!(asked[0].id, *expected);
+        next = asked[0];
+    }
+    node.pinged(next, true);
+    assert!(node.take_pings().is_empty(), "three candidates at most");
+    assert!(live.iter().all(|id| node.table().get(id).is_some()));
+    // The next newcomer starts another round; a failed ping lets it in.
+    hello(&mut node, far(7_777_777), addr(8, 7777));
+    let asked = node.take_pings();
+    assert_eq!(asked.len(), 1);
+    node.pinged(asked[0], false);
+    assert!(node.table().get(&asked[0].id).is_none());
+    assert!(node.table().get(&far(7_777_777)).is_some());
+
     let mut find = request(MessageType::Query, 5, "_find_node");
     find.target = Some(Bytes::copy_from_slice(&[0xee; 32]));
     let (_, answer, _) = one(node.receive(&find.encode(), addr(1, 1001)));
     let nodes = compact::decode_nodes(&answer.closer_nodes.unwrap()).unwrap();
     assert_eq!(nodes.len(), 20);
+}
+
+#[test]
+fn a_full_bucket_keeps_candidates_heard_this_tick_and_drops_newcomers_before_bootstrap() {
+    let mut node = Node::new(Some(Id([0; 32])), [7; 32]);
+    for i in 0..20 {
+        hello(&mut node, far(i), addr(1, 1000 + i as u16));
+    }
+    // Not bootstrapped: a newcomer is dropped, nobody pinged.
+    hello(&mut node, far(100), addr(2, 100));
+    assert!(node.take_pings().is_empty());
+    assert!(node.table().get(&far(100)).is_none());
+    node.set_bootstrapped();
+    // All heard in this tick: kept, moved to the most recent end, nobody pinged.
+    hello(&mut node, far(101), addr(2, 101));
+    assert!(node.take_pings().is_empty());
+    assert_eq!(node.table().buckets()[0].last().unwrap().id, far(2));
+    // A tick later they are stale: the least recent (now far(3)) is pinged.
+    node.tick(0);
+    hello(&mut node, far(102), addr(2, 102));
+    let asked = node.take_pings();
+    assert_eq!(asked.iter().map(|n| n.id).collect::<Vec<_>>(), vec![far(3)]);
+}
+
+#[test]
+fn every_eighth_tick_pings_the_least_recently_seen_and_drops_the_silent() {
+    use hyperswarm::node::{PING_BUSY, PING_EVERY, PING_ROUND};
+    let mut node = Node::new(None, [7; 32]);
+    for i in 0..10u8 {
+        hello(&mut node, Id([i + 1; 32]), addr(i + 1, 49737));
+    }
+    for _ in 1..PING_EVERY {
+        assert!(!node.tick(0));
+        assert!(node.take_pings().is_empty());
+    }
+    // Node 1 speaks up in tick 7: the most recent now.
+    hello(&mut node, Id([1; 32]), addr(1, 49737));
+    assert!(!node.tick(0));
+    let asked: Vec<u8> = node.take_pings().iter().map(|n| n.id.0[0]).collect();
+    assert_eq!(asked.len(), PING_ROUND);
+    assert_eq!(asked, vec![2, 3, 4, 5, 6], "least recently seen first");
+    // Answers keep them, silence removes them.
+    for i in [2u8, 3, 4] {
+        node.pinged(
+            NodeInfo {
+                id: Id([i; 32]),
+                addr: addr(i, 49737),
+            },
+            true,
+        );
+    }
+    for i in [5u8, 6] {
+        node.pinged(
+            NodeInfo {
+                id: Id([i; 32]),
+                addr: addr(i, 49737),
+            },
+            false,
+        );
+    }
+    assert_eq!(node.contacts(), 8);
+    assert!(node.table().get(&Id([5; 32])).is_none());
+
+    // Three walks running: three pings.
+    for _ in 1..PING_EVERY {
+        node.tick(0);
+    }
+    node.tick(3);
+    assert_eq!(node.take_pings().len(), PING_BUSY);
+}
+
+#[test]
+fn an_empty_table_bootstraps_at_each_ping_round_and_a_small_one_every_64th_tick() {
+    use hyperswarm::node::{PING_EVERY, REBOOTSTRAP_EVERY};
+    let mut node = Node::new(None, [7; 32]);
+    let bootstraps: Vec<u64> = (1..=REBOOTSTRAP_EVERY).filter(|_| node.tick(0)).collect();
+    assert_eq!(
+        bootstraps,
+        (1..=8).map(|n| n * PING_EVERY).collect::<Vec<_>>()
+    );
+    for i in 0..19u8 {
+        hello(&mut node, Id([i + 1; 32]), addr(i + 1, 49737));
+    }
+    // 19 nodes: only the 64th tick bootstraps (and ping rounds just ping).
+    let bootstraps: Vec<u64> = (1..=REBOOTSTRAP_EVERY)
+        .filter(|_| {
+            let again = node.tick(0);
+            for ping in node.take_pings() {
+                node.pinged(ping, true);
+            }
+            again
+        })
+        .collect();
+    assert_eq!(bootstraps.len(), 1);
+    hello(&mut node, Id([0xf0; 32]), addr(200, 49737));
+    assert!(!(1..=REBOOTSTRAP_EVERY).any(|_| {
+        let again = node.tick(0);
+        for ping in node.take_pings() {
+            node.pinged(ping, true);
+        }
+        again
+    }));
 }
 
 /// A response from a persistent node `n` that saw us as `seen`.
