@@ -23,6 +23,9 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
             "mdns": status.mdns,
             "publicAddress": status.public_address,
             "holepunchable": status.holepunchable,
+            "dhtMode": status.dht_mode,
+            "dhtPersistent": status.dht_persistent,
+            "dhtNodes": status.dht_nodes,
             "topics": topics,
         }));
     }
@@ -32,9 +35,15 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
             .to_string()
     } else {
         format!(
-            "DHT on {}, bootstrapping from {}\n{}\n",
+            "DHT on {}, bootstrapping from {}\n{} node ({}), {} nodes in its routing table\n{}\n",
             status.dht_address,
             status.bootstrap.join(", "),
+            status.dht_mode,
+            match status.dht_persistent {
+                true => "sends its id: a storage node for others",
+                false => "ephemeral so far: sends no id",
+            },
+            status.dht_nodes,
             match status.holepunchable {
                 true => format!(
                     "public address {} (holepunchable: peers behind NATs can reach us)",

@@ -118,6 +118,35 @@ pub enum Durability {
     Sync,
 }
 
+/// How the DHT node takes part in the DHT (dht-rpc's modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhtMode {
+    /// Starts ephemeral; turns persistent 20 to 30 minutes after start if the DHT sees
+    /// it at a stable public address (JS hyperswarm's default).
+    #[default]
+    Adaptive,
+    /// Sends its id: enters others' routing tables and stores their announcements.
+    Persistent,
+    /// Never sends its id: stays out of routing tables, stores nothing for others.
+    Ephemeral,
+}
+
+impl std::str::FromStr for DhtMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DhtMode, String> {
+        match s {
+            "adaptive" => Ok(DhtMode::Adaptive),
+            "persistent" => Ok(DhtMode::Persistent),
+            "ephemeral" => Ok(DhtMode::Ephemeral),
+            _ => Err(format!(
+                "{s:?} is not a DHT mode: adaptive, persistent or ephemeral"
+            )),
+        }
+    }
+}
+
 /// `config.toml`. Every field has a default, so an empty or missing file is valid.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -129,6 +158,8 @@ pub struct Config {
     /// or a name resolved at start, or a bare port for `127.0.0.1:PORT` (as JS); empty:
     /// no DHT, peers come from `peer connect` only.
     pub bootstrap: Vec<String>,
+    /// How the DHT node takes part: `adaptive` (default), `persistent` or `ephemeral`.
+    pub dht_mode: DhtMode,
     /// Local discovery over mDNS (hyperswarm 2's, on UDP 224.0.0.251:5353): every drive
     /// held and core followed is also announced and looked up on the local network.
     pub mdns: bool,
@@ -167,6 +198,7 @@ impl Default for Config {
         Config {
             listen: format!("0.0.0.0:{DEFAULT_PEER_PORT}"),
             bootstrap: Vec::new(),
+            dht_mode: DhtMode::default(),
             mdns: true,
             max_peers: 256,
             max_peers_per_ip: 16,
@@ -195,6 +227,16 @@ listen = "0.0.0.0:49737"
 # discovery key, and the peers found are dialed. Empty: no DHT (peers come from
 # `hyperctl peer connect`). `hyperd bootstrap` runs a bootstrap node of your own.
 bootstrap = []
+
+# How our DHT node takes part in the DHT (as JS dht-rpc):
+# "adaptive": starts ephemeral, and 20 to 30 minutes after start turns persistent if
+#   the DHT sees us at a stable public address (reachable from outside, directly or
+#   by hole punching); else checks again as long later. JS hyperswarm's default.
+# "persistent": sends its node id from the start, so other nodes add it to their
+#   routing tables and it stores announcements and answers lookups for others (a
+#   storage node of the DHT; it should be reachable from outside).
+# "ephemeral": never sends its id: it only asks, and is never in others' tables.
+dht_mode = "adaptive"
 
 # Local discovery over mDNS, as hyperswarm 2 (Dat2's JS swarm, which always runs it):
 # every drive held and core followed is also announced and looked up on the local
@@ -386,6 +428,26 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:0");
         assert!(!config.mdns);
         assert!(Config::default().mdns, "on by default, as in JS");
+        assert_eq!(
+            Config::default().dht_mode,
+            DhtMode::Adaptive,
+            "as JS hyperswarm"
+        );
+        for (text, mode) in [
+            ("dht_mode = \"persistent\"", DhtMode::Persistent),
+            ("dht_mode = \"ephemeral\"", DhtMode::Ephemeral),
+            ("dht_mode = \"adaptive\"", DhtMode::Adaptive),
+        ] {
+            let config = Config::parse(text, Path::new("c.toml")).unwrap();
+            assert_eq!(config.dht_mode, mode);
+        }
+        let err = Config::parse("dht_mode = \"always\"", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("always"), "{err}");
+        assert_eq!("persistent".parse(), Ok(DhtMode::Persistent));
+        assert!("Persistent"
+            .parse::<DhtMode>()
+            .unwrap_err()
+            .contains("adaptive"));
         assert_eq!(config.durability, Durability::Sync);
         assert_eq!(
             config.storage_dir(&Home::at("/home/x")),

@@ -40,7 +40,7 @@ pub use crate::extensions::{ExtensionEvent, Outgoing};
 pub use crate::network::NetworkLimits;
 pub use crate::peers::{Disconnected, Origin, Peer, PeerEvent, PeerSnapshot};
 pub use crate::state::Seeding;
-pub use crate::swarm::{SwarmStatus, TopicStatus, Walks};
+pub use crate::swarm::{resolve as resolve_bootstrap, SwarmStatus, TopicStatus, Walks};
 
 /// Starts the daemon, serves the API and runs until SIGTERM, SIGINT or a `Stop` request;
 /// then answers the running calls, closes the peers and every core, and removes the

@@ -26,6 +26,10 @@ struct Args {
     /// entries, IPv4 addresses or names ("" for none: no DHT).
     #[arg(long, value_name = "HOST:PORT,...")]
     bootstrap: Option<String>,
+    /// How the DHT node takes part, overriding the configuration: adaptive, persistent
+    /// or ephemeral.
+    #[arg(long, value_name = "MODE")]
+    dht_mode: Option<hyperd_config::DhtMode>,
     /// Local discovery over mDNS on, overriding the configuration.
     #[arg(long, overrides_with = "no_mdns")]
     mdns: bool,
@@ -52,6 +56,10 @@ enum Mode {
         /// Send no node id: peers then keep it out of their routing tables.
         #[arg(long)]
         ephemeral: bool,
+        /// Other DHT nodes to bootstrap from, so that several bootstrap nodes form one
+        /// DHT: comma-separated HOST:PORT entries, IPv4 addresses or names.
+        #[arg(long, value_name = "HOST:PORT,...", default_value = "")]
+        bootstrap: String,
     },
 }
 
@@ -73,8 +81,13 @@ fn run() -> anyhow::Result<()> {
         print!("{}", hyperd_config::DOCUMENTED_DEFAULTS);
         return Ok(());
     }
-    if let Some(Mode::Bootstrap { listen, ephemeral }) = args.mode {
-        return bootstrap(listen, ephemeral);
+    if let Some(Mode::Bootstrap {
+        listen,
+        ephemeral,
+        bootstrap: nodes,
+    }) = args.mode
+    {
+        return bootstrap(listen, ephemeral, &nodes);
     }
     let home = Home::resolve(args.home.as_deref())?;
     let mut config = match &args.config {
@@ -97,6 +110,9 @@ fn run() -> anyhow::Result<()> {
             .map(str::to_string)
             .collect();
         config.validate(std::path::Path::new("--bootstrap"))?;
+    }
+    if let Some(mode) = args.dht_mode {
+        config.dht_mode = mode;
     }
     if args.mdns || args.no_mdns {
         config.mdns = args.mdns;
@@ -131,15 +147,26 @@ fn run() -> anyhow::Result<()> {
     ))
 }
 
-/// `hyperd bootstrap`: a DHT node serving until a signal.
-fn bootstrap(listen: std::net::SocketAddrV4, ephemeral: bool) -> anyhow::Result<()> {
+/// `hyperd bootstrap`: a DHT node serving until a signal, bootstrapping from `nodes`
+/// (comma-separated entries, as the `bootstrap` setting's).
+fn bootstrap(listen: std::net::SocketAddrV4, ephemeral: bool, nodes: &str) -> anyhow::Result<()> {
     init_logging("info");
+    let mut hosts = Vec::new();
+    for entry in nodes.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let host = hyperd_config::bootstrap_entry(entry)
+            .map_err(|reason| anyhow::anyhow!("--bootstrap entry {entry:?} {reason}"))?;
+        hosts.push(host);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let server = hyperswarm::DhtServer::bind(listen, !ephemeral)
+        let nodes = hyperd::resolve_bootstrap(&hosts).await;
+        if nodes.is_empty() && !hosts.is_empty() {
+            anyhow::bail!("none of the --bootstrap nodes resolves to an IPv4 address");
+        }
+        let server = hyperswarm::DhtServer::bind_with(listen, !ephemeral, nodes)
             .await
             .with_context(|| format!("binding the DHT node to {listen}"))?;
         let id = server.id().map(|id| hex::encode(id.0));
@@ -156,7 +183,8 @@ fn bootstrap(listen: std::net::SocketAddrV4, ephemeral: bool) -> anyhow::Result<
                 _ = term.recv() => {}
             }
         };
-        server.run(stop).await.context("serving the DHT")
+        server.run(stop).await;
+        Ok(())
     })
 }
 

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hypercore::PublicKey;
-use hyperd_config::Config;
-use hyperswarm::{Dht, Endpoint, Id, Mdns, MdnsPeer};
+use hyperd_config::{Config, DhtMode};
+use hyperswarm::{Dht, Endpoint, Id, Mdns, MdnsPeer, Mode, Options};
 use rand::Rng;
 
 use crate::dial_queue::{DialQueue, Found, Wanted};
@@ -106,6 +106,11 @@ pub struct SwarmStatus {
     /// Our address as the DHT sees it, once enough nodes agree: peers behind other NATs
     /// can then punch through to us ("holepunchable").
     pub public_address: Option<SocketAddrV4>,
+    /// The DHT's mode as configured, and whether it sends its id now (an adaptive one
+    /// turns persistent once reachable).
+    pub dht_mode: Option<(Mode, bool)>,
+    /// Nodes in the DHT's routing table.
+    pub dht_nodes: usize,
     /// Each core joined, sorted by key.
     pub topics: Vec<TopicStatus>,
 }
@@ -127,10 +132,15 @@ impl Swarm {
                 None
             }
             (false, Some(udp)) => {
-                let dht = Dht::on(udp, bootstrap.clone())
+                let mode = match config.dht_mode {
+                    DhtMode::Adaptive => Mode::Adaptive,
+                    DhtMode::Persistent => Mode::Persistent,
+                    DhtMode::Ephemeral => Mode::Ephemeral,
+                };
+                let dht = Dht::with_options(udp, Options::new(bootstrap.clone(), mode))
                     .map_err(|e| anyhow::anyhow!("starting the DHT: {e}"))?;
                 tracing::info!(
-                    "DHT on {}, bootstrapping from {}",
+                    "DHT on {} ({mode:?}), bootstrapping from {}",
                     dht.local_addr(),
                     list(&bootstrap)
                 );
@@ -243,15 +253,21 @@ impl Swarm {
         let keys: Vec<PublicKey> = lock(&self.inner.joined).keys().copied().collect();
         let mut topics: Vec<TopicStatus> = keys.iter().filter_map(|k| self.topic(k)).collect();
         topics.sort_by_key(|t| t.key.to_hex());
-        let public_address = match &self.inner.dht {
-            Some(dht) => dht.public_address().await,
-            None => None,
+        let (public_address, dht_mode, dht_nodes) = match &self.inner.dht {
+            Some(dht) => (
+                dht.public_address().await,
+                Some((dht.mode(), dht.is_persistent().await)),
+                dht.contacts().await,
+            ),
+            None => (None, None, 0),
         };
         SwarmStatus {
             dht_address: self.dht_address(),
             bootstrap: self.inner.bootstrap.clone(),
             mdns: self.inner.mdns.is_some(),
             public_address,
+            dht_mode,
+            dht_nodes,
             topics,
         }
     }
@@ -449,7 +465,7 @@ impl Topic {
 
 /// The IPv4 addresses of the bootstrap entries (the Dat2 DHT is IPv4 only); an entry
 /// that does not resolve is logged and left out.
-async fn resolve(hosts: &[(String, u16)]) -> Vec<SocketAddrV4> {
+pub async fn resolve(hosts: &[(String, u16)]) -> Vec<SocketAddrV4> {
     let mut addrs: Vec<SocketAddrV4> = Vec::new();
     for (host, port) in hosts {
         match tokio::net::lookup_host((host.as_str(), *port)).await {

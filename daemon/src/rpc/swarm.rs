@@ -49,6 +49,13 @@ impl swarm_server::Swarm for SwarmService {
             mdns: s.mdns,
             public_address: s.public_address.map(|a| a.to_string()).unwrap_or_default(),
             holepunchable: s.public_address.is_some(),
+            dht_mode: s
+                .dht_mode
+                .map(|(mode, _)| mode_name(mode))
+                .unwrap_or_default()
+                .into(),
+            dht_persistent: s.dht_mode.is_some_and(|(_, persistent)| persistent),
+            dht_nodes: u32::try_from(s.dht_nodes).unwrap_or(u32::MAX),
             topics: s.topics.into_iter().map(topic).collect(),
         }))
     }
@@ -71,5 +78,13 @@ impl swarm_server::Swarm for SwarmService {
         let key = parse_key("key", &request.into_inner().key)?;
         self.daemon.seed(key, Seeding::OFF).await.map_err(status)?;
         Ok(Response::new(SwarmLeaveResponse {}))
+    }
+}
+
+fn mode_name(mode: hyperswarm::Mode) -> &'static str {
+    match mode {
+        hyperswarm::Mode::Adaptive => "adaptive",
+        hyperswarm::Mode::Persistent => "persistent",
+        hyperswarm::Mode::Ephemeral => "ephemeral",
     }
 }
