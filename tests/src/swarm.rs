@@ -39,7 +39,7 @@ pub fn daemon_on_host_with_bootstrap(
 
 /// Creates `home` (private to its user, as hyperd wants it) with `config` as its
 /// `config.toml`.
-fn write_config(home: &Path, config: &str) -> Result<()> {
+pub fn write_config(home: &Path, config: &str) -> Result<()> {
     std::fs::create_dir_all(home)?;
     std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700))?;
     std::fs::write(home.join("config.toml"), config)?;
@@ -75,20 +75,30 @@ impl BootstrapNode {
 
     /// Starts one on `host` (an IPv4 address) and a free port.
     pub fn start_on(host: &str) -> Result<BootstrapNode> {
-        BootstrapNode::spawn(Command::new(bin("hyperd")?), &format!("{host}:0"))
+        BootstrapNode::spawn(Command::new(bin("hyperd")?), &format!("{host}:0"), "")
+    }
+
+    /// Starts one on `host` and a free port that bootstraps from `others` (`HOST:PORT`
+    /// entries): several form one DHT.
+    pub fn start_joining(host: &str, others: &[&str]) -> Result<BootstrapNode> {
+        BootstrapNode::spawn(
+            Command::new(bin("hyperd")?),
+            &format!("{host}:0"),
+            &others.join(","),
+        )
     }
 
     /// Starts one inside the network namespace `host`, on `addr` (one of its addresses)
     /// and the port hyperswarm's default bootstrap nodes use, 49737: free in a fresh
     /// namespace, and the port Dat2 peers are used to.
     pub fn start_on_host(host: &Host, addr: Ipv4Addr) -> Result<BootstrapNode> {
-        BootstrapNode::spawn(host.command(bin("hyperd")?), &format!("{addr}:49737"))
+        BootstrapNode::spawn(host.command(bin("hyperd")?), &format!("{addr}:49737"), "")
     }
 
-    /// Runs `hyperd bootstrap --listen listen` with `hyperd`.
-    fn spawn(mut hyperd: Command, listen: &str) -> Result<BootstrapNode> {
+    /// Runs `hyperd bootstrap --listen listen --bootstrap others` with `hyperd`.
+    fn spawn(mut hyperd: Command, listen: &str, others: &str) -> Result<BootstrapNode> {
         let mut child = hyperd
-            .args(["bootstrap", "--listen", listen])
+            .args(["bootstrap", "--listen", listen, "--bootstrap", others])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

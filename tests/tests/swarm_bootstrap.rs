@@ -67,3 +67,35 @@ async fn js_peers_find_each_other_through_a_hyperd_bootstrap_node() {
 fn announcer_port(ready: &serde_json::Value) -> u64 {
     ready["port"].as_u64().unwrap()
 }
+
+/// Three `hyperd bootstrap` nodes, each bootstrapping from the ones before, form one
+/// DHT: a JS dht-rpc node that bootstraps from the last alone finds all three in its
+/// routing table, and its `_find_node` walk towards the first one's id ends there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyperd_bootstrap_nodes_form_one_dht() {
+    let first = BootstrapNode::start().unwrap();
+    let second = BootstrapNode::start_joining("127.0.0.2", &[&first.addr]).unwrap();
+    let third = BootstrapNode::start_joining("127.0.0.2", &[&first.addr, &second.addr]).unwrap();
+    // Their bootstrap walks run right after start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut js, _) = JsPeer::spawn("dht-peer.js", &["--bootstrap", &third.addr])
+        .await
+        .unwrap();
+    let table = js.call(serde_json::json!({"cmd": "table"})).await.unwrap();
+    for node in [&first, &second, &third] {
+        assert!(
+            table["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["id"] == node.id.as_str()),
+            "{} missing from {table}",
+            node.id
+        );
+    }
+    let found = js
+        .call(serde_json::json!({"cmd": "find", "target": first.id}))
+        .await
+        .unwrap();
+    assert_eq!(found["nodes"][0]["id"], first.id.as_str(), "{found}");
+}
