@@ -60,10 +60,13 @@ fn unreachable_peers_are_retried_and_ended_connections_redialed() {
     let peers = b.ctl_json(&["peer", "ls"]).unwrap();
     assert_eq!(peers["peers"].as_array().unwrap().len(), 0, "{peers}");
 
-    // A comes back on its port: a retry reaches it.
+    // A comes back on its port: a retry reaches it (each failed try lasts as long as
+    // its hole punch, 7.5 s, and retries come 1 then 5 s later: allow for three).
     a.restart().unwrap();
     assert_eq!(a.listen, a_addr.to_string());
-    let text = cat_eventually(&b, &format!("{url}/f.txt"));
+    let text = eventually(Duration::from_secs(60), "B to read f.txt from A", || {
+        b.ctl_ok(&["drive", "cat", &format!("{url}/f.txt")]).ok()
+    });
     assert_eq!(text, b"first");
     let peers = b.ctl_json(&["peer", "ls"]).unwrap();
     assert_eq!(peers["peers"][0]["foundBy"], "dht", "{peers}");
