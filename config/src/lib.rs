@@ -160,6 +160,9 @@ pub struct Config {
     pub bootstrap: Vec<String>,
     /// How the DHT node takes part: `adaptive` (default), `persistent` or `ephemeral`.
     pub dht_mode: DhtMode,
+    /// Send our LAN address with DHT announcements and lookups (@hyperswarm/dht's
+    /// `localAddress`), so that peers behind the same NAT find each other by it.
+    pub announce_local: bool,
     /// Local discovery over mDNS (hyperswarm 2's, on UDP 224.0.0.251:5353): every drive
     /// held and core followed is also announced and looked up on the local network.
     pub mdns: bool,
@@ -199,6 +202,7 @@ impl Default for Config {
             listen: format!("0.0.0.0:{DEFAULT_PEER_PORT}"),
             bootstrap: Vec::new(),
             dht_mode: DhtMode::default(),
+            announce_local: false,
             mdns: true,
             max_peers: 256,
             max_peers_per_ip: 16,
@@ -237,6 +241,13 @@ bootstrap = []
 #   storage node of the DHT; it should be reachable from outside).
 # "ephemeral": never sends its id: it only asks, and is never in others' tables.
 dht_mode = "adaptive"
+
+# Send our LAN address (the host's first non-loopback IPv4 address and the port of
+# `listen`) with DHT announcements and lookups, as @hyperswarm/dht's localAddress:
+# peers behind the same NAT, which often cannot reach each other through its outside
+# address, then find each other on the LAN. Off by default, as in JS: it tells DHT
+# nodes a private address.
+announce_local = false
 
 # Local discovery over mDNS, as hyperswarm 2 (Dat2's JS swarm, which always runs it):
 # every drive held and core followed is also announced and looked up on the local

@@ -30,6 +30,9 @@ struct Args {
     /// or ephemeral.
     #[arg(long, value_name = "MODE")]
     dht_mode: Option<hyperd_config::DhtMode>,
+    /// Send our LAN address with DHT announcements and lookups (announce_local = true).
+    #[arg(long)]
+    announce_local: bool,
     /// Local discovery over mDNS on, overriding the configuration.
     #[arg(long, overrides_with = "no_mdns")]
     mdns: bool,
@@ -116,6 +119,9 @@ fn run() -> anyhow::Result<()> {
     }
     if args.mdns || args.no_mdns {
         config.mdns = args.mdns;
+    }
+    if args.announce_local {
+        config.announce_local = true;
     }
     init_logging(&config.log_level);
     // Everything hyperd creates (blocks, keys, state) is private to its user, whatever

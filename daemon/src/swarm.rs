@@ -137,7 +137,17 @@ impl Swarm {
                     DhtMode::Persistent => Mode::Persistent,
                     DhtMode::Ephemeral => Mode::Ephemeral,
                 };
-                let dht = Dht::with_options(udp, Options::new(bootstrap.clone(), mode))
+                let mut options = Options::new(bootstrap.clone(), mode);
+                if config.announce_local {
+                    options.local_address = lan_address(udp.local_addr());
+                    match options.local_address {
+                        Some(lan) => tracing::info!("announcing our LAN address {lan} too"),
+                        None => tracing::warn!(
+                            "announce_local: this host has no IPv4 address but loopback"
+                        ),
+                    }
+                }
+                let dht = Dht::with_options(udp, options)
                     .map_err(|e| anyhow::anyhow!("starting the DHT: {e}"))?;
                 tracing::info!(
                     "DHT on {} ({mode:?}), bootstrapping from {}",
@@ -436,7 +446,8 @@ impl Topic {
                             self.queue.push(Found {
                                 addr: peer.addr,
                                 origin: Origin::Dht,
-                                referrer: Some(peer.referrer),
+                                // LAN peers are dialed directly, over TCP.
+                                referrer: (!peer.local).then_some(peer.referrer),
                                 topic: self.key,
                             });
                         }
@@ -461,6 +472,19 @@ impl Topic {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// Our address on the LAN with the port of `bound`: its address if it is one, else the
+/// host's first IPv4 address that is not loopback (as @hyperswarm/network picks it).
+fn lan_address(bound: SocketAddrV4) -> Option<SocketAddrV4> {
+    if !bound.ip().is_unspecified() {
+        return Some(bound);
+    }
+    let interfaces = nix::ifaddrs::getifaddrs().ok()?;
+    interfaces
+        .filter_map(|i| i.address?.as_sockaddr_in().map(|a| a.ip()))
+        .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .map(|ip| SocketAddrV4::new(ip, bound.port()))
 }
 
 /// The IPv4 addresses of the bootstrap entries (the Dat2 DHT is IPv4 only); an entry

@@ -98,6 +98,9 @@ pub struct FoundPeer {
     pub addr: SocketAddrV4,
     /// The DHT node that told us (it can relay a hole punch).
     pub referrer: SocketAddrV4,
+    /// On our LAN, by the address it announced there (`localPeers`): dialed directly,
+    /// no hole punch needed.
+    pub local: bool,
 }
 
 /// How a node takes part in the DHT (spec §2.13).
@@ -126,6 +129,10 @@ pub struct Options {
     /// How long an adaptive node waits before each check, uniformly within the range
     /// ([`ADAPTIVE_CHECK`] unless a test shortens it).
     pub adaptive_check: Range<Duration>,
+    /// Our address on the LAN and the port peers connect to, sent with lookups and
+    /// announcements (@hyperswarm/dht's `localAddress`): peers behind the same NAT
+    /// (whose LAN address shares its first two bytes) then find each other by it.
+    pub local_address: Option<SocketAddrV4>,
 }
 
 impl Options {
@@ -136,6 +143,7 @@ impl Options {
             bootstrap,
             mode,
             adaptive_check: ADAPTIVE_CHECK,
+            local_address: None,
         }
     }
 }
@@ -181,6 +189,7 @@ pub struct Dht {
     endpoint: Endpoint,
     own_id: Id,
     mode: Mode,
+    local_address: Option<SocketAddrV4>,
     task: JoinHandle<()>,
 }
 
@@ -264,6 +273,7 @@ impl Dht {
             endpoint,
             own_id,
             mode: options.mode,
+            local_address: options.local_address,
             task,
         })
     }
@@ -374,22 +384,30 @@ impl Dht {
 
     /// The peers announced under `topic`, from every node of a walk towards it.
     pub async fn lookup(&self, topic: Id) -> Result<Vec<FoundPeer>, DhtError> {
-        let value = PeersInput::default().encode_to_vec();
+        let value = self.peers_input(None, false).encode_to_vec();
         let replies = self
             .client
             .walk("peers", topic, value.into(), Walk::Query, CONCURRENCY)
             .await?;
-        Ok(found_peers(replies))
+        Ok(found_peers(replies, self.local_address))
+    }
+
+    /// The value of a `peers` request: our LAN address if we give it.
+    fn peers_input(&self, port: Option<u32>, unannounce: bool) -> PeersInput {
+        PeersInput {
+            port,
+            local_address: self
+                .local_address
+                .map(|a| Bytes::copy_from_slice(&compact::encode_peer(a))),
+            unannounce: unannounce.then_some(true),
+        }
     }
 
     /// Announces this socket's address under `topic`: nodes store the port it sends
     /// from (so listen for connections on the same port number); returns the peers the
     /// walk found meanwhile.
     pub async fn announce(&self, topic: Id) -> Result<Vec<FoundPeer>, DhtError> {
-        let value = PeersInput {
-            port: Some(0),
-            ..PeersInput::default()
-        };
+        let value = self.peers_input(Some(0), false);
         let replies = self
             .client
             .walk(
@@ -400,16 +418,12 @@ impl Dht {
                 CONCURRENCY,
             )
             .await?;
-        Ok(found_peers(replies))
+        Ok(found_peers(replies, self.local_address))
     }
 
     /// Withdraws the announcement of this socket's address under `topic`.
     pub async fn unannounce(&self, topic: Id) -> Result<(), DhtError> {
-        let value = PeersInput {
-            port: Some(0),
-            unannounce: Some(true),
-            ..PeersInput::default()
-        };
+        let value = self.peers_input(Some(0), true);
         self.client
             .walk(
                 "peers",
@@ -618,23 +632,43 @@ impl Client {
     }
 }
 
-/// The peers `peers` answers name, each once, with the node that named it first.
-fn found_peers(replies: Vec<Reply>) -> Vec<FoundPeer> {
+/// The peers `peers` answers name, each once, with the node that named it first; with
+/// `local` (our LAN address), also the peers on our LAN, whose addresses start with its
+/// first two bytes.
+fn found_peers(replies: Vec<Reply>, local: Option<SocketAddrV4>) -> Vec<FoundPeer> {
     let mut found = Vec::new();
     let mut seen = HashSet::new();
     for reply in replies {
-        let peers = reply
+        let Some(output) = reply
             .message
             .value
             .and_then(|v| PeersOutput::decode(v).ok())
-            .and_then(|o| o.peers)
+        else {
+            continue;
+        };
+        let peers = output
+            .peers
             .and_then(|p| compact::decode_peers(&p).ok())
             .unwrap_or_default();
-        for addr in peers {
+        let lan = match (local, output.local_peers) {
+            (Some(ours), Some(list)) => {
+                let [a, b, _, _] = ours.ip().octets();
+                compact::decode_local_peers(&list)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| p.address_with([a, b]))
+                    .filter(|addr| *addr != ours)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let named = peers.into_iter().map(|a| (a, false));
+        for (addr, local) in named.chain(lan.into_iter().map(|a| (a, true))) {
             if seen.insert(addr) {
                 found.push(FoundPeer {
                     addr,
                     referrer: reply.from,
+                    local,
                 });
             }
         }

@@ -17,7 +17,9 @@ use hyperd_tests::daemon::Daemon;
 use hyperd_tests::eventually;
 use hyperd_tests::js_peer::JsPeer;
 use hyperd_tests::netns::{Host, Lan, Nat};
-use hyperd_tests::swarm::{cat_eventually, daemon_on_host_with_bootstrap, BootstrapNode};
+use hyperd_tests::swarm::{
+    cat_eventually, daemon_on_host_with_bootstrap, write_config, BootstrapNode,
+};
 use serde_json::Value;
 
 /// The public LAN with its DHT node, and two home LANs behind NATs.
@@ -196,4 +198,52 @@ fn a_js_peer_behind_a_nat_and_hyperd_behind_another_connect_by_hole_punching() {
         .unwrap();
     let read = runtime.block_on(reader.until("read")).unwrap();
     assert_eq!(read["text"], "hyperd behind a NAT", "{read}");
+}
+
+/// Two `hyperd`s behind the same NAT cannot reach each other through its outside
+/// address (a Linux router does not loop it back); with `announce_local` each sends its
+/// LAN address with its announcements and lookups, the DHT node hands it to lookers
+/// from the same LAN, and they connect directly.
+#[test]
+fn daemons_behind_one_nat_find_each_other_by_their_lan_addresses() {
+    let net = Internet::new();
+    let (host_a, host_b) = (net.host(0, "a"), net.host(0, "b"));
+    let tmp = tempfile::tempdir().unwrap();
+    let config = format!(
+        "bootstrap = [\"{}\"]\nmdns = false\nannounce_local = true\n",
+        net.node.addr
+    );
+    let start = |name: &str, host: &Host| {
+        let home = tmp.path().join(name);
+        write_config(&home, &config).unwrap();
+        Daemon::start_on_host(&home, "0.0.0.0:0", host).unwrap()
+    };
+    let (a, b) = (start("a", &host_a), start("b", &host_b));
+    assert!(
+        a.log().contains("announcing our LAN address 10.211.0."),
+        "{}",
+        a.log()
+    );
+
+    let created = a.ctl_json(&["drive", "create"]).unwrap();
+    let url = created["url"].as_str().unwrap().to_string();
+    let file = tmp.path().join("lan.txt");
+    std::fs::write(&file, "next door").unwrap();
+    a.ctl_ok(&[
+        "drive",
+        "put",
+        file.to_str().unwrap(),
+        &format!("{url}/lan.txt"),
+    ])
+    .unwrap();
+    b.ctl_ok(&["drive", "follow", &url]).unwrap();
+    let text = cat_eventually(&b, &format!("{url}/lan.txt"));
+    assert_eq!(text, b"next door");
+    let peer = only_peer(&b);
+    assert!(
+        peer["address"].as_str().unwrap().starts_with("10.211.0."),
+        "dialed on the LAN: {peer}"
+    );
+    assert_eq!(peer["transport"], "tcp", "{peer}");
+    assert_eq!(peer["foundBy"], "dht", "{peer}");
 }
