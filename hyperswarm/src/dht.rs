@@ -6,7 +6,7 @@
 //! the least recently seen contacts, bootstrapping again when it knows few), and is
 //! ephemeral, persistent or adaptive ([`Mode`], spec §2.13).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddrV4;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +36,13 @@ pub const TICK: Duration = Duration::from_millis(750);
 const RESEND_AT: [u32; 2] = [2, 5];
 /// Ticks after which a request fails.
 const GIVE_UP_AT: u32 = 10;
+/// Backpressure, as dht-rpc: past this many requests a second over [`RATE_WINDOW`], with
+/// [`BUSY_IN_FLIGHT`] or more unanswered, new requests wait and retries are skipped.
+const BUSY_RATE: f64 = 50.0;
+const BUSY_IN_FLIGHT: usize = 16;
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+/// Requests held back at most; more fail at once.
+const MAX_WAITING: usize = 4096;
 /// Requests one walk keeps in flight.
 const CONCURRENCY: usize = 16;
 /// Requests a bootstrap walk keeps in flight while other walks run.
@@ -266,6 +273,8 @@ impl Dht {
             pending: HashMap::new(),
             next_rid: rand::thread_rng().gen(),
             bootstrapping: false,
+            sent: VecDeque::new(),
+            waiting: VecDeque::new(),
         };
         let task = tokio::spawn(task.run(datagrams, receiver));
         Ok(Dht {
@@ -755,6 +764,10 @@ struct Task {
     next_rid: u16,
     /// Whether a bootstrap walk runs (one at a time).
     bootstrapping: bool,
+    /// When the requests of the last [`RATE_WINDOW`] were sent.
+    sent: VecDeque<tokio::time::Instant>,
+    /// Requests held back while congested, in order.
+    waiting: VecDeque<(SocketAddrV4, Message, Waiter)>,
 }
 
 impl Task {
@@ -847,6 +860,7 @@ impl Task {
                                 self.node.pinged(node, answered);
                             }
                         }
+                        self.release_waiting().await;
                     }
                     self.send_pings().await;
                 }
@@ -879,6 +893,7 @@ impl Task {
             } => {
                 let Some(rid) = self.free_rid() else { return };
                 let (direct, relayed) = holepunch_requests(rid, self.node.id(), peer, referrer);
+                self.sent.push_back(tokio::time::Instant::now());
                 let _ = self.socket.send_to(&direct, peer).await;
                 let _ = self.socket.send_to(&relayed, referrer).await;
                 let request = Pending {
@@ -895,10 +910,51 @@ impl Task {
         }
     }
 
+    /// Whether to hold requests back, as dht-rpc does: at least [`BUSY_RATE`] a second
+    /// sent over the last [`RATE_WINDOW`] with at least [`BUSY_IN_FLIGHT`] unanswered.
+    fn congested(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        while self.sent.front().is_some_and(|t| now - *t > RATE_WINDOW) {
+            self.sent.pop_front();
+        }
+        let rate = self.sent.len() as f64 / RATE_WINDOW.as_secs_f64();
+        rate >= BUSY_RATE && self.pending.len() >= BUSY_IN_FLIGHT
+    }
+
+    /// Sends `message` to `to` (see [`Self::transmit`]), or holds it back while
+    /// congested (in order; bounded: past [`MAX_WAITING`] it fails at once).
+    async fn send(&mut self, to: SocketAddrV4, message: Message, waiter: Waiter) {
+        if !self.congested() && self.waiting.is_empty() {
+            return self.transmit(to, message, waiter).await;
+        }
+        if self.waiting.len() < MAX_WAITING {
+            self.waiting.push_back((to, message, waiter));
+            return;
+        }
+        let command = message.command.unwrap_or_default();
+        match waiter {
+            Waiter::Caller(reply) => {
+                let _ = reply.send(Err(DhtError::Timeout { to, command }));
+            }
+            Waiter::Ping(node) => self.node.pinged(node, false),
+        }
+    }
+
+    /// Sends what was held back, as long as it is not congested.
+    async fn release_waiting(&mut self) {
+        while !self.congested() {
+            let Some((to, message, waiter)) = self.waiting.pop_front() else {
+                return;
+            };
+            self.transmit(to, message, waiter).await;
+        }
+    }
+
     /// Sends `message` to `to` with a fresh rid, our id if persistent and `to` as we
     /// address it, to be resent and given up on by the request tick.
-    async fn send(&mut self, to: SocketAddrV4, mut message: Message, waiter: Waiter) {
+    async fn transmit(&mut self, to: SocketAddrV4, mut message: Message, waiter: Waiter) {
         let Some(rid) = self.free_rid() else { return };
+        self.sent.push_back(tokio::time::Instant::now());
         message.rid = rid;
         message.to = Some(Bytes::copy_from_slice(&compact::encode_peer(to)));
         message.id = self.node.id().map(|id| Bytes::copy_from_slice(&id.0));
@@ -924,15 +980,17 @@ impl Task {
         }
     }
 
-    /// Resends what went unanswered long enough, fails what went unanswered too long.
+    /// Resends what went unanswered long enough (not while congested: retries wait),
+    /// fails what went unanswered too long.
     async fn request_tick(&mut self) {
         let mut expired = Vec::new();
+        let congested = self.congested();
         for (rid, request) in &mut self.pending {
             request.ticks += 1;
             let abandoned = matches!(&request.waiter, Waiter::Caller(reply) if reply.is_closed());
             if request.ticks >= GIVE_UP_AT || abandoned {
                 expired.push(*rid);
-            } else if RESEND_AT.contains(&request.ticks) {
+            } else if RESEND_AT.contains(&request.ticks) && !congested {
                 let _ = self.socket.send_to(&request.datagram, request.to).await;
                 if let Some((referrer, relayed)) = &request.relay {
                     let _ = self.socket.send_to(relayed, *referrer).await;
@@ -954,6 +1012,7 @@ impl Task {
                 Waiter::Ping(node) => self.node.pinged(node, false),
             }
         }
+        self.release_waiting().await;
         self.send_pings().await;
     }
 

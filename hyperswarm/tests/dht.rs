@@ -160,3 +160,46 @@ async fn a_hole_punch_is_relayed_by_the_referrer_and_answered_by_the_peer() {
     stop.send(()).unwrap();
     serving.await.unwrap();
 }
+
+/// Backpressure, as dht-rpc: requests go out at once until 250 were sent in 5 s (50 a
+/// second) with 16 or more unanswered; the rest wait for answers or timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_fifty_requests_a_second_with_sixteen_unanswered_requests_wait() {
+    use hyperswarm::MessageType;
+    let silent = tokio::net::UdpSocket::bind(loopback(5)).await.unwrap();
+    let std::net::SocketAddr::V4(to) = silent.local_addr().unwrap() else {
+        unreachable!()
+    };
+    let dht = std::sync::Arc::new(Dht::bind(loopback(1), vec![]).await.unwrap());
+    for _ in 0..300 {
+        let dht = dht.clone();
+        tokio::spawn(async move {
+            let ping = hyperswarm::Message {
+                version: Some(1),
+                kind: MessageType::Query,
+                rid: 0,
+                to: None,
+                id: None,
+                target: None,
+                closer_nodes: None,
+                roundtrip_token: None,
+                command: Some("_ping".into()),
+                error: None,
+                value: None,
+            };
+            let _ = dht.request(to, ping).await;
+        });
+    }
+    // Well before the first resend (1.5 s): only the first 250 went out.
+    let mut buf = [0; 2048];
+    let mut received = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        silent.recv_from(&mut buf),
+    )
+    .await
+    {
+        received += 1;
+    }
+    assert_eq!(received, 250);
+}
