@@ -28,10 +28,10 @@ use crate::tasks::Tasks;
 
 /// The pause between two walks of a topic: uniform in this range, as hyperswarm.
 const REWALK: std::ops::Range<Duration> = Duration::from_secs(300)..Duration::from_secs(600);
-/// The first pause after a walk of a topic that looks up found no peer (or failed),
-/// doubled after each such walk up to [`REWALK`]: a follow started just before its
-/// seeder announced finds it in seconds, not in 5 to 10 minutes (hyperswarm waits that
-/// long; a user who just typed `follow` would not).
+/// The first pause after a walk of a topic that only looks up found no peer (or
+/// failed), doubled after each such walk up to [`REWALK`]: a follow started just before
+/// its seeder announced finds it in seconds, not in 5 to 10 minutes (hyperswarm waits
+/// that long; a user who just typed `follow` would not).
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 /// Walks under way at once: joining hundreds of drives (a start with many) queues their
 /// first walks instead of sending thousands of requests in one burst.
@@ -463,7 +463,11 @@ impl Topic {
             }
             let mut pause = rand::thread_rng().gen_range(REWALK);
             let found_none = lock(&self.walks).found.is_empty();
-            if self.seeding.lookup && found_none && retry < REWALK.start {
+            // Only what follows retries soon: what we announce is found by its followers'
+            // lookups (a thousand seeded cores nobody follows yet walk on the usual
+            // schedule).
+            let follows = self.seeding.lookup && !self.seeding.announce;
+            if follows && found_none && retry < REWALK.start {
                 pause = retry;
                 retry *= 2;
             } else if !found_none {
