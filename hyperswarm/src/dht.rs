@@ -688,22 +688,14 @@ fn found_peers(replies: Vec<Reply>, local: Option<SocketAddrV4>) -> Vec<FoundPee
 /// A request of `command` about `target` (its rid is set when sent).
 fn request(kind: MessageType, command: &str, target: Id) -> Message {
     Message {
-        version: Some(1),
-        kind,
-        rid: 0,
-        to: None,
-        id: None,
         target: Some(Bytes::copy_from_slice(&target.0)),
-        closer_nodes: None,
-        roundtrip_token: None,
-        command: Some(command.to_string()),
-        error: None,
-        value: None,
+        ..Message::request(kind, command)
     }
 }
 
-/// A hole punch's two requests with rid `rid` and our id if persistent (spec §4.1): to the peer with no value
-/// (it only opens our NAT towards it), and to the referrer naming the peer to relay to.
+/// A hole punch's two requests with rid `rid` and our id if persistent (spec §4.1): to
+/// the peer with no value (it only opens our NAT towards it), and to the referrer
+/// naming the peer to relay to.
 fn holepunch_requests(
     rid: u64,
     id: Option<Id>,
@@ -711,17 +703,11 @@ fn holepunch_requests(
     referrer: SocketAddrV4,
 ) -> (Vec<u8>, Vec<u8>) {
     let punch = |to: SocketAddrV4, value: Option<Bytes>| Message {
-        version: Some(1),
-        kind: MessageType::Query,
         rid,
         to: Some(Bytes::copy_from_slice(&compact::encode_peer(to))),
         id: id.map(|id| Bytes::copy_from_slice(&id.0)),
-        target: None,
-        closer_nodes: None,
-        roundtrip_token: None,
-        command: Some("_holepunch".into()),
-        error: None,
         value,
+        ..Message::request(MessageType::Query, "_holepunch")
     };
     let relay = Holepunch {
         from: None,

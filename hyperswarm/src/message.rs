@@ -89,6 +89,24 @@ struct Wire {
 }
 
 impl Message {
+    /// A request (`kind` query or update) of `command`, version 1, with nothing else
+    /// set: rid 0 until it is sent, no address, id, target or value.
+    pub fn request(kind: MessageType, command: &str) -> Message {
+        Message {
+            version: Some(1),
+            kind,
+            rid: 0,
+            to: None,
+            id: None,
+            target: None,
+            closer_nodes: None,
+            roundtrip_token: None,
+            command: Some(command.to_string()),
+            error: None,
+            value: None,
+        }
+    }
+
     /// The datagram JS would send for this message.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);

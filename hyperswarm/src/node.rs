@@ -43,17 +43,8 @@ const ADDRESS_QUORUM: usize = 3;
 /// node with another id at that address does not answer (its rid is set when sent).
 pub fn ping_request(node: &NodeInfo) -> Message {
     Message {
-        version: Some(1),
-        kind: MessageType::Query,
-        rid: 0,
-        to: None,
-        id: None,
-        target: None,
-        closer_nodes: None,
-        roundtrip_token: None,
-        command: Some("_ping".into()),
-        error: None,
         value: Some(Bytes::copy_from_slice(&node.id.0)),
+        ..Message::request(MessageType::Query, "_ping")
     }
 }
 

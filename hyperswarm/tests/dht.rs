@@ -67,17 +67,8 @@ async fn a_flood_from_one_address_is_capped_and_others_are_still_answered() {
         let _ = stopped.await;
     }));
     let ping = Message {
-        version: Some(1),
-        kind: MessageType::Query,
         rid: 1,
-        to: None,
-        id: None,
-        target: None,
-        closer_nodes: None,
-        roundtrip_token: None,
-        command: Some("_ping".into()),
-        error: None,
-        value: None,
+        ..Message::request(MessageType::Query, "_ping")
     }
     .encode();
     let flooder = tokio::net::UdpSocket::bind(loopback(1)).await.unwrap();
@@ -174,19 +165,7 @@ async fn past_fifty_requests_a_second_with_sixteen_unanswered_requests_wait() {
     for _ in 0..300 {
         let dht = dht.clone();
         tokio::spawn(async move {
-            let ping = hyperswarm::Message {
-                version: Some(1),
-                kind: MessageType::Query,
-                rid: 0,
-                to: None,
-                id: None,
-                target: None,
-                closer_nodes: None,
-                roundtrip_token: None,
-                command: Some("_ping".into()),
-                error: None,
-                value: None,
-            };
+            let ping = hyperswarm::Message::request(MessageType::Query, "_ping");
             let _ = dht.request(to, ping).await;
         });
     }

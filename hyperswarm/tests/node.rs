@@ -18,17 +18,8 @@ fn addr(last: u8, port: u16) -> SocketAddrV4 {
 
 fn request(kind: MessageType, rid: u64, command: &str) -> Message {
     Message {
-        version: Some(1),
-        kind,
         rid,
-        to: None,
-        id: None,
-        target: None,
-        closer_nodes: None,
-        roundtrip_token: None,
-        command: Some(command.into()),
-        error: None,
-        value: None,
+        ..Message::request(kind, command)
     }
 }
 

@@ -37,9 +37,9 @@ use hyperd_proto::v1::{
     Seeding, StatusRequest, StopRequest,
 };
 use hyperd_tests::bench::{
-    median, percentile, progress, table, Ballast, Figure, Machine, Mem, Row,
+    median, percentile, progress, table, warn_if_binaries_stale, Ballast, Figure, Machine, Mem, Row,
 };
-use hyperd_tests::daemon::{bin, rss_of, Daemon};
+use hyperd_tests::daemon::{rss_of, Daemon};
 use serde_json::{json, Value};
 
 const FILE_BYTES: usize = 256 << 20;
@@ -58,15 +58,7 @@ const IN_FLIGHT: usize = 16;
 
 fn main() -> Result<()> {
     let json_out = std::env::args().any(|a| a == "--json");
-    for name in ["hyperd", "hyperctl"] {
-        let path = bin(name)?;
-        let bench_exe = std::env::current_exe()?;
-        if path.metadata()?.modified()?
-            < bench_exe.metadata()?.modified()? - Duration::from_secs(3600)
-        {
-            eprintln!("warning: {} is over an hour older than this benchmark; run `cargo build --release --bins`", path.display());
-        }
-    }
+    warn_if_binaries_stale()?;
     let machine = Machine::get();
     eprintln!("{}", machine.line());
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -50,7 +50,9 @@ use anyhow::{bail, ensure, Context, Result};
 use bytes::Bytes;
 use corestore::{Corestore, CorestoreOptions};
 use futures::TryStreamExt;
-use hyperd_tests::bench::{median, progress, table, Ballast, Figure, Machine, Mem, Row};
+use hyperd_tests::bench::{
+    median, progress, table, warn_if_binaries_stale, Ballast, Figure, Machine, Mem, Row,
+};
 use hyperd_tests::daemon::{bin, peak_rss_of, Daemon};
 use hyperd_tests::hyperdrive_daemon::{self, HyperdriveDaemon, Options};
 use hyperdrive::{Drive, DriveOptions, WriteOptions};
@@ -138,17 +140,7 @@ impl Args {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    for name in ["hyperd", "hyperctl"] {
-        let path = bin(name)?;
-        let bench = std::env::current_exe()?;
-        if path.metadata()?.modified()? < bench.metadata()?.modified()? - Duration::from_secs(3600)
-        {
-            eprintln!(
-                "warning: {} is over an hour older than this benchmark; run `cargo build --release --bins`",
-                path.display()
-            );
-        }
-    }
+    warn_if_binaries_stale()?;
     if args.wants("import") && !args.rust_only {
         hyperdrive_daemon::module()?;
     }

@@ -47,8 +47,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use hyperd_proto::v1::cores_client::CoresClient;
 use hyperd_proto::v1::{AppendRequest, CreateRequest, FollowRequest, GetRequest};
-use hyperd_tests::bench::{percentile, progress, table, Figure, Machine, Row};
-use hyperd_tests::daemon::{bin, rss_of, Daemon};
+use hyperd_tests::bench::{
+    percentile, progress, table, warn_if_binaries_stale, Figure, Machine, Row,
+};
+use hyperd_tests::daemon::{rss_of, Daemon};
 use hyperd_tests::js_peer::JsPeer;
 use hyperd_tests::swarm::{daemon_with_bootstrap, BootstrapNode};
 use hyperd_tests::{make_block, process_cpu_seconds};
@@ -201,17 +203,8 @@ impl TestDht {
 async fn known_nodes(dht: &Dht, node: SocketAddrV4) -> Result<usize> {
     let target: [u8; 32] = rand::random();
     let message = Message {
-        version: Some(1),
-        kind: MessageType::Query,
-        rid: 0,
-        to: None,
-        id: None,
         target: Some(bytes::Bytes::copy_from_slice(&target)),
-        closer_nodes: None,
-        roundtrip_token: None,
-        command: Some("_find_node".into()),
-        error: None,
-        value: None,
+        ..Message::request(MessageType::Query, "_find_node")
     };
     let reply = dht.request(node, message).await?;
     let nodes = reply
@@ -634,15 +627,7 @@ fn path(p: &std::path::Path) -> Result<&str> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    for name in ["hyperd", "hyperctl"] {
-        let path = bin(name)?;
-        let bench_exe = std::env::current_exe()?;
-        if path.metadata()?.modified()?
-            < bench_exe.metadata()?.modified()? - Duration::from_secs(3600)
-        {
-            eprintln!("warning: {} is over an hour older than this benchmark; run `cargo build --release --bins`", path.display());
-        }
-    }
+    warn_if_binaries_stale()?;
     let machine = Machine::get();
     eprintln!("{}", machine.line());
     let runtime = tokio::runtime::Builder::new_multi_thread()

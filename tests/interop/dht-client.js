@@ -15,7 +15,7 @@
 //                                       each lookup's time until its walk ended and the
 //                                       distinct peers it found.
 
-const { parseArgs } = require('./common')
+const { parseArgs, serveCommands } = require('./common')
 
 const args = parseArgs(process.argv.slice(2))
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
@@ -61,18 +61,5 @@ async function run (command) {
 dht.listen(0, '127.0.0.1')
 dht.ready(() => {
   out({ event: 'ready', port: dht.address().port })
-  let buf = ''
-  let queue = Promise.resolve()
-  process.stdin.on('data', (data) => {
-    buf += data.toString('utf8')
-    let i
-    while ((i = buf.indexOf('\n')) > -1) {
-      const line = buf.slice(0, i)
-      buf = buf.slice(i + 1)
-      queue = queue.then(() => run(JSON.parse(line)))
-        .then((answer) => out(Object.assign({ ok: true }, answer)))
-        .catch((err) => out({ ok: false, error: err.message }))
-    }
-  })
-  process.stdin.on('end', () => { dht.destroy(); setTimeout(() => process.exit(0), 100) })
+  serveCommands(run, () => { dht.destroy(); setTimeout(() => process.exit(0), 100) })
 })

@@ -26,7 +26,7 @@
 const path = require('path')
 const crypto = require('crypto')
 const hypercore = require('hypercore')
-const { parseArgs, loopbackSwarm, makeBlock, promisify } = require('./common')
+const { parseArgs, loopbackSwarm, makeBlock, promisify, serveCommands } = require('./common')
 
 const args = parseArgs(process.argv.slice(2))
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
@@ -125,20 +125,7 @@ swarm.listen(0, (err) => {
   if (err) throw err
   swarm.network.discovery.dht.ready(() => {
     out({ event: 'ready', port: swarm.address().port })
-    let buf = ''
-    let queue = Promise.resolve()
-    process.stdin.on('data', (data) => {
-      buf += data.toString('utf8')
-      let i
-      while ((i = buf.indexOf('\n')) > -1) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        queue = queue.then(() => run(JSON.parse(line)))
-          .then((answer) => out(Object.assign({ ok: true }, answer)))
-          .catch((err) => out({ ok: false, error: err.message }))
-      }
-    })
-    process.stdin.on('end', () => {
+    serveCommands(run, () => {
       const exit = setTimeout(() => process.exit(0), 2000)
       swarm.destroy(() => { clearTimeout(exit); process.exit(0) })
     })

@@ -218,6 +218,22 @@ pub fn table(rows: &[Row], other: &str) -> String {
 }
 
 /// A progress line on stderr.
+/// Warns on stderr when the `hyperd` or `hyperctl` a benchmark runs is over an hour older
+/// than the benchmark itself: most likely a stale build.
+pub fn warn_if_binaries_stale() -> Result<()> {
+    let bench = std::env::current_exe()?.metadata()?.modified()?;
+    for name in ["hyperd", "hyperctl"] {
+        let path = crate::daemon::bin(name)?;
+        if path.metadata()?.modified()? < bench - Duration::from_secs(3600) {
+            eprintln!(
+                "warning: {} is over an hour older than this benchmark; run `cargo build --release --bins`",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn progress(msg: &str) {
     eprintln!("  .. {msg}");
 }

@@ -171,19 +171,7 @@ async fn dialling_a_port_without_utp_fails_with_the_address() {
 }
 
 fn ping() -> Message {
-    Message {
-        version: Some(1),
-        kind: MessageType::Query,
-        rid: 0,
-        to: None,
-        id: None,
-        target: None,
-        closer_nodes: None,
-        roundtrip_token: None,
-        command: Some("_ping".into()),
-        error: None,
-        value: None,
-    }
+    Message::request(MessageType::Query, "_ping")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
